@@ -1,0 +1,699 @@
+//! One router's control-plane state machine: connections, topology gossip, routes and dialing.
+//!
+//! The router's tasks feed it events (a connection finished its handshake, a message arrived,
+//! a dial failed, time passed) and carry out the [`Action`]s it returns. It never blocks and
+//! never does IO, so whole meshes of it run in memory in tests.
+//!
+//! Gossip strategy, built for thousands of peers:
+//! - a change to our own entry is broadcast once along our broadcast tree (each peer gets one
+//!   copy); peers relay along the same tree only what improved their state, so nothing loops;
+//! - what a peer learns from a neighbour's gossip it re-broadcasts as its own news, so two
+//!   joined partitions spread each other's state;
+//! - every gossip interval each neighbour gets an 8-byte digest hash; only when hashes differ
+//!   do the two exchange `(name, version, uid)` digests and then just the entries that differ.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::maker::{ConnectionMaker, Retry, TargetStatus};
+use crate::peer::{PeerName, PeerUid};
+use crate::routes::{LinkSet, Routes};
+use crate::topology::{ConnectionInfo, PeerEntry, Topology, TopologyUpdate};
+use crate::wire::{self, ChannelId, ControlMsg, EchoMsg, Features, TopologyMsg};
+
+/// The router's handle for one connection; unique for the router's lifetime.
+pub type ConnKey = u64;
+
+/// Budget for one topology update inside a frame, leaving room for the envelope and seal.
+const UPDATE_BUDGET: usize = wire::MAX_FRAME_LEN - 1024;
+/// How many recent inbound handshake failures status keeps.
+const INBOUND_FAILURES_KEPT: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub name: PeerName,
+    pub nickname: String,
+    pub uid: PeerUid,
+    /// Maximum number of connections (0 = unlimited).
+    pub conn_limit: usize,
+    pub gossip_interval: Duration,
+}
+
+/// What the router must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        conn: ConnKey,
+        msg: ControlMsg,
+    },
+    Close {
+        conn: ConnKey,
+        reason: String,
+    },
+    Dial {
+        address: String,
+    },
+    /// An echo we sent to `from` came back.
+    EchoReply {
+        id: u64,
+        from: PeerName,
+    },
+    /// The set of operator-named targets changed (persist it).
+    TargetsChanged,
+}
+
+/// A connection that completed its handshake.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub features: Features,
+    pub outbound: bool,
+    /// The TCP address of the remote end.
+    pub remote_tcp: SocketAddr,
+    /// The target address that was dialled, for outbound connections.
+    pub target: Option<String>,
+    /// `our conn_id ^ their conn_id`: the same number on both ends.
+    pub conn_uid: u64,
+    pub encrypted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("cannot connect to ourself")]
+    ConnectToSelf,
+    #[error("peer name collision: the remote also calls itself {0}")]
+    NameCollision(PeerName),
+    #[error(
+        "already connected to {0} with another incarnation; waiting for that connection to end"
+    )]
+    OtherIncarnation(PeerName),
+    #[error("duplicate connection to {0}; keeping the other one")]
+    Duplicate(PeerName),
+    #[error("connection limit ({0}) reached")]
+    ConnLimit(usize),
+}
+
+impl RegisterError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            RegisterError::ConnectToSelf | RegisterError::NameCollision(_) => Retry::Never,
+            _ => Retry::Later,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    peer: PeerName,
+    peer_uid: PeerUid,
+    nickname: String,
+    outbound: bool,
+    remote_tcp: SocketAddr,
+    /// Where the remote accepts connections (what we gossip for discovery).
+    remote_listen: SocketAddr,
+    target: Option<String>,
+    conn_uid: u64,
+    encrypted: bool,
+    since: Instant,
+}
+
+/// A connection as shown in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionStatus {
+    pub peer: PeerName,
+    pub nickname: String,
+    pub address: SocketAddr,
+    pub outbound: bool,
+    pub encrypted: bool,
+    pub up_secs: u64,
+}
+
+/// A recent inbound connection that failed before it was established.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundFailure {
+    pub address: SocketAddr,
+    pub reason: String,
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+pub struct Mesh {
+    config: MeshConfig,
+    topology: Topology,
+    routes: Routes,
+    maker: ConnectionMaker,
+    conns: BTreeMap<ConnKey, Conn>,
+    by_peer: BTreeMap<PeerName, ConnKey>,
+    /// Which peer a target address led to, so a target counts as connected while any
+    /// connection to that peer is up (whoever dialled).
+    target_peer: BTreeMap<String, PeerName>,
+    inbound_failures: VecDeque<InboundFailure>,
+    next_gossip: Instant,
+    /// Dials in flight, counted against the connection limit.
+    attempting: usize,
+    pub counters: MeshCounters,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct MeshCounters {
+    pub connections_terminated: u64,
+    pub unicast_dropped_no_route: u64,
+    pub malformed_gossip: u64,
+}
+
+impl Mesh {
+    pub fn new(config: MeshConfig, now: Instant) -> Self {
+        let local = PeerEntry {
+            name: config.name,
+            nickname: config.nickname.clone(),
+            uid: config.uid,
+            version: 1,
+            connections: BTreeMap::new(),
+        };
+        let topology = Topology::new(local);
+        let routes = topology.routes();
+        Mesh {
+            next_gossip: now + config.gossip_interval,
+            config,
+            topology,
+            routes,
+            maker: ConnectionMaker::new(),
+            conns: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            target_peer: BTreeMap::new(),
+            inbound_failures: VecDeque::new(),
+            attempting: 0,
+            counters: MeshCounters::default(),
+        }
+    }
+
+    pub fn name(&self) -> PeerName {
+        self.config.name
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Adds operator-named targets; they are dialled on the next tick.
+    pub fn add_direct(&mut self, addresses: &[String], now: Instant, out: &mut Vec<Action>) {
+        for address in addresses {
+            self.maker.add_direct(address, now);
+        }
+        out.push(Action::TargetsChanged);
+    }
+
+    /// Forgets a target; returns whether it was known. An established connection stays up.
+    pub fn forget(&mut self, address: &str, out: &mut Vec<Action>) -> bool {
+        let known = self.maker.forget(address);
+        self.target_peer.remove(address);
+        out.push(Action::TargetsChanged);
+        known
+    }
+
+    pub fn direct_targets(&self) -> Vec<String> {
+        self.maker.direct_targets()
+    }
+
+    /// Checks a handshaken connection against the rules and, if it passes, adds it.
+    pub fn register(
+        &mut self,
+        key: ConnKey,
+        new: NewConnection,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<(), RegisterError> {
+        if new.outbound {
+            self.attempting = self.attempting.saturating_sub(1);
+        }
+        let result = self.check_registration(&new, out);
+        if let Some(target) = &new.target {
+            self.target_peer.insert(target.clone(), new.features.name);
+            match &result {
+                Ok(()) => self.maker.connected(target),
+                // A duplicate means we are connected to that peer anyway.
+                Err(RegisterError::Duplicate(_)) => self.maker.connected(target),
+                Err(e) => self
+                    .maker
+                    .failed(target, now, e.to_string(), e.retry(), 0.5),
+            }
+        }
+        result?;
+
+        let peer = new.features.name;
+        let remote_listen = SocketAddr::new(new.remote_tcp.ip(), new.features.listen_port);
+        self.conns.insert(
+            key,
+            Conn {
+                peer,
+                peer_uid: new.features.uid,
+                nickname: new.features.nickname.clone(),
+                outbound: new.outbound,
+                remote_tcp: new.remote_tcp,
+                remote_listen,
+                target: new.target.clone(),
+                conn_uid: new.conn_uid,
+                encrypted: new.encrypted,
+                since: now,
+            },
+        );
+        self.by_peer.insert(peer, key);
+        let info = ConnectionInfo {
+            remote_addr: Some(remote_listen),
+            outbound: new.outbound,
+            established: true,
+        };
+        if let Some(delta) = self.topology.update_local(|e| {
+            e.connections.insert(peer, info);
+        }) {
+            self.topology_changed(now);
+            self.broadcast_own(delta, out);
+        }
+        // A new neighbour gets everything we know; from then on deltas and digests suffice.
+        for part in wire::split_update(self.topology.full_update(), UPDATE_BUDGET) {
+            out.push(Action::Send {
+                conn: key,
+                msg: topology_gossip(&TopologyMsg::Update(part)),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_registration(
+        &mut self,
+        new: &NewConnection,
+        out: &mut Vec<Action>,
+    ) -> Result<(), RegisterError> {
+        let name = new.features.name;
+        if name == self.config.name {
+            return Err(if new.features.uid == self.config.uid {
+                RegisterError::ConnectToSelf
+            } else {
+                RegisterError::NameCollision(name)
+            });
+        }
+        if let Some(&existing_key) = self.by_peer.get(&name) {
+            let existing = &self.conns[&existing_key];
+            if existing.peer_uid != new.features.uid {
+                return Err(RegisterError::OtherIncarnation(name));
+            }
+            // Both ends see the same two connection uids and keep the lower one, so
+            // simultaneous dials settle on one connection without talking about it.
+            if new.conn_uid >= existing.conn_uid {
+                return Err(RegisterError::Duplicate(name));
+            }
+            out.push(Action::Close {
+                conn: existing_key,
+                reason: RegisterError::Duplicate(name).to_string(),
+            });
+            self.remove_conn(existing_key);
+            return Ok(());
+        }
+        if self.config.conn_limit != 0 && self.conns.len() >= self.config.conn_limit {
+            return Err(RegisterError::ConnLimit(self.config.conn_limit));
+        }
+        Ok(())
+    }
+
+    /// Removes a connection without the follow-ups; returns it.
+    fn remove_conn(&mut self, key: ConnKey) -> Option<Conn> {
+        let conn = self.conns.remove(&key)?;
+        if self.by_peer.get(&conn.peer) == Some(&key) {
+            self.by_peer.remove(&conn.peer);
+        }
+        Some(conn)
+    }
+
+    /// A registered connection ended (or the router closed it).
+    pub fn connection_closed(
+        &mut self,
+        key: ConnKey,
+        reason: &str,
+        now: Instant,
+        jitter: f64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(conn) = self.remove_conn(key) else {
+            return;
+        };
+        self.counters.connections_terminated += 1;
+        let lived = now.saturating_duration_since(conn.since);
+        if !self.by_peer.contains_key(&conn.peer) {
+            let targets: Vec<String> = self
+                .target_peer
+                .iter()
+                .filter(|(_, p)| **p == conn.peer)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for target in targets {
+                self.maker
+                    .disconnected(&target, now, lived, reason.to_owned(), jitter);
+            }
+            if let Some(delta) = self.topology.update_local(|e| {
+                e.connections.remove(&conn.peer);
+            }) {
+                self.broadcast_own(delta, out);
+            }
+        }
+        self.topology_changed(now);
+    }
+
+    /// A dial failed before or during the handshake.
+    pub fn dial_failed(
+        &mut self,
+        target: &str,
+        reason: String,
+        retry: Retry,
+        now: Instant,
+        jitter: f64,
+    ) {
+        self.attempting = self.attempting.saturating_sub(1);
+        self.maker.failed(target, now, reason, retry, jitter);
+    }
+
+    /// An inbound connection failed its handshake; kept for status.
+    pub fn inbound_failed(&mut self, address: SocketAddr, reason: String, now: Instant) {
+        self.inbound_failures
+            .retain(|f| f.address.ip() != address.ip());
+        self.inbound_failures.push_back(InboundFailure {
+            address,
+            reason,
+            at: now,
+        });
+        while self.inbound_failures.len() > INBOUND_FAILURES_KEPT {
+            self.inbound_failures.pop_front();
+        }
+    }
+
+    /// Sends an echo request to `peer` along the unicast routes.
+    pub fn echo(&mut self, peer: PeerName, id: u64, out: &mut Vec<Action>) -> Result<(), String> {
+        let payload = wire::encode(&EchoMsg::Request { id });
+        self.send_unicast(ChannelId::ECHO, self.config.name, peer, payload, out)
+    }
+
+    /// Handles a message from a registered connection.
+    pub fn on_message(
+        &mut self,
+        key: ConnKey,
+        msg: ControlMsg,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(from) = self.conns.get(&key).map(|c| c.peer) else {
+            return;
+        };
+        match msg {
+            ControlMsg::Heartbeat => {}
+            ControlMsg::Gossip {
+                channel: ChannelId::TOPOLOGY,
+                payload,
+            } => match wire::decode::<TopologyMsg>(&payload) {
+                Ok(msg) => self.on_topology_gossip(key, msg, now, out),
+                Err(_) => self.counters.malformed_gossip += 1,
+            },
+            ControlMsg::Gossip { .. } => {}
+            ControlMsg::Broadcast {
+                channel,
+                src,
+                payload,
+            } => {
+                let relay = if channel == ChannelId::TOPOLOGY {
+                    match wire::decode::<TopologyMsg>(&payload) {
+                        Ok(TopologyMsg::Update(update)) => !self.merge(update, now, out).is_empty(),
+                        _ => {
+                            self.counters.malformed_gossip += 1;
+                            false
+                        }
+                    }
+                } else {
+                    // Channels we do not know are passed on; the tree keeps them loop-free.
+                    true
+                };
+                if relay {
+                    let msg = ControlMsg::Broadcast {
+                        channel,
+                        src,
+                        payload,
+                    };
+                    for hop in self.routes.broadcast(LinkSet::All, src) {
+                        if hop != from {
+                            self.send_to_peer(hop, msg.clone(), out);
+                        }
+                    }
+                }
+            }
+            ControlMsg::Unicast {
+                channel,
+                src,
+                dst,
+                payload,
+            } => {
+                if dst != self.config.name {
+                    let _ = self.send_unicast(channel, src, dst, payload, out);
+                    return;
+                }
+                if channel == ChannelId::ECHO {
+                    match wire::decode::<EchoMsg>(&payload) {
+                        Ok(EchoMsg::Request { id }) => {
+                            let reply = wire::encode(&EchoMsg::Reply { id });
+                            let _ = self.send_unicast(
+                                ChannelId::ECHO,
+                                self.config.name,
+                                src,
+                                reply,
+                                out,
+                            );
+                        }
+                        Ok(EchoMsg::Reply { id }) => out.push(Action::EchoReply { id, from: src }),
+                        Err(_) => self.counters.malformed_gossip += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_topology_gossip(
+        &mut self,
+        key: ConnKey,
+        msg: TopologyMsg,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match msg {
+            TopologyMsg::Update(update) => {
+                let improved = self.merge(update, now, out);
+                // News from one neighbour is news for the rest of the mesh: spread it as ours.
+                if !improved.is_empty() {
+                    let msg = broadcast_topology(self.config.name, improved);
+                    for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
+                        if self.by_peer.get(&hop) != Some(&key) {
+                            self.send_to_peer(hop, msg.clone(), out);
+                        }
+                    }
+                }
+            }
+            TopologyMsg::DigestHash(hash) => {
+                if hash != self.topology.digest_hash() {
+                    let digest = TopologyMsg::Digest {
+                        digest: self.topology.digest(),
+                        reply: true,
+                    };
+                    out.push(Action::Send {
+                        conn: key,
+                        msg: topology_gossip(&digest),
+                    });
+                }
+            }
+            TopologyMsg::Digest { digest, reply } => {
+                let (newer_here, theirs_newer) = self.topology.compare_digest(&digest);
+                for part in wire::split_update(newer_here, UPDATE_BUDGET) {
+                    out.push(Action::Send {
+                        conn: key,
+                        msg: topology_gossip(&TopologyMsg::Update(part)),
+                    });
+                }
+                if theirs_newer && reply {
+                    let digest = TopologyMsg::Digest {
+                        digest: self.topology.digest(),
+                        reply: false,
+                    };
+                    out.push(Action::Send {
+                        conn: key,
+                        msg: topology_gossip(&digest),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Merges gossip; returns what improved (already applied).
+    fn merge(
+        &mut self,
+        update: TopologyUpdate,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Vec<PeerEntry> {
+        let outcome = self.topology.merge(update);
+        if let Some(version) = outcome.stale_self_version {
+            // Someone still holds an entry from an earlier run of ours: outrank it.
+            let entry = self.topology.bump_local_version_above(version);
+            self.broadcast_own(entry, out);
+        }
+        if !outcome.improved.entries.is_empty() {
+            self.topology_changed(now);
+        }
+        outcome.improved.entries
+    }
+
+    /// Recomputes what depends on the topology: garbage, routes, discovered targets.
+    fn topology_changed(&mut self, now: Instant) {
+        let connected: BTreeSet<PeerName> = self.by_peer.keys().copied().collect();
+        self.topology.gc(|name| connected.contains(&name));
+        self.routes = self.topology.routes();
+        let mut discovered = BTreeSet::new();
+        for entry in self.topology.peers() {
+            for (peer, info) in &entry.connections {
+                if *peer == self.config.name || connected.contains(peer) {
+                    continue;
+                }
+                if let Some(addr) = info.remote_addr {
+                    discovered.insert(addr.to_string());
+                }
+            }
+        }
+        self.maker.set_discovered(&discovered, now);
+    }
+
+    fn broadcast_own(&mut self, entry: PeerEntry, out: &mut Vec<Action>) {
+        let msg = broadcast_topology(self.config.name, vec![entry]);
+        for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
+            self.send_to_peer(hop, msg.clone(), out);
+        }
+    }
+
+    fn send_to_peer(&mut self, peer: PeerName, msg: ControlMsg, out: &mut Vec<Action>) {
+        if let Some(&conn) = self.by_peer.get(&peer) {
+            out.push(Action::Send { conn, msg });
+        }
+    }
+
+    fn send_unicast(
+        &mut self,
+        channel: ChannelId,
+        src: PeerName,
+        dst: PeerName,
+        payload: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        let hop = self
+            .routes
+            .unicast(LinkSet::All, dst)
+            .filter(|hop| self.by_peer.contains_key(hop));
+        let Some(hop) = hop else {
+            self.counters.unicast_dropped_no_route += 1;
+            return Err(format!("no route to {dst}"));
+        };
+        self.send_to_peer(
+            hop,
+            ControlMsg::Unicast {
+                channel,
+                src,
+                dst,
+                payload,
+            },
+            out,
+        );
+        Ok(())
+    }
+
+    /// Dials what is due and gossips digests when the interval has passed.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let budget = if self.config.conn_limit == 0 {
+            usize::MAX
+        } else {
+            self.config
+                .conn_limit
+                .saturating_sub(self.conns.len() + self.attempting)
+        };
+        for address in self.maker.due(now, budget) {
+            self.attempting += 1;
+            out.push(Action::Dial { address });
+        }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.config.gossip_interval;
+            let msg = topology_gossip(&TopologyMsg::DigestHash(self.topology.digest_hash()));
+            for &conn in self.conns.keys() {
+                out.push(Action::Send {
+                    conn,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_wakeup(&self) -> Instant {
+        match self.maker.next_wakeup() {
+            Some(at) => at.min(self.next_gossip),
+            None => self.next_gossip,
+        }
+    }
+
+    pub fn connections(&self, now: Instant) -> Vec<ConnectionStatus> {
+        self.conns
+            .values()
+            .map(|c| ConnectionStatus {
+                peer: c.peer,
+                nickname: c.nickname.clone(),
+                address: if c.outbound {
+                    c.remote_listen
+                } else {
+                    c.remote_tcp
+                },
+                outbound: c.outbound,
+                encrypted: c.encrypted,
+                up_secs: now.saturating_duration_since(c.since).as_secs(),
+            })
+            .collect()
+    }
+
+    pub fn targets(&self, now: Instant) -> Vec<TargetStatus> {
+        self.maker.status(now)
+    }
+
+    pub fn inbound_failures(&self) -> impl Iterator<Item = &InboundFailure> {
+        self.inbound_failures.iter()
+    }
+
+    /// The connection to a peer, if any.
+    pub fn connection_to(&self, peer: PeerName) -> Option<ConnKey> {
+        self.by_peer.get(&peer).copied()
+    }
+
+    /// Which target a connection was dialled for.
+    pub fn connection_target(&self, key: ConnKey) -> Option<&str> {
+        self.conns.get(&key).and_then(|c| c.target.as_deref())
+    }
+}
+
+fn topology_gossip(msg: &TopologyMsg) -> ControlMsg {
+    ControlMsg::Gossip {
+        channel: ChannelId::TOPOLOGY,
+        payload: wire::encode(msg),
+    }
+}
+
+fn broadcast_topology(src: PeerName, entries: Vec<PeerEntry>) -> ControlMsg {
+    let msg = TopologyMsg::Update(TopologyUpdate { entries });
+    ControlMsg::Broadcast {
+        channel: ChannelId::TOPOLOGY,
+        src,
+        payload: wire::encode(&msg),
+    }
+}

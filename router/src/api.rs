@@ -1,0 +1,211 @@
+//! The local status and control endpoint (`127.0.0.1:6784` by default).
+//!
+//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
+//! the address; requests that change something (`/connect`, `/forget`, `/ping`) are refused
+//! unless they come from loopback, even when the endpoint is bound to a wider address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router as HttpRouter;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::report::{self, Report};
+use crate::router::{ApiRequest, Event};
+
+#[derive(Clone)]
+struct Api {
+    events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+) {
+    let app = HttpRouter::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/report", get(report_json))
+        .route("/status", get(|s| text(s, report::render_summary)))
+        .route("/status/peers", get(|s| text(s, report::render_peers)))
+        .route(
+            "/status/connections",
+            get(|s| text(s, report::render_connections)),
+        )
+        .route("/status/routes", get(|s| text(s, report::render_routes)))
+        .route("/metrics", get(metrics_text))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
+        .route("/ping", post(ping))
+        .with_state(Api { events, metrics });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "status endpoint stopped");
+    }
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "router is shutting down\n").into_response()
+}
+
+async fn fetch_report(api: &Api) -> Option<Report> {
+    let (reply, rx) = oneshot::channel();
+    api.events
+        .send(Event::Api(ApiRequest::Report { reply }))
+        .await
+        .ok()?;
+    rx.await.ok()
+}
+
+async fn report_json(State(api): State<Api>) -> Response {
+    match fetch_report(&api).await {
+        Some(report) => axum::Json(report).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn text(State(api): State<Api>, render: fn(&Report) -> String) -> Response {
+    match fetch_report(&api).await {
+        Some(report) => render(&report).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let Some(report) = fetch_report(&api).await else {
+        return unavailable();
+    };
+    api.metrics.observe(&report);
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &api.metrics.registry()).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PeerQuery {
+    peer: String,
+}
+
+fn local_only(client: SocketAddr) -> Result<(), Box<Response>> {
+    if client.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "this operation is only available from the local host\n",
+            )
+                .into_response(),
+        ))
+    }
+}
+
+async fn connect(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<PeerQuery>,
+) -> Response {
+    if let Err(denied) = local_only(client) {
+        return *denied;
+    }
+    let hosts: Vec<String> = q.peer.split(',').map(str::to_owned).collect();
+    let (reply, rx) = oneshot::channel();
+    if api
+        .events
+        .send(Event::Api(ApiRequest::Connect { hosts, reply }))
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(()) => "ok\n".into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn forget(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<PeerQuery>,
+) -> Response {
+    if let Err(denied) = local_only(client) {
+        return *denied;
+    }
+    let hosts: Vec<String> = q.peer.split(',').map(str::to_owned).collect();
+    let (reply, rx) = oneshot::channel();
+    if api
+        .events
+        .send(Event::Api(ApiRequest::Forget {
+            hosts: hosts.clone(),
+            reply,
+        }))
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(known) => {
+            let unknown: Vec<&str> = hosts
+                .iter()
+                .zip(known)
+                .filter(|(_, k)| !k)
+                .map(|(h, _)| h.as_str())
+                .collect();
+            if unknown.is_empty() {
+                "ok\n".into_response()
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("not a known peer address: {}\n", unknown.join(", ")),
+                )
+                    .into_response()
+            }
+        }
+        Err(_) => unavailable(),
+    }
+}
+
+async fn ping(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<PeerQuery>,
+) -> Response {
+    if let Err(denied) = local_only(client) {
+        return *denied;
+    }
+    let (reply, rx) = oneshot::channel();
+    if api
+        .events
+        .send(Event::Api(ApiRequest::Ping {
+            peer: q.peer,
+            reply,
+        }))
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(result)) => axum::Json(result).into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,177 @@
+//! Command-line and environment configuration. Every flag can also be set through a `WEFT_*`
+//! environment variable, which is how the DaemonSet configures the router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use weft_gossip::PeerName;
+
+pub const DEFAULT_PORT: u16 = 6783;
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:6784";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: an encrypted L2 mesh network for Kubernetes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router daemon.
+    Router(Box<RouterArgs>),
+    /// Show the local router's status.
+    Status(StatusArgs),
+    /// Ask the local router to connect to more peers.
+    Connect(TargetArgs),
+    /// Ask the local router to forget peer addresses (established connections stay up).
+    Forget(TargetArgs),
+    /// Send a control-plane echo to a peer along the mesh routes (relayed if need be).
+    Ping(PingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// Initial peers, `host[:port]`.
+    #[arg(env = "WEFT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// TCP port for mesh connections.
+    #[arg(long, env = "WEFT_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Address to listen on for mesh connections.
+    #[arg(long, env = "WEFT_HOST", default_value = "0.0.0.0")]
+    pub host: std::net::IpAddr,
+    /// Peer name (`aa:bb:cc:dd:ee:ff`); by default derived from the machine id and hostname
+    /// and then persisted in the data directory.
+    #[arg(long, env = "WEFT_NAME")]
+    pub name: Option<PeerName>,
+    /// Nickname shown in status (default: the hostname).
+    #[arg(long, env = "WEFT_NICKNAME")]
+    pub nickname: Option<String>,
+    /// Maximum number of peer connections (0 = unlimited).
+    #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
+    pub conn_limit: usize,
+    /// Directory for persisted state (peer name, peers to resume).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+    /// File holding the mesh password (e.g. a mounted Kubernetes Secret). `WEFT_PASSWORD`
+    /// works too. With a password every connection is authenticated and encrypted.
+    #[arg(long, env = "WEFT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mesh id: salts the password hash, so the same password in two meshes gives
+    /// different keys. Must be the same on every peer.
+    #[arg(long, env = "WEFT_MESH_ID", default_value = "weft")]
+    pub mesh_id: String,
+    /// Status and control HTTP endpoint. Mutating requests are only served to loopback clients.
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+    /// File with the machine id that seeds the default peer name.
+    #[arg(long, env = "WEFT_MACHINE_ID_FILE", default_value = "/etc/machine-id")]
+    pub machine_id_file: PathBuf,
+    /// Seconds between heartbeats on idle connections; a connection that stays silent for
+    /// three intervals is closed.
+    #[arg(long, env = "WEFT_HEARTBEAT_INTERVAL", default_value_t = 10.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds between anti-entropy digests to each neighbour.
+    #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value_t = 30.0)]
+    pub gossip_interval: f64,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides.
+    #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// What to show.
+    #[arg(value_enum, default_value = "summary")]
+    pub what: StatusWhat,
+    /// Print JSON (the `/report` document, or its section) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusWhat {
+    Summary,
+    Peers,
+    Connections,
+    Routes,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// `host[:port]`
+    #[arg(required = true)]
+    pub hosts: Vec<String>,
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Peer name or nickname.
+    pub peer: String,
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+}
+
+/// Reads the mesh password: the file wins over `WEFT_PASSWORD`. Trailing newlines are not part
+/// of it (Secrets created with `echo` carry one).
+pub fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    let raw =
+        match file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read password file {}: {e}", path.display())
+            })?),
+            None => std::env::var_os("WEFT_PASSWORD").map(|v| v.into_encoded_bytes()),
+        };
+    Ok(raw
+        .map(|mut p| {
+            while p.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                p.pop();
+            }
+            p
+        })
+        .filter(|p| !p.is_empty()))
+}
+
+/// Adds the default port to `host` if it has none.
+pub fn with_default_port(target: &str, port: u16) -> String {
+    if target.parse::<SocketAddr>().is_ok() {
+        return target.to_owned();
+    }
+    if let Ok(ip) = target.parse::<std::net::IpAddr>() {
+        return SocketAddr::new(ip, port).to_string();
+    }
+    match target.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() => target.to_owned(),
+        _ => format!("{target}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ports_are_added_only_when_missing() {
+        assert_eq!(with_default_port("10.0.0.1", 6783), "10.0.0.1:6783");
+        assert_eq!(with_default_port("10.0.0.1:99", 6783), "10.0.0.1:99");
+        assert_eq!(with_default_port("node-a", 6783), "node-a:6783");
+        assert_eq!(with_default_port("node-a:7000", 6783), "node-a:7000");
+        assert_eq!(with_default_port("fd00::1", 6783), "[fd00::1]:6783");
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,205 @@
+//! `weft`: the router daemon (`weft router`) and the operator's CLI (`weft status`, …).
+
+mod api;
+mod client;
+mod config;
+mod conn;
+mod identity;
+mod metrics;
+mod report;
+mod router;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use weft_gossip::mesh::MeshConfig;
+use weft_gossip::wire::Features;
+
+use crate::config::{Cli, Command, RouterArgs, StatusWhat};
+use crate::conn::ConnParams;
+use crate::metrics::Metrics;
+use crate::report::Report;
+use crate::router::{Router, RouterInfo};
+use crate::store::Store;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Router(args) => run_router(*args),
+        Command::Status(args) => {
+            let body = client::request(args.status_addr, "GET", "/report")?;
+            let report: Report =
+                serde_json::from_str(&body).context("unexpected /report document")?;
+            let out = if args.json {
+                let value = serde_json::to_value(&report)?;
+                let section = match args.what {
+                    StatusWhat::Summary => value,
+                    StatusWhat::Peers => value["peers"].clone(),
+                    StatusWhat::Connections => value["connections"].clone(),
+                    StatusWhat::Routes => value["routes"].clone(),
+                };
+                serde_json::to_string_pretty(&section)? + "\n"
+            } else {
+                match args.what {
+                    StatusWhat::Summary => report::render_summary(&report),
+                    StatusWhat::Peers => report::render_peers(&report),
+                    StatusWhat::Connections => report::render_connections(&report),
+                    StatusWhat::Routes => report::render_routes(&report),
+                }
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Command::Connect(args) => {
+            let path = format!(
+                "/connect?peer={}",
+                client::encode_query(&args.hosts.join(","))
+            );
+            client::request(args.status_addr, "POST", &path)?;
+            Ok(())
+        }
+        Command::Forget(args) => {
+            let path = format!(
+                "/forget?peer={}",
+                client::encode_query(&args.hosts.join(","))
+            );
+            client::request(args.status_addr, "POST", &path)?;
+            Ok(())
+        }
+        Command::Ping(args) => {
+            let path = format!("/ping?peer={}", client::encode_query(&args.peer));
+            let body = client::request(args.status_addr, "POST", &path)?;
+            let result: router::PingResult = serde_json::from_str(&body)?;
+            println!(
+                "echo from {}({}) via {} in {:.2} ms",
+                result.peer, result.nickname, result.via, result.rtt_ms
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run_router(args: RouterArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .context("invalid --log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
+    let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
+    let store = Store::open(&args.data_dir)?;
+    let identity = identity::resolve(
+        args.name,
+        args.nickname.clone(),
+        &args.machine_id_file,
+        &store,
+    )?;
+    let password = match config::read_password(args.password_file.as_deref())? {
+        Some(password) => Some(
+            weft_crypto::stretch_password(&password, &args.mesh_id)
+                .context("cannot derive a key from the mesh password")?,
+        ),
+        None => None,
+    };
+    let mut targets: Vec<String> = args
+        .peers
+        .iter()
+        .map(|p| config::with_default_port(p.trim(), args.port))
+        .collect();
+    for persisted in store.targets()? {
+        if !targets.contains(&persisted) {
+            targets.push(persisted);
+        }
+    }
+    tracing::info!(
+        name = %identity.name,
+        nickname = %identity.nickname,
+        uid = identity.uid,
+        encryption = password.is_some(),
+        port = args.port,
+        peers = ?targets,
+        "starting weft router"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(SocketAddr::new(args.host, args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let status_listener = TcpListener::bind(args.status_addr)
+            .await
+            .with_context(|| format!("cannot serve status on {}", args.status_addr))?;
+        if !args.status_addr.ip().is_loopback() {
+            tracing::warn!(addr = %args.status_addr, "status endpoint is reachable from other hosts (read-only for them)");
+        }
+
+        let metrics = Arc::new(Metrics::default());
+        let (events_tx, events_rx) = mpsc::channel(8192);
+        let params = ConnParams {
+            password: password.clone(),
+            local: Features {
+                name: identity.name,
+                nickname: identity.nickname.clone(),
+                uid: identity.uid,
+                conn_id: 0,
+                listen_port: args.port,
+            },
+            heartbeat,
+            events: events_tx.clone(),
+            metrics: metrics.clone(),
+        };
+        let mesh_config = MeshConfig {
+            name: identity.name,
+            nickname: identity.nickname.clone(),
+            uid: identity.uid,
+            conn_limit: args.conn_limit,
+            gossip_interval,
+        };
+        let info = RouterInfo {
+            encryption: password.is_some(),
+            port: args.port,
+            conn_limit: args.conn_limit,
+            mesh_id: args.mesh_id.clone(),
+        };
+        let router =
+            Router::new(mesh_config, params, events_tx.clone(), events_rx, store, info, targets);
+        tokio::spawn(api::serve(status_listener, events_tx, metrics));
+        tokio::select! {
+            _ = router.run(listener) => {}
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn positive_secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        anyhow::bail!("{flag} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

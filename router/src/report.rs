@@ -1,0 +1,357 @@
+//! The status report: one JSON document (`/report`, `weft status --json`) with stable field
+//! names, and the text views rendered from it. The CLI fetches the JSON and renders locally, so
+//! text and JSON can never disagree.
+//!
+//! Field names are part of weft's interface: add fields, never rename or remove them.
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use weft_gossip::PeerName;
+use weft_gossip::mesh::Mesh;
+use weft_gossip::routes::LinkSet;
+use weft_gossip::topology::Topology;
+use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
+
+use crate::router::RouterInfo;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// weft's version.
+    pub version: String,
+    /// Protocol versions spoken, `[min, max]`.
+    pub protocol: [u8; 2],
+    /// This peer's name (`aa:bb:cc:dd:ee:ff`).
+    pub name: String,
+    pub nickname: String,
+    /// This run's incarnation id.
+    pub uid: u64,
+    /// Whether a mesh password is set (all connections authenticated and encrypted).
+    pub encryption: bool,
+    pub mesh_id: String,
+    pub port: u16,
+    pub conn_limit: usize,
+    /// Every peer in the topology, this one included, sorted by name.
+    pub peers: Vec<PeerReport>,
+    /// This peer's connections: established ones, targets being dialled or retried, and recent
+    /// inbound failures.
+    pub connections: Vec<ConnectionReport>,
+    /// Where control traffic to each reachable peer goes first.
+    pub routes: Vec<RouteReport>,
+    pub counters: CountersReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub name: String,
+    pub nickname: String,
+    pub uid: u64,
+    pub version: u64,
+    /// The connections this peer announces.
+    pub connections: Vec<PeerConnectionReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerConnectionReport {
+    pub name: String,
+    pub nickname: String,
+    pub address: Option<String>,
+    pub outbound: bool,
+    pub established: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionReport {
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    pub address: String,
+    /// `established`, `connecting`, `waiting`, `retrying` or `failed`.
+    pub state: String,
+    /// Present once the handshake named the peer.
+    pub peer: Option<String>,
+    pub nickname: Option<String>,
+    pub encrypted: Option<bool>,
+    pub up_secs: Option<u64>,
+    /// Why the connection failed or closed last.
+    pub reason: Option<String>,
+    pub retry_in_secs: Option<u64>,
+    pub attempts: Option<u32>,
+    /// `direct` (named by an operator), `discovered` (learned from gossip) or absent (inbound).
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteReport {
+    pub peer: String,
+    pub nickname: String,
+    /// First hop (the peer itself when directly connected).
+    pub via: String,
+    pub via_nickname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountersReport {
+    pub connections_terminated: u64,
+    pub unicast_dropped_no_route: u64,
+    pub malformed_gossip: u64,
+}
+
+/// `name(nickname)` for display.
+pub fn peer_label(topology: &Topology, name: PeerName) -> String {
+    match topology.get(name) {
+        Some(entry) => format!("{name}({})", entry.nickname),
+        None => name.to_string(),
+    }
+}
+
+fn nickname_of(topology: &Topology, name: PeerName) -> String {
+    topology
+        .get(name)
+        .map(|e| e.nickname.clone())
+        .unwrap_or_default()
+}
+
+pub fn build(mesh: &Mesh, info: &RouterInfo, now: Instant) -> Report {
+    let topology = mesh.topology();
+    let peers = topology
+        .peers()
+        .map(|entry| PeerReport {
+            name: entry.name.to_string(),
+            nickname: entry.nickname.clone(),
+            uid: entry.uid,
+            version: entry.version,
+            connections: entry
+                .connections
+                .iter()
+                .map(|(peer, c)| PeerConnectionReport {
+                    name: peer.to_string(),
+                    nickname: nickname_of(topology, *peer),
+                    address: c.remote_addr.map(|a| a.to_string()),
+                    outbound: c.outbound,
+                    established: c.established,
+                })
+                .collect(),
+        })
+        .collect();
+
+    let mut connections: Vec<ConnectionReport> = mesh
+        .connections(now)
+        .into_iter()
+        .map(|c| ConnectionReport {
+            direction: if c.outbound { "outbound" } else { "inbound" }.into(),
+            address: c.address.to_string(),
+            state: "established".into(),
+            peer: Some(c.peer.to_string()),
+            nickname: Some(c.nickname),
+            encrypted: Some(c.encrypted),
+            up_secs: Some(c.up_secs),
+            reason: None,
+            retry_in_secs: None,
+            attempts: None,
+            source: None,
+        })
+        .collect();
+    // Targets that are connected already appear above, as their connection.
+    for target in mesh
+        .targets(now)
+        .into_iter()
+        .filter(|t| t.state != "connected")
+    {
+        connections.push(ConnectionReport {
+            direction: "outbound".into(),
+            address: target.address,
+            state: target.state.into(),
+            peer: None,
+            nickname: None,
+            encrypted: None,
+            up_secs: None,
+            reason: target.last_error,
+            retry_in_secs: target.retry_in_secs,
+            attempts: Some(target.attempts),
+            source: Some(
+                serde_json::to_value(target.source)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
+        });
+    }
+    for failure in mesh.inbound_failures() {
+        connections.push(ConnectionReport {
+            direction: "inbound".into(),
+            address: failure.address.to_string(),
+            state: "failed".into(),
+            peer: None,
+            nickname: None,
+            encrypted: None,
+            up_secs: None,
+            reason: Some(format!(
+                "{} ({}s ago)",
+                failure.reason,
+                now.saturating_duration_since(failure.at).as_secs()
+            )),
+            retry_in_secs: None,
+            attempts: None,
+            source: None,
+        });
+    }
+
+    let routes = mesh
+        .routes()
+        .table(LinkSet::All)
+        .into_iter()
+        .map(|(peer, via)| RouteReport {
+            peer: peer.to_string(),
+            nickname: nickname_of(topology, peer),
+            via: via.to_string(),
+            via_nickname: nickname_of(topology, via),
+        })
+        .collect();
+
+    Report {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: [PROTOCOL_MIN, PROTOCOL_MAX],
+        name: mesh.name().to_string(),
+        nickname: topology.local_entry().nickname.clone(),
+        uid: topology.local_entry().uid,
+        encryption: info.encryption,
+        mesh_id: info.mesh_id.clone(),
+        port: info.port,
+        conn_limit: info.conn_limit,
+        peers,
+        connections,
+        routes,
+        counters: CountersReport {
+            connections_terminated: mesh.counters.connections_terminated,
+            unicast_dropped_no_route: mesh.counters.unicast_dropped_no_route,
+            malformed_gossip: mesh.counters.malformed_gossip,
+        },
+    }
+}
+
+fn count(report: &Report, state: &str) -> usize {
+    report
+        .connections
+        .iter()
+        .filter(|c| c.state == state)
+        .count()
+}
+
+/// `weft status`: the summary.
+pub fn render_summary(r: &Report) -> String {
+    let mut s = String::new();
+    let reachable = r.routes.len();
+    let _ = writeln!(
+        s,
+        "        Version: {} (protocol {}..{})",
+        r.version, r.protocol[0], r.protocol[1]
+    );
+    let _ = writeln!(s, "           Name: {}({})", r.name, r.nickname);
+    let _ = writeln!(
+        s,
+        "     Encryption: {}",
+        if r.encryption {
+            "enabled (Argon2id password, XSalsa20-Poly1305)"
+        } else {
+            "disabled"
+        }
+    );
+    let _ = writeln!(s, "           Port: {}", r.port);
+    let _ = writeln!(
+        s,
+        "          Peers: {} ({} reachable)",
+        r.peers.len(),
+        reachable
+    );
+    let _ = writeln!(
+        s,
+        "    Connections: {} established, {} connecting, {} retrying, {} failed (limit {})",
+        count(r, "established"),
+        count(r, "connecting"),
+        count(r, "retrying") + count(r, "waiting"),
+        count(r, "failed"),
+        r.conn_limit
+    );
+    s
+}
+
+/// `weft status peers`: each peer and the connections it announces.
+pub fn render_peers(r: &Report) -> String {
+    let mut s = String::new();
+    for peer in &r.peers {
+        let _ = writeln!(
+            s,
+            "{}({}) uid={} version={}",
+            peer.name, peer.nickname, peer.uid, peer.version
+        );
+        for c in &peer.connections {
+            let _ = writeln!(
+                s,
+                "   {} {}({}) {} {}",
+                if c.outbound { "->" } else { "<-" },
+                c.name,
+                c.nickname,
+                c.address.as_deref().unwrap_or("-"),
+                if c.established {
+                    "established"
+                } else {
+                    "pending"
+                }
+            );
+        }
+    }
+    s
+}
+
+/// `weft status connections`: one line per connection, target or recent failure.
+pub fn render_connections(r: &Report) -> String {
+    let mut s = String::new();
+    for c in &r.connections {
+        let arrow = if c.direction == "outbound" {
+            "->"
+        } else {
+            "<-"
+        };
+        let _ = write!(s, "{arrow} {:<22} {:<12}", c.address, c.state);
+        if let (Some(peer), Some(nick)) = (&c.peer, &c.nickname) {
+            let _ = write!(s, " {peer}({nick})");
+        }
+        if let Some(encrypted) = c.encrypted {
+            let _ = write!(
+                s,
+                " {}",
+                if encrypted {
+                    "encrypted"
+                } else {
+                    "unencrypted"
+                }
+            );
+        }
+        if let Some(up) = c.up_secs {
+            let _ = write!(s, " up {up}s");
+        }
+        if let Some(reason) = &c.reason {
+            let _ = write!(s, " {reason}");
+        }
+        if let Some(retry) = c.retry_in_secs {
+            let _ = write!(s, ", retry in {retry}s");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `weft status routes`: first hop to each reachable peer.
+pub fn render_routes(r: &Report) -> String {
+    let mut s = String::new();
+    for route in &r.routes {
+        let how = if route.via == route.peer {
+            "direct".to_owned()
+        } else {
+            format!("via {}({})", route.via, route.via_nickname)
+        };
+        let _ = writeln!(s, "{}({}) {how}", route.peer, route.nickname);
+    }
+    s
+}

@@ -1,0 +1,378 @@
+//! The router actor: one task owns the [`Mesh`] state machine and carries out its actions.
+//! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use weft_gossip::PeerName;
+use weft_gossip::handshake::Role;
+use weft_gossip::maker::Retry;
+use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection};
+use weft_gossip::routes::LinkSet;
+use weft_gossip::wire::ControlMsg;
+
+use crate::conn::{self, ConnParams};
+use crate::metrics::Metrics;
+use crate::report::{self, Report};
+use crate::store::Store;
+
+/// How long `weft ping` waits for the echo.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub enum Event {
+    Handshaken {
+        key: ConnKey,
+        new: NewConnection,
+        tx: mpsc::Sender<ControlMsg>,
+        reply: oneshot::Sender<bool>,
+    },
+    HandshakeFailed {
+        target: Option<String>,
+        remote: Option<SocketAddr>,
+        error: String,
+        retry: Retry,
+    },
+    Message {
+        key: ConnKey,
+        msg: ControlMsg,
+    },
+    Closed {
+        key: ConnKey,
+        reason: String,
+    },
+    Api(ApiRequest),
+}
+
+pub enum ApiRequest {
+    Connect {
+        hosts: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
+    Forget {
+        hosts: Vec<String>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
+    Ping {
+        peer: String,
+        reply: oneshot::Sender<Result<PingResult, String>>,
+    },
+    Report {
+        reply: oneshot::Sender<Report>,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PingResult {
+    pub peer: String,
+    pub nickname: String,
+    /// First hop of the route the echo took.
+    pub via: String,
+    pub rtt_ms: f64,
+}
+
+/// Static facts the report needs.
+pub struct RouterInfo {
+    pub encryption: bool,
+    pub port: u16,
+    pub conn_limit: usize,
+    pub mesh_id: String,
+}
+
+/// An echo in flight: when it left, to whom, and who waits for the answer.
+struct PendingPing {
+    sent: Instant,
+    peer: PeerName,
+    reply: oneshot::Sender<Result<PingResult, String>>,
+}
+
+pub struct Router {
+    mesh: Mesh,
+    conns: HashMap<ConnKey, mpsc::Sender<ControlMsg>>,
+    params: Arc<ConnParams>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    next_key: ConnKey,
+    store: Store,
+    info: RouterInfo,
+    pings: HashMap<u64, PendingPing>,
+    metrics: Arc<Metrics>,
+    /// Mesh counters already pushed to Prometheus.
+    terminations_seen: u64,
+}
+
+impl Router {
+    pub fn new(
+        config: MeshConfig,
+        params: ConnParams,
+        events_tx: mpsc::Sender<Event>,
+        events: mpsc::Receiver<Event>,
+        store: Store,
+        info: RouterInfo,
+        initial_targets: Vec<String>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut mesh = Mesh::new(config, now);
+        let mut out = Vec::new();
+        mesh.add_direct(&initial_targets, now, &mut out);
+        let metrics = params.metrics.clone();
+        let mut router = Router {
+            mesh,
+            conns: HashMap::new(),
+            params: Arc::new(params),
+            events_tx,
+            events,
+            next_key: 1,
+            store,
+            info,
+            pings: HashMap::new(),
+            metrics,
+            terminations_seen: 0,
+        };
+        router.execute(out);
+        router
+    }
+
+    /// Accepts connections and runs the actor until the process ends.
+    pub async fn run(mut self, listener: TcpListener) {
+        let accept_params = self.params.clone();
+        let accept_events = self.events_tx.clone();
+        let mut next_accept_key: ConnKey = 1 << 62;
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        next_accept_key += 1;
+                        let params = accept_params.clone();
+                        tokio::spawn(conn::run(
+                            stream,
+                            Role::Listener,
+                            None,
+                            next_accept_key,
+                            params,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                if accept_events.is_closed() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let wake = tokio::time::Instant::from_std(self.mesh.next_wakeup());
+            let event = tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => Some(event),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => None,
+            };
+            let now = Instant::now();
+            let mut out = Vec::new();
+            match event {
+                Some(event) => self.handle(event, now, &mut out),
+                None => self.mesh.tick(now, &mut out),
+            }
+            self.execute(out);
+            self.sync_metrics();
+        }
+    }
+
+    fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
+        let jitter = rand::rng().random::<f64>();
+        match event {
+            Event::Handshaken {
+                key,
+                new,
+                tx,
+                reply,
+            } => {
+                let peer = new.features.name;
+                let nickname = new.features.nickname.clone();
+                let remote = new.remote_tcp;
+                match self.mesh.register(key, new, now, out) {
+                    Ok(()) => {
+                        tracing::info!(%peer, %nickname, %remote, "connection established");
+                        self.conns.insert(key, tx);
+                        let _ = reply.send(true);
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, %remote, reason = %e, "connection refused");
+                        self.metrics.handshake_failure("refused");
+                        self.mesh.inbound_failed(remote, e.to_string(), now);
+                        let _ = reply.send(false);
+                    }
+                }
+            }
+            Event::HandshakeFailed {
+                target,
+                remote,
+                error,
+                retry,
+            } => match (target, remote) {
+                (Some(target), _) => self.mesh.dial_failed(&target, error, retry, now, jitter),
+                (None, Some(remote)) => self.mesh.inbound_failed(remote, error, now),
+                (None, None) => {}
+            },
+            Event::Message { key, msg } => self.mesh.on_message(key, msg, now, out),
+            Event::Closed { key, reason } => {
+                if self.conns.remove(&key).is_some() {
+                    tracing::info!(conn = key, %reason, "connection closed");
+                }
+                self.mesh.connection_closed(key, &reason, now, jitter, out);
+            }
+            Event::Api(request) => self.api(request, now, out),
+        }
+    }
+
+    fn api(&mut self, request: ApiRequest, now: Instant, out: &mut Vec<Action>) {
+        match request {
+            ApiRequest::Connect { hosts, reply } => {
+                let hosts: Vec<String> = hosts
+                    .iter()
+                    .map(|h| crate::config::with_default_port(h, self.info.port))
+                    .collect();
+                self.mesh.add_direct(&hosts, now, out);
+                self.mesh.tick(now, out);
+                let _ = reply.send(());
+            }
+            ApiRequest::Forget { hosts, reply } => {
+                let known = hosts
+                    .iter()
+                    .map(|h| {
+                        self.mesh
+                            .forget(&crate::config::with_default_port(h, self.info.port), out)
+                    })
+                    .collect();
+                let _ = reply.send(known);
+            }
+            ApiRequest::Ping { peer, reply } => {
+                let Some(entry) = self
+                    .mesh
+                    .topology()
+                    .peers()
+                    .find(|e| e.name.to_string() == peer || e.nickname == peer)
+                    .cloned()
+                else {
+                    let _ = reply.send(Err(format!("unknown peer {peer}")));
+                    return;
+                };
+                let id = weft_crypto::random_u64();
+                match self.mesh.echo(entry.name, id, out) {
+                    Ok(()) => {
+                        self.pings.insert(
+                            id,
+                            PendingPing {
+                                sent: now,
+                                peer: entry.name,
+                                reply,
+                            },
+                        );
+                        let events = self.events_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(PING_TIMEOUT).await;
+                            // Wakes the actor so it can expire the ping.
+                            let (tx, _) = oneshot::channel();
+                            let _ = events
+                                .send(Event::Api(ApiRequest::Report { reply: tx }))
+                                .await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            ApiRequest::Report { reply } => {
+                self.expire_pings(now);
+                let _ = reply.send(report::build(&self.mesh, &self.info, now));
+            }
+        }
+    }
+
+    fn expire_pings(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) >= PING_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(PendingPing { peer, reply, .. }) = self.pings.remove(&id) {
+                let _ = reply.send(Err(format!(
+                    "no echo from {peer} within {}s",
+                    PING_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { conn, msg } => {
+                    if let Some(tx) = self.conns.get(&conn)
+                        && tx.try_send(msg).is_err()
+                    {
+                        self.metrics.send_queue_drop();
+                    }
+                }
+                Action::Close { conn, reason } => {
+                    tracing::info!(conn, %reason, "closing connection");
+                    // Dropping the sender ends the connection's writer, which ends the task.
+                    self.conns.remove(&conn);
+                }
+                Action::Dial { address } => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    tokio::spawn(conn::dial(address, key, self.params.clone()));
+                }
+                Action::EchoReply { id, from } => {
+                    if let Some(PendingPing { sent, peer, reply }) = self.pings.remove(&id)
+                        && peer == from
+                    {
+                        let via = self
+                            .mesh
+                            .routes()
+                            .unicast(LinkSet::All, peer)
+                            .map(|hop| report::peer_label(self.mesh.topology(), hop))
+                            .unwrap_or_default();
+                        let nickname = self
+                            .mesh
+                            .topology()
+                            .get(peer)
+                            .map(|e| e.nickname.clone())
+                            .unwrap_or_default();
+                        let _ = reply.send(Ok(PingResult {
+                            peer: peer.to_string(),
+                            nickname,
+                            via,
+                            rtt_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                        }));
+                    }
+                }
+                Action::TargetsChanged => {
+                    if let Err(e) = self.store.set_targets(&self.mesh.direct_targets()) {
+                        tracing::warn!(error = %e, "cannot persist peer list");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_metrics(&mut self) {
+        let terminated = self.mesh.counters.connections_terminated;
+        self.metrics
+            .terminations
+            .inc_by(terminated - self.terminations_seen);
+        self.terminations_seen = terminated;
+    }
+}
