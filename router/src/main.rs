@@ -10,6 +10,7 @@ mod report;
 mod router;
 mod store;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
