@@ -1,0 +1,471 @@
+//! Whole meshes of [`Mesh`] state machines wired together in memory: dials succeed instantly
+//! unless the simulated network blocks them, messages are delivered in order per connection,
+//! time is simulated. Checks convergence, discovery, restarts, duplicate connections and
+//! routing around cut links without sockets or timing.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use weft_gossip::PeerName;
+use weft_gossip::maker::Retry;
+use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection};
+use weft_gossip::routes::LinkSet;
+use weft_gossip::wire::{ControlMsg, Features};
+
+const GOSSIP_INTERVAL: Duration = Duration::from_secs(30);
+
+fn addr(node: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, node as u8 + 1)), 6783)
+}
+
+fn node_of(address: &str) -> Option<usize> {
+    let addr: SocketAddr = address.parse().ok()?;
+    match addr.ip() {
+        IpAddr::V4(v4) => Some(v4.octets()[3] as usize - 1),
+        IpAddr::V6(_) => None,
+    }
+}
+
+struct Link {
+    node: usize,
+    peer_node: usize,
+    peer_key: ConnKey,
+}
+
+struct Sim {
+    meshes: Vec<Mesh>,
+    uids: Vec<u64>,
+    links: BTreeMap<ConnKey, Link>,
+    /// Pairs of nodes that cannot reach each other.
+    blocked: BTreeSet<(usize, usize)>,
+    queue: VecDeque<(usize, Action)>,
+    next_key: ConnKey,
+    now: Instant,
+    seed: u64,
+}
+
+fn name(node: usize) -> PeerName {
+    PeerName::from_u64(0x0200_0000_0000 + node as u64).unwrap()
+}
+
+impl Sim {
+    fn new(n: usize) -> Self {
+        let now = Instant::now();
+        let mut sim = Sim {
+            meshes: Vec::new(),
+            uids: Vec::new(),
+            links: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            queue: VecDeque::new(),
+            next_key: 1,
+            now,
+            seed: 0x9e37_79b9_7f4a_7c15,
+        };
+        for node in 0..n {
+            sim.add_node(node);
+        }
+        sim
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift: deterministic runs, varied connection ids.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    fn config(&mut self, node: usize) -> MeshConfig {
+        let uid = self.random() | 1;
+        MeshConfig {
+            name: name(node),
+            nickname: format!("host{node}"),
+            uid,
+            conn_limit: 100,
+            gossip_interval: GOSSIP_INTERVAL,
+        }
+    }
+
+    fn add_node(&mut self, node: usize) {
+        let config = self.config(node);
+        let uid = config.uid;
+        let mesh = Mesh::new(config, self.now);
+        if node < self.meshes.len() {
+            self.meshes[node] = mesh;
+            self.uids[node] = uid;
+        } else {
+            self.meshes.push(mesh);
+            self.uids.push(uid);
+        }
+    }
+
+    fn is_blocked(&self, a: usize, b: usize) -> bool {
+        self.blocked.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn tell(&mut self, node: usize, targets: &[usize]) {
+        let targets: Vec<String> = targets.iter().map(|t| addr(*t).to_string()).collect();
+        let mut out = Vec::new();
+        self.meshes[node].add_direct(&targets, self.now, &mut out);
+        self.enqueue(node, out);
+    }
+
+    fn enqueue(&mut self, node: usize, actions: Vec<Action>) {
+        self.queue.extend(actions.into_iter().map(|a| (node, a)));
+    }
+
+    fn features(&mut self, node: usize) -> Features {
+        Features {
+            name: name(node),
+            nickname: format!("host{node}"),
+            uid: self.uids[node],
+            conn_id: self.random(),
+            listen_port: 6783,
+        }
+    }
+
+    /// A dial from `from` to `to` that reached the other side and completed its handshake.
+    fn connect(&mut self, from: usize, to: usize, target: String) {
+        let (from_key, to_key) = (self.next_key, self.next_key + 1);
+        self.next_key += 2;
+        let (f_from, f_to) = (self.features(from), self.features(to));
+        let conn_uid = f_from.conn_id ^ f_to.conn_id;
+        let mut out_from = Vec::new();
+        let mut out_to = Vec::new();
+        let ok_from = self.meshes[from].register(
+            from_key,
+            NewConnection {
+                features: f_to,
+                outbound: true,
+                remote_tcp: addr(to),
+                target: Some(target),
+                conn_uid,
+                encrypted: true,
+            },
+            self.now,
+            &mut out_from,
+        );
+        let inbound_port = SocketAddr::new(addr(from).ip(), 40000 + from_key as u16);
+        let ok_to = self.meshes[to].register(
+            to_key,
+            NewConnection {
+                features: f_from,
+                outbound: false,
+                remote_tcp: inbound_port,
+                target: None,
+                conn_uid,
+                encrypted: true,
+            },
+            self.now,
+            &mut out_to,
+        );
+        match (ok_from.is_ok(), ok_to.is_ok()) {
+            (true, true) => {
+                self.links.insert(
+                    from_key,
+                    Link {
+                        node: from,
+                        peer_node: to,
+                        peer_key: to_key,
+                    },
+                );
+                self.links.insert(
+                    to_key,
+                    Link {
+                        node: to,
+                        peer_node: from,
+                        peer_key: from_key,
+                    },
+                );
+            }
+            // One side refused: the other sees the TCP connection close.
+            (true, false) => out_from.push(Action::Close {
+                conn: from_key,
+                reason: "refused".into(),
+            }),
+            (false, true) => out_to.push(Action::Close {
+                conn: to_key,
+                reason: "refused".into(),
+            }),
+            (false, false) => {}
+        }
+        self.enqueue(from, out_from);
+        self.enqueue(to, out_to);
+    }
+
+    fn close(&mut self, key: ConnKey, reason: &str) {
+        if let Some(link) = self.links.remove(&key) {
+            let mut out = Vec::new();
+            self.meshes[link.node].connection_closed(key, reason, self.now, 0.5, &mut out);
+            self.enqueue(link.node, out);
+            if self.links.remove(&link.peer_key).is_some() {
+                let mut out = Vec::new();
+                self.meshes[link.peer_node].connection_closed(
+                    link.peer_key,
+                    reason,
+                    self.now,
+                    0.5,
+                    &mut out,
+                );
+                self.enqueue(link.peer_node, out);
+            }
+        }
+    }
+
+    /// Delivers everything queued, including what the deliveries cause.
+    fn settle(&mut self) {
+        let mut steps = 0;
+        while let Some((node, action)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "the mesh does not settle: gossip loops");
+            match action {
+                Action::Send { conn, msg } => self.deliver(conn, msg),
+                Action::Close { conn, reason } => self.close(conn, &reason),
+                Action::Dial { address } => {
+                    let to = node_of(&address).filter(|to| *to < self.meshes.len());
+                    match to {
+                        Some(to) if !self.is_blocked(node, to) => self.connect(node, to, address),
+                        _ => self.meshes[node].dial_failed(
+                            &address,
+                            "unreachable".into(),
+                            Retry::Later,
+                            self.now,
+                            0.5,
+                        ),
+                    }
+                }
+                Action::EchoReply { .. } | Action::TargetsChanged => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self, conn: ConnKey, msg: ControlMsg) {
+        let Some(link) = self.links.get(&conn) else {
+            return;
+        };
+        let (peer_node, peer_key) = (link.peer_node, link.peer_key);
+        // A message encodes and decodes on the real wire; keep that honest here.
+        let msg: ControlMsg = weft_gossip::wire::decode(&weft_gossip::wire::encode(&msg)).unwrap();
+        let mut out = Vec::new();
+        self.meshes[peer_node].on_message(peer_key, msg, self.now, &mut out);
+        self.enqueue(peer_node, out);
+    }
+
+    /// Advances simulated time by `by`, ticking every mesh, and settles.
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        for node in 0..self.meshes.len() {
+            let mut out = Vec::new();
+            self.meshes[node].tick(self.now, &mut out);
+            self.enqueue(node, out);
+        }
+        self.settle();
+    }
+
+    /// Runs rounds of time until `done` holds; panics with the state if it never does.
+    fn run_until(&mut self, what: &str, done: impl Fn(&Sim) -> bool) {
+        self.settle();
+        for _ in 0..200 {
+            if done(self) {
+                return;
+            }
+            self.advance(Duration::from_secs(5));
+        }
+        let summary: Vec<String> = self
+            .meshes
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}: {} peers, {} conns",
+                    m.name(),
+                    m.topology().len(),
+                    m.connections(self.now).len()
+                )
+            })
+            .collect();
+        panic!("never reached: {what}\n{}", summary.join("\n"));
+    }
+
+    fn full_mesh(&self) -> bool {
+        let n = self.meshes.len();
+        let hash = self.meshes[0].topology().digest_hash();
+        self.meshes.iter().all(|m| {
+            m.topology().len() == n
+                && m.connections(self.now).len() == n - 1
+                && m.topology().digest_hash() == hash
+        })
+    }
+
+    fn kill(&mut self, node: usize) {
+        let keys: Vec<ConnKey> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.node == node)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.close(key, "connection reset");
+        }
+        self.settle();
+    }
+}
+
+#[test]
+fn a_chain_of_introductions_becomes_a_full_mesh() {
+    let mut sim = Sim::new(10);
+    for node in 1..10 {
+        sim.tell(node, &[node - 1]);
+    }
+    sim.run_until("full mesh", Sim::full_mesh);
+    // Every peer computes the same routes: all direct.
+    for mesh in &sim.meshes {
+        for (peer, via) in mesh.routes().table(LinkSet::All) {
+            assert_eq!(peer, via);
+        }
+    }
+}
+
+#[test]
+fn simultaneous_dials_settle_on_one_connection_at_both_ends() {
+    let mut sim = Sim::new(2);
+    sim.tell(0, &[1]);
+    sim.tell(1, &[0]);
+    sim.run_until("one connection each", Sim::full_mesh);
+    let a = sim.meshes[0].connections(sim.now);
+    let b = sim.meshes[1].connections(sim.now);
+    assert_eq!((a.len(), b.len()), (1, 1));
+    // Both ends kept the same TCP connection: one side outbound, the other inbound.
+    assert_ne!(a[0].outbound, b[0].outbound);
+    assert_eq!(sim.links.len(), 2);
+}
+
+#[test]
+fn a_restarted_peer_keeps_its_name_and_its_new_incarnation_wins() {
+    let mut sim = Sim::new(5);
+    for node in 1..5 {
+        sim.tell(node, &[0]);
+    }
+    sim.run_until("full mesh", Sim::full_mesh);
+    let old_uid = sim.uids[3];
+    sim.kill(3);
+    sim.run_until("peer 3 forgotten", |s| {
+        (0..5)
+            .filter(|n| *n != 3)
+            .all(|n| s.meshes[n].connection_to(name(3)).is_none())
+    });
+    sim.add_node(3);
+    assert_ne!(sim.uids[3], old_uid);
+    // It comes back knowing one address; the others know its address and redial too.
+    sim.tell(3, &[1]);
+    sim.run_until("full mesh after restart", Sim::full_mesh);
+    let new_uid = sim.uids[3];
+    for mesh in &sim.meshes {
+        assert_eq!(mesh.topology().get(name(3)).unwrap().uid, new_uid);
+    }
+}
+
+#[test]
+fn a_blocked_pair_is_routed_through_the_others_and_reconnects_when_healed() {
+    let mut sim = Sim::new(4);
+    sim.blocked.insert((0, 1));
+    for node in 1..4 {
+        sim.tell(node, &[3]);
+    }
+    sim.tell(0, &[3]);
+    sim.run_until("everyone but the blocked pair connected", |s| {
+        s.meshes.iter().all(|m| m.topology().len() == 4)
+            && s.meshes[0].connections(s.now).len() == 2
+            && s.meshes[1].connections(s.now).len() == 2
+            && s.meshes[2].connections(s.now).len() == 3
+    });
+    let via = sim.meshes[0]
+        .routes()
+        .unicast(LinkSet::All, name(1))
+        .unwrap();
+    assert!(
+        via == name(2) || via == name(3),
+        "0 reaches 1 through a third peer, got {via}"
+    );
+    // A control-plane echo travels the relay and comes back.
+    let mut out = Vec::new();
+    sim.meshes[0].echo(name(1), 42, &mut out).unwrap();
+    sim.enqueue(0, out);
+    let mut replies = Vec::new();
+    while let Some((node, action)) = sim.queue.pop_front() {
+        match action {
+            Action::EchoReply { id, from } => replies.push((node, id, from)),
+            Action::Send { conn, msg } => sim.deliver(conn, msg),
+            other => sim.queue.push_back((node, other)),
+        }
+        if !replies.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(replies, vec![(0, 42, name(1))]);
+
+    sim.blocked.clear();
+    sim.run_until("healed to a full mesh", Sim::full_mesh);
+    assert_eq!(
+        sim.meshes[0].routes().unicast(LinkSet::All, name(1)),
+        Some(name(1))
+    );
+}
+
+#[test]
+fn two_meshes_that_grew_apart_merge_when_joined() {
+    let mut sim = Sim::new(6);
+    // Two groups that do not know of each other…
+    sim.tell(1, &[0]);
+    sim.tell(2, &[0]);
+    sim.tell(4, &[3]);
+    sim.tell(5, &[3]);
+    sim.run_until("two separate meshes", |s| {
+        s.meshes.iter().all(|m| m.topology().len() == 3)
+    });
+    // …until one peer is told about the other group.
+    sim.tell(2, &[5]);
+    sim.run_until("one full mesh", Sim::full_mesh);
+}
+
+#[test]
+fn the_connection_limit_is_respected() {
+    let mut sim = Sim::new(5);
+    for node in 0..5 {
+        sim.meshes[node] = Mesh::new(
+            MeshConfig {
+                conn_limit: 2,
+                ..sim.config(node)
+            },
+            sim.now,
+        );
+    }
+    // Keep uids consistent with the meshes just built.
+    for node in 0..5 {
+        sim.uids[node] = sim.meshes[node].topology().local_entry().uid;
+    }
+    // A chain of introductions: each peer can keep its two neighbours and no more.
+    for node in 1..5 {
+        sim.tell(node, &[node - 1]);
+    }
+    for _ in 0..20 {
+        sim.advance(Duration::from_secs(5));
+    }
+    for mesh in &sim.meshes {
+        assert!(
+            mesh.connections(sim.now).len() <= 2,
+            "{} has too many connections",
+            mesh.name()
+        );
+        assert_eq!(
+            mesh.topology().len(),
+            5,
+            "everyone still learns the whole topology"
+        );
+        assert_eq!(
+            mesh.routes().table(LinkSet::All).len(),
+            4,
+            "and reaches everyone, relayed"
+        );
+    }
+}
