@@ -3,6 +3,7 @@
 //! Everything here decides; nothing here touches a socket. The router crate drives these
 //! state machines from tokio tasks, and the tests drive them from memory.
 
+pub mod channel;
 pub mod handshake;
 pub mod maker;
 pub mod mesh;

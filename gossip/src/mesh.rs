@@ -4,13 +4,10 @@
 //! a dial failed, time passed) and carry out the [`Action`]s it returns. It never blocks and
 //! never does IO, so whole meshes of it run in memory in tests.
 //!
-//! Gossip strategy, built for thousands of peers:
-//! - a change to our own entry is broadcast once along our broadcast tree (each peer gets one
-//!   copy); peers relay along the same tree only what improved their state, so nothing loops;
-//! - what a peer learns from a neighbour's gossip it re-broadcasts as its own news, so two
-//!   joined partitions spread each other's state;
-//! - every gossip interval each neighbour gets an 8-byte digest hash; only when hashes differ
-//!   do the two exchange `(name, version, uid)` digests and then just the entries that differ.
+//! The topology is one gossip channel among others (see `channel` for how every channel is
+//! spread); the mesh merges it itself because it drives routes and discovery. What a peer
+//! learns from a neighbour's gossip it re-broadcasts as its own news, so two partitions that
+//! join spread each other's state.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -18,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::channel::{ChannelError, GossipChannel, GossipMsg};
 use crate::maker::{ConnectionMaker, Retry, TargetStatus};
 use crate::peer::{PeerName, PeerUid};
 use crate::routes::{LinkSet, Routes};
 use crate::topology::{ConnectionInfo, PeerEntry, Topology, TopologyUpdate};
-use crate::wire::{self, ChannelId, ControlMsg, EchoMsg, Features, TopologyMsg};
+use crate::wire::{self, ChannelId, ControlMsg, EchoMsg, Features};
 
 /// The router's handle for one connection; unique for the router's lifetime.
 pub type ConnKey = u64;
@@ -150,6 +148,8 @@ pub struct Mesh {
     /// connection to that peer is up (whoever dialled).
     target_peer: BTreeMap<String, PeerName>,
     inbound_failures: VecDeque<InboundFailure>,
+    /// Channels hosted besides the topology, e.g. IPAM and MAC-to-peer.
+    channels: BTreeMap<ChannelId, Box<dyn GossipChannel>>,
     next_gossip: Instant,
     /// Dials in flight, counted against the connection limit.
     attempting: usize,
@@ -184,6 +184,7 @@ impl Mesh {
             by_peer: BTreeMap::new(),
             target_peer: BTreeMap::new(),
             inbound_failures: VecDeque::new(),
+            channels: BTreeMap::new(),
             attempting: 0,
             counters: MeshCounters::default(),
         }
@@ -276,11 +277,14 @@ impl Mesh {
             self.broadcast_own(delta, out);
         }
         // A new neighbour gets everything we know; from then on deltas and digests suffice.
-        for part in wire::split_update(self.topology.full_update(), UPDATE_BUDGET) {
-            out.push(Action::Send {
-                conn: key,
-                msg: topology_gossip(&TopologyMsg::Update(part)),
-            });
+        for channel in self.channel_ids() {
+            let Some(state) = self.channel(channel) else {
+                continue;
+            };
+            for part in state.full_state(UPDATE_BUDGET) {
+                let msg = gossip(channel, &GossipMsg::Update(part));
+                out.push(Action::Send { conn: key, msg });
+            }
         }
         Ok(())
     }
@@ -397,6 +401,64 @@ impl Mesh {
         self.send_unicast(ChannelId::ECHO, self.config.name, peer, payload, out)
     }
 
+    /// Hosts another gossip channel (IPAM, MAC-to-peer, …) on this mesh.
+    pub fn add_channel(&mut self, id: ChannelId, channel: Box<dyn GossipChannel>) {
+        self.channels.insert(id, channel);
+    }
+
+    /// A channel's state (the topology or a hosted channel).
+    pub fn channel(&self, id: ChannelId) -> Option<&dyn GossipChannel> {
+        if id == ChannelId::TOPOLOGY {
+            Some(&self.topology)
+        } else {
+            self.channels.get(&id).map(|c| c.as_ref())
+        }
+    }
+
+    fn channel_ids(&self) -> Vec<ChannelId> {
+        std::iter::once(ChannelId::TOPOLOGY)
+            .chain(self.channels.keys().copied())
+            .collect()
+    }
+
+    /// Applies a local change to a hosted channel, expressed as an update, and spreads what
+    /// it changed to the whole mesh.
+    pub fn publish(
+        &mut self,
+        channel: ChannelId,
+        update: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), ChannelError> {
+        let Some(hosted) = self.channels.get_mut(&channel) else {
+            return Err(ChannelError::Invalid(format!(
+                "channel {} is not hosted",
+                channel.0
+            )));
+        };
+        if let Some(improved) = hosted.merge(self.config.name, update)? {
+            self.broadcast_update(channel, improved, out);
+        }
+        Ok(())
+    }
+
+    fn broadcast_update(&mut self, channel: ChannelId, update: Vec<u8>, out: &mut Vec<Action>) {
+        let msg = broadcast(channel, self.config.name, update);
+        for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
+            self.send_to_peer(hop, msg.clone(), out);
+        }
+    }
+
+    /// Sends a channel's message to one peer along the unicast routes (relayed if need be).
+    pub fn unicast(
+        &mut self,
+        channel: ChannelId,
+        dst: PeerName,
+        payload: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        self.send_unicast(channel, self.config.name, dst, payload, out)
+    }
+
     /// Handles a message from a registered connection.
     pub fn on_message(
         &mut self,
@@ -410,29 +472,43 @@ impl Mesh {
         };
         match msg {
             ControlMsg::Heartbeat => {}
-            ControlMsg::Gossip {
-                channel: ChannelId::TOPOLOGY,
-                payload,
-            } => match wire::decode::<TopologyMsg>(&payload) {
-                Ok(msg) => self.on_topology_gossip(key, msg, now, out),
-                Err(_) => self.counters.malformed_gossip += 1,
-            },
-            ControlMsg::Gossip { .. } => {}
+            ControlMsg::Gossip { channel, payload } => {
+                if self.channel(channel).is_none() {
+                    return;
+                }
+                match wire::decode::<GossipMsg>(&payload) {
+                    Ok(msg) => {
+                        // A bad update loses nothing already merged; it is counted and dropped.
+                        if self.on_gossip(key, from, channel, msg, now, out).is_err() {
+                            self.counters.malformed_gossip += 1;
+                        }
+                    }
+                    Err(_) => self.counters.malformed_gossip += 1,
+                }
+            }
             ControlMsg::Broadcast {
                 channel,
                 src,
                 payload,
             } => {
-                let relay = if channel == ChannelId::TOPOLOGY {
-                    match wire::decode::<TopologyMsg>(&payload) {
-                        Ok(TopologyMsg::Update(update)) => !self.merge(update, now, out).is_empty(),
+                let relay = if self.channel(channel).is_some() {
+                    match wire::decode::<GossipMsg>(&payload) {
+                        Ok(GossipMsg::Update(update)) => {
+                            match self.merge(channel, src, &update, now, out) {
+                                Ok(improved) => improved.is_some(),
+                                Err(_) => {
+                                    self.counters.malformed_gossip += 1;
+                                    false
+                                }
+                            }
+                        }
                         _ => {
                             self.counters.malformed_gossip += 1;
                             false
                         }
                     }
                 } else {
-                    // Channels we do not know are passed on; the tree keeps them loop-free.
+                    // Channels we do not host are passed on; the tree keeps them loop-free.
                     true
                 };
                 if relay {
@@ -473,24 +549,38 @@ impl Mesh {
                         Ok(EchoMsg::Reply { id }) => out.push(Action::EchoReply { id, from: src }),
                         Err(_) => self.counters.malformed_gossip += 1,
                     }
+                    return;
+                }
+                let replies = match self.channels.get_mut(&channel) {
+                    Some(hosted) => hosted.on_unicast(src, &payload),
+                    None => return,
+                };
+                match replies {
+                    Ok(replies) => {
+                        for (dst, reply) in replies {
+                            let _ = self.send_unicast(channel, self.config.name, dst, reply, out);
+                        }
+                    }
+                    Err(_) => self.counters.malformed_gossip += 1,
                 }
             }
         }
     }
 
-    fn on_topology_gossip(
+    fn on_gossip(
         &mut self,
         key: ConnKey,
-        msg: TopologyMsg,
+        from: PeerName,
+        channel: ChannelId,
+        msg: GossipMsg,
         now: Instant,
         out: &mut Vec<Action>,
-    ) {
+    ) -> Result<(), ChannelError> {
         match msg {
-            TopologyMsg::Update(update) => {
-                let improved = self.merge(update, now, out);
+            GossipMsg::Update(update) => {
                 // News from one neighbour is news for the rest of the mesh: spread it as ours.
-                if !improved.is_empty() {
-                    let msg = broadcast_topology(self.config.name, improved);
+                if let Some(improved) = self.merge(channel, from, &update, now, out)? {
+                    let msg = broadcast(channel, self.config.name, improved);
                     for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
                         if self.by_peer.get(&hop) != Some(&key) {
                             self.send_to_peer(hop, msg.clone(), out);
@@ -498,63 +588,86 @@ impl Mesh {
                     }
                 }
             }
-            TopologyMsg::DigestHash(hash) => {
-                if hash != self.topology.digest_hash() {
-                    let digest = TopologyMsg::Digest {
-                        digest: self.topology.digest(),
+            GossipMsg::DigestHash(hash) => {
+                let Some(state) = self.channel(channel) else {
+                    return Ok(());
+                };
+                if hash != state.digest_hash() {
+                    let digest = GossipMsg::Digest {
+                        digest: state.digest(),
                         reply: true,
                     };
                     out.push(Action::Send {
                         conn: key,
-                        msg: topology_gossip(&digest),
+                        msg: gossip(channel, &digest),
                     });
                 }
             }
-            TopologyMsg::Digest { digest, reply } => {
-                let (newer_here, theirs_newer) = self.topology.compare_digest(&digest);
-                for part in wire::split_update(newer_here, UPDATE_BUDGET) {
+            GossipMsg::Digest { digest, reply } => {
+                let Some(state) = self.channel(channel) else {
+                    return Ok(());
+                };
+                let (updates, theirs_newer) = state.compare_digest(&digest, UPDATE_BUDGET)?;
+                let our_digest = (theirs_newer && reply).then(|| state.digest());
+                for update in updates {
                     out.push(Action::Send {
                         conn: key,
-                        msg: topology_gossip(&TopologyMsg::Update(part)),
+                        msg: gossip(channel, &GossipMsg::Update(update)),
                     });
                 }
-                if theirs_newer && reply {
-                    let digest = TopologyMsg::Digest {
-                        digest: self.topology.digest(),
+                if let Some(digest) = our_digest {
+                    let msg = GossipMsg::Digest {
+                        digest,
                         reply: false,
                     };
                     out.push(Action::Send {
                         conn: key,
-                        msg: topology_gossip(&digest),
+                        msg: gossip(channel, &msg),
                     });
                 }
             }
         }
+        Ok(())
     }
 
-    /// Merges gossip; returns what improved (already applied).
+    /// Merges an update into a channel; returns what improved (already applied), encoded.
     fn merge(
         &mut self,
-        update: TopologyUpdate,
+        channel: ChannelId,
+        from: PeerName,
+        update: &[u8],
         now: Instant,
         out: &mut Vec<Action>,
-    ) -> Vec<PeerEntry> {
+    ) -> Result<Option<Vec<u8>>, ChannelError> {
+        if channel != ChannelId::TOPOLOGY {
+            return match self.channels.get_mut(&channel) {
+                Some(hosted) => hosted.merge(from, update),
+                None => Ok(None),
+            };
+        }
+        let update: TopologyUpdate = wire::decode(update)?;
         let outcome = self.topology.merge(update);
         if let Some(version) = outcome.stale_self_version {
             // Someone still holds an entry from an earlier run of ours: outrank it.
             let entry = self.topology.bump_local_version_above(version);
             self.broadcast_own(entry, out);
         }
-        if !outcome.improved.entries.is_empty() {
-            self.topology_changed(now);
+        if outcome.improved.is_empty() {
+            return Ok(None);
         }
-        outcome.improved.entries
+        self.topology_changed(now);
+        Ok(Some(wire::encode(&outcome.improved)))
     }
 
     /// Recomputes what depends on the topology: garbage, routes, discovered targets.
     fn topology_changed(&mut self, now: Instant) {
         let connected: BTreeSet<PeerName> = self.by_peer.keys().copied().collect();
-        self.topology.gc(|name| connected.contains(&name));
+        let gone = self.topology.gc(|name| connected.contains(&name));
+        if !gone.is_empty() {
+            for channel in self.channels.values_mut() {
+                channel.peers_gone(&gone);
+            }
+        }
         self.routes = self.topology.routes();
         let mut discovered = BTreeSet::new();
         for entry in self.topology.peers() {
@@ -571,10 +684,10 @@ impl Mesh {
     }
 
     fn broadcast_own(&mut self, entry: PeerEntry, out: &mut Vec<Action>) {
-        let msg = broadcast_topology(self.config.name, vec![entry]);
-        for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
-            self.send_to_peer(hop, msg.clone(), out);
-        }
+        let update = wire::encode(&TopologyUpdate {
+            entries: vec![entry],
+        });
+        self.broadcast_update(ChannelId::TOPOLOGY, update, out);
     }
 
     fn send_to_peer(&mut self, peer: PeerName, msg: ControlMsg, out: &mut Vec<Action>) {
@@ -627,12 +740,17 @@ impl Mesh {
         }
         if now >= self.next_gossip {
             self.next_gossip = now + self.config.gossip_interval;
-            let msg = topology_gossip(&TopologyMsg::DigestHash(self.topology.digest_hash()));
-            for &conn in self.conns.keys() {
-                out.push(Action::Send {
-                    conn,
-                    msg: msg.clone(),
-                });
+            for channel in self.channel_ids() {
+                let Some(state) = self.channel(channel) else {
+                    continue;
+                };
+                let msg = gossip(channel, &GossipMsg::DigestHash(state.digest_hash()));
+                for &conn in self.conns.keys() {
+                    out.push(Action::Send {
+                        conn,
+                        msg: msg.clone(),
+                    });
+                }
             }
         }
     }
@@ -682,18 +800,18 @@ impl Mesh {
     }
 }
 
-fn topology_gossip(msg: &TopologyMsg) -> ControlMsg {
+fn gossip(channel: ChannelId, msg: &GossipMsg) -> ControlMsg {
     ControlMsg::Gossip {
-        channel: ChannelId::TOPOLOGY,
+        channel,
         payload: wire::encode(msg),
     }
 }
 
-fn broadcast_topology(src: PeerName, entries: Vec<PeerEntry>) -> ControlMsg {
-    let msg = TopologyMsg::Update(TopologyUpdate { entries });
+fn broadcast(channel: ChannelId, src: PeerName, update: Vec<u8>) -> ControlMsg {
+    let payload = wire::encode(&GossipMsg::Update(update));
     ControlMsg::Broadcast {
-        channel: ChannelId::TOPOLOGY,
+        channel,
         src,
-        payload: wire::encode(&msg),
+        payload,
     }
 }

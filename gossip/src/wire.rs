@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::peer::{PeerName, PeerUid};
-use crate::topology::{Digest, TopologyUpdate};
+use crate::topology::TopologyUpdate;
 
 /// Magic that opens every connection.
 pub const MAGIC: [u8; 4] = *b"weft";
@@ -205,18 +205,6 @@ pub enum ControlMsg {
     },
 }
 
-/// Payloads of the topology channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TopologyMsg {
-    /// Entries that changed (or the whole state, split into frames, when a peer is new).
-    Update(TopologyUpdate),
-    /// Periodic anti-entropy, compact: equal hashes mean equal state and nothing more is sent.
-    DigestHash(u64),
-    /// Full digest, sent when hashes differ. `reply` asks the receiver to answer with its own
-    /// digest if it is missing something, so that both sides push what the other lacks.
-    Digest { digest: Digest, reply: bool },
-}
-
 /// Payloads of the echo channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EchoMsg {
@@ -336,7 +324,9 @@ mod tests {
         #[test]
         fn decoders_survive_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<ControlMsg>(&bytes);
-            let _ = decode::<TopologyMsg>(&bytes);
+            let _ = decode::<crate::channel::GossipMsg>(&bytes);
+            let _ = decode::<TopologyUpdate>(&bytes);
+            let _ = decode::<crate::topology::Digest>(&bytes);
             let _ = decode::<Features>(&bytes);
             let _ = decode::<Intro>(&bytes);
             let _ = decode::<EchoMsg>(&bytes);

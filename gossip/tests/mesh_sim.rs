@@ -469,3 +469,115 @@ fn the_connection_limit_is_respected() {
         );
     }
 }
+
+/// A minimal second channel: a map from key to the largest value anyone wrote (a CRDT).
+#[derive(Default)]
+struct MaxMap(BTreeMap<String, u64>);
+
+type MaxUpdate = Vec<(String, u64)>;
+
+impl weft_gossip::channel::GossipChannel for MaxMap {
+    fn digest_hash(&self) -> u64 {
+        let bytes = weft_gossip::wire::encode(&self.0);
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        weft_gossip::wire::encode(&self.0)
+    }
+
+    fn full_state(&self, _budget: usize) -> Vec<Vec<u8>> {
+        let all: MaxUpdate = self.0.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        vec![weft_gossip::wire::encode(&all)]
+    }
+
+    fn merge(
+        &mut self,
+        _from: PeerName,
+        update: &[u8],
+    ) -> Result<Option<Vec<u8>>, weft_gossip::channel::ChannelError> {
+        let update: MaxUpdate = weft_gossip::wire::decode(update)?;
+        let mut improved = MaxUpdate::new();
+        for (key, value) in update {
+            let slot = self.0.entry(key.clone()).or_insert(0);
+            if value > *slot {
+                *slot = value;
+                improved.push((key, value));
+            }
+        }
+        Ok((!improved.is_empty()).then(|| weft_gossip::wire::encode(&improved)))
+    }
+
+    fn compare_digest(
+        &self,
+        digest: &[u8],
+        _budget: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), weft_gossip::channel::ChannelError> {
+        let theirs: BTreeMap<String, u64> = weft_gossip::wire::decode(digest)?;
+        let newer: MaxUpdate = self
+            .0
+            .iter()
+            .filter(|(k, v)| theirs.get(*k).is_none_or(|t| t < *v))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let they_know_more = theirs
+            .iter()
+            .any(|(k, v)| self.0.get(k).is_none_or(|o| o < v));
+        let updates = if newer.is_empty() {
+            vec![]
+        } else {
+            vec![weft_gossip::wire::encode(&newer)]
+        };
+        Ok((updates, they_know_more))
+    }
+}
+
+const MAXMAP: weft_gossip::wire::ChannelId = weft_gossip::wire::ChannelId(100);
+
+fn channel_hash(sim: &Sim, node: usize) -> u64 {
+    sim.meshes[node].channel(MAXMAP).unwrap().digest_hash()
+}
+
+fn publish(sim: &mut Sim, node: usize, key: &str, value: u64) {
+    let mut out = Vec::new();
+    let update = weft_gossip::wire::encode(&vec![(key.to_owned(), value)]);
+    sim.meshes[node].publish(MAXMAP, &update, &mut out).unwrap();
+    sim.enqueue(node, out);
+}
+
+#[test]
+fn a_hosted_channel_spreads_repairs_losses_and_reaches_late_joiners() {
+    let mut sim = Sim::new(5);
+    for node in 0..5 {
+        sim.meshes[node].add_channel(MAXMAP, Box::new(MaxMap::default()));
+    }
+    for node in 1..5 {
+        sim.tell(node, &[node - 1]);
+    }
+    sim.run_until("full mesh", Sim::full_mesh);
+
+    publish(&mut sim, 0, "pods", 3);
+    sim.settle();
+    assert!(
+        (1..5).all(|n| channel_hash(&sim, n) == channel_hash(&sim, 0)),
+        "one broadcast reaches all"
+    );
+
+    // A change whose broadcast is lost on the way is repaired by digest exchange.
+    publish(&mut sim, 2, "macs", 7);
+    sim.queue.clear();
+    assert_ne!(channel_hash(&sim, 0), channel_hash(&sim, 2));
+    sim.run_until("anti-entropy repaired the loss", |s| {
+        (0..5).all(|n| channel_hash(s, n) == channel_hash(s, 2))
+    });
+
+    // A peer that joins later receives the whole state from its first neighbour.
+    sim.add_node(5);
+    sim.meshes[5].add_channel(MAXMAP, Box::new(MaxMap::default()));
+    sim.tell(5, &[4]);
+    sim.run_until("late joiner caught up", |s| {
+        s.full_mesh() && channel_hash(s, 5) == channel_hash(s, 0)
+    });
+}
