@@ -92,6 +92,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         .context("invalid --log-level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 
