@@ -471,7 +471,8 @@ impl Mesh {
             return;
         };
         match msg {
-            ControlMsg::Heartbeat => {}
+            // The connection task handles both; nothing reaches the mesh.
+            ControlMsg::Heartbeat | ControlMsg::Goodbye { .. } => {}
             ControlMsg::Gossip { channel, payload } => {
                 if self.channel(channel).is_none() {
                     return;

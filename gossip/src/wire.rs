@@ -203,6 +203,8 @@ pub enum ControlMsg {
         dst: PeerName,
         payload: Vec<u8>,
     },
+    /// The sender is closing this connection, and why (shown in the receiver's status).
+    Goodbye { reason: String },
 }
 
 /// Payloads of the echo channel.
@@ -292,6 +294,7 @@ mod tests {
         let payload = proptest::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
             Just(ControlMsg::Heartbeat),
+            ".{0,40}".prop_map(|reason| ControlMsg::Goodbye { reason }),
             (any::<u16>(), payload.clone()).prop_map(|(c, payload)| ControlMsg::Gossip {
                 channel: ChannelId(c),
                 payload

@@ -170,11 +170,18 @@ pub async fn run(
     {
         return;
     }
-    if !accepted.await.unwrap_or(false) {
-        return;
-    }
-
     let (mut sealer, opener) = channel.split();
+    match accepted.await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            // Tell the peer why, so its status shows more than a closed socket.
+            let goodbye = wire::encode(&ControlMsg::Goodbye { reason });
+            let _ = write_frame(&mut write_half, &sealer.seal(&goodbye)).await;
+            let _ = write_half.shutdown().await;
+            return;
+        }
+        Err(_) => return,
+    }
     let mut reader_task = tokio::spawn(read_loop(reader, opener, key, params.clone()));
     let mut heartbeat = tokio::time::interval(params.heartbeat);
     heartbeat.tick().await;
@@ -192,6 +199,9 @@ pub async fn run(
         let sealed = sealer.seal(&plain);
         if let Err(e) = write_frame(&mut write_half, &sealed).await {
             break format!("write failed: {e}");
+        }
+        if let ControlMsg::Goodbye { reason } = msg {
+            break reason;
         }
         heartbeat.reset();
     };
@@ -249,8 +259,10 @@ async fn read_loop(
             Err(e) => return format!("malformed control message: {e}"),
         };
         params.metrics.message_received(&msg, plain.len());
-        if matches!(msg, ControlMsg::Heartbeat) {
-            continue;
+        match msg {
+            ControlMsg::Heartbeat => continue,
+            ControlMsg::Goodbye { reason } => return format!("closed by peer: {reason}"),
+            _ => {}
         }
         if params
             .events

@@ -43,6 +43,7 @@ const CONNECTION_STATES: [&str; 5] = ["established", "connecting", "waiting", "r
 fn channel_label(msg: &ControlMsg) -> &'static str {
     let channel = match msg {
         ControlMsg::Heartbeat => return "heartbeat",
+        ControlMsg::Goodbye { .. } => return "goodbye",
         ControlMsg::Gossip { channel, .. }
         | ControlMsg::Broadcast { channel, .. }
         | ControlMsg::Unicast { channel, .. } => *channel,

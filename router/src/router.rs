@@ -29,7 +29,8 @@ pub enum Event {
         key: ConnKey,
         new: NewConnection,
         tx: mpsc::Sender<ControlMsg>,
-        reply: oneshot::Sender<bool>,
+        /// `Err(reason)` refuses the connection; the reason is sent to the peer.
+        reply: oneshot::Sender<Result<(), String>>,
     },
     HandshakeFailed {
         target: Option<String>,
@@ -202,13 +203,13 @@ impl Router {
                     Ok(()) => {
                         tracing::info!(%peer, %nickname, %remote, "connection established");
                         self.conns.insert(key, tx);
-                        let _ = reply.send(true);
+                        let _ = reply.send(Ok(()));
                     }
                     Err(e) => {
                         tracing::info!(%peer, %remote, reason = %e, "connection refused");
                         self.metrics.handshake_failure("refused");
                         self.mesh.inbound_failed(remote, e.to_string(), now);
-                        let _ = reply.send(false);
+                        let _ = reply.send(Err(e.to_string()));
                     }
                 }
             }
@@ -327,8 +328,10 @@ impl Router {
                 }
                 Action::Close { conn, reason } => {
                     tracing::info!(conn, %reason, "closing connection");
-                    // Dropping the sender ends the connection's writer, which ends the task.
-                    self.conns.remove(&conn);
+                    // The writer sends the goodbye, then finds the queue closed and ends.
+                    if let Some(tx) = self.conns.remove(&conn) {
+                        let _ = tx.try_send(ControlMsg::Goodbye { reason });
+                    }
                 }
                 Action::Dial { address } => {
                     let key = self.next_key;
