@@ -244,6 +244,10 @@ impl Mesh {
                     .maker
                     .failed(target, now, e.to_string(), e.retry(), 0.5),
             }
+        } else if let Err(e) = &result
+            && !matches!(e, RegisterError::Duplicate(_))
+        {
+            self.inbound_failed(new.remote_tcp, e.to_string(), now);
         }
         result?;
 

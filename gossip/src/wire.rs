@@ -289,6 +289,19 @@ mod tests {
         assert!(decode::<ControlMsg>(&bytes).is_err());
     }
 
+    #[test]
+    fn huge_length_prefixes_inside_a_body_do_not_allocate() {
+        // Gossip { channel: 1, payload: <claims 2^62 bytes> }: must fail on the short input
+        // instead of reserving what the prefix claims.
+        let mut bytes = vec![1u8, 1];
+        bytes.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+        assert!(decode::<ControlMsg>(&bytes).is_err());
+        // A topology update claiming 2^62 entries.
+        let mut bytes = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        bytes.extend([0u8; 16]);
+        assert!(decode::<TopologyUpdate>(&bytes).is_err());
+    }
+
     fn arb_msg() -> impl Strategy<Value = ControlMsg> {
         let name = (0u64..(1 << 48)).prop_map(|v| PeerName::from_u64(v).unwrap());
         let payload = proptest::collection::vec(any::<u8>(), 0..64);

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -32,6 +33,14 @@ pub struct ConnParams {
     pub heartbeat: Duration,
     pub events: mpsc::Sender<Event>,
     pub metrics: Arc<Metrics>,
+    pub next_key: AtomicU64,
+}
+
+impl ConnParams {
+    /// A key for a new connection, unique for the router's lifetime.
+    pub fn new_key(&self) -> ConnKey {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +73,7 @@ impl ConnError {
 }
 
 /// Dials `address` and runs the connection.
-pub async fn dial(address: String, key: ConnKey, params: Arc<ConnParams>) {
+pub async fn dial(address: String, params: Arc<ConnParams>) {
     let connect = async {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&address).await?.collect();
         let mut last = std::io::Error::other("address resolved to nothing");
@@ -92,7 +101,15 @@ pub async fn dial(address: String, key: ConnKey, params: Arc<ConnParams>) {
             .await;
         }
     };
-    run(stream, Role::Dialer, Some(address), key, params).await;
+    run(
+        stream,
+        Role::Dialer,
+        Some(address),
+        params.new_key(),
+        params,
+        None,
+    )
+    .await;
 }
 
 async fn report_failure(
@@ -121,6 +138,7 @@ pub async fn run(
     target: Option<String>,
     key: ConnKey,
     params: Arc<ConnParams>,
+    handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
     let remote = match stream.peer_addr() {
@@ -147,6 +165,7 @@ pub async fn run(
         }
     };
 
+    drop(handshake_permit);
     let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
     let (reply, accepted) = oneshot::channel();
     let new = NewConnection {

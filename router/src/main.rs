@@ -160,6 +160,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             heartbeat,
             events: events_tx.clone(),
             metrics: metrics.clone(),
+            next_key: 1.into(),
         };
         let mesh_config = MeshConfig {
             name: identity.name,
@@ -175,7 +176,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             mesh_id: args.mesh_id.clone(),
         };
         let router =
-            Router::new(mesh_config, params, events_tx.clone(), events_rx, store, info, targets);
+            Router::new(mesh_config, params, events_rx, store, info, targets);
         tokio::spawn(api::serve(status_listener, events_tx, metrics));
         tokio::select! {
             _ = router.run(listener) => {}

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
 use weft_gossip::maker::Retry;
-use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection};
+use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
 use weft_gossip::routes::LinkSet;
 use weft_gossip::wire::ControlMsg;
 
@@ -95,9 +95,7 @@ pub struct Router {
     mesh: Mesh,
     conns: HashMap<ConnKey, mpsc::Sender<ControlMsg>>,
     params: Arc<ConnParams>,
-    events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
-    next_key: ConnKey,
     store: Store,
     info: RouterInfo,
     pings: HashMap<u64, PendingPing>,
@@ -110,7 +108,6 @@ impl Router {
     pub fn new(
         config: MeshConfig,
         params: ConnParams,
-        events_tx: mpsc::Sender<Event>,
         events: mpsc::Receiver<Event>,
         store: Store,
         info: RouterInfo,
@@ -125,9 +122,7 @@ impl Router {
             mesh,
             conns: HashMap::new(),
             params: Arc::new(params),
-            events_tx,
             events,
-            next_key: 1,
             store,
             info,
             pings: HashMap::new(),
@@ -140,47 +135,27 @@ impl Router {
 
     /// Accepts connections and runs the actor until the process ends.
     pub async fn run(mut self, listener: TcpListener) {
-        let accept_params = self.params.clone();
-        let accept_events = self.events_tx.clone();
-        let mut next_accept_key: ConnKey = 1 << 62;
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        next_accept_key += 1;
-                        let params = accept_params.clone();
-                        tokio::spawn(conn::run(
-                            stream,
-                            Role::Listener,
-                            None,
-                            next_accept_key,
-                            params,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                if accept_events.is_closed() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(accept_loop(listener, self.params.clone()));
         loop {
-            let wake = tokio::time::Instant::from_std(self.mesh.next_wakeup());
+            let mut wake = self.mesh.next_wakeup();
+            if let Some(deadline) = self.pings.values().map(|p| p.sent + PING_TIMEOUT).min() {
+                wake = wake.min(deadline);
+            }
             let event = tokio::select! {
                 event = self.events.recv() => match event {
                     Some(event) => Some(event),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake) => None,
+                _ = tokio::time::sleep_until(wake.into()) => None,
             };
             let now = Instant::now();
             let mut out = Vec::new();
             match event {
                 Some(event) => self.handle(event, now, &mut out),
-                None => self.mesh.tick(now, &mut out),
+                None => {
+                    self.mesh.tick(now, &mut out);
+                    self.expire_pings(now);
+                }
             }
             self.execute(out);
             self.sync_metrics();
@@ -207,8 +182,11 @@ impl Router {
                     }
                     Err(e) => {
                         tracing::info!(%peer, %remote, reason = %e, "connection refused");
-                        self.metrics.handshake_failure("refused");
-                        self.mesh.inbound_failed(remote, e.to_string(), now);
+                        let label = match e {
+                            RegisterError::Duplicate(_) => "duplicate",
+                            _ => "refused",
+                        };
+                        self.metrics.handshake_failure(label);
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
@@ -277,15 +255,6 @@ impl Router {
                                 reply,
                             },
                         );
-                        let events = self.events_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(PING_TIMEOUT).await;
-                            // Wakes the actor so it can expire the ping.
-                            let (tx, _) = oneshot::channel();
-                            let _ = events
-                                .send(Event::Api(ApiRequest::Report { reply: tx }))
-                                .await;
-                        });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -293,7 +262,6 @@ impl Router {
                 }
             }
             ApiRequest::Report { reply } => {
-                self.expire_pings(now);
                 let _ = reply.send(report::build(&self.mesh, &self.info, now));
             }
         }
@@ -334,9 +302,7 @@ impl Router {
                     }
                 }
                 Action::Dial { address } => {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    tokio::spawn(conn::dial(address, key, self.params.clone()));
+                    tokio::spawn(conn::dial(address, self.params.clone()));
                 }
                 Action::EchoReply { id, from } => {
                     if let Some(PendingPing { sent, peer, reply }) = self.pings.remove(&id)
@@ -377,5 +343,38 @@ impl Router {
             .terminations
             .inc_by(terminated - self.terminations_seen);
         self.terminations_seen = terminated;
+    }
+}
+
+/// At most this many inbound connections may be in their handshake at once; more wait in the
+/// kernel's backlog, so a flood of connections cannot pile up tasks and memory.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+async fn accept_loop(listener: TcpListener, params: Arc<ConnParams>) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok(permit) = pending.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let key = params.new_key();
+                tokio::spawn(conn::run(
+                    stream,
+                    Role::Listener,
+                    None,
+                    key,
+                    params.clone(),
+                    Some(permit),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if params.events.is_closed() {
+            return;
+        }
     }
 }
