@@ -1,0 +1,29 @@
+//! Every decoder that reads bytes from the network: errors are fine, panics and unbounded
+//! allocations are not; whatever decodes must encode back to something that decodes equal.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_gossip::channel::GossipMsg;
+use weft_gossip::topology::{Digest, TopologyUpdate};
+use weft_gossip::wire::{self, ControlMsg, EchoMsg, Features, Intro};
+
+fn round_trips<T>(bytes: &[u8])
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    if let Ok(value) = wire::decode::<T>(bytes) {
+        let again: T = wire::decode(&wire::encode(&value)).expect("re-encoded value decodes");
+        assert_eq!(again, value);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    round_trips::<ControlMsg>(data);
+    round_trips::<GossipMsg>(data);
+    round_trips::<TopologyUpdate>(data);
+    round_trips::<Digest>(data);
+    round_trips::<Features>(data);
+    round_trips::<Intro>(data);
+    round_trips::<EchoMsg>(data);
+    let _ = wire::split_frames(data);
+});
