@@ -27,6 +27,12 @@ pub type ConnKey = u64;
 
 /// Budget for one topology update inside a frame, leaving room for the envelope and seal.
 const UPDATE_BUDGET: usize = wire::MAX_FRAME_LEN - 1024;
+/// Topology changes arrive in bursts (a peer joining changes every entry); work that depends on
+/// the whole topology (garbage collection, routes, discovery) and the announcement of our own
+/// entry wait this long so that one burst costs one recomputation and one broadcast. Relays in
+/// between use the previous routes: duplicates die at the "relay only what improved" rule and
+/// gaps are repaired by anti-entropy.
+pub const COALESCE: Duration = Duration::from_millis(100);
 /// How many recent inbound handshake failures status keeps.
 const INBOUND_FAILURES_KEPT: usize = 32;
 
@@ -148,6 +154,9 @@ pub struct Mesh {
     /// connection to that peer is up (whoever dialled).
     target_peer: BTreeMap<String, PeerName>,
     inbound_failures: VecDeque<InboundFailure>,
+    /// When the coalesced recomputation and announcement are due.
+    recompute_at: Option<Instant>,
+    announce_at: Option<Instant>,
     /// Channels hosted besides the topology, e.g. IPAM and MAC-to-peer.
     channels: BTreeMap<ChannelId, Box<dyn GossipChannel>>,
     next_gossip: Instant,
@@ -185,6 +194,8 @@ impl Mesh {
             target_peer: BTreeMap::new(),
             inbound_failures: VecDeque::new(),
             channels: BTreeMap::new(),
+            recompute_at: None,
+            announce_at: None,
             attempting: 0,
             counters: MeshCounters::default(),
         }
@@ -274,11 +285,15 @@ impl Mesh {
             outbound: new.outbound,
             established: true,
         };
-        if let Some(delta) = self.topology.update_local(|e| {
-            e.connections.insert(peer, info);
-        }) {
+        if self
+            .topology
+            .update_local(|e| {
+                e.connections.insert(peer, info);
+            })
+            .is_some()
+        {
             self.topology_changed(now);
-            self.broadcast_own(delta, out);
+            self.announce_later(now);
         }
         // A new neighbour gets everything we know; from then on deltas and digests suffice.
         for channel in self.channel_ids() {
@@ -339,14 +354,7 @@ impl Mesh {
     }
 
     /// A registered connection ended (or the router closed it).
-    pub fn connection_closed(
-        &mut self,
-        key: ConnKey,
-        reason: &str,
-        now: Instant,
-        jitter: f64,
-        out: &mut Vec<Action>,
-    ) {
+    pub fn connection_closed(&mut self, key: ConnKey, reason: &str, now: Instant, jitter: f64) {
         let Some(conn) = self.remove_conn(key) else {
             return;
         };
@@ -363,10 +371,14 @@ impl Mesh {
                 self.maker
                     .disconnected(&target, now, lived, reason.to_owned(), jitter);
             }
-            if let Some(delta) = self.topology.update_local(|e| {
-                e.connections.remove(&conn.peer);
-            }) {
-                self.broadcast_own(delta, out);
+            if self
+                .topology
+                .update_local(|e| {
+                    e.connections.remove(&conn.peer);
+                })
+                .is_some()
+            {
+                self.announce_later(now);
             }
         }
         self.topology_changed(now);
@@ -499,7 +511,7 @@ impl Mesh {
                 let relay = if self.channel(channel).is_some() {
                     match wire::decode::<GossipMsg>(&payload) {
                         Ok(GossipMsg::Update(update)) => {
-                            match self.merge(channel, src, &update, now, out) {
+                            match self.merge(channel, src, &update, now) {
                                 Ok(improved) => improved.is_some(),
                                 Err(_) => {
                                     self.counters.malformed_gossip += 1;
@@ -584,7 +596,7 @@ impl Mesh {
         match msg {
             GossipMsg::Update(update) => {
                 // News from one neighbour is news for the rest of the mesh: spread it as ours.
-                if let Some(improved) = self.merge(channel, from, &update, now, out)? {
+                if let Some(improved) = self.merge(channel, from, &update, now)? {
                     let msg = broadcast(channel, self.config.name, improved);
                     for hop in self.routes.broadcast(LinkSet::All, self.config.name) {
                         if self.by_peer.get(&hop) != Some(&key) {
@@ -642,7 +654,6 @@ impl Mesh {
         from: PeerName,
         update: &[u8],
         now: Instant,
-        out: &mut Vec<Action>,
     ) -> Result<Option<Vec<u8>>, ChannelError> {
         if channel != ChannelId::TOPOLOGY {
             return match self.channels.get_mut(&channel) {
@@ -654,8 +665,8 @@ impl Mesh {
         let outcome = self.topology.merge(update);
         if let Some(version) = outcome.stale_self_version {
             // Someone still holds an entry from an earlier run of ours: outrank it.
-            let entry = self.topology.bump_local_version_above(version);
-            self.broadcast_own(entry, out);
+            self.topology.bump_local_version_above(version);
+            self.announce_later(now);
         }
         if outcome.improved.is_empty() {
             return Ok(None);
@@ -664,8 +675,16 @@ impl Mesh {
         Ok(Some(wire::encode(&outcome.improved)))
     }
 
-    /// Recomputes what depends on the topology: garbage, routes, discovered targets.
     fn topology_changed(&mut self, now: Instant) {
+        self.recompute_at.get_or_insert(now + COALESCE);
+    }
+
+    fn announce_later(&mut self, now: Instant) {
+        self.announce_at.get_or_insert(now + COALESCE);
+    }
+
+    /// Recomputes what depends on the topology: garbage, routes, discovered targets.
+    fn recompute(&mut self, now: Instant) {
         let connected: BTreeSet<PeerName> = self.by_peer.keys().copied().collect();
         let gone = self.topology.gc(|name| connected.contains(&name));
         if !gone.is_empty() {
@@ -688,7 +707,8 @@ impl Mesh {
         self.maker.set_discovered(&discovered, now);
     }
 
-    fn broadcast_own(&mut self, entry: PeerEntry, out: &mut Vec<Action>) {
+    fn announce(&mut self, out: &mut Vec<Action>) {
+        let entry = self.topology.local_entry().clone();
         let update = wire::encode(&TopologyUpdate {
             entries: vec![entry],
         });
@@ -730,8 +750,17 @@ impl Mesh {
         Ok(())
     }
 
-    /// Dials what is due and gossips digests when the interval has passed.
+    /// Does what is due: the coalesced recomputation and announcement, dials, and digests when
+    /// the gossip interval has passed.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.recompute_at.is_some_and(|at| at <= now) {
+            self.recompute_at = None;
+            self.recompute(now);
+        }
+        if self.announce_at.is_some_and(|at| at <= now) {
+            self.announce_at = None;
+            self.announce(out);
+        }
         let budget = if self.config.conn_limit == 0 {
             usize::MAX
         } else {
@@ -762,10 +791,14 @@ impl Mesh {
 
     /// When `tick` next has something to do.
     pub fn next_wakeup(&self) -> Instant {
-        match self.maker.next_wakeup() {
-            Some(at) => at.min(self.next_gossip),
-            None => self.next_gossip,
-        }
+        [
+            self.maker.next_wakeup(),
+            self.recompute_at,
+            self.announce_at,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_gossip, Instant::min)
     }
 
     pub fn connections(&self, now: Instant) -> Vec<ConnectionStatus> {

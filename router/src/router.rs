@@ -206,7 +206,7 @@ impl Router {
                 if self.conns.remove(&key).is_some() {
                     tracing::info!(conn = key, %reason, "connection closed");
                 }
-                self.mesh.connection_closed(key, &reason, now, jitter, out);
+                self.mesh.connection_closed(key, &reason, now, jitter);
             }
             Event::Api(request) => self.api(request, now, out),
         }
