@@ -72,6 +72,9 @@ pub enum Retry {
 #[derive(Debug, Default)]
 pub struct ConnectionMaker {
     targets: BTreeMap<String, Target>,
+    /// The addresses gossip mentions now. A discovered target whose dial was in flight when
+    /// gossip stopped mentioning it is dropped as soon as the dial fails.
+    discovered: BTreeSet<String>,
 }
 
 impl ConnectionMaker {
@@ -108,6 +111,7 @@ impl ConnectionMaker {
     /// Replaces the set of discovered addresses: new ones are added, discovered targets not in
     /// `addresses` and not in use are dropped. Direct targets are untouched.
     pub fn set_discovered(&mut self, addresses: &BTreeSet<String>, now: Instant) {
+        self.discovered.clone_from(addresses);
         self.targets.retain(|address, t| {
             t.source == TargetSource::Direct
                 || addresses.contains(address)
@@ -158,6 +162,10 @@ impl ConnectionMaker {
         retry: Retry,
         jitter: f64,
     ) {
+        if self.is_stale(address) {
+            self.targets.remove(address);
+            return;
+        }
         let Some(target) = self.targets.get_mut(address) else {
             return;
         };
@@ -189,6 +197,9 @@ impl ConnectionMaker {
         reason: String,
         jitter: f64,
     ) {
+        // No staleness check here: while connected, a peer's address is left out of the
+        // discovered set on purpose. The next `set_discovered` prunes it if gossip has
+        // forgotten the peer, and keeps its backoff if not.
         let Some(target) = self.targets.get_mut(address) else {
             return;
         };
@@ -199,6 +210,14 @@ impl ConnectionMaker {
         } else {
             self.failed(address, now, reason, Retry::Later, jitter);
         }
+    }
+
+    /// A discovered target that gossip no longer mentions.
+    fn is_stale(&self, address: &str) -> bool {
+        self.targets
+            .get(address)
+            .is_some_and(|t| t.source == TargetSource::Discovered)
+            && !self.discovered.contains(address)
     }
 
     pub fn status(&self, now: Instant) -> Vec<TargetStatus> {
@@ -337,6 +356,20 @@ mod tests {
         );
         assert!(maker.forget("d:1"));
         assert!(!maker.forget("d:1"));
+    }
+
+    #[test]
+    fn a_discovered_target_forgotten_mid_dial_is_dropped_when_the_dial_ends() {
+        let now = Instant::now();
+        let mut maker = ConnectionMaker::new();
+        maker.set_discovered(&["gone:1".to_owned(), "kept:1".to_owned()].into(), now);
+        assert_eq!(maker.due(now, 10).len(), 2);
+        // Gossip stops mentioning "gone" while its dial is in flight.
+        maker.set_discovered(&["kept:1".to_owned()].into(), now);
+        maker.failed("gone:1", now, "no route to host".into(), Retry::Later, 0.5);
+        maker.failed("kept:1", now, "no route to host".into(), Retry::Later, 0.5);
+        let left: Vec<_> = maker.status(now).into_iter().map(|t| t.address).collect();
+        assert_eq!(left, vec!["kept:1"]);
     }
 
     #[test]

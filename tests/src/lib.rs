@@ -12,7 +12,12 @@
 //! tests running in parallel (threads or processes) never share a namespace.
 //!
 //! The harness does not build weft: scenario tests pass the binary cargo built for them
-//! (`env!("CARGO_BIN_EXE_weft")` in the router crate's integration tests).
+//! (`env!("CARGO_BIN_EXE_weft")` in the router crate's integration tests, `router/tests/`).
+//!
+//! Running, as root: `cargo test -p weft-router --test mesh` for the scenarios and
+//! `cargo test -p weft-tests` for the harness' own checks. A failed wait prints every host's
+//! status and router log tail; `WEFT_TEST_KEEP=1` also keeps each Net's directory (full logs,
+//! data dirs) under the temp dir, and `-- --nocapture` shows how long each wait took.
 
 mod checks;
 mod cmd;
@@ -24,6 +29,7 @@ mod router;
 mod wait;
 
 pub use cmd::Output;
+pub use faults::Reachability;
 pub use metrics::Metrics;
 pub use net::{HostId, Net};
 pub use report::{Connection, Counters, Peer, PeerConnection, Report, Route};
