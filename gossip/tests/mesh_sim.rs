@@ -39,6 +39,8 @@ struct Sim {
     links: BTreeMap<ConnKey, Link>,
     /// Pairs of nodes that cannot reach each other.
     blocked: BTreeSet<(usize, usize)>,
+    /// Nodes whose process is dead: nothing answers at their address until they restart.
+    down: BTreeSet<usize>,
     queue: VecDeque<(usize, Action)>,
     next_key: ConnKey,
     now: Instant,
@@ -59,6 +61,7 @@ impl Sim {
             uids: Vec::new(),
             links: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            down: BTreeSet::new(),
             queue: VecDeque::new(),
             next_key: 1,
             now,
@@ -90,7 +93,9 @@ impl Sim {
         }
     }
 
+    /// Starts a node, or restarts it as a new incarnation with the same name.
     fn add_node(&mut self, node: usize) {
+        self.down.remove(&node);
         let config = self.config(node);
         let uid = config.uid;
         let mesh = Mesh::new(config, self.now);
@@ -104,7 +109,7 @@ impl Sim {
     }
 
     fn is_blocked(&self, a: usize, b: usize) -> bool {
-        self.blocked.contains(&(a.min(b), a.max(b)))
+        self.blocked.contains(&(a.min(b), a.max(b))) || self.down.contains(&b)
     }
 
     fn tell(&mut self, node: usize, targets: &[usize]) {
@@ -294,7 +299,9 @@ impl Sim {
         })
     }
 
+    /// The node's process dies: its connections reset and it answers nothing until restarted.
     fn kill(&mut self, node: usize) {
+        self.down.insert(node);
         let keys: Vec<ConnKey> = self
             .links
             .iter()
