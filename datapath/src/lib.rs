@@ -6,10 +6,19 @@
 //! crate never sees gossip: the router hands it plain decisions (which peer, which address,
 //! which key).
 //!
-//! What exists so far is the vocabulary shared by status and by the datapaths to come: the
-//! datapath kinds and their encapsulation overheads, from which the overlay MTU follows.
+//! What exists so far: the datapath kinds and their encapsulation overheads (from which the
+//! overlay MTU follows), and the sleeve's sans-IO core (see `docs/sleeve.md`).
+
+pub mod forward;
+pub mod mac;
+pub mod sleeve;
+pub mod tap;
 
 use serde::{Deserialize, Serialize};
+
+/// A peer's 48-bit name as it appears on the wire. The datapath never sees gossip, so it works
+/// with the raw bytes; the router converts from `weft_gossip::PeerName`.
+pub type PeerId = [u8; 6];
 
 /// A way of carrying frames to one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,10 +38,13 @@ const IPV4_UDP: u16 = 20 + 8;
 const VXLAN: u16 = 8 + 14;
 /// ESP in transport mode with AES-GCM: SPI, sequence, IV, ICV, padding and trailer at most.
 const ESP_MAX: u16 = 4 + 4 + 8 + 16 + 3 + 2;
-/// Sleeve framing per datagram (sender name, sequence) and per frame (length, inner Ethernet).
-const SLEEVE: u16 = 6 + 8 + 2 + 14;
-/// secretbox tag.
-const SEAL_TAG: u16 = 16;
+/// Inner Ethernet header, carried whole by the sleeve.
+const ETHERNET: u16 = 14;
+/// Sleeve datagram header and one frame header (taken from the codec, so they cannot drift).
+const SLEEVE_PLAIN: u16 =
+    (sleeve::codec::PLAIN_HEADER_LEN + sleeve::codec::FRAME_HEADER_LEN) as u16 + ETHERNET;
+const SLEEVE_SEALED: u16 =
+    (sleeve::codec::SEALED_HEADER_LEN + sleeve::codec::FRAME_HEADER_LEN) as u16 + ETHERNET;
 
 impl DatapathKind {
     /// Bytes the datapath adds around an inner IP packet on an IPv4 underlay.
@@ -40,8 +52,8 @@ impl DatapathKind {
         match (self, encrypted) {
             (DatapathKind::Fastdp | DatapathKind::Vxlan, false) => IPV4_UDP + VXLAN,
             (DatapathKind::Fastdp | DatapathKind::Vxlan, true) => IPV4_UDP + VXLAN + ESP_MAX,
-            (DatapathKind::Sleeve, false) => IPV4_UDP + SLEEVE,
-            (DatapathKind::Sleeve, true) => IPV4_UDP + SLEEVE + SEAL_TAG,
+            (DatapathKind::Sleeve, false) => IPV4_UDP + SLEEVE_PLAIN,
+            (DatapathKind::Sleeve, true) => IPV4_UDP + SLEEVE_SEALED,
         }
     }
 
@@ -60,6 +72,29 @@ mod tests {
     #[test]
     fn vxlan_on_a_1500_underlay_leaves_the_usual_1450() {
         assert_eq!(DatapathKind::Vxlan.overlay_mtu(1500, false), Some(1450));
+    }
+
+    #[test]
+    fn a_full_size_inner_packet_fits_the_sleeve_overlay_mtu() {
+        use sleeve::codec::{Encapsulator, Frame, FrameKind};
+        let path_mtu = 1500u16;
+        let mtu = DatapathKind::Sleeve.overlay_mtu(path_mtu, true).unwrap();
+        // An Ethernet frame carrying an inner packet of exactly the overlay MTU.
+        let frame = vec![0u8; usize::from(mtu) + 14];
+        let key = || weft_crypto::SecretKey::from_bytes([1; 32]);
+        let mut enc = Encapsulator::sealed([2, 0, 0, 0, 0, 1], Box::new(move |_| key()));
+        let frames = [Frame {
+            kind: FrameKind::Ethernet,
+            src: [2; 6],
+            dst: [3; 6],
+            payload: &frame,
+        }];
+        let mut out = Vec::new();
+        let udp_payload = usize::from(path_mtu) - usize::from(IPV4_UDP);
+        assert_eq!(
+            enc.encapsulate(&frames, udp_payload, &mut out).unwrap(),
+            udp_payload
+        );
     }
 
     #[test]

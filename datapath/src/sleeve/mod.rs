@@ -1,0 +1,5 @@
+//! The sleeve: Ethernet frames in UDP between routers, sealed when the mesh has a password.
+//! This module is the sans-IO core; see `docs/sleeve.md` for the design.
+
+pub mod codec;
+pub mod replay;
