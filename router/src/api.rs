@@ -55,13 +55,15 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "router is shutting down\n").into_response()
 }
 
-async fn fetch_report(api: &Api) -> Option<Report> {
+/// Sends a request to the router actor and waits for its answer; `None` if the router stopped.
+async fn ask<T>(api: &Api, request: impl FnOnce(oneshot::Sender<T>) -> ApiRequest) -> Option<T> {
     let (reply, rx) = oneshot::channel();
-    api.events
-        .send(Event::Api(ApiRequest::Report { reply }))
-        .await
-        .ok()?;
+    api.events.send(Event::Api(request(reply))).await.ok()?;
     rx.await.ok()
+}
+
+async fn fetch_report(api: &Api) -> Option<Report> {
+    ask(api, |reply| ApiRequest::Report { reply }).await
 }
 
 async fn report_json(State(api): State<Api>) -> Response {
@@ -102,18 +104,19 @@ struct PeerQuery {
     peer: String,
 }
 
-fn local_only(client: SocketAddr) -> Result<(), Box<Response>> {
-    if client.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(Box::new(
-            (
-                StatusCode::FORBIDDEN,
-                "this operation is only available from the local host\n",
-            )
-                .into_response(),
-        ))
-    }
+/// Refuses a request that changes something unless it comes from this host.
+fn refuse_remote(client: SocketAddr) -> Option<Response> {
+    (!client.ip().is_loopback()).then(|| {
+        (
+            StatusCode::FORBIDDEN,
+            "this operation is only available from the local host\n",
+        )
+            .into_response()
+    })
+}
+
+fn hosts(q: &PeerQuery) -> Vec<String> {
+    q.peer.split(',').map(str::to_owned).collect()
 }
 
 async fn connect(
@@ -121,22 +124,17 @@ async fn connect(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Query(q): Query<PeerQuery>,
 ) -> Response {
-    if let Err(denied) = local_only(client) {
-        return *denied;
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
     }
-    let hosts: Vec<String> = q.peer.split(',').map(str::to_owned).collect();
-    let (reply, rx) = oneshot::channel();
-    if api
-        .events
-        .send(Event::Api(ApiRequest::Connect { hosts, reply }))
-        .await
-        .is_err()
+    match ask(&api, |reply| ApiRequest::Connect {
+        hosts: hosts(&q),
+        reply,
+    })
+    .await
     {
-        return unavailable();
-    }
-    match rx.await {
-        Ok(()) => "ok\n".into_response(),
-        Err(_) => unavailable(),
+        Some(()) => "ok\n".into_response(),
+        None => unavailable(),
     }
 }
 
@@ -145,41 +143,29 @@ async fn forget(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Query(q): Query<PeerQuery>,
 ) -> Response {
-    if let Err(denied) = local_only(client) {
-        return *denied;
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
     }
-    let hosts: Vec<String> = q.peer.split(',').map(str::to_owned).collect();
-    let (reply, rx) = oneshot::channel();
-    if api
-        .events
-        .send(Event::Api(ApiRequest::Forget {
-            hosts: hosts.clone(),
-            reply,
-        }))
-        .await
-        .is_err()
-    {
+    let hosts = hosts(&q);
+    let Some(known) = ask(&api, |reply| ApiRequest::Forget {
+        hosts: hosts.clone(),
+        reply,
+    })
+    .await
+    else {
         return unavailable();
-    }
-    match rx.await {
-        Ok(known) => {
-            let unknown: Vec<&str> = hosts
-                .iter()
-                .zip(known)
-                .filter(|(_, k)| !k)
-                .map(|(h, _)| h.as_str())
-                .collect();
-            if unknown.is_empty() {
-                "ok\n".into_response()
-            } else {
-                (
-                    StatusCode::NOT_FOUND,
-                    format!("not a known peer address: {}\n", unknown.join(", ")),
-                )
-                    .into_response()
-            }
-        }
-        Err(_) => unavailable(),
+    };
+    let unknown: Vec<&str> = hosts
+        .iter()
+        .zip(known)
+        .filter(|(_, k)| !k)
+        .map(|(h, _)| h.as_str())
+        .collect();
+    if unknown.is_empty() {
+        "ok\n".into_response()
+    } else {
+        let body = format!("not a known peer address: {}\n", unknown.join(", "));
+        (StatusCode::NOT_FOUND, body).into_response()
     }
 }
 
@@ -188,24 +174,17 @@ async fn ping(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Query(q): Query<PeerQuery>,
 ) -> Response {
-    if let Err(denied) = local_only(client) {
-        return *denied;
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
     }
-    let (reply, rx) = oneshot::channel();
-    if api
-        .events
-        .send(Event::Api(ApiRequest::Ping {
-            peer: q.peer,
-            reply,
-        }))
-        .await
-        .is_err()
+    match ask(&api, |reply| ApiRequest::Ping {
+        peer: q.peer,
+        reply,
+    })
+    .await
     {
-        return unavailable();
-    }
-    match rx.await {
-        Ok(Ok(result)) => axum::Json(result).into_response(),
-        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
-        Err(_) => unavailable(),
+        Some(Ok(result)) => axum::Json(result).into_response(),
+        Some(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        None => unavailable(),
     }
 }

@@ -57,22 +57,8 @@ fn main() -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
-        Command::Connect(args) => {
-            let path = format!(
-                "/connect?peer={}",
-                client::encode_query(&args.hosts.join(","))
-            );
-            client::request(args.status_addr, "POST", &path)?;
-            Ok(())
-        }
-        Command::Forget(args) => {
-            let path = format!(
-                "/forget?peer={}",
-                client::encode_query(&args.hosts.join(","))
-            );
-            client::request(args.status_addr, "POST", &path)?;
-            Ok(())
-        }
+        Command::Connect(args) => post_targets(&args, "/connect"),
+        Command::Forget(args) => post_targets(&args, "/forget"),
         Command::Ping(args) => {
             let path = format!("/ping?peer={}", client::encode_query(&args.peer));
             let body = client::request(args.status_addr, "POST", &path)?;
@@ -84,6 +70,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `weft connect` / `weft forget`: hands the addresses to the local router.
+fn post_targets(args: &config::TargetArgs, path: &str) -> anyhow::Result<()> {
+    let query = client::encode_query(&args.hosts.join(","));
+    client::request(args.status_addr, "POST", &format!("{path}?peer={query}"))?;
+    Ok(())
 }
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {

@@ -608,3 +608,76 @@ fn ping_output_names_the_first_hop() {
     assert_eq!(ping_via_nickname(output), Some("host3"));
     assert_eq!(ping_via_nickname("no echo"), None);
 }
+
+#[test]
+fn control_requests_are_served_only_to_the_local_host() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(WEFT, 2)?;
+    // host1 serves its endpoint on every address, as an operator might for scraping.
+    net.start(
+        1,
+        RouterOpts::new()
+            .password(PASSWORD)
+            .arg("--status-addr")
+            .arg("0.0.0.0:6784"),
+    )?;
+    net.start(2, RouterOpts::new().password(PASSWORD))?;
+    let endpoint = format!("http://{}:6784", net.address(1));
+
+    // Reads are served to other hosts…
+    let status = net.exec(2, &["curl", "-sf", &format!("{endpoint}/status")])?;
+    ensure!(
+        status.contains("Encryption: enabled"),
+        "remote read failed: {status}"
+    );
+    // …changes are not, whatever the verb.
+    for path in [
+        "/connect?peer=10.0.0.1",
+        "/forget?peer=10.0.0.1",
+        "/ping?peer=host1",
+    ] {
+        let code = net.exec(
+            2,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                &format!("{endpoint}{path}"),
+            ],
+        )?;
+        ensure!(
+            code.trim() == "403",
+            "POST {path} from another host answered {code}"
+        );
+    }
+    ensure!(
+        net.report(1)?.peers.len() == 1,
+        "a refused request changed something"
+    );
+
+    // Locally, `weft connect` adds a peer and the two connect.
+    net.weft(1, &["connect", &net.address(2).to_string()])?;
+    net.wait_until("host1 and host2 connect", SETTLE, || {
+        net.check_full_mesh(&[1, 2])
+    })?;
+    // Forgetting an address that was never a target says so; forgetting a real one works and
+    // leaves the established connection up.
+    let unknown = net.weft_output(1, &["forget", "10.0.0.99"])?;
+    let stderr = &unknown.stderr;
+    ensure!(
+        !unknown.status.success() && stderr.contains("not a known peer address"),
+        "forgetting an unknown address: {stderr}"
+    );
+    net.weft(1, &["forget", &net.address(2).to_string()])?;
+    net.check_now("the connection to survive forget", || {
+        net.check_full_mesh(&[1, 2])
+    })?;
+    Ok(())
+}
