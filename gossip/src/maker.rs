@@ -26,6 +26,15 @@ pub enum TargetSource {
     Discovered,
 }
 
+impl TargetSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSource::Direct => "direct",
+            TargetSource::Discovered => "discovered",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetState {
     /// Will be dialled at `at`.

@@ -162,6 +162,9 @@ pub struct Mesh {
     next_gossip: Instant,
     /// Dials in flight, counted against the connection limit.
     attempting: usize,
+    /// Spreads retries (xorshift64, seeded from our uid): peers that failed together must not
+    /// retry in lock-step, and the state machine stays deterministic for a given uid.
+    rng: u64,
     pub counters: MeshCounters,
 }
 
@@ -174,6 +177,7 @@ pub struct MeshCounters {
 
 impl Mesh {
     pub fn new(config: MeshConfig, now: Instant) -> Self {
+        let uid = config.uid;
         let local = PeerEntry {
             name: config.name,
             nickname: config.nickname.clone(),
@@ -197,8 +201,17 @@ impl Mesh {
             recompute_at: None,
             announce_at: None,
             attempting: 0,
+            rng: uid | 1,
             counters: MeshCounters::default(),
         }
+    }
+
+    /// A number in `[0, 1)` for backoff jitter.
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn name(&self) -> PeerName {
@@ -251,9 +264,11 @@ impl Mesh {
                 Ok(()) => self.maker.connected(target),
                 // A duplicate means we are connected to that peer anyway.
                 Err(RegisterError::Duplicate(_)) => self.maker.connected(target),
-                Err(e) => self
-                    .maker
-                    .failed(target, now, e.to_string(), e.retry(), 0.5),
+                Err(e) => {
+                    let jitter = self.jitter();
+                    self.maker
+                        .failed(target, now, e.to_string(), e.retry(), jitter)
+                }
             }
         } else if let Err(e) = &result
             && !matches!(e, RegisterError::Duplicate(_))
@@ -354,7 +369,8 @@ impl Mesh {
     }
 
     /// A registered connection ended (or the router closed it).
-    pub fn connection_closed(&mut self, key: ConnKey, reason: &str, now: Instant, jitter: f64) {
+    pub fn connection_closed(&mut self, key: ConnKey, reason: &str, now: Instant) {
+        let jitter = self.jitter();
         let Some(conn) = self.remove_conn(key) else {
             return;
         };
@@ -385,14 +401,8 @@ impl Mesh {
     }
 
     /// A dial failed before or during the handshake.
-    pub fn dial_failed(
-        &mut self,
-        target: &str,
-        reason: String,
-        retry: Retry,
-        now: Instant,
-        jitter: f64,
-    ) {
+    pub fn dial_failed(&mut self, target: &str, reason: String, retry: Retry, now: Instant) {
+        let jitter = self.jitter();
         self.attempting = self.attempting.saturating_sub(1);
         self.maker.failed(target, now, reason, retry, jitter);
     }

@@ -204,9 +204,9 @@ impl Sim {
 
     fn close(&mut self, key: ConnKey, reason: &str) {
         if let Some(link) = self.links.remove(&key) {
-            self.meshes[link.node].connection_closed(key, reason, self.now, 0.5);
+            self.meshes[link.node].connection_closed(key, reason, self.now);
             if self.links.remove(&link.peer_key).is_some() {
-                self.meshes[link.peer_node].connection_closed(link.peer_key, reason, self.now, 0.5);
+                self.meshes[link.peer_node].connection_closed(link.peer_key, reason, self.now);
             }
         }
     }
@@ -229,7 +229,6 @@ impl Sim {
                             "unreachable".into(),
                             Retry::Later,
                             self.now,
-                            0.5,
                         ),
                     }
                 }

@@ -169,12 +169,7 @@ pub fn build(mesh: &Mesh, info: &RouterInfo, now: Instant) -> Report {
             reason: target.last_error,
             retry_in_secs: target.retry_in_secs,
             attempts: Some(target.attempts),
-            source: Some(
-                serde_json::to_value(target.source)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            ),
+            source: Some(target.source.as_str().to_owned()),
         });
     }
     for failure in mesh.inbound_failures() {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use weft_gossip::PeerName;
@@ -163,7 +162,6 @@ impl Router {
     }
 
     fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
-        let jitter = rand::rng().random::<f64>();
         match event {
             Event::Handshaken {
                 key,
@@ -197,7 +195,7 @@ impl Router {
                 error,
                 retry,
             } => match (target, remote) {
-                (Some(target), _) => self.mesh.dial_failed(&target, error, retry, now, jitter),
+                (Some(target), _) => self.mesh.dial_failed(&target, error, retry, now),
                 (None, Some(remote)) => self.mesh.inbound_failed(remote, error, now),
                 (None, None) => {}
             },
@@ -206,7 +204,7 @@ impl Router {
                 if self.conns.remove(&key).is_some() {
                     tracing::info!(conn = key, %reason, "connection closed");
                 }
-                self.mesh.connection_closed(key, &reason, now, jitter);
+                self.mesh.connection_closed(key, &reason, now);
             }
             Event::Api(request) => self.api(request, now, out),
         }
