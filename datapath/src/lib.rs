@@ -13,6 +13,7 @@ pub mod forward;
 pub mod mac;
 pub mod sleeve;
 pub mod tap;
+pub mod udp;
 
 use serde::{Deserialize, Serialize};
 
