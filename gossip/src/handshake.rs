@@ -284,6 +284,25 @@ impl SecureChannel {
         self.keys.role
     }
 
+    /// Keys for another stream of this session that rotates keys by epoch (the sleeve's UDP
+    /// datagrams): `label` names the stream, `from_dialer` the direction, and the schedule
+    /// maps an epoch number to its key. Both ends get the same schedule for the same
+    /// arguments.
+    pub fn epoch_keys(
+        &self,
+        label: &'static str,
+        from_dialer: bool,
+    ) -> Box<dyn Fn(u16) -> SecretKey + Send + Sync> {
+        let root = self.keys.root.clone();
+        Box::new(move |epoch| {
+            weft_crypto::derive_key(
+                &root,
+                label,
+                &[&[u8::from(from_dialer)], &epoch.to_be_bytes()],
+            )
+        })
+    }
+
     pub fn split(self) -> (Sealer, Opener) {
         (self.keys.sealer, self.keys.opener)
     }
@@ -489,6 +508,21 @@ mod tests {
         // Our own frame reflected back at us must not open.
         let sealed = d_seal.seal(b"mirror");
         assert!(d_open.open(&sealed).is_err());
+    }
+
+    #[test]
+    fn epoch_key_schedules_agree_per_direction_and_differ_per_epoch() {
+        let ((_, d_chan), (_, l_chan)) = run(password("k"), password("k")).0.unwrap();
+        let (d_send, l_recv) = (
+            d_chan.epoch_keys("sleeve", true),
+            l_chan.epoch_keys("sleeve", true),
+        );
+        assert_eq!(d_send(0).as_bytes(), l_recv(0).as_bytes());
+        assert_ne!(d_send(0).as_bytes(), d_send(1).as_bytes());
+        assert_ne!(
+            d_send(0).as_bytes(),
+            d_chan.epoch_keys("sleeve", false)(0).as_bytes()
+        );
     }
 
     #[test]

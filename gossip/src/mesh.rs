@@ -147,6 +147,8 @@ pub struct Mesh {
     config: MeshConfig,
     topology: Topology,
     routes: Routes,
+    /// Bumped on every recomputation, so users of the routes know when to take a new copy.
+    routes_version: u64,
     maker: ConnectionMaker,
     conns: BTreeMap<ConnKey, Conn>,
     by_peer: BTreeMap<PeerName, ConnKey>,
@@ -192,6 +194,7 @@ impl Mesh {
             config,
             topology,
             routes,
+            routes_version: 0,
             maker: ConnectionMaker::new(),
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
@@ -220,6 +223,10 @@ impl Mesh {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    pub fn routes_version(&self) -> u64 {
+        self.routes_version
     }
 
     pub fn routes(&self) -> &Routes {
@@ -703,6 +710,7 @@ impl Mesh {
             }
         }
         self.routes = self.topology.routes();
+        self.routes_version += 1;
         let mut discovered = BTreeSet::new();
         for entry in self.topology.peers() {
             for (peer, info) in &entry.connections {

@@ -80,9 +80,27 @@ pub struct RouterArgs {
     /// Seconds between anti-entropy digests to each neighbour.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value_t = 30.0)]
     pub gossip_interval: f64,
+    /// Data plane: `none` (control plane only) or `sleeve` (a bridge for pods, frames
+    /// carried to peers in UDP, sealed when there is a password). The sleeve is new and
+    /// opt-in until it is complete.
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "none")]
+    pub datapath: DatapathChoice,
+    /// Name of the bridge pods attach to.
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+    pub bridge: String,
+    /// MTU of the underlay network between hosts; the overlay MTU is this minus the
+    /// encapsulation overhead.
+    #[arg(long, env = "WEFT_UNDERLAY_MTU", default_value_t = 1500)]
+    pub underlay_mtu: u16,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides.
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathChoice {
+    None,
+    Sleeve,
 }
 
 #[derive(Debug, Args)]

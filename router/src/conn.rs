@@ -20,6 +20,8 @@ use weft_gossip::wire::{self, ControlMsg, FRAME_HEADER_LEN, Features, HELLO_LEN,
 use crate::metrics::Metrics;
 use crate::router::Event;
 
+/// Label of the sleeve's key schedules within a session.
+const SLEEVE_KEYS: &str = "weft sleeve";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue of messages from the actor to one connection. Beyond it, gossip is dropped and
@@ -166,6 +168,14 @@ pub async fn run(
     };
 
     drop(handshake_permit);
+    // The sleeve seals each direction with its own key schedule from this session.
+    let link_keys = params.password.as_ref().map(|_| {
+        let from_dialer = role == Role::Dialer;
+        (
+            channel.epoch_keys(SLEEVE_KEYS, from_dialer),
+            channel.epoch_keys(SLEEVE_KEYS, !from_dialer),
+        )
+    });
     let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
     let (reply, accepted) = oneshot::channel();
     let new = NewConnection {
@@ -183,6 +193,7 @@ pub async fn run(
             new,
             tx,
             reply,
+            link_keys,
         })
         .await
         .is_err()

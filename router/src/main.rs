@@ -4,6 +4,8 @@ mod api;
 mod client;
 mod config;
 mod conn;
+mod dataplane;
+mod hostnet;
 mod identity;
 mod metrics;
 mod report;
@@ -20,9 +22,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use weft_gossip::mesh::MeshConfig;
+use weft_gossip::routes::Routes;
 use weft_gossip::wire::Features;
 
-use crate::config::{Cli, Command, RouterArgs, StatusWhat};
+use crate::config::{Cli, Command, DatapathChoice, RouterArgs, StatusWhat};
 use crate::conn::ConnParams;
 use crate::metrics::Metrics;
 use crate::report::Report;
@@ -168,8 +171,29 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             conn_limit: args.conn_limit,
             mesh_id: args.mesh_id.clone(),
         };
-        let router =
-            Router::new(mesh_config, params, events_rx, store, info, targets);
+        let dataplane = match args.datapath {
+            DatapathChoice::None => None,
+            DatapathChoice::Sleeve => Some(
+                dataplane::Dataplane::start(
+                    identity.name,
+                    &args.bridge,
+                    args.port,
+                    args.underlay_mtu,
+                    password.is_some(),
+                    Routes::compute(identity.name, &Default::default()),
+                )
+                .context("cannot start the sleeve dataplane")?,
+            ),
+        };
+        let router = Router::new(
+            mesh_config,
+            params,
+            events_rx,
+            store,
+            info,
+            targets,
+            dataplane,
+        );
         tokio::spawn(api::serve(status_listener, events_tx, metrics));
         tokio::select! {
             _ = router.run(listener) => {}

@@ -14,6 +14,7 @@ use weft_gossip::routes::LinkSet;
 use weft_gossip::topology::Topology;
 use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 
+use crate::dataplane::DatapathReport;
 use crate::router::RouterInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +41,8 @@ pub struct Report {
     /// Where control traffic to each reachable peer goes first.
     pub routes: Vec<RouteReport>,
     pub counters: CountersReport,
+    /// The data plane, when one runs (`--datapath sleeve`).
+    pub datapath: Option<DatapathReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +115,12 @@ fn nickname_of(topology: &Topology, name: PeerName) -> String {
         .unwrap_or_default()
 }
 
-pub fn build(mesh: &Mesh, info: &RouterInfo, now: Instant) -> Report {
+pub fn build(
+    mesh: &Mesh,
+    info: &RouterInfo,
+    datapath: Option<DatapathReport>,
+    now: Instant,
+) -> Report {
     let topology = mesh.topology();
     let peers = topology
         .peers()
@@ -222,6 +230,7 @@ pub fn build(mesh: &Mesh, info: &RouterInfo, now: Instant) -> Report {
             unicast_dropped_no_route: mesh.counters.unicast_dropped_no_route,
             malformed_gossip: mesh.counters.malformed_gossip,
         },
+        datapath,
     }
 }
 
@@ -268,6 +277,18 @@ pub fn render_summary(r: &Report) -> String {
         count(r, "failed"),
         r.conn_limit
     );
+    match &r.datapath {
+        Some(d) => {
+            let _ = writeln!(
+                s,
+                "       Datapath: {} on bridge {} (mtu {}, {} links, {} MACs, {} frames out, {} in, {} relayed)",
+                d.kind, d.bridge, d.mtu, d.links, d.macs, d.frames_out, d.frames_in, d.relayed
+            );
+        }
+        None => {
+            let _ = writeln!(s, "       Datapath: none (control plane only)");
+        }
+    }
     s
 }
 

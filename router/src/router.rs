@@ -16,6 +16,7 @@ use weft_gossip::routes::LinkSet;
 use weft_gossip::wire::ControlMsg;
 
 use crate::conn::{self, ConnParams};
+use crate::dataplane::{Dataplane, LinkKeys};
 use crate::metrics::Metrics;
 use crate::report::{self, Report};
 use crate::store::Store;
@@ -30,6 +31,8 @@ pub enum Event {
         tx: mpsc::Sender<ControlMsg>,
         /// `Err(reason)` refuses the connection; the reason is sent to the peer.
         reply: oneshot::Sender<Result<(), String>>,
+        /// The sleeve's sealing keys for this connection (None without a password).
+        link_keys: Option<LinkKeys>,
     },
     HandshakeFailed {
         target: Option<String>,
@@ -90,9 +93,18 @@ struct PendingPing {
     reply: oneshot::Sender<Result<PingResult, String>>,
 }
 
+/// A registered connection as the actor keeps it.
+struct ConnEntry {
+    tx: mpsc::Sender<ControlMsg>,
+    peer: PeerName,
+}
+
 pub struct Router {
     mesh: Mesh,
-    conns: HashMap<ConnKey, mpsc::Sender<ControlMsg>>,
+    conns: HashMap<ConnKey, ConnEntry>,
+    dataplane: Option<Dataplane>,
+    /// The mesh routes version last handed to the dataplane.
+    routes_seen: u64,
     params: Arc<ConnParams>,
     events: mpsc::Receiver<Event>,
     store: Store,
@@ -111,6 +123,7 @@ impl Router {
         store: Store,
         info: RouterInfo,
         initial_targets: Vec<String>,
+        dataplane: Option<Dataplane>,
     ) -> Self {
         let now = Instant::now();
         let mut mesh = Mesh::new(config, now);
@@ -120,6 +133,8 @@ impl Router {
         let mut router = Router {
             mesh,
             conns: HashMap::new(),
+            dataplane,
+            routes_seen: 0,
             params: Arc::new(params),
             events,
             store,
@@ -158,6 +173,12 @@ impl Router {
             }
             self.execute(out);
             self.sync_metrics();
+            if let Some(dataplane) = &self.dataplane
+                && self.mesh.routes_version() != self.routes_seen
+            {
+                self.routes_seen = self.mesh.routes_version();
+                dataplane.set_routes(self.mesh.routes().clone());
+            }
         }
     }
 
@@ -168,14 +189,20 @@ impl Router {
                 new,
                 tx,
                 reply,
+                link_keys,
             } => {
                 let peer = new.features.name;
                 let nickname = new.features.nickname.clone();
                 let remote = new.remote_tcp;
+                // The sleeve uses the same port number for UDP as the peer's mesh port.
+                let udp_addr = SocketAddr::new(remote.ip(), new.features.listen_port);
                 match self.mesh.register(key, new, now, out) {
                     Ok(()) => {
                         tracing::info!(%peer, %nickname, %remote, "connection established");
-                        self.conns.insert(key, tx);
+                        self.conns.insert(key, ConnEntry { tx, peer });
+                        if let Some(dataplane) = &self.dataplane {
+                            dataplane.add_peer(peer, key, udp_addr, link_keys);
+                        }
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) => {
@@ -201,8 +228,11 @@ impl Router {
             },
             Event::Message { key, msg } => self.mesh.on_message(key, msg, now, out),
             Event::Closed { key, reason } => {
-                if self.conns.remove(&key).is_some() {
+                if let Some(conn) = self.conns.remove(&key) {
                     tracing::info!(conn = key, %reason, "connection closed");
+                    if let Some(dataplane) = &self.dataplane {
+                        dataplane.remove_peer(conn.peer, key);
+                    }
                 }
                 self.mesh.connection_closed(key, &reason, now);
             }
@@ -260,7 +290,8 @@ impl Router {
                 }
             }
             ApiRequest::Report { reply } => {
-                let _ = reply.send(report::build(&self.mesh, &self.info, now));
+                let datapath = self.dataplane.as_ref().map(Dataplane::report);
+                let _ = reply.send(report::build(&self.mesh, &self.info, datapath, now));
             }
         }
     }
@@ -286,8 +317,8 @@ impl Router {
         for action in actions {
             match action {
                 Action::Send { conn, msg } => {
-                    if let Some(tx) = self.conns.get(&conn)
-                        && tx.try_send(msg).is_err()
+                    if let Some(entry) = self.conns.get(&conn)
+                        && entry.tx.try_send(msg).is_err()
                     {
                         self.metrics.send_queue_drop();
                     }
@@ -295,8 +326,8 @@ impl Router {
                 Action::Close { conn, reason } => {
                     tracing::info!(conn, %reason, "closing connection");
                     // The writer sends the goodbye, then finds the queue closed and ends.
-                    if let Some(tx) = self.conns.remove(&conn) {
-                        let _ = tx.try_send(ControlMsg::Goodbye { reason });
+                    if let Some(entry) = self.conns.remove(&conn) {
+                        let _ = entry.tx.try_send(ControlMsg::Goodbye { reason });
                     }
                 }
                 Action::Dial { address } => {

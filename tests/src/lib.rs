@@ -24,6 +24,7 @@ mod cmd;
 mod faults;
 mod metrics;
 mod net;
+mod pods;
 mod report;
 mod router;
 mod wait;
@@ -32,6 +33,7 @@ pub use cmd::Output;
 pub use faults::Reachability;
 pub use metrics::Metrics;
 pub use net::{HostId, Net};
+pub use pods::PodId;
 pub use report::{Connection, Counters, Peer, PeerConnection, Report, Route};
 pub use router::RouterOpts;
 

@@ -33,6 +33,8 @@ pub struct Net {
     pub(crate) binary: PathBuf,
     switch_ns: Option<String>,
     pub(crate) hosts: Vec<Host>,
+    /// Pod namespaces, each attached to a host's bridge (see `pods`).
+    pub(crate) pods: Mutex<Vec<crate::pods::Pod>>,
     created: Instant,
 }
 
@@ -76,6 +78,7 @@ impl Net {
             binary,
             switch_ns: None,
             hosts: Vec::new(),
+            pods: Mutex::new(Vec::new()),
             created: Instant::now(),
         };
         let switch_ns = format!("{}sw", net.prefix);
@@ -202,7 +205,7 @@ impl Net {
 
 /// Creates a network namespace, replacing a stale one of the same name: names carry the test
 /// process' pid, so an existing one was left behind by a killed process that had our pid.
-fn add_namespace(name: &str) -> anyhow::Result<()> {
+pub(crate) fn add_namespace(name: &str) -> anyhow::Result<()> {
     if Path::new("/run/netns").join(name).exists() {
         cmd::run_ok(Command::new("ip").args(["netns", "del", name]))?;
     }
@@ -227,10 +230,16 @@ impl Drop for Net {
                 }
             }
         }
-        let namespaces = self
-            .hosts
+        let pods: Vec<String> = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|h| h.ns.clone())
+            .map(|p| p.ns.clone())
+            .collect();
+        let namespaces = pods
+            .into_iter()
+            .chain(self.hosts.iter().map(|h| h.ns.clone()))
             .chain(self.switch_ns.clone());
         for ns in namespaces {
             if let Err(e) = cmd::run_ok(Command::new("ip").args(["netns", "del", &ns])) {

@@ -1,0 +1,42 @@
+//! The host's network devices the router owns: the bridge pods attach to, and its ports.
+//!
+//! A narrow module on purpose: it drives iproute2 for now, and is the one place to move to
+//! rtnetlink (already in the dependency plan) without touching anything else.
+
+use std::io;
+use std::path::Path;
+use std::process::Command;
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Creates the bridge if it does not exist, and sets its MTU and brings it up.
+pub fn ensure_bridge(name: &str, mtu: u16) -> io::Result<()> {
+    if !Path::new("/sys/class/net").join(name).exists() {
+        ip(&["link", "add", name, "type", "bridge"])?;
+    }
+    ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
+}
+
+/// Makes `port` a bridge port with the bridge's MTU, up.
+pub fn attach(port: &str, bridge: &str, mtu: u16) -> io::Result<()> {
+    ip(&[
+        "link",
+        "set",
+        port,
+        "master",
+        bridge,
+        "mtu",
+        &mtu.to_string(),
+        "up",
+    ])
+}

@@ -1,0 +1,75 @@
+//! Pods: network namespaces attached by veth to a host's weft bridge, as the CNI plugin will
+//! attach real ones. They are the endpoints of data-plane tests.
+
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::cmd::{self, COMMAND_TIMEOUT};
+use crate::net::{HostId, Net, add_namespace, ip_in};
+
+/// Pods are numbered from 1 within a Net.
+pub type PodId = usize;
+
+pub(crate) struct Pod {
+    pub(crate) ns: String,
+}
+
+impl Net {
+    /// Adds a pod on `host`'s bridge `bridge` with address `cidr` (e.g. `10.40.0.1/24`) and
+    /// `mtu`. The host's router must have created the bridge (`--datapath sleeve`).
+    pub fn add_pod(
+        &self,
+        host: HostId,
+        bridge: &str,
+        cidr: &str,
+        mtu: u16,
+    ) -> anyhow::Result<PodId> {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        let id = pods.len() + 1;
+        let ns = format!("{}p{id}", self.prefix);
+        add_namespace(&ns)?;
+        pods.push(Pod { ns: ns.clone() });
+        drop(pods);
+        let host_ns = self.ns(host).to_owned();
+        let port = format!("vp{id}");
+        let mtu = mtu.to_string();
+        ip_in(
+            &host_ns,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        ip_in(
+            &host_ns,
+            &["link", "set", &port, "master", bridge, "mtu", &mtu, "up"],
+        )
+        .with_context(|| format!("attaching pod{id} to {bridge} on host{host}"))?;
+        ip_in(&ns, &["link", "set", "lo", "up"])?;
+        ip_in(&ns, &["addr", "add", cidr, "dev", "eth0"])?;
+        ip_in(&ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        Ok(id)
+    }
+
+    /// Runs a command inside pod `pod`; fails if it exits non-zero.
+    pub fn pod_exec(&self, pod: PodId, argv: &[&str]) -> anyhow::Result<String> {
+        let ns = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pod.wrapping_sub(1))
+            .map(|p| p.ns.clone())
+            .with_context(|| format!("no pod{pod}"))?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &ns]).args(argv);
+        let out = cmd::run_with_timeout(&mut command, COMMAND_TIMEOUT)?;
+        anyhow::ensure!(
+            out.success(),
+            "pod{pod}: {} failed: {}{}",
+            argv.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        Ok(out.stdout)
+    }
+}
