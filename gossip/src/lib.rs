@@ -5,6 +5,7 @@
 
 pub mod channel;
 pub mod handshake;
+pub mod macs;
 pub mod maker;
 pub mod mesh;
 pub mod peer;

@@ -39,7 +39,7 @@ struct Sim {
     links: BTreeMap<ConnKey, Link>,
     /// Pairs of nodes that cannot reach each other.
     blocked: BTreeSet<(usize, usize)>,
-    /// Nodes whose process is dead: nothing answers at their address until they restart.
+    /// Nodes whose process is dead: they neither dial nor answer until they restart.
     down: BTreeSet<usize>,
     queue: VecDeque<(usize, Action)>,
     next_key: ConnKey,
@@ -109,7 +109,9 @@ impl Sim {
     }
 
     fn is_blocked(&self, a: usize, b: usize) -> bool {
-        self.blocked.contains(&(a.min(b), a.max(b))) || self.down.contains(&b)
+        self.blocked.contains(&(a.min(b), a.max(b)))
+            || self.down.contains(&a)
+            || self.down.contains(&b)
     }
 
     fn tell(&mut self, node: usize, targets: &[usize]) {
@@ -616,4 +618,147 @@ fn a_converged_mesh_gossips_only_digest_hashes() {
         bytes / n,
         GOSSIP_INTERVAL.as_secs()
     );
+}
+
+// The MAC-to-peer channel, hosted the way the router hosts it: the mesh holds one handle of a
+// shared channel and the router (here, the test) keeps a clone to claim, withdraw and look up
+// owners. `Mesh::channel` only gives a `&dyn GossipChannel`, so the owners each mesh gossips
+// are also read back from its hosted channel's digest.
+
+fn host_macs(sim: &mut Sim, node: usize) -> weft_gossip::macs::SharedMacChannel {
+    use weft_gossip::macs::{MAC_CHANNEL, MAX_ENTRIES, MacChannel, SharedMacChannel};
+    let shared = SharedMacChannel::new(MacChannel::new(name(node), MAX_ENTRIES, sim.now));
+    sim.meshes[node].add_channel(MAC_CHANNEL, Box::new(shared.clone()));
+    shared
+}
+
+fn publish_macs(sim: &mut Sim, node: usize, change: Option<Vec<u8>>) {
+    let change = change.expect("a local change to publish");
+    let mut out = Vec::new();
+    sim.meshes[node]
+        .publish(weft_gossip::macs::MAC_CHANNEL, &change, &mut out)
+        .unwrap();
+    sim.enqueue(node, out);
+}
+
+fn gossiped_owner(sim: &Sim, node: usize, mac: &weft_gossip::macs::Mac) -> Option<PeerName> {
+    let hosted = sim.meshes[node]
+        .channel(weft_gossip::macs::MAC_CHANNEL)
+        .unwrap();
+    weft_gossip::macs::digest_owners(&hosted.digest())
+        .unwrap()
+        .get(mac)
+        .copied()
+}
+
+/// Every listed node says `owner` owns `mac`, both in its router's view and in its digest.
+fn macs_agree(
+    sim: &Sim,
+    macs: &[weft_gossip::macs::SharedMacChannel],
+    nodes: impl IntoIterator<Item = usize>,
+    mac: &weft_gossip::macs::Mac,
+    owner: Option<PeerName>,
+) -> bool {
+    nodes.into_iter().all(|n| {
+        // Release the router's lock before the mesh's handle takes it.
+        let routers_view = macs[n].lock().owner(mac);
+        routers_view == owner && gossiped_owner(sim, n, mac) == owner
+    })
+}
+
+fn macs_hash(sim: &Sim, node: usize) -> u64 {
+    sim.meshes[node]
+        .channel(weft_gossip::macs::MAC_CHANNEL)
+        .unwrap()
+        .digest_hash()
+}
+
+#[test]
+fn mac_claims_spread_move_withdraw_and_reach_late_joiners() {
+    let mut sim = Sim::new(5);
+    let mut macs: Vec<_> = (0..5).map(|node| host_macs(&mut sim, node)).collect();
+    for node in 1..5 {
+        sim.tell(node, &[node - 1]);
+    }
+    sim.run_until("full mesh", Sim::full_mesh);
+    let pod = [0x02, 0x42, 0x0a, 0, 0, 1];
+
+    // Peer 0 sees a pod: one broadcast tells everyone, before any frame to it is sent.
+    let now = sim.now;
+    let change = macs[0].lock().claim_local(pod, now);
+    publish_macs(&mut sim, 0, change);
+    sim.settle();
+    assert!(macs_agree(&sim, &macs, 0..5, &pod, Some(name(0))));
+
+    // The pod moves to peer 3, which claims it one version higher: corrected everywhere.
+    let change = macs[3].lock().claim_local(pod, now);
+    publish_macs(&mut sim, 3, change);
+    sim.settle();
+    assert!(macs_agree(&sim, &macs, 0..5, &pod, Some(name(3))));
+    // When peer 0's table later expires the pod, it has nothing to withdraw.
+    assert_eq!(macs[0].lock().withdraw_local(pod, now), None);
+
+    // Peer 3's table expires it; the withdrawal's broadcast is lost on the way, and
+    // anti-entropy carries the tombstone to everyone who still lists the claim.
+    let change = macs[3].lock().withdraw_local(pod, now);
+    publish_macs(&mut sim, 3, change);
+    sim.queue.clear();
+    assert!(macs_agree(&sim, &macs, [3], &pod, None));
+    assert!(macs_agree(&sim, &macs, [0, 1, 2, 4], &pod, Some(name(3))));
+    sim.run_until("the lost withdrawal repaired", |s| {
+        macs_agree(s, &macs, 0..5, &pod, None)
+    });
+
+    // Another pod, on peer 1; a peer that joins later gets the live state from its first
+    // neighbour, and no tombstones.
+    let other = [0x02, 0x42, 0x0a, 0, 0, 2];
+    let change = macs[1].lock().claim_local(other, sim.now);
+    publish_macs(&mut sim, 1, change);
+    sim.settle();
+    sim.add_node(5);
+    macs.push(host_macs(&mut sim, 5));
+    sim.tell(5, &[4]);
+    sim.run_until("late joiner caught up", |s| {
+        s.full_mesh() && (0..6).all(|n| macs_hash(s, n) == macs_hash(s, 0))
+    });
+    assert!(macs_agree(&sim, &macs, 0..6, &other, Some(name(1))));
+    assert!(macs_agree(&sim, &macs, 0..6, &pod, None));
+    assert_eq!(macs[5].lock().len(), 1);
+
+    // Peer 1 is cut off from everyone: once the others forget it, its pod's claim is withdrawn
+    // everywhere (a tombstone, so no peer that forgets it later can bring the claim back).
+    for node in [0, 2, 3, 4, 5] {
+        sim.blocked.insert((node.min(1), node.max(1)));
+    }
+    let keys: Vec<ConnKey> = sim
+        .links
+        .iter()
+        .filter(|(_, l)| l.node == 1)
+        .map(|(k, _)| *k)
+        .collect();
+    for key in keys {
+        sim.close(key, "connection reset");
+    }
+    let others = [0, 2, 3, 4, 5];
+    sim.run_until("peer 1 forgotten and its MACs withdrawn", |s| {
+        others
+            .iter()
+            .all(|&n| s.meshes[n].topology().get(name(1)).is_none())
+            && macs_agree(s, &macs, others, &other, None)
+    });
+    assert!(
+        others
+            .iter()
+            .all(|&n| macs_hash(&sim, n) == macs_hash(&sim, 0))
+    );
+
+    // It comes back still hosting the pod: told of the withdrawal in its name, it claims the
+    // pod again, one version higher.
+    sim.blocked.clear();
+    sim.run_until("peer 1 back and its pod claimed again", |s| {
+        s.full_mesh() && macs_agree(s, &macs, 0..6, &other, Some(name(1)))
+    });
+    assert!((0..6).all(|n| macs_hash(&sim, n) == macs_hash(&sim, 0)));
+    let version = macs[0].lock().claim(&other).map(|c| c.version);
+    assert_eq!(version, Some(2));
 }
