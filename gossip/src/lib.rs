@@ -4,6 +4,7 @@
 //! state machines from tokio tasks, and the tests drive them from memory.
 
 pub mod channel;
+pub mod fnv;
 pub mod handshake;
 pub mod macs;
 pub mod maker;

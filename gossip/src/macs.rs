@@ -86,6 +86,7 @@
 //! relays the original payload, not our correction; the correction still reaches everyone
 //! through anti-entropy within a gossip interval.
 
+use crate::fnv::Fnv64;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -491,30 +492,22 @@ impl MacChannel {
 }
 
 impl GossipChannel for MacChannel {
-    /// FNV-1a 64 over little-endian `u64`s: per live claim in MAC order the MAC (as a
-    /// big-endian 48-bit number), version and owner, then the number of live claims.
+    /// [`Fnv64`] over, per live claim in MAC order, the MAC (as a big-endian 48-bit number),
+    /// version and owner, then the number of live claims.
     /// Tombstones are not included: equal hashes mean equal live state.
     fn digest_hash(&self) -> u64 {
-        const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = OFFSET_BASIS;
-        let mut feed = |word: u64| {
-            for byte in word.to_le_bytes() {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(PRIME);
-            }
-        };
+        let mut hash = Fnv64::default();
         let mut live = 0u64;
         for (mac, e) in &self.claims {
             if e.claim.live {
-                feed(mac_word(mac));
-                feed(e.claim.version);
-                feed(e.claim.owner.as_u64());
+                hash.word(mac_word(mac));
+                hash.word(e.claim.version);
+                hash.word(e.claim.owner.as_u64());
                 live += 1;
             }
         }
-        feed(live);
-        hash
+        hash.word(live);
+        hash.finish()
     }
 
     fn digest(&self) -> Vec<u8> {

@@ -10,6 +10,7 @@
 //! uid is an older incarnation of us (before a restart); the caller bumps our version above it
 //! so that our current entry wins everywhere.
 
+use crate::fnv::Fnv64;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -244,26 +245,16 @@ impl Topology {
         Digest { entries }
     }
 
-    /// FNV-1a 64 over the digest laid out as little-endian `u64`s: the entry count, then
-    /// `name, version, uid` per entry in name order. Stable across builds and platforms, unlike
-    /// std's `DefaultHasher`.
+    /// [`Fnv64`] over the entry count, then `name, version, uid` per entry in name order.
     pub fn digest_hash(&self) -> u64 {
-        const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = OFFSET_BASIS;
-        let mut feed = |word: u64| {
-            for byte in word.to_le_bytes() {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(PRIME);
-            }
-        };
-        feed(self.peers.len() as u64);
+        let mut hash = Fnv64::default();
+        hash.word(self.peers.len() as u64);
         for entry in self.peers.values() {
-            feed(entry.name.as_u64());
-            feed(entry.version);
-            feed(entry.uid);
+            hash.word(entry.name.as_u64());
+            hash.word(entry.version);
+            hash.word(entry.uid);
         }
-        hash
+        hash.finish()
     }
 
     /// Anti-entropy against a peer's digest. Returns the entries we hold that are newer (by
