@@ -146,11 +146,7 @@ impl Net {
 
     /// Kills host `i`'s router with SIGKILL (no goodbye to its peers) and reaps it.
     pub fn kill(&self, i: HostId) -> anyhow::Result<()> {
-        let mut slot = self
-            .host(i)
-            .router
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.router_slot(i);
         match slot.as_mut() {
             Some(router) => {
                 router.kill();
@@ -164,11 +160,7 @@ impl Net {
     /// directory.
     pub fn restart(&self, i: HostId) -> anyhow::Result<()> {
         let opts = {
-            let mut slot = self
-                .host(i)
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.router_slot(i);
             let router = slot
                 .as_mut()
                 .with_context(|| format!("host{i} never ran a router"))?;
@@ -191,12 +183,17 @@ impl Net {
         self.pid(i).is_some()
     }
 
-    pub(crate) fn router_state(&self, i: HostId) -> RouterState {
-        let mut slot = self
-            .host(i)
+    /// Host `i`'s router slot. A test that panicked while holding it left plain data behind, so
+    /// a poisoned lock is taken as it is.
+    fn router_slot(&self, i: HostId) -> std::sync::MutexGuard<'_, Option<RouterProcess>> {
+        self.host(i)
             .router
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn router_state(&self, i: HostId) -> RouterState {
+        let mut slot = self.router_slot(i);
         match slot.as_mut() {
             None => RouterState::NotStarted,
             Some(router) => match router.child.try_wait() {
