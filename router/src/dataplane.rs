@@ -1,27 +1,34 @@
-//! The sleeve dataplane, first version: the router's TAP port on the bridge, one UDP socket,
-//! and per-peer sealed links keyed from each control connection's session.
+//! The sleeve dataplane: the router's TAP port on the bridge, one UDP socket, and per-peer
+//! sealed links keyed from each control connection's session.
 //!
-//! Two threads move frames: one reads the TAP (frames local pods send), decides with
-//! `forward::from_bridge` and sends datagrams to next hops; the other receives datagrams,
-//! authenticates them with the sender's link, and delivers each frame to the bridge, relays it,
-//! or both (`forward::from_mesh`). Decisions are the datapath crate's pure functions; this
-//! module only wires them to sockets. Not yet here (see `docs/sleeve.md`): batching beyond
-//! one frame per datagram, UDP heartbeats, path-MTU discovery, the MAC gossip channel.
+//! Two threads move frames. One drains the TAP (frames local pods send), decides with
+//! `forward::from_bridge`, packs the frames per next hop into datagrams (`DatagramBatch`),
+//! seals them and sends each batch with UDP GSO. The other receives datagrams (recvmmsg with
+//! GRO), authenticates them with the sender's link, and delivers each frame to the bridge,
+//! relays it, or both (`forward::from_mesh`). The TAP hands over TCP super-segments of up to
+//! 64 KiB with the kernel's offload header (`sleeve::offload`); they travel in pieces
+//! (`sleeve::fragment`) and reach the destination's TAP whole, so per-packet costs are paid
+//! per 64 KiB. Decisions are the datapath crate's pure functions; this module only wires them
+//! to sockets. Not yet here (see `docs/sleeve.md`): UDP heartbeats, path-MTU discovery, the
+//! MAC gossip channel.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weft_datapath::forward::{self, Decision, Routing};
 use weft_datapath::mac::{Mac, MacOwner, MacTable};
+use weft_datapath::sleeve::batch::DatagramBatch;
 use weft_datapath::sleeve::codec::{
     BROADCAST, DecapError, Decapsulator, Encapsulator, Frame, FrameKind, KeySchedule,
     datagram_sender,
 };
+use weft_datapath::sleeve::fragment::{self, Reassembler};
+use weft_datapath::sleeve::offload::{VNET_HDR_LEN, VnetHeader};
 use weft_datapath::tap::Tap;
 use weft_datapath::udp::{RECV_BUFFER_LEN, RecvMeta, UdpEdge};
 use weft_datapath::{DatapathKind, PeerId};
@@ -33,8 +40,18 @@ use crate::hostnet;
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
+const ETHERNET_HEADER: usize = 14;
 const TAP_NAME_SUFFIX: &str = "-tap";
 const RECV_BATCH: usize = 16;
+/// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
+/// first, even if more are queued: enough to amortise the syscalls, little enough to keep
+/// latency and buffers small.
+const TAP_BATCH_FRAMES: usize = 64;
+const TAP_BATCH_BYTES: usize = 256 * 1024;
+/// The TAP reader wakes up at least this often (for housekeeping) when no frame comes.
+const TAP_POLL: Duration = Duration::from_secs(1);
+/// The offload header the TAP gets with frames that need nothing from its kernel.
+const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Sealing keys of one link: (ours to the peer, the peer's to us).
 pub type LinkKeys = (KeySchedule, KeySchedule);
@@ -43,13 +60,21 @@ pub type LinkKeys = (KeySchedule, KeySchedule);
 struct Counters {
     frames_out: AtomicU64,
     frames_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    datagrams_in: AtomicU64,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
     relayed: AtomicU64,
+    reassembled: AtomicU64,
     drop_no_route: AtomicU64,
     drop_too_big: AtomicU64,
     drop_auth: AtomicU64,
     drop_replay: AtomicU64,
     drop_malformed: AtomicU64,
     drop_unknown_sender: AtomicU64,
+    drop_incomplete: AtomicU64,
+    send_errors: AtomicU64,
+    tap_write_errors: AtomicU64,
 }
 
 /// The dataplane as shown in `/report`.
@@ -60,11 +85,21 @@ pub struct DatapathReport {
     /// MTU of the bridge and its ports: the largest packet a pod may send.
     pub mtu: u16,
     pub encrypted: bool,
+    /// The TAP hands over super-segments and partial checksums (`IFF_VNET_HDR` offloads).
+    pub offloads: bool,
     pub links: usize,
     pub macs: usize,
+    /// Ethernet frames (super-segments count once) sent to peers / delivered to the bridge.
     pub frames_out: u64,
     pub frames_in: u64,
+    /// UDP datagrams and their bytes, sent / received and authenticated.
+    pub datagrams_out: u64,
+    pub datagrams_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
     pub relayed: u64,
+    /// Super-segments put back together from pieces.
+    pub reassembled: u64,
     pub drops: DropsReport,
 }
 
@@ -76,6 +111,11 @@ pub struct DropsReport {
     pub replay: u64,
     pub malformed: u64,
     pub unknown_sender: u64,
+    /// Super-segments given up because a piece never came.
+    pub incomplete: u64,
+    /// Datagrams the kernel refused to send, frames it refused from the TAP.
+    pub send_errors: u64,
+    pub tap_write_errors: u64,
 }
 
 struct PeerLink {
@@ -116,6 +156,7 @@ struct Shared {
     bridge: String,
     mtu: u16,
     encrypted: bool,
+    offloads: bool,
     /// Largest UDP payload on the underlay.
     max_datagram: usize,
     tap: Tap,
@@ -123,6 +164,8 @@ struct Shared {
     links: RwLock<HashMap<PeerId, Arc<PeerLink>>>,
     routes: RwLock<Arc<RouteSnapshot>>,
     macs: Mutex<MacTable>,
+    /// Identifies the super-segments this router cuts into pieces.
+    next_fragment_id: AtomicU32,
     counters: Counters,
 }
 
@@ -155,7 +198,15 @@ impl Dataplane {
             })?;
         let tap_name = format!("{bridge}{TAP_NAME_SUFFIX}");
         hostnet::ensure_bridge(bridge, mtu)?;
-        let tap = Tap::create(&tap_name, false)?;
+        let tap = Tap::create(&tap_name, true)?;
+        let offloads = match tap.enable_offloads() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "TAP offloads unavailable; the sleeve moves one packet at a time");
+                false
+            }
+        };
+        tap.set_nonblocking(true)?;
         hostnet::attach(&tap_name, bridge, mtu)?;
         let udp = UdpEdge::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
         let shared = Arc::new(Shared {
@@ -163,12 +214,14 @@ impl Dataplane {
             bridge: bridge.to_owned(),
             mtu,
             encrypted,
+            offloads,
             max_datagram: usize::from(underlay_mtu) - IPV4_UDP,
             tap,
             udp,
             links: RwLock::new(HashMap::new()),
             routes: RwLock::new(Arc::new(RouteSnapshot { local, routes })),
             macs: Mutex::new(MacTable::default()),
+            next_fragment_id: AtomicU32::new(weft_crypto::random_u64() as u32),
             counters: Counters::default(),
         });
         for (name, work) in [
@@ -180,7 +233,7 @@ impl Dataplane {
                 .name(name.into())
                 .spawn(move || work(&shared))?;
         }
-        tracing::info!(bridge, tap = %tap_name, mtu, port, encrypted, "sleeve dataplane started");
+        tracing::info!(bridge, tap = %tap_name, mtu, port, encrypted, offloads, "sleeve dataplane started");
         Ok(Dataplane { shared })
     }
 
@@ -246,11 +299,17 @@ impl Dataplane {
             bridge: s.bridge.clone(),
             mtu: s.mtu,
             encrypted: s.encrypted,
+            offloads: s.offloads,
             links: s.links.read().unwrap_or_else(|e| e.into_inner()).len(),
             macs: lock(&s.macs).len(),
             frames_out: get(&c.frames_out),
             frames_in: get(&c.frames_in),
+            datagrams_out: get(&c.datagrams_out),
+            datagrams_in: get(&c.datagrams_in),
+            bytes_out: get(&c.bytes_out),
+            bytes_in: get(&c.bytes_in),
             relayed: get(&c.relayed),
+            reassembled: get(&c.reassembled),
             drops: DropsReport {
                 no_route: get(&c.drop_no_route),
                 too_big: get(&c.drop_too_big),
@@ -258,6 +317,9 @@ impl Dataplane {
                 replay: get(&c.drop_replay),
                 malformed: get(&c.drop_malformed),
                 unknown_sender: get(&c.drop_unknown_sender),
+                incomplete: get(&c.drop_incomplete),
+                send_errors: get(&c.send_errors),
+                tap_write_errors: get(&c.tap_write_errors),
             },
         }
     }
@@ -265,6 +327,10 @@ impl Dataplane {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 fn mac_at(frame: &[u8], at: usize) -> Option<Mac> {
@@ -279,76 +345,229 @@ impl Shared {
             .clone()
     }
 
-    /// Seals `frame` for `hop` and sends it.
-    fn send(&self, hop: PeerId, frame: Frame<'_>, out: &mut Vec<u8>) {
-        let link = self
-            .links
+    fn link(&self, peer: &PeerId) -> Option<Arc<PeerLink>> {
+        self.links
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&hop)
-            .cloned();
-        let Some(link) = link else {
-            bump(&self.counters.drop_no_route);
-            return;
-        };
-        let sealed = lock(&link.encap).encapsulate(&[frame], self.max_datagram, out);
-        match sealed {
-            Ok(len) => match self.udp.socket().send_to(&out[..len], link.addr) {
-                Ok(_) => bump(&self.counters.frames_out),
-                Err(e) => tracing::debug!(error = %e, addr = %link.addr, "sleeve send failed"),
-            },
-            Err(_) => bump(&self.counters.drop_too_big),
+            .get(peer)
+            .cloned()
+    }
+
+    /// Hands a frame to the local bridge: `header` is its offload header (`NO_OFFLOAD` for a
+    /// plain Ethernet frame), `frame` the Ethernet frame.
+    fn deliver(&self, header: &[u8], frame: &[u8]) {
+        match self.tap.write_parts(header, frame) {
+            Ok(()) => bump(&self.counters.frames_in),
+            Err(e) => {
+                bump(&self.counters.tap_write_errors);
+                tracing::debug!(error = %e, "TAP write failed");
+            }
         }
+    }
+}
+
+/// Datagrams being gathered for each next hop by one thread, sent together by `flush`.
+#[derive(Default)]
+struct Outbox {
+    hops: Vec<(PeerId, Arc<PeerLink>, DatagramBatch)>,
+    /// Entries of `hops` in use; the rest keep their buffers for later batches.
+    used: usize,
+}
+
+impl Outbox {
+    fn batch(&mut self, shared: &Shared, hop: PeerId) -> Option<&mut DatagramBatch> {
+        let at = match self.hops[..self.used]
+            .iter()
+            .position(|(id, ..)| *id == hop)
+        {
+            Some(at) => at,
+            None => {
+                let link = shared.link(&hop)?;
+                if self.used == self.hops.len() {
+                    self.hops.push((hop, link.clone(), DatagramBatch::new()));
+                }
+                let entry = &mut self.hops[self.used];
+                entry.0 = hop;
+                entry.1 = link;
+                entry.2.reset(&lock(&entry.1.encap), shared.max_datagram);
+                self.used += 1;
+                self.used - 1
+            }
+        };
+        Some(&mut self.hops[at].2)
+    }
+
+    /// Queues one frame for `hop`; counts it as dropped when there is no link or it is too big.
+    fn push(
+        &mut self,
+        shared: &Shared,
+        hop: PeerId,
+        kind: FrameKind,
+        src: PeerId,
+        dst: PeerId,
+        parts: &[&[u8]],
+    ) -> bool {
+        let Some(batch) = self.batch(shared, hop) else {
+            bump(&shared.counters.drop_no_route);
+            return false;
+        };
+        match batch.push(kind, src, dst, parts) {
+            Ok(()) => true,
+            Err(_) => {
+                bump(&shared.counters.drop_too_big);
+                false
+            }
+        }
+    }
+
+    /// Queues an Ethernet frame read from the TAP (`raw` = offload header + frame) for `hop`,
+    /// in pieces if it does not fit one datagram.
+    fn push_ethernet(
+        &mut self,
+        shared: &Shared,
+        hop: PeerId,
+        src: PeerId,
+        dst: PeerId,
+        offload: &VnetHeader,
+        raw: &[u8],
+    ) -> bool {
+        let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
+        if offload.is_plain() {
+            return self.push(shared, hop, FrameKind::Ethernet, src, dst, &[frame]);
+        }
+        let Some(batch) = self.batch(shared, hop) else {
+            bump(&shared.counters.drop_no_route);
+            return false;
+        };
+        let max_payload = batch.max_payload();
+        if raw.len() <= max_payload {
+            return batch.push(FrameKind::Offloaded, src, dst, &[raw]).is_ok();
+        }
+        let id = shared.next_fragment_id.fetch_add(1, Ordering::Relaxed);
+        let max_chunk = max_payload.saturating_sub(fragment::FRAGMENT_HEADER_LEN);
+        let Some(pieces) = fragment::split(raw, id, max_chunk) else {
+            bump(&shared.counters.drop_too_big);
+            return false;
+        };
+        for (header, chunk) in pieces {
+            if batch
+                .push(FrameKind::Fragment, src, dst, &[&header.to_bytes(), chunk])
+                .is_err()
+            {
+                bump(&shared.counters.drop_too_big);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.hops[..self.used]
+            .iter()
+            .map(|(_, _, b)| b.bytes())
+            .sum()
+    }
+
+    /// Seals and sends everything gathered, then empties the outbox.
+    fn flush(&mut self, shared: &Shared) {
+        let counters = &shared.counters;
+        for (hop, link, batch) in &mut self.hops[..self.used] {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(e) = batch.seal(&mut lock(&link.encap)) {
+                tracing::error!(error = %e, peer = %PeerName::from_bytes(*hop), "cannot seal for peer");
+                continue;
+            }
+            add(&counters.frames_out, batch.frames());
+            for (run, size) in batch.runs() {
+                let Ok(segment) = u16::try_from(size) else {
+                    continue;
+                };
+                match shared.udp.send_segments(link.addr, run, segment) {
+                    Ok(()) => {
+                        add(&counters.datagrams_out, run.len().div_ceil(size));
+                        add(&counters.bytes_out, run.len());
+                    }
+                    Err(e) => {
+                        bump(&counters.send_errors);
+                        tracing::debug!(error = %e, addr = %link.addr, "sleeve send failed");
+                    }
+                }
+            }
+        }
+        self.used = 0;
     }
 }
 
 /// Frames from local pods, to the mesh.
 fn tap_loop(shared: &Shared) {
     let local = shared.local.to_bytes();
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536);
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER];
+    let mut outbox = Outbox::default();
     loop {
-        let n = match shared.tap.read_frame(&mut buf) {
-            Ok(n) => n,
+        match shared.tap.wait_readable(TAP_POLL) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!(error = %e, "TAP read failed; sleeve stops sending");
+                tracing::error!(error = %e, "TAP poll failed; sleeve stops sending");
                 return;
             }
-        };
-        let frame = &buf[..n];
-        let (Some(dst_mac), Some(src_mac)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
-            continue;
-        };
-        let now = Instant::now();
-        let routes = shared.routes();
-        let decision = {
-            let mut macs = lock(&shared.macs);
-            macs.learn(src_mac, MacOwner::Local, now);
-            forward::from_bridge(&dst_mac, &macs, &*routes, now)
-        };
-        match decision {
-            Decision::Unicast { next_hop, dst } => {
-                let frame = Frame {
-                    kind: FrameKind::Ethernet,
-                    src: local,
-                    dst,
-                    payload: frame,
-                };
-                shared.send(next_hop, frame, &mut out);
-            }
-            Decision::Flood { hops, .. } => {
-                for hop in hops {
-                    let frame = Frame {
-                        kind: FrameKind::Ethernet,
-                        src: local,
-                        dst: BROADCAST,
-                        payload: frame,
-                    };
-                    shared.send(hop, frame, &mut out);
-                }
-            }
-            Decision::Local | Decision::Drop(_) => {}
         }
+        let routes = shared.routes();
+        for _ in 0..TAP_BATCH_FRAMES {
+            let n = match shared.tap.read_frame(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "TAP read failed; sleeve stops sending");
+                    return;
+                }
+            };
+            from_tap(shared, &routes, local, &buf[..n], &mut outbox);
+            if outbox.queued_bytes() >= TAP_BATCH_BYTES {
+                outbox.flush(shared);
+            }
+        }
+        outbox.flush(shared);
+    }
+}
+
+fn from_tap(
+    shared: &Shared,
+    routes: &RouteSnapshot,
+    local: PeerId,
+    raw: &[u8],
+    outbox: &mut Outbox,
+) {
+    let Some((offload, frame)) = VnetHeader::split(raw) else {
+        return;
+    };
+    let (Some(dst_mac), Some(src_mac)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
+        return;
+    };
+    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER + usize::from(shared.mtu) {
+        // TODO(pmtu): answer with ICMP "fragmentation needed" / "packet too big".
+        bump(&shared.counters.drop_too_big);
+        return;
+    }
+    let now = Instant::now();
+    let decision = {
+        let mut macs = lock(&shared.macs);
+        macs.learn(src_mac, MacOwner::Local, now);
+        forward::from_bridge(&dst_mac, &macs, routes, now)
+    };
+    match decision {
+        Decision::Unicast { next_hop, dst } => {
+            outbox.push_ethernet(shared, next_hop, local, dst, &offload, raw);
+        }
+        Decision::Flood { hops, .. } => {
+            for hop in hops {
+                outbox.push_ethernet(shared, hop, local, BROADCAST, &offload, raw);
+            }
+        }
+        Decision::Local | Decision::Drop(_) => {}
     }
 }
 
@@ -356,85 +575,136 @@ fn tap_loop(shared: &Shared) {
 fn udp_loop(shared: &Shared) {
     let mut bufs = vec![vec![0u8; RECV_BUFFER_LEN]; RECV_BATCH];
     let mut meta = vec![RecvMeta::default(); RECV_BATCH];
-    let mut out = Vec::with_capacity(65536);
+    let mut outbox = Outbox::default();
+    let mut reassembler = Reassembler::default();
+    let mut abandoned = 0;
     loop {
         let received = match shared.udp.recv_batch(&mut bufs, &mut meta, None) {
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!(error = %e, "UDP receive failed; sleeve stops receiving");
-                return;
+                // A queued ICMP error for an earlier send surfaces here; it is not fatal.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
             }
         };
+        let routes = shared.routes();
         for (buf, meta) in bufs.iter_mut().zip(&meta).take(received) {
             let segment = meta.segment.unwrap_or(meta.len).max(1);
             for datagram in buf[..meta.len].chunks_mut(segment) {
-                receive(shared, datagram, &mut out);
+                receive(shared, &routes, datagram, &mut outbox, &mut reassembler);
             }
         }
+        outbox.flush(shared);
+        let stats = reassembler.stats();
+        add(
+            &shared.counters.drop_incomplete,
+            (stats.abandoned - abandoned) as usize,
+        );
+        abandoned = stats.abandoned;
     }
 }
 
-fn receive(shared: &Shared, datagram: &mut [u8], out: &mut Vec<u8>) {
+fn receive(
+    shared: &Shared,
+    routes: &RouteSnapshot,
+    datagram: &mut [u8],
+    outbox: &mut Outbox,
+    reassembler: &mut Reassembler,
+) {
     let counters = &shared.counters;
     let Ok(sender) = datagram_sender(datagram) else {
         bump(&counters.drop_malformed);
         return;
     };
-    let link = shared
-        .links
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&sender)
-        .cloned();
-    let Some(link) = link else {
+    let Some(link) = shared.link(&sender) else {
         bump(&counters.drop_unknown_sender);
         return;
     };
+    let len = datagram.len();
     let frames = match lock(&link.decap).decapsulate(datagram) {
         Ok(frames) => frames,
         Err(DecapError::Authentication) => return bump(&counters.drop_auth),
         Err(DecapError::Replay(_)) => return bump(&counters.drop_replay),
         Err(_) => return bump(&counters.drop_malformed),
     };
-    let routes = shared.routes();
+    bump(&counters.datagrams_in);
+    add(&counters.bytes_in, len);
     let now = Instant::now();
     for frame in frames {
         let Ok(frame) = frame else {
             bump(&counters.drop_malformed);
             break;
         };
-        if frame.kind != FrameKind::Ethernet {
-            continue;
+        match frame.kind {
+            FrameKind::Ethernet | FrameKind::Offloaded | FrameKind::Fragment => {}
+            FrameKind::Heartbeat | FrameKind::PmtuProbe | FrameKind::PmtuAck => continue,
         }
-        if let Some(src_mac) = mac_at(frame.payload, 6) {
-            lock(&shared.macs).learn(src_mac, MacOwner::Remote(frame.src), now);
-        }
-        match forward::from_mesh(frame.src, frame.dst, &*routes) {
-            Decision::Local => deliver(shared, frame.payload),
+        let (deliver_locally, hops) = match forward::from_mesh(frame.src, frame.dst, routes) {
+            Decision::Local => (true, Vec::new()),
             Decision::Flood {
                 deliver_locally,
                 hops,
-            } => {
-                if deliver_locally {
-                    deliver(shared, frame.payload);
-                }
-                for hop in hops {
-                    bump(&counters.relayed);
-                    shared.send(hop, frame, out);
-                }
+            } => (deliver_locally, hops),
+            Decision::Unicast { next_hop, .. } => (false, vec![next_hop]),
+            Decision::Drop(_) => {
+                bump(&counters.drop_no_route);
+                continue;
             }
-            Decision::Unicast { next_hop, .. } => {
+        };
+        if deliver_locally {
+            deliver_frame(shared, &frame, reassembler, now);
+        }
+        for hop in hops {
+            if outbox.push(
+                shared,
+                hop,
+                frame.kind,
+                frame.src,
+                frame.dst,
+                &[frame.payload],
+            ) {
                 bump(&counters.relayed);
-                shared.send(next_hop, frame, out);
             }
-            Decision::Drop(_) => bump(&counters.drop_no_route),
         }
     }
 }
 
-fn deliver(shared: &Shared, payload: &[u8]) {
-    match shared.tap.write_frame(payload) {
-        Ok(()) => bump(&shared.counters.frames_in),
-        Err(e) => tracing::debug!(error = %e, "TAP write failed"),
+/// Delivers one frame addressed to this host (or flooded through it) to the bridge.
+fn deliver_frame(shared: &Shared, frame: &Frame<'_>, reassembler: &mut Reassembler, now: Instant) {
+    let counters = &shared.counters;
+    let learn = |ethernet: &[u8]| {
+        if let Some(src_mac) = mac_at(ethernet, 6) {
+            lock(&shared.macs).learn(src_mac, MacOwner::Remote(frame.src), now);
+        }
+    };
+    match frame.kind {
+        FrameKind::Ethernet => {
+            learn(frame.payload);
+            shared.deliver(&NO_OFFLOAD, frame.payload);
+        }
+        FrameKind::Offloaded => deliver_offloaded(shared, frame.payload, learn),
+        FrameKind::Fragment => {
+            let Ok((header, chunk)) = fragment::parse(frame.payload) else {
+                bump(&counters.drop_malformed);
+                return;
+            };
+            if let Some(whole) = reassembler.insert(frame.src, header, chunk, now) {
+                bump(&counters.reassembled);
+                deliver_offloaded(shared, whole, learn);
+            }
+        }
+        FrameKind::Heartbeat | FrameKind::PmtuProbe | FrameKind::PmtuAck => {}
     }
+}
+
+/// `raw` is an offload header followed by the Ethernet frame, as the origin's TAP gave it.
+fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
+    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER {
+        bump(&shared.counters.drop_malformed);
+        return;
+    }
+    let (header, frame) = raw.split_at(VNET_HDR_LEN);
+    learn(frame);
+    shared.deliver(header, frame);
 }

@@ -81,6 +81,14 @@ pub enum FrameKind {
     PmtuProbe = 2,
     /// Path-MTU acknowledgement; the payload is the probed size.
     PmtuAck = 3,
+    /// An Ethernet frame with the kernel's offload metadata: the payload is a
+    /// [`VnetHeader`](super::offload::VnetHeader) followed by the frame, which may be a TCP or
+    /// UDP super-segment of up to 64 KiB still to be segmented, or carry a partial checksum.
+    Offloaded = 4,
+    /// A piece of an `Offloaded` payload too large for one datagram: a
+    /// [`FragmentHeader`](super::fragment::FragmentHeader) and a chunk. The destination peer
+    /// reassembles; relays forward pieces like any frame.
+    Fragment = 5,
 }
 
 impl FrameKind {
@@ -90,6 +98,8 @@ impl FrameKind {
             1 => Some(Self::Heartbeat),
             2 => Some(Self::PmtuProbe),
             3 => Some(Self::PmtuAck),
+            4 => Some(Self::Offloaded),
+            5 => Some(Self::Fragment),
             _ => None,
         }
     }
@@ -248,28 +258,54 @@ impl Encapsulator {
 
         out.clear();
         out.reserve(len);
-        match &mut self.sealing {
+        self.begin(out);
+        for frame in frames {
+            write_frame(out, frame.kind, frame.src, frame.dst, &[frame.payload]);
+        }
+        if let Err(e) = self.finish(out) {
+            out.clear();
+            return Err(e);
+        }
+        Ok(out.len())
+    }
+
+    /// Starts a datagram at the end of `out` (which may already hold earlier datagrams of a
+    /// batch) by appending its header, and returns where it starts. Append frames with
+    /// [`write_frame`], then call [`finish`](Self::finish) on the datagram's bytes. The caller
+    /// keeps the datagram within the path MTU: at most `header_len()` plus the frames.
+    pub fn begin(&self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        match self.sealing {
             None => {
                 out.push(KIND_PLAIN);
                 out.extend_from_slice(&self.sender);
-                write_frames(frames, out);
             }
-            Some(sealing) => {
-                let (epoch, counter) = sealing.next_nonce()?;
+            Some(_) => {
                 out.push(KIND_SEALED);
                 out.extend_from_slice(&self.sender);
-                out.extend_from_slice(&epoch.to_be_bytes());
-                out.extend_from_slice(&counter.to_be_bytes());
-                out.extend_from_slice(&[0; TAG_LEN]);
-                write_frames(frames, out);
-                let (header, body) = out.split_at_mut(SEALED_HEADER_LEN);
-                let tag = sealing.cipher.seal_in_place(&nonce(epoch, counter), body);
-                if let Some(tag_slot) = header.get_mut(TAG_AT..) {
-                    tag_slot.copy_from_slice(&tag);
-                }
+                // Epoch, counter and tag are filled in by `finish`.
+                out.extend_from_slice(&[0; EPOCH_LEN + COUNTER_LEN + TAG_LEN]);
             }
         }
-        Ok(out.len())
+        start
+    }
+
+    /// Completes a datagram that [`begin`](Self::begin) started (`datagram` runs from its
+    /// first byte to its last frame): numbers and seals it in place; nothing to do for a
+    /// plaintext connection. On [`EncapError::EpochsExhausted`] the datagram must not be sent.
+    pub fn finish(&mut self, datagram: &mut [u8]) -> Result<(), EncapError> {
+        let Some(sealing) = &mut self.sealing else {
+            return Ok(());
+        };
+        let (epoch, counter) = sealing.next_nonce()?;
+        let Some((header, body)) = datagram.split_at_mut_checked(SEALED_HEADER_LEN) else {
+            return Ok(());
+        };
+        header[EPOCH_AT..COUNTER_AT].copy_from_slice(&epoch.to_be_bytes());
+        header[COUNTER_AT..TAG_AT].copy_from_slice(&counter.to_be_bytes());
+        let tag = sealing.cipher.seal_in_place(&nonce(epoch, counter), body);
+        header[TAG_AT..].copy_from_slice(&tag);
+        Ok(())
     }
 }
 
@@ -293,15 +329,21 @@ impl Sealing {
     }
 }
 
-fn write_frames(frames: &[Frame<'_>], out: &mut Vec<u8>) {
-    for frame in frames {
-        out.push(frame.kind as u8);
-        out.extend_from_slice(&frame.src);
-        out.extend_from_slice(&frame.dst);
-        // The caller checked that every payload length fits u16.
-        let len = u16::try_from(frame.payload.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(frame.payload);
+/// Appends one frame whose payload is the concatenation of `parts` (so a header and a chunk
+/// need not be copied together first). The caller keeps the payload within 65535 bytes: a
+/// longer one would not decode, so it is cut at that length.
+pub fn write_frame(out: &mut Vec<u8>, kind: FrameKind, src: PeerId, dst: PeerId, parts: &[&[u8]]) {
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let len = u16::try_from(total).unwrap_or(u16::MAX);
+    out.push(kind as u8);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&len.to_be_bytes());
+    let mut left = usize::from(len);
+    for part in parts {
+        let take = part.len().min(left);
+        out.extend_from_slice(&part[..take]);
+        left -= take;
     }
 }
 
@@ -745,6 +787,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_datagrams_built_in_one_buffer_opens_one_by_one() {
+        for sealed in [false, true] {
+            let (mut encap, mut decap) = if sealed {
+                sealed_pair()
+            } else {
+                (Encapsulator::plain(ALICE), Decapsulator::plain(ALICE))
+            };
+            let mut out = b"earlier bytes".to_vec();
+            let mut bounds = Vec::new();
+            for payload in [&b"one"[..], b"two", b"three"] {
+                let start = encap.begin(&mut out);
+                write_frame(&mut out, FrameKind::Ethernet, ALICE, BOB, &[payload, b"!"]);
+                encap.finish(&mut out[start..]).unwrap();
+                bounds.push((start, out.len()));
+            }
+            assert_eq!(&out[..13], b"earlier bytes");
+            for ((start, end), expected) in
+                bounds.into_iter().zip([&b"one!"[..], b"two!", b"three!"])
+            {
+                assert_delivers(&mut decap, &out[start..end], &[ethernet(expected)]);
+            }
+        }
+    }
+
+    #[test]
     fn sealing_hides_the_payload() {
         let (mut encap, _) = sealed_pair();
         let secret = b"a very recognisable pod payload";
@@ -1084,6 +1151,8 @@ mod tests {
             Just(FrameKind::Heartbeat),
             Just(FrameKind::PmtuProbe),
             Just(FrameKind::PmtuAck),
+            Just(FrameKind::Offloaded),
+            Just(FrameKind::Fragment),
         ]
     }
 
