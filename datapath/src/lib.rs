@@ -10,6 +10,7 @@
 //! overlay MTU follows), and the sleeve's sans-IO core (see `docs/sleeve.md`).
 
 pub mod forward;
+pub mod heartbeat;
 pub mod mac;
 pub mod sleeve;
 pub mod tap;

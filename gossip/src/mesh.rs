@@ -44,6 +44,10 @@ pub struct MeshConfig {
     /// Maximum number of connections (0 = unlimited).
     pub conn_limit: usize,
     pub gossip_interval: Duration,
+    /// Announce a new connection as established only once the data path to the peer works
+    /// ([`Mesh::set_data_path`]), so data routes avoid a link whose UDP is blocked while its
+    /// TCP control connection is up. Off when no data path runs.
+    pub confirm_data_path: bool,
 }
 
 /// What the router must do.
@@ -305,7 +309,7 @@ impl Mesh {
         let info = ConnectionInfo {
             remote_addr: Some(remote_listen),
             outbound: new.outbound,
-            established: true,
+            established: !self.config.confirm_data_path,
         };
         if self
             .topology
@@ -373,6 +377,30 @@ impl Mesh {
             self.by_peer.remove(&conn.peer);
         }
         Some(conn)
+    }
+
+    /// The data path of connection `key` started or stopped working (with
+    /// `confirm_data_path`): the connection is announced as established, or no longer, so data
+    /// routes use it or go around it. Control traffic keeps using it either way. Returns
+    /// whether anything changed.
+    pub fn set_data_path(&mut self, key: ConnKey, up: bool, now: Instant) -> bool {
+        let Some(conn) = self.conns.get(&key) else {
+            return false;
+        };
+        let peer = conn.peer;
+        let changed = self
+            .topology
+            .update_local(|e| {
+                if let Some(info) = e.connections.get_mut(&peer) {
+                    info.established = up;
+                }
+            })
+            .is_some();
+        if changed {
+            self.topology_changed(now);
+            self.announce_later(now);
+        }
+        changed
     }
 
     /// A registered connection ended (or the router closed it).

@@ -47,6 +47,8 @@ struct Sim {
     seed: u64,
     /// Every message delivered, as (encoded size, message).
     delivered: Vec<(usize, ControlMsg)>,
+    /// Nodes added from now on announce links only once their data path is confirmed.
+    confirm_data_path: bool,
 }
 
 fn name(node: usize) -> PeerName {
@@ -67,6 +69,7 @@ impl Sim {
             now,
             seed: 0x9e37_79b9_7f4a_7c15,
             delivered: Vec::new(),
+            confirm_data_path: false,
         };
         for node in 0..n {
             sim.add_node(node);
@@ -90,6 +93,7 @@ impl Sim {
             uid,
             conn_limit: 100,
             gossip_interval: GOSSIP_INTERVAL,
+            confirm_data_path: self.confirm_data_path,
         }
     }
 
@@ -415,6 +419,72 @@ fn a_blocked_pair_is_routed_through_the_others_and_reconnects_when_healed() {
         sim.meshes[0].routes().unicast(LinkSet::All, name(1)),
         Some(name(1))
     );
+}
+
+/// Sets the data path of every connection `node` has to `peer` (by the simulated link).
+fn set_data_path(sim: &mut Sim, node: usize, peer: usize, up: bool) {
+    let keys: Vec<ConnKey> = sim
+        .links
+        .iter()
+        .filter(|(_, l)| l.node == node && l.peer_node == peer)
+        .map(|(k, _)| *k)
+        .collect();
+    for key in keys {
+        sim.meshes[node].set_data_path(key, up, sim.now);
+    }
+}
+
+#[test]
+fn data_routes_use_only_links_whose_data_path_both_ends_confirmed() {
+    let mut sim = Sim::new(0);
+    sim.confirm_data_path = true;
+    for node in 0..3 {
+        sim.add_node(node);
+    }
+    sim.tell(1, &[0]);
+    sim.tell(2, &[0]);
+    sim.run_until("full mesh", Sim::full_mesh);
+    let data_route = |sim: &Sim, from: usize, to: usize| {
+        sim.meshes[from]
+            .routes()
+            .unicast(LinkSet::EstablishedSymmetric, name(to))
+    };
+    // Control works at once; data waits for the data path.
+    assert_eq!(
+        sim.meshes[0].routes().unicast(LinkSet::All, name(1)),
+        Some(name(1))
+    );
+    assert_eq!(data_route(&sim, 0, 1), None);
+
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                set_data_path(&mut sim, a, b, true);
+            }
+        }
+    }
+    // One tick announces, the next recomputes what the announcements changed.
+    sim.advance(Duration::from_secs(1));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(data_route(&sim, 0, 1), Some(name(1)));
+    assert_eq!(data_route(&sim, 2, 1), Some(name(1)));
+
+    // UDP between 0 and 1 dies while TCP stays up: data goes through 2, control stays direct.
+    // One end noticing is enough: the link is no longer symmetric.
+    set_data_path(&mut sim, 0, 1, false);
+    sim.advance(Duration::from_secs(1));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(data_route(&sim, 0, 1), Some(name(2)));
+    assert_eq!(data_route(&sim, 1, 0), Some(name(2)));
+    assert_eq!(
+        sim.meshes[0].routes().unicast(LinkSet::All, name(1)),
+        Some(name(1))
+    );
+
+    set_data_path(&mut sim, 0, 1, true);
+    sim.advance(Duration::from_secs(1));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(data_route(&sim, 1, 0), Some(name(0)));
 }
 
 #[test]

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weft_datapath::forward::{self, Decision, Routing};
-use weft_datapath::mac::{Mac, MacOwner, MacTable};
+use weft_datapath::heartbeat::{Health, Liveness, LivenessConfig, Transition};
+use weft_datapath::mac::{Learned, Mac, MacOwner, MacTable};
 use weft_datapath::sleeve::batch::DatagramBatch;
 use weft_datapath::sleeve::codec::{
     BROADCAST, DecapError, Decapsulator, Encapsulator, Frame, FrameKind, KeySchedule,
@@ -33,6 +34,7 @@ use weft_datapath::tap::Tap;
 use weft_datapath::udp::{RECV_BUFFER_LEN, RecvMeta, UdpEdge};
 use weft_datapath::{DatapathKind, PeerId};
 use weft_gossip::PeerName;
+use weft_gossip::macs::SharedMacChannel;
 use weft_gossip::mesh::ConnKey;
 use weft_gossip::routes::{LinkSet, Routes};
 
@@ -50,11 +52,52 @@ const TAP_BATCH_FRAMES: usize = 64;
 const TAP_BATCH_BYTES: usize = 256 * 1024;
 /// The TAP reader wakes up at least this often (for housekeeping) when no frame comes.
 const TAP_POLL: Duration = Duration::from_secs(1);
+/// How often the housekeeping thread runs: heartbeats, liveness, MAC expiry.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Heartbeats on a link whose data path works, and on one still starting or down (faster, so
+/// a new or healed link is confirmed quickly).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const HEARTBEAT_INTERVAL_UNCONFIRMED: Duration = Duration::from_millis(200);
+/// How often expired MAC entries are removed (and local ones withdrawn from gossip).
+const MAC_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 /// The offload header the TAP gets with frames that need nothing from its kernel.
 const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Sealing keys of one link: (ours to the peer, the peer's to us).
 pub type LinkKeys = (KeySchedule, KeySchedule);
+
+/// What the dataplane tells the router actor.
+#[derive(Debug)]
+pub enum DataplaneEvent {
+    /// A pod's MAC appeared on the local bridge (or came back after expiring): claim it in the
+    /// MAC-to-peer gossip channel.
+    LocalMac(Mac),
+    /// Local MACs not seen for the expiry time: withdraw them.
+    LocalMacsGone(Vec<Mac>),
+    /// The data path of the link to `peer` (connection `conn`) started or stopped working.
+    LinkHealth {
+        peer: PeerName,
+        conn: ConnKey,
+        up: bool,
+        reason: Option<String>,
+    },
+}
+
+/// How the sleeve is set up on this host.
+#[derive(Debug, Clone)]
+pub struct SleeveConfig {
+    /// The bridge pods attach to.
+    pub bridge: String,
+    /// UDP port, the same number as the mesh's TCP port.
+    pub port: u16,
+    /// MTU of the host's network; the path MTU to peers is at most this.
+    pub underlay_mtu: u16,
+    /// Seal every datagram (the mesh has a password).
+    pub encrypted: bool,
+}
+
+/// Where the dataplane's events go; called from its threads, so it must not block.
+pub type EventSink = Box<dyn Fn(DataplaneEvent) + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -119,10 +162,68 @@ pub struct DropsReport {
 }
 
 struct PeerLink {
+    peer: PeerName,
     conn: ConnKey,
     addr: SocketAddr,
     encap: Mutex<Encapsulator>,
     decap: Mutex<Decapsulator>,
+    /// When an authenticated datagram last came from the peer: nanoseconds since the
+    /// dataplane's epoch, 0 for never. Written per datagram, so an atomic, not the lock.
+    last_heard: AtomicU64,
+    state: Mutex<LinkState>,
+    counters: LinkCounters,
+}
+
+/// What the housekeeping thread keeps per link.
+struct LinkState {
+    liveness: Liveness,
+    last_heartbeat: Option<Instant>,
+    /// `last_heard` as last fed to `liveness`.
+    heard_seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct LinkCounters {
+    datagrams_out: AtomicU64,
+    bytes_out: AtomicU64,
+    datagrams_in: AtomicU64,
+    bytes_in: AtomicU64,
+    drop_auth: AtomicU64,
+    drop_replay: AtomicU64,
+    drop_malformed: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+/// One link (peer connection) as shown in `/report`, under its connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkReport {
+    pub peer: String,
+    /// `sleeve`.
+    pub datapath: String,
+    pub encrypted: bool,
+    /// `starting`, `up` or `down`.
+    pub health: String,
+    /// Why the data path is down (or not yet up).
+    pub reason: Option<String>,
+    /// Milliseconds since the last authenticated datagram from the peer.
+    pub heartbeat_age_ms: Option<u64>,
+    /// The largest UDP datagram (IP packet) sent to the peer, and the largest packet a pod can
+    /// send through this link.
+    pub path_mtu: u16,
+    pub overlay_mtu: u16,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub drops: LinkDropsReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkDropsReport {
+    pub auth: u64,
+    pub replay: u64,
+    pub malformed: u64,
+    pub send_errors: u64,
 }
 
 /// `gossip::Routes` seen through the datapath's `Routing` trait.
@@ -167,6 +268,11 @@ struct Shared {
     /// Identifies the super-segments this router cuts into pieces.
     next_fragment_id: AtomicU32,
     counters: Counters,
+    /// The MAC-to-peer gossip channel, consulted for destinations data has not taught yet.
+    gossip_macs: SharedMacChannel,
+    events: EventSink,
+    /// Time origin of `PeerLink::last_heard`.
+    epoch: Instant,
 }
 
 pub struct Dataplane {
@@ -182,12 +288,18 @@ impl Dataplane {
     /// Sets up the bridge and its TAP port, binds the UDP port, and starts the threads.
     pub fn start(
         local: PeerName,
-        bridge: &str,
-        port: u16,
-        underlay_mtu: u16,
-        encrypted: bool,
+        config: &SleeveConfig,
         routes: Routes,
+        gossip_macs: SharedMacChannel,
+        events: EventSink,
     ) -> io::Result<Dataplane> {
+        let SleeveConfig {
+            ref bridge,
+            port,
+            underlay_mtu,
+            encrypted,
+        } = *config;
+        let bridge = bridge.as_str();
         let mtu = DatapathKind::Sleeve
             .overlay_mtu(underlay_mtu, encrypted)
             .ok_or_else(|| {
@@ -223,10 +335,14 @@ impl Dataplane {
             macs: Mutex::new(MacTable::default()),
             next_fragment_id: AtomicU32::new(weft_crypto::random_u64() as u32),
             counters: Counters::default(),
+            gossip_macs,
+            events,
+            epoch: Instant::now(),
         });
         for (name, work) in [
             ("weft-tap-rx", tap_loop as fn(&Shared)),
             ("weft-udp-rx", udp_loop),
+            ("weft-sleeve-timer", timer_loop),
         ] {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -256,10 +372,18 @@ impl Dataplane {
             None => (Encapsulator::plain(local), Decapsulator::plain(id)),
         };
         let link = PeerLink {
+            peer,
             conn,
             addr,
             encap: Mutex::new(encap),
             decap: Mutex::new(decap),
+            last_heard: AtomicU64::new(0),
+            state: Mutex::new(LinkState {
+                liveness: Liveness::new(LivenessConfig::default(), Instant::now()),
+                last_heartbeat: None,
+                heard_seen: 0,
+            }),
+            counters: LinkCounters::default(),
         };
         self.shared
             .links
@@ -288,6 +412,56 @@ impl Dataplane {
             .routes
             .write()
             .unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// Each link's state, for the connections section of the report.
+    pub fn links(&self) -> Vec<LinkReport> {
+        let s = &self.shared;
+        let now = Instant::now();
+        let links: Vec<Arc<PeerLink>> = s
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let overlay_mtu = s.mtu;
+        links
+            .iter()
+            .map(|link| {
+                let state = lock(&link.state);
+                let (health, reason) = match state.liveness.health(now) {
+                    Health::Starting => ("starting", None),
+                    Health::Up => ("up", None),
+                    Health::Down { reason } => ("down", Some(reason)),
+                };
+                let c = &link.counters;
+                LinkReport {
+                    peer: link.peer.to_string(),
+                    datapath: "sleeve".into(),
+                    encrypted: s.encrypted,
+                    health: health.into(),
+                    reason,
+                    heartbeat_age_ms: state
+                        .liveness
+                        .heartbeat_age(now)
+                        .map(|age| age.as_millis() as u64),
+                    path_mtu: (s.max_datagram + IPV4_UDP) as u16,
+                    overlay_mtu,
+                    datagrams_out: get(&c.datagrams_out),
+                    bytes_out: get(&c.bytes_out),
+                    datagrams_in: get(&c.datagrams_in),
+                    bytes_in: get(&c.bytes_in),
+                    drops: LinkDropsReport {
+                        auth: get(&c.drop_auth),
+                        replay: get(&c.drop_replay),
+                        malformed: get(&c.drop_malformed),
+                        send_errors: get(&c.send_errors),
+                    },
+                }
+            })
+            .collect()
     }
 
     pub fn report(&self) -> DatapathReport {
@@ -351,6 +525,15 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
             .cloned()
+    }
+
+    /// The peer the MAC-to-peer gossip channel says owns `mac`, if another one.
+    fn gossiped_owner(&self, mac: &Mac) -> Option<PeerId> {
+        if weft_datapath::mac::is_multicast(mac) {
+            return None;
+        }
+        let owner = self.gossip_macs.lock().owner(mac)?;
+        (owner != self.local).then(|| owner.to_bytes())
     }
 
     /// Hands a frame to the local bridge: `header` is its offload header (`NO_OFFLOAD` for a
@@ -486,11 +669,15 @@ impl Outbox {
                 };
                 match shared.udp.send_segments(link.addr, run, segment) {
                     Ok(()) => {
-                        add(&counters.datagrams_out, run.len().div_ceil(size));
+                        let datagrams = run.len().div_ceil(size);
+                        add(&counters.datagrams_out, datagrams);
                         add(&counters.bytes_out, run.len());
+                        add(&link.counters.datagrams_out, datagrams);
+                        add(&link.counters.bytes_out, run.len());
                     }
                     Err(e) => {
                         bump(&counters.send_errors);
+                        bump(&link.counters.send_errors);
                         tracing::debug!(error = %e, addr = %link.addr, "sleeve send failed");
                     }
                 }
@@ -553,11 +740,21 @@ fn from_tap(
         return;
     }
     let now = Instant::now();
-    let decision = {
+    let (learned, decision) = {
         let mut macs = lock(&shared.macs);
-        macs.learn(src_mac, MacOwner::Local, now);
-        forward::from_bridge(&dst_mac, &macs, routes, now)
+        let learned = macs.learn(src_mac, MacOwner::Local, now);
+        if macs.lookup(&dst_mac, now).is_none()
+            && let Some(owner) = shared.gossiped_owner(&dst_mac)
+        {
+            // Data has not taught us where this MAC is yet, but gossip has: unicast at once
+            // instead of flooding. A frame from the MAC will correct the entry if it is stale.
+            macs.learn(dst_mac, MacOwner::Remote(owner), now);
+        }
+        (learned, forward::from_bridge(&dst_mac, &macs, routes, now))
     };
+    if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
+        (shared.events)(DataplaneEvent::LocalMac(src_mac));
+    }
     match decision {
         Decision::Unicast { next_hop, dst } => {
             outbox.push_ethernet(shared, next_hop, local, dst, &offload, raw);
@@ -624,13 +821,26 @@ fn receive(
     let len = datagram.len();
     let frames = match lock(&link.decap).decapsulate(datagram) {
         Ok(frames) => frames,
-        Err(DecapError::Authentication) => return bump(&counters.drop_auth),
-        Err(DecapError::Replay(_)) => return bump(&counters.drop_replay),
-        Err(_) => return bump(&counters.drop_malformed),
+        Err(DecapError::Authentication) => {
+            bump(&link.counters.drop_auth);
+            return bump(&counters.drop_auth);
+        }
+        Err(DecapError::Replay(_)) => {
+            bump(&link.counters.drop_replay);
+            return bump(&counters.drop_replay);
+        }
+        Err(_) => {
+            bump(&link.counters.drop_malformed);
+            return bump(&counters.drop_malformed);
+        }
     };
+    let now = Instant::now();
     bump(&counters.datagrams_in);
     add(&counters.bytes_in, len);
-    let now = Instant::now();
+    bump(&link.counters.datagrams_in);
+    add(&link.counters.bytes_in, len);
+    let since_epoch = now.saturating_duration_since(shared.epoch).as_nanos() as u64;
+    link.last_heard.store(since_epoch.max(1), Ordering::Relaxed);
     for frame in frames {
         let Ok(frame) = frame else {
             bump(&counters.drop_malformed);
@@ -707,4 +917,85 @@ fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
     let (header, frame) = raw.split_at(VNET_HDR_LEN);
     learn(frame);
     shared.deliver(header, frame);
+}
+
+/// Housekeeping: heartbeats to every peer, the liveness of each link (reported to the router
+/// so that data routes avoid a link whose UDP is dead), MAC expiry.
+fn timer_loop(shared: &Shared) {
+    let local = shared.local.to_bytes();
+    let mut outbox = Outbox::default();
+    let mut next_mac_expiry = Instant::now() + MAC_EXPIRY_EVERY;
+    loop {
+        std::thread::sleep(TIMER_TICK);
+        let now = Instant::now();
+        let links: Vec<Arc<PeerLink>> = shared
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for link in &links {
+            let mut state = lock(&link.state);
+            let heard = link.last_heard.load(Ordering::Relaxed);
+            if heard != state.heard_seen {
+                state.heard_seen = heard;
+                state
+                    .liveness
+                    .on_heard(shared.epoch + Duration::from_nanos(heard));
+            }
+            let interval = match state.liveness.health(now) {
+                Health::Up => HEARTBEAT_INTERVAL,
+                _ => HEARTBEAT_INTERVAL_UNCONFIRMED,
+            };
+            if state
+                .last_heartbeat
+                .is_none_or(|sent| now.saturating_duration_since(sent) >= interval)
+            {
+                let peer = link.peer.to_bytes();
+                let payload = link.conn.to_be_bytes();
+                if outbox.push(shared, peer, FrameKind::Heartbeat, local, peer, &[&payload]) {
+                    state.liveness.on_sent(now);
+                    state.last_heartbeat = Some(now);
+                }
+            }
+            if let Some(transition) = state.liveness.poll(now) {
+                let (up, reason) = match transition {
+                    Transition::Up => (true, None),
+                    Transition::Down => (
+                        false,
+                        match state.liveness.health(now) {
+                            Health::Down { reason } => Some(reason),
+                            _ => None,
+                        },
+                    ),
+                };
+                drop(state);
+                if up {
+                    tracing::info!(peer = %link.peer, "sleeve data path up");
+                } else {
+                    tracing::warn!(peer = %link.peer, reason = reason.as_deref().unwrap_or(""), "sleeve data path down");
+                }
+                (shared.events)(DataplaneEvent::LinkHealth {
+                    peer: link.peer,
+                    conn: link.conn,
+                    up,
+                    reason,
+                });
+            }
+        }
+        outbox.flush(shared);
+        if now >= next_mac_expiry {
+            next_mac_expiry = now + MAC_EXPIRY_EVERY;
+            let expired = lock(&shared.macs).expire(now);
+            let gone: Vec<Mac> = expired
+                .into_iter()
+                .filter(|(_, owner)| *owner == MacOwner::Local)
+                .map(|(mac, _)| mac)
+                .collect();
+            if !gone.is_empty() {
+                (shared.events)(DataplaneEvent::LocalMacsGone(gone));
+            }
+        }
+    }
 }

@@ -15,12 +15,13 @@ mod store;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use weft_gossip::macs::{MAX_ENTRIES, MacChannel, SharedMacChannel};
 use weft_gossip::mesh::MeshConfig;
 use weft_gossip::routes::Routes;
 use weft_gossip::wire::Features;
@@ -29,7 +30,7 @@ use crate::config::{Cli, Command, DatapathChoice, RouterArgs, StatusWhat};
 use crate::conn::ConnParams;
 use crate::metrics::Metrics;
 use crate::report::Report;
-use crate::router::{Router, RouterInfo};
+use crate::router::{Event, Router, RouterInfo};
 use crate::store::Store;
 
 fn main() -> anyhow::Result<()> {
@@ -163,7 +164,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             nickname: identity.nickname.clone(),
             uid: identity.uid,
             conn_limit: args.conn_limit,
-            gossip_interval,
+            gossip_interval,            confirm_data_path: matches!(args.datapath, DatapathChoice::Sleeve),
         };
         let info = RouterInfo {
             encryption: password.is_some(),
@@ -173,17 +174,34 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         };
         let dataplane = match args.datapath {
             DatapathChoice::None => None,
-            DatapathChoice::Sleeve => Some(
-                dataplane::Dataplane::start(
+            DatapathChoice::Sleeve => {
+                let macs = SharedMacChannel::new(MacChannel::new(
                     identity.name,
-                    &args.bridge,
-                    args.port,
-                    args.underlay_mtu,
-                    password.is_some(),
+                    MAX_ENTRIES,
+                    Instant::now(),
+                ));
+                let events = events_tx.clone();
+                let sink: dataplane::EventSink = Box::new(move |event| {
+                    // A full queue drops the event: MAC claims are re-made when the MAC is
+                    // seen again, and link health is re-reported on its next change.
+                    let _ = events.try_send(Event::Dataplane(event));
+                });
+                let config = dataplane::SleeveConfig {
+                    bridge: args.bridge.clone(),
+                    port: args.port,
+                    underlay_mtu: args.underlay_mtu,
+                    encrypted: password.is_some(),
+                };
+                let dataplane = dataplane::Dataplane::start(
+                    identity.name,
+                    &config,
                     Routes::compute(identity.name, &Default::default()),
+                    macs.clone(),
+                    sink,
                 )
-                .context("cannot start the sleeve dataplane")?,
-            ),
+                .context("cannot start the sleeve dataplane")?;
+                Some((dataplane, macs))
+            }
         };
         let router = Router::new(
             mesh_config,

@@ -14,7 +14,7 @@ use weft_gossip::routes::LinkSet;
 use weft_gossip::topology::Topology;
 use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 
-use crate::dataplane::DatapathReport;
+use crate::dataplane::{DatapathReport, LinkReport};
 use crate::router::RouterInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +82,10 @@ pub struct ConnectionReport {
     pub attempts: Option<u32>,
     /// `direct` (named by an operator), `discovered` (learned from gossip) or absent (inbound).
     pub source: Option<String>,
+    /// The data path of an established connection, when a dataplane runs: its health (with
+    /// the reason when down), path MTU, heartbeat age, traffic and drops.
+    #[serde(default)]
+    pub datapath: Option<LinkReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ pub fn build(
     mesh: &Mesh,
     info: &RouterInfo,
     datapath: Option<DatapathReport>,
+    links: Vec<LinkReport>,
     now: Instant,
 ) -> Report {
     let topology = mesh.topology();
@@ -158,6 +163,7 @@ pub fn build(
             retry_in_secs: None,
             attempts: None,
             source: None,
+            datapath: links.iter().find(|l| l.peer == c.peer.to_string()).cloned(),
         })
         .collect();
     // Targets that are connected already appear above, as their connection.
@@ -178,6 +184,7 @@ pub fn build(
             retry_in_secs: target.retry_in_secs,
             attempts: Some(target.attempts),
             source: Some(target.source.as_str().to_owned()),
+            datapath: None,
         });
     }
     for failure in mesh.inbound_failures() {
@@ -197,6 +204,7 @@ pub fn build(
             retry_in_secs: None,
             attempts: None,
             source: None,
+            datapath: None,
         });
     }
 
@@ -352,6 +360,33 @@ pub fn render_connections(r: &Report) -> String {
         }
         if let Some(retry) = c.retry_in_secs {
             let _ = write!(s, ", retry in {retry}s");
+        }
+        if let Some(link) = &c.datapath {
+            let _ = write!(s, "\n     {}: {}", link.datapath, link.health);
+            if let Some(reason) = &link.reason {
+                let _ = write!(s, " ({reason})");
+            }
+            if let Some(age) = link.heartbeat_age_ms {
+                let _ = write!(s, ", heard {:.1}s ago", age as f64 / 1000.0);
+            }
+            let _ = write!(
+                s,
+                ", path MTU {}, pod MTU {}, out {} datagrams/{} bytes, in {}/{}",
+                link.path_mtu,
+                link.overlay_mtu,
+                link.datagrams_out,
+                link.bytes_out,
+                link.datagrams_in,
+                link.bytes_in
+            );
+            let d = &link.drops;
+            if d.auth + d.replay + d.malformed + d.send_errors > 0 {
+                let _ = write!(
+                    s,
+                    ", dropped: {} auth, {} replay, {} malformed, {} send errors",
+                    d.auth, d.replay, d.malformed, d.send_errors
+                );
+            }
         }
         s.push('\n');
     }

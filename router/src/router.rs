@@ -10,13 +10,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
+use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL, SharedMacChannel};
 use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
 use weft_gossip::routes::LinkSet;
 use weft_gossip::wire::ControlMsg;
 
 use crate::conn::{self, ConnParams};
-use crate::dataplane::{Dataplane, LinkKeys};
+use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
 use crate::metrics::Metrics;
 use crate::report::{self, Report};
 use crate::store::Store;
@@ -49,6 +50,7 @@ pub enum Event {
         reason: String,
     },
     Api(ApiRequest),
+    Dataplane(DataplaneEvent),
 }
 
 pub enum ApiRequest {
@@ -103,6 +105,8 @@ pub struct Router {
     mesh: Mesh,
     conns: HashMap<ConnKey, ConnEntry>,
     dataplane: Option<Dataplane>,
+    /// The MAC-to-peer gossip channel (hosted by the mesh) when a dataplane runs.
+    macs: Option<SharedMacChannel>,
     /// The mesh routes version last handed to the dataplane.
     routes_seen: u64,
     params: Arc<ConnParams>,
@@ -123,10 +127,17 @@ impl Router {
         store: Store,
         info: RouterInfo,
         initial_targets: Vec<String>,
-        dataplane: Option<Dataplane>,
+        dataplane: Option<(Dataplane, SharedMacChannel)>,
     ) -> Self {
         let now = Instant::now();
         let mut mesh = Mesh::new(config, now);
+        let (dataplane, macs) = match dataplane {
+            Some((dataplane, macs)) => {
+                mesh.add_channel(MAC_CHANNEL, Box::new(macs.clone()));
+                (Some(dataplane), Some(macs))
+            }
+            None => (None, None),
+        };
         let mut out = Vec::new();
         mesh.add_direct(&initial_targets, now, &mut out);
         let metrics = params.metrics.clone();
@@ -134,6 +145,7 @@ impl Router {
             mesh,
             conns: HashMap::new(),
             dataplane,
+            macs,
             routes_seen: 0,
             params: Arc::new(params),
             events,
@@ -167,6 +179,11 @@ impl Router {
             match event {
                 Some(event) => self.handle(event, now, &mut out),
                 None => {
+                    if let Some(macs) = &self.macs {
+                        let mut macs = macs.lock();
+                        macs.set_now(now);
+                        macs.prune_tombstones(now, DEFAULT_TOMBSTONE_KEEP);
+                    }
                     self.mesh.tick(now, &mut out);
                     self.expire_pings(now);
                 }
@@ -237,6 +254,48 @@ impl Router {
                 self.mesh.connection_closed(key, &reason, now);
             }
             Event::Api(request) => self.api(request, now, out),
+            Event::Dataplane(event) => self.dataplane_event(event, now, out),
+        }
+    }
+
+    fn dataplane_event(&mut self, event: DataplaneEvent, now: Instant, out: &mut Vec<Action>) {
+        match event {
+            DataplaneEvent::LocalMac(mac) => {
+                let change = self
+                    .macs
+                    .as_ref()
+                    .and_then(|m| m.lock().claim_local(mac, now));
+                self.publish_macs(change, out);
+            }
+            DataplaneEvent::LocalMacsGone(macs) => {
+                for mac in macs {
+                    let change = self
+                        .macs
+                        .as_ref()
+                        .and_then(|m| m.lock().withdraw_local(mac, now));
+                    self.publish_macs(change, out);
+                }
+            }
+            DataplaneEvent::LinkHealth {
+                peer,
+                conn,
+                up,
+                reason,
+            } => {
+                // Only the connection the link was made for; a newer one has its own link.
+                if self.conns.get(&conn).is_some_and(|c| c.peer == peer) {
+                    tracing::debug!(%peer, up, reason = reason.as_deref().unwrap_or(""), "data path changed");
+                    self.mesh.set_data_path(conn, up, now);
+                }
+            }
+        }
+    }
+
+    fn publish_macs(&mut self, change: Option<Vec<u8>>, out: &mut Vec<Action>) {
+        if let Some(change) = change
+            && let Err(e) = self.mesh.publish(MAC_CHANNEL, &change, out)
+        {
+            tracing::warn!(error = %e, "cannot publish a MAC claim");
         }
     }
 
@@ -291,7 +350,12 @@ impl Router {
             }
             ApiRequest::Report { reply } => {
                 let datapath = self.dataplane.as_ref().map(Dataplane::report);
-                let _ = reply.send(report::build(&self.mesh, &self.info, datapath, now));
+                let links = self
+                    .dataplane
+                    .as_ref()
+                    .map(Dataplane::links)
+                    .unwrap_or_default();
+                let _ = reply.send(report::build(&self.mesh, &self.info, datapath, links, now));
             }
         }
     }

@@ -25,6 +25,9 @@ fn sleeve_mesh(n: usize) -> anyhow::Result<Net> {
     net.wait_until("the control mesh is complete", SETTLE, || {
         net.check_full_mesh(&net.host_ids())
     })?;
+    net.wait_until("every data path is up everywhere", SETTLE, || {
+        data_paths_up(&net)
+    })?;
     for i in net.host_ids() {
         let mtu = net.report_json(i)?["datapath"]["mtu"]
             .as_u64()
@@ -32,6 +35,44 @@ fn sleeve_mesh(n: usize) -> anyhow::Result<Net> {
         net.add_pod(i, "weft", &format!("10.40.0.{i}/24"), u16::try_from(mtu)?)?;
     }
     Ok(net)
+}
+
+/// The data path of `host`'s connection to the host with nickname `peer`, from its report.
+fn link(net: &Net, host: HostId, peer: HostId) -> anyhow::Result<serde_json::Value> {
+    let report = net.report_json(host)?;
+    let nickname = net.nickname(peer);
+    let connection = report["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["nickname"] == nickname.as_str() && c["state"] == "established")
+        .with_context(|| format!("host{host} has no connection to {nickname}"))?;
+    Ok(connection["datapath"].clone())
+}
+
+/// Every host's links are up and every host has heard (through gossip) that all links are
+/// established, so data routes are direct everywhere.
+fn data_paths_up(net: &Net) -> anyhow::Result<bool> {
+    let hosts = net.host_ids();
+    for &i in &hosts {
+        for &j in &hosts {
+            if i != j && link(net, i, j)?["health"] != "up" {
+                return Ok(false);
+            }
+        }
+        let report = net.report_json(i)?;
+        let established = report["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["connections"].as_array().into_iter().flatten())
+            .filter(|c| c["established"] == true)
+            .count();
+        if established != hosts.len() * (hosts.len() - 1) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn ping(net: &Net, from: HostId, to: HostId) -> anyhow::Result<String> {
@@ -98,5 +139,46 @@ fn pods_whose_hosts_cannot_talk_are_relayed_through_a_third() -> anyhow::Result<
         .as_u64()
         .unwrap_or(0);
     ensure!(relayed > 0, "host3 relayed nothing");
+    Ok(())
+}
+
+#[test]
+fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() -> anyhow::Result<()>
+{
+    if !require_root() {
+        return Ok(());
+    }
+    let net = sleeve_mesh(3)?;
+    ping(&net, 1, 2)?;
+    net.block_udp(1, 2)?;
+    net.wait_until("host1 sees its data path to host2 down", SETTLE, || {
+        Ok(link(&net, 1, 2)?["health"] == "down")
+    })?;
+    // The control connection is still up; the data path says why it is not.
+    let datapath = link(&net, 1, 2)?;
+    let reason = datapath["reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("no UDP heartbeat"),
+        "host1 -> host2: {datapath}"
+    );
+    let text = net.weft(1, &["status", "connections"])?;
+    ensure!(
+        text.contains("sleeve: down (no UDP heartbeat"),
+        "weft status connections on host1:\n{text}"
+    );
+    // Data between the two goes through host3 meanwhile.
+    net.wait_until("pod1 reaches pod2 through host3", SETTLE, || {
+        Ok(ping(&net, 1, 2).is_ok_and(|out| out.contains(" 0% packet loss")))
+    })?;
+    let relayed = net.report_json(3)?["datapath"]["relayed"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(relayed > 0, "host3 relayed nothing");
+
+    net.unblock_udp(1, 2)?;
+    net.wait_until("the direct data path comes back", SETTLE, || {
+        data_paths_up(&net)
+    })?;
+    ping(&net, 2, 1)?;
     Ok(())
 }

@@ -13,20 +13,24 @@ use crate::net::{HostId, Net, ip_in};
 /// The harness' own nftables table in each host; nothing else in the host uses nftables.
 const FIREWALL_TABLE: &str = "weft_test";
 
-/// Drops every packet to or from an address in the `blocked` set, and connection attempts
-/// (SYN without ACK) to a port in the `refused` set.
+/// Drops every packet to or from an address in the `blocked` set, UDP to or from an address
+/// in the `udp_blocked` set, and connection attempts (SYN without ACK) to a port in the
+/// `refused` set.
 const FIREWALL_RULES: &str = "
 table inet weft_test {
     set blocked { type ipv4_addr; }
+    set udp_blocked { type ipv4_addr; }
     set refused { type inet_service; }
     chain input {
         type filter hook input priority 0; policy accept;
         ip saddr @blocked drop
+        ip saddr @udp_blocked meta l4proto udp drop
         tcp dport @refused tcp flags & (syn | ack) == syn drop
     }
     chain output {
         type filter hook output priority 0; policy accept;
         ip daddr @blocked drop
+        ip daddr @udp_blocked meta l4proto udp drop
     }
 }
 ";
@@ -96,6 +100,18 @@ impl Net {
     /// Undoes [`Net::block`].
     pub fn unblock(&self, i: HostId, j: HostId) -> anyhow::Result<()> {
         self.firewall_set(i, "delete", "blocked", &self.address(j).to_string())
+    }
+
+    /// Drops UDP between hosts `i` and `j`, both directions, with nftables in host `i`; TCP
+    /// keeps working (a firewall that lets the control connection through but not the data).
+    pub fn block_udp(&self, i: HostId, j: HostId) -> anyhow::Result<()> {
+        self.ensure_firewall(i)?;
+        self.firewall_set(i, "add", "udp_blocked", &self.address(j).to_string())
+    }
+
+    /// Undoes [`Net::block_udp`].
+    pub fn unblock_udp(&self, i: HostId, j: HostId) -> anyhow::Result<()> {
+        self.firewall_set(i, "delete", "udp_blocked", &self.address(j).to_string())
     }
 
     /// Makes host `i` silently drop new TCP connections to `port`; connections already up and
