@@ -80,10 +80,9 @@ pub struct RouterArgs {
     /// Seconds between anti-entropy digests to each neighbour.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value_t = 30.0)]
     pub gossip_interval: f64,
-    /// Data plane: `none` (control plane only) or `sleeve` (a bridge for pods, frames
-    /// carried to peers in UDP, sealed when there is a password). The sleeve is new and
-    /// opt-in until it is complete.
-    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "none")]
+    /// Data plane: `sleeve` (a bridge for pods, frames carried to peers in UDP, sealed when
+    /// there is a password) or `none` (control plane only).
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "sleeve")]
     pub datapath: DatapathChoice,
     /// Name of the bridge pods attach to.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
