@@ -144,6 +144,19 @@ pub struct DatapathReport {
     /// Super-segments put back together from pieces.
     pub reassembled: u64,
     pub drops: DropsReport,
+    /// The MAC table: where each pod MAC seen lately lives.
+    pub mac_table: Vec<MacReport>,
+    /// Live claims in the MAC-to-peer gossip channel (all hosts' pods).
+    pub gossiped_macs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MacReport {
+    pub mac: String,
+    /// `local`, or the name of the peer the MAC lives behind.
+    pub owner: String,
+    /// Seconds since a frame from the MAC was seen (or gossip said where it is).
+    pub age_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -484,6 +497,19 @@ impl Dataplane {
             bytes_in: get(&c.bytes_in),
             relayed: get(&c.relayed),
             reassembled: get(&c.reassembled),
+            mac_table: lock(&s.macs)
+                .entries(Instant::now())
+                .into_iter()
+                .map(|(mac, owner, age)| MacReport {
+                    mac: weft_datapath::mac::format_mac(&mac),
+                    owner: match owner {
+                        MacOwner::Local => "local".into(),
+                        MacOwner::Remote(peer) => PeerName::from_bytes(peer).to_string(),
+                    },
+                    age_secs: age.as_secs(),
+                })
+                .collect(),
+            gossiped_macs: s.gossip_macs.lock().len(),
             drops: DropsReport {
                 no_route: get(&c.drop_no_route),
                 too_big: get(&c.drop_too_big),

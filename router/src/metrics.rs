@@ -26,8 +26,55 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDirectionLabels {
+    pub peer: String,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerReasonLabels {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
+/// The data plane's counters and state, mirrored from the report at scrape time.
+#[derive(Default)]
+pub struct DatapathMetrics {
+    pub frames: Family<DirectionLabels, Counter>,
+    pub datagrams: Family<DirectionLabels, Counter>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub relayed: Counter,
+    pub drops: Family<ReasonLabels, Counter>,
+    pub macs: Gauge,
+    pub link_up: Family<PeerLabels, Gauge>,
+    pub link_path_mtu: Family<PeerLabels, Gauge>,
+    pub link_bytes: Family<PeerDirectionLabels, Counter>,
+    pub link_datagrams: Family<PeerDirectionLabels, Counter>,
+    pub link_drops: Family<PeerReasonLabels, Counter>,
+}
+
+/// Moves a mirrored counter up to `value` (counters only grow; the source's do too).
+fn mirror(counter: &Counter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub datapath: DatapathMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -98,6 +145,58 @@ impl Metrics {
             "Messages dropped because a peer's send queue was full (anti-entropy repairs them)",
             self.send_queue_drops.clone(),
         );
+        let d = &self.datapath;
+        registry.register(
+            "datapath_frames",
+            "Ethernet frames sent to peers (out) and delivered to the bridge (in); a super-segment counts once",
+            d.frames.clone(),
+        );
+        registry.register(
+            "datapath_datagrams",
+            "Sleeve UDP datagrams sent (out) and received and authenticated (in)",
+            d.datagrams.clone(),
+        );
+        registry.register(
+            "datapath_bytes",
+            "Sleeve UDP payload bytes sent (out) and received and authenticated (in)",
+            d.bytes.clone(),
+        );
+        registry.register(
+            "datapath_relayed",
+            "Frames relayed for other peers",
+            d.relayed.clone(),
+        );
+        registry.register(
+            "datapath_drops",
+            "Frames or datagrams dropped by the data plane, by reason",
+            d.drops.clone(),
+        );
+        registry.register("datapath_macs", "Entries in the MAC table", d.macs.clone());
+        registry.register(
+            "datapath_link_up",
+            "Whether the data path to each connected peer works (UDP heartbeats heard)",
+            d.link_up.clone(),
+        );
+        registry.register(
+            "datapath_link_path_mtu",
+            "Path MTU to each connected peer (bytes, IP packet)",
+            d.link_path_mtu.clone(),
+        );
+        registry.register(
+            "datapath_link_bytes",
+            "Sleeve UDP bytes per peer and direction",
+            d.link_bytes.clone(),
+        );
+        registry.register(
+            "datapath_link_datagrams",
+            "Sleeve UDP datagrams per peer and direction",
+            d.link_datagrams.clone(),
+        );
+        registry.register(
+            "datapath_link_drops",
+            "Datagrams from each peer dropped, by reason",
+            d.link_drops.clone(),
+        );
         registry
     }
 
@@ -146,6 +245,84 @@ impl Metrics {
             self.connections
                 .get_or_create(&StateLabels { state })
                 .set(n as i64);
+        }
+        if let Some(dp) = &report.datapath {
+            self.observe_datapath(report, dp);
+        }
+    }
+
+    fn observe_datapath(&self, report: &Report, dp: &crate::dataplane::DatapathReport) {
+        let d = &self.datapath;
+        let dir = |direction| DirectionLabels { direction };
+        mirror(&d.frames.get_or_create(&dir("out")), dp.frames_out);
+        mirror(&d.frames.get_or_create(&dir("in")), dp.frames_in);
+        mirror(&d.datagrams.get_or_create(&dir("out")), dp.datagrams_out);
+        mirror(&d.datagrams.get_or_create(&dir("in")), dp.datagrams_in);
+        mirror(&d.bytes.get_or_create(&dir("out")), dp.bytes_out);
+        mirror(&d.bytes.get_or_create(&dir("in")), dp.bytes_in);
+        mirror(&d.relayed, dp.relayed);
+        let drops = &dp.drops;
+        for (reason, value) in [
+            ("no_route", drops.no_route),
+            ("too_big", drops.too_big),
+            ("auth", drops.auth),
+            ("replay", drops.replay),
+            ("malformed", drops.malformed),
+            ("unknown_sender", drops.unknown_sender),
+            ("incomplete", drops.incomplete),
+            ("send_error", drops.send_errors),
+            ("tap_write_error", drops.tap_write_errors),
+        ] {
+            mirror(&d.drops.get_or_create(&ReasonLabels { reason }), value);
+        }
+        d.macs.set(dp.macs as i64);
+        // Links come and go with connections (and a new link counts from zero): per-peer
+        // series show the links of now, and Prometheus reads a restart as a counter reset.
+        d.link_up.clear();
+        d.link_path_mtu.clear();
+        d.link_bytes.clear();
+        d.link_datagrams.clear();
+        d.link_drops.clear();
+        for link in report
+            .connections
+            .iter()
+            .filter_map(|c| c.datapath.as_ref())
+        {
+            let peer = PeerLabels {
+                peer: link.peer.clone(),
+            };
+            d.link_up
+                .get_or_create(&peer)
+                .set(i64::from(link.health == "up"));
+            d.link_path_mtu
+                .get_or_create(&peer)
+                .set(i64::from(link.path_mtu));
+            let pd = |direction| PeerDirectionLabels {
+                peer: link.peer.clone(),
+                direction,
+            };
+            mirror(&d.link_bytes.get_or_create(&pd("out")), link.bytes_out);
+            mirror(&d.link_bytes.get_or_create(&pd("in")), link.bytes_in);
+            mirror(
+                &d.link_datagrams.get_or_create(&pd("out")),
+                link.datagrams_out,
+            );
+            mirror(
+                &d.link_datagrams.get_or_create(&pd("in")),
+                link.datagrams_in,
+            );
+            for (reason, value) in [
+                ("auth", link.drops.auth),
+                ("replay", link.drops.replay),
+                ("malformed", link.drops.malformed),
+                ("send_error", link.drops.send_errors),
+            ] {
+                let labels = PeerReasonLabels {
+                    peer: link.peer.clone(),
+                    reason,
+                };
+                mirror(&d.link_drops.get_or_create(&labels), value);
+            }
         }
     }
 }
