@@ -1,7 +1,7 @@
-//! Fault injection: cut traffic between two hosts, take a host's link down, lose packets, and
-//! write raw bytes to a socket.
+//! Fault injection: cut traffic between two hosts, take a host's link down, lose packets, write
+//! raw bytes to a socket, and send hand-made UDP datagrams.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -39,6 +39,16 @@ table inet weft_test {
 const HELLO_LEN: usize = 6;
 /// How long a raw-socket client waits for the router to hang up.
 const RAW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends each argument (hex) as one UDP datagram through a raw socket: the kernel adds the IP
+/// header, the script writes the UDP header (checksum 0: none, valid over IPv4).
+const UDP_SENDER: &str = "
+import socket, struct, sys
+dst, sport, dport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+for payload in map(bytes.fromhex, sys.argv[4:]):
+    s.sendto(struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload, (dst, 0))
+";
 
 /// Names the payload files of raw-socket clients running at the same time.
 static NEXT_PAYLOAD: AtomicUsize = AtomicUsize::new(0);
@@ -178,6 +188,30 @@ impl Net {
         payload: &[u8],
     ) -> anyhow::Result<()> {
         self.raw_client(from, to, payload, false).map(drop)
+    }
+
+    /// Sends each of `datagrams` as one UDP datagram from host `from`, source port `from_port`,
+    /// to `to`. A raw socket writes them, so `from_port` may be one a router has bound: the
+    /// datagrams look like that router's own.
+    pub fn send_udp(
+        &self,
+        from: HostId,
+        from_port: u16,
+        to: SocketAddrV4,
+        datagrams: &[&[u8]],
+    ) -> anyhow::Result<()> {
+        let hex: Vec<String> = datagrams
+            .iter()
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let (dst, sport, dport) = (
+            to.ip().to_string(),
+            from_port.to_string(),
+            to.port().to_string(),
+        );
+        let mut argv = vec!["python3", "-c", UDP_SENDER, &dst, &sport, &dport];
+        argv.extend(hex.iter().map(String::as_str));
+        self.exec(from, &argv).map(drop)
     }
 
     fn raw_client(

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! A [`Net`] owns its namespaces, router processes and temp directory and removes them all when
-//! dropped, also when a test fails or panics. Names carry the test process id and a counter, so
-//! tests running in parallel (threads or processes) never share a namespace.
+//! dropped, also when a test fails or panics; so are its pods (`add_pod`), the commands left
+//! running in them or in hosts (`spawn_in_pod`, `spawn_in_host`) and packet captures
+//! (`capture`). Names carry the test process id and a counter, so tests running in parallel
+//! (threads or processes) never share a namespace.
 //!
 //! The harness does not build weft: scenario tests pass the binary cargo built for them
 //! (`env!("CARGO_BIN_EXE_weft")` in the router crate's integration tests, `router/tests/`).
@@ -19,6 +21,8 @@
 //! status and router log tail; `WEFT_TEST_KEEP=1` also keeps each Net's directory (full logs,
 //! data dirs) under the temp dir, and `-- --nocapture` shows how long each wait took.
 
+mod background;
+mod capture;
 mod checks;
 mod cmd;
 mod faults;
@@ -29,6 +33,8 @@ mod report;
 mod router;
 mod wait;
 
+pub use background::Background;
+pub use capture::{Capture, Datagram};
 pub use cmd::Output;
 pub use faults::Reachability;
 pub use metrics::Metrics;

@@ -223,12 +223,6 @@ impl Drop for Net {
             if let Some(mut router) = host.router.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 router.kill();
             }
-            // Anything else started in the host (a raw-socket client, say) goes too.
-            if let Ok(pids) = cmd::run_ok(Command::new("ip").args(["netns", "pids", &host.ns])) {
-                for pid in pids.split_whitespace() {
-                    let _ = cmd::run_ok(Command::new("kill").args(["-KILL", pid]));
-                }
-            }
         }
         let pods: Vec<String> = self
             .pods
@@ -237,6 +231,15 @@ impl Drop for Net {
             .iter()
             .map(|p| p.ns.clone())
             .collect();
+        // Anything else started in a host or pod (a raw-socket client, a server, a capture)
+        // goes too: deleting a namespace kills nothing by itself.
+        for ns in self.hosts.iter().map(|h| &h.ns).chain(&pods) {
+            if let Ok(pids) = cmd::run_ok(Command::new("ip").args(["netns", "pids", ns])) {
+                for pid in pids.split_whitespace() {
+                    let _ = cmd::run_ok(Command::new("kill").args(["-KILL", pid]));
+                }
+            }
+        }
         let namespaces = pods
             .into_iter()
             .chain(self.hosts.iter().map(|h| h.ns.clone()))

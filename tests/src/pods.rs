@@ -51,17 +51,33 @@ impl Net {
         Ok(id)
     }
 
+    /// Adds another address to pod `pod`'s `eth0`. IPv6 addresses are added `nodad`: usable at
+    /// once, without waiting for duplicate address detection.
+    pub fn add_pod_address(&self, pod: PodId, cidr: &str) -> anyhow::Result<()> {
+        let ns = self.pod_ns(pod)?;
+        let mut args = vec!["addr", "add", cidr, "dev", "eth0"];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip_in(&ns, &args).map(drop)
+    }
+
+    /// The MAC address of pod `pod`'s `eth0`, as `ip` prints it (`aa:bb:cc:dd:ee:ff`).
+    pub fn pod_mac(&self, pod: PodId) -> anyhow::Result<String> {
+        let json = ip_in(&self.pod_ns(pod)?, &["-j", "link", "show", "eth0"])?;
+        let links: serde_json::Value = serde_json::from_str(&json)?;
+        links[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("pod{pod}: no MAC address in {json}"))
+    }
+
     /// Runs a command inside pod `pod`; fails if it exits non-zero.
     pub fn pod_exec(&self, pod: PodId, argv: &[&str]) -> anyhow::Result<String> {
-        let ns = self
-            .pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pod.wrapping_sub(1))
-            .map(|p| p.ns.clone())
-            .with_context(|| format!("no pod{pod}"))?;
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &ns]).args(argv);
+        command
+            .args(["netns", "exec", &self.pod_ns(pod)?])
+            .args(argv);
         let out = cmd::run_with_timeout(&mut command, COMMAND_TIMEOUT)?;
         anyhow::ensure!(
             out.success(),
@@ -71,5 +87,15 @@ impl Net {
             out.stderr
         );
         Ok(out.stdout)
+    }
+
+    /// Pod `pod`'s network namespace.
+    pub fn pod_ns(&self, pod: PodId) -> anyhow::Result<String> {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pod.wrapping_sub(1))
+            .map(|p| p.ns.clone())
+            .with_context(|| format!("no pod{pod}"))
     }
 }

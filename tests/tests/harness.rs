@@ -1,12 +1,12 @@
 //! The harness' own checks, without weft: namespaces, faults, cleanup and failure reports.
 //! Like the scenarios, they need root and skip themselves otherwise.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
-use weft_tests::{Net, Reachability, require_root};
+use weft_tests::{Datagram, Net, Reachability, SETTLE, require_root};
 
 /// Any executable will do as the "router binary" when no router is started.
 const NO_ROUTER: &str = "/bin/true";
@@ -154,6 +154,75 @@ fn a_timed_out_wait_reports_what_it_saw_and_every_host() -> anyhow::Result<()> {
         ensure!(
             message.contains(expected),
             "{expected:?} missing from:\n{message}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn captures_show_udp_datagrams_sent_from_a_chosen_port() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(NO_ROUTER, 2)?;
+    let mut capture = net.capture(2, "udp port 6783")?;
+    let to = SocketAddrV4::new(net.address(2), 6783);
+    net.send_udp(1, 6783, to, &[b"hello", b""])?;
+    let expected = |payload: &[u8]| Datagram {
+        src: SocketAddrV4::new(net.address(1), 6783),
+        dst: to,
+        payload: payload.to_vec(),
+    };
+    net.wait_until("both datagrams are captured", SETTLE, || {
+        let seen = capture.datagrams()?;
+        ensure!(
+            seen == [expected(b"hello"), expected(b"")],
+            "captured {seen:?}"
+        );
+        Ok(true)
+    })?;
+    capture.stop()?;
+    Ok(())
+}
+
+#[test]
+fn processes_left_running_in_hosts_and_pods_die_with_their_net() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(NO_ROUTER, 1)?;
+    net.exec(1, &["ip", "link", "add", "name", "pods", "type", "bridge"])?;
+    net.exec(1, &["ip", "link", "set", "pods", "up"])?;
+    let pod = net.add_pod(1, "pods", "10.40.0.1/24", 1500)?;
+    net.add_pod_address(pod, "fd00:40::1/64")?;
+    let addresses = net.pod_exec(pod, &["ip", "-brief", "addr", "show", "eth0"])?;
+    ensure!(
+        addresses.contains("10.40.0.1/24") && addresses.contains("fd00:40::1/64"),
+        "{addresses}"
+    );
+    ensure!(net.pod_mac(pod)?.len() == "aa:bb:cc:dd:ee:ff".len());
+    // Both forgotten on purpose: the Net must end them itself.
+    std::mem::forget(net.spawn_in_host(1, &["sleep", "600"])?);
+    std::mem::forget(net.spawn_in_pod(pod, &["sleep", "600"])?);
+    let namespaces = [net.ns(1).to_owned(), net.pod_ns(pod)?];
+    let mut pids = Vec::new();
+    net.wait_until("both sleeps run in their namespaces", SETTLE, || {
+        pids.clear();
+        for ns in &namespaces {
+            let out = Command::new("ip").args(["netns", "pids", ns]).output()?;
+            let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+            ensure!(!listed.trim().is_empty(), "nothing runs in {ns} yet");
+            pids.extend(listed.split_whitespace().map(str::to_owned));
+        }
+        Ok(true)
+    })?;
+    drop(net);
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        // A killed child of this test process stays a zombie until reaped: dead all the same.
+        ensure!(
+            status.is_empty() || status.contains("State:\tZ"),
+            "process {pid} survived its Net"
         );
     }
     Ok(())
