@@ -11,7 +11,8 @@
 //! - [`sleeve`]: the datagram format, sealing and replay protection;
 //! - [`mac`]: which peer owns each MAC address, bounded in size;
 //! - [`forward`]: where one frame goes;
-//! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU.
+//! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU;
+//! - [`pmtu`]: path-MTU discovery per peer, by probes the peer acknowledges.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
 //! thin kernel edges are [`tap`] and [`udp`].
@@ -19,6 +20,7 @@
 pub mod forward;
 pub mod icmp;
 pub mod mac;
+pub mod pmtu;
 pub mod sleeve;
 pub mod tap;
 pub mod udp;
