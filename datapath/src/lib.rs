@@ -12,12 +12,14 @@
 //! - [`mac`]: which peer owns each MAC address, bounded in size;
 //! - [`forward`]: where one frame goes;
 //! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU;
-//! - [`pmtu`]: path-MTU discovery per peer, by probes the peer acknowledges.
+//! - [`pmtu`]: path-MTU discovery per peer, by probes the peer acknowledges;
+//! - [`heartbeat`]: whether the UDP path to a peer is alive, and if not, why.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
 //! thin kernel edges are [`tap`] and [`udp`].
 
 pub mod forward;
+pub mod heartbeat;
 pub mod icmp;
 pub mod mac;
 pub mod pmtu;
