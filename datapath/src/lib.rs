@@ -7,11 +7,22 @@
 //! which key).
 //!
 //! What exists so far: the datapath kinds and their encapsulation overheads (from which the
-//! overlay MTU follows), and the sleeve's sans-IO core (see `docs/sleeve.md`).
+//! overlay MTU follows), and the sleeve's sans-IO core (see `docs/sleeve.md`):
+//! - [`sleeve`]: the datagram format, sealing and replay protection;
+//! - [`mac`]: which peer owns each MAC address, bounded in size;
+//! - [`forward`]: where one frame goes;
+//! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU;
+//! - [`pmtu`]: path-MTU discovery per peer, by probes the peer acknowledges;
+//! - [`heartbeat`]: whether the UDP path to a peer is alive, and if not, why.
+//!
+//! Everything above decides without IO and without reading a clock (callers pass `now`); the
+//! thin kernel edges are [`tap`] and [`udp`].
 
 pub mod forward;
 pub mod heartbeat;
+pub mod icmp;
 pub mod mac;
+pub mod pmtu;
 pub mod sleeve;
 pub mod tap;
 pub mod udp;

@@ -6,8 +6,32 @@
 //! [`DEFAULT_EXPIRY`] unseen. An expired entry is invisible at once, even before
 //! [`MacTable::expire`] removes it, so forwarding never depends on how often the caller sweeps.
 //! Time is always passed in; the table never reads a clock.
+//!
+//! # Size bound
+//!
+//! Source MACs come from traffic, and a peer (or a pod) spoofing random source addresses would
+//! otherwise grow the table without limit. The table holds at most `max_entries` entries
+//! ([`DEFAULT_MAX_ENTRIES`] unless built with [`MacTable::with_max_entries`]); learning a new
+//! address into a full table makes room by this policy:
+//! 1. evict the least recently seen *remote* entry (expired ones first, since they are the
+//!    least recently seen): remote entries are relearned from the next frame their pod sends,
+//!    and meanwhile frames to them are flooded, not lost;
+//! 2. only when no remote entry is left, and the new address is local, evict the least recently
+//!    seen local entry;
+//! 3. a new *remote* address is never learned at the expense of a local one: it is refused
+//!    (counted in [`MacTable::refusals`]), so a peer cannot push this host's own pods out.
+//!
+//! "Recently seen" is the order of [`MacTable::learn`] calls, which is the order of `now` when
+//! the caller's clock runs forward. Evictions are counted ([`MacTable::evictions`]). An evicted
+//! local entry is not reported to the caller, unlike an expired one; with 65536 local MACs a
+//! host has bigger problems than a stale gossip entry.
+//!
+//! Finding the least recently seen entry costs amortised O(1): each learn appends its MAC to a
+//! recency queue of its owner class; records made stale by a later learn, a removal or a move
+//! are skipped when met at the front and swept out when they outnumber the live ones. A flood
+//! of new addresses therefore costs constant time per frame, not a scan of the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::PeerId;
@@ -17,6 +41,10 @@ pub type Mac = [u8; 6];
 
 /// How long an entry lives without traffic from its address.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(5 * 60);
+
+/// Entries a table holds unless built with [`MacTable::with_max_entries`]: far more pods than
+/// a mesh has, and a few MiB at most.
+pub const DEFAULT_MAX_ENTRIES: usize = 65536;
 
 /// Where the owner of a MAC address is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +70,9 @@ pub enum Learned {
 struct Entry {
     owner: MacOwner,
     last_seen: Instant,
+    /// When this entry was last learned, in [`MacTable::learn`] calls; matches exactly one
+    /// live record in the recency queue of the owner's class.
+    touch: u64,
 }
 
 impl Entry {
@@ -55,12 +86,20 @@ impl Entry {
     }
 }
 
-/// MAC address → owner, with expiry.
+/// MAC address → owner, with expiry and a size bound.
 #[derive(Debug, Clone)]
 pub struct MacTable {
     entries: HashMap<Mac, Entry>,
     expiry: Duration,
     moves: u64,
+    max_entries: usize,
+    /// Recency of remote entries, least recent at the front: (mac, touch) per learn.
+    remote_order: VecDeque<(Mac, u64)>,
+    /// Recency of local entries, likewise.
+    local_order: VecDeque<(Mac, u64)>,
+    next_touch: u64,
+    evictions: u64,
+    refusals: u64,
 }
 
 impl Default for MacTable {
@@ -70,44 +109,104 @@ impl Default for MacTable {
 }
 
 impl MacTable {
-    /// An empty table whose entries expire after `expiry` without traffic.
+    /// An empty table whose entries expire after `expiry` without traffic, holding at most
+    /// [`DEFAULT_MAX_ENTRIES`].
     pub fn new(expiry: Duration) -> Self {
+        Self::with_max_entries(expiry, DEFAULT_MAX_ENTRIES)
+    }
+
+    /// An empty table holding at most `max_entries` (at least 1) entries; see the module
+    /// documentation for what gives way when it is full.
+    pub fn with_max_entries(expiry: Duration, max_entries: usize) -> Self {
         Self {
             entries: HashMap::new(),
             expiry,
             moves: 0,
+            max_entries: max_entries.max(1),
+            remote_order: VecDeque::new(),
+            local_order: VecDeque::new(),
+            next_touch: 0,
+            evictions: 0,
+            refusals: 0,
         }
     }
 
     /// A frame with source `mac` was captured from the local bridge (`Local`: a local pod) or
     /// arrived from the mesh with origin peer `p` (`Remote(p)`). Multicast/broadcast source
     /// MACs (bit 0 of byte 0) and all-zero are ignored (return None): no single host owns them.
+    /// A new remote MAC is also not learned (None) when the table is full of local entries.
     pub fn learn(&mut self, mac: Mac, owner: MacOwner, now: Instant) -> Option<Learned> {
         if is_multicast(&mac) || mac == [0; 6] {
             return None;
         }
+        let touch = self.next_touch;
         let fresh = Entry {
             owner,
             last_seen: now,
+            touch,
         };
-        let Some(entry) = self.entries.get_mut(&mac) else {
-            self.entries.insert(mac, fresh);
-            return Some(Learned::New);
+        let learned = match self.entries.get_mut(&mac) {
+            Some(entry) if entry.is_expired(now, self.expiry) => {
+                // Invisible already, so relearning it is new, not a move.
+                *entry = fresh;
+                Learned::New
+            }
+            Some(entry) if entry.owner == owner => {
+                // Frames may be handed over slightly out of order; never move the clock back.
+                entry.last_seen = entry.last_seen.max(now);
+                entry.touch = touch;
+                Learned::Refreshed
+            }
+            Some(entry) => {
+                let from = entry.owner;
+                *entry = fresh;
+                self.moves = self.moves.saturating_add(1);
+                Learned::Moved { from }
+            }
+            None => {
+                if self.entries.len() >= self.max_entries && !self.make_room_for(owner) {
+                    self.refusals = self.refusals.saturating_add(1);
+                    return None;
+                }
+                self.entries.insert(mac, fresh);
+                Learned::New
+            }
         };
-        if entry.is_expired(now, self.expiry) {
-            // Invisible already, so relearning it is new, not a move.
-            *entry = fresh;
-            return Some(Learned::New);
+        // 2^64 learns never happen; wrapping keeps even that from panicking.
+        self.next_touch = touch.wrapping_add(1);
+        self.record(mac, owner, touch);
+        Some(learned)
+    }
+
+    /// Appends a recency record, sweeping stale records out of the queue once they outnumber
+    /// the entries (so the queue stays O(entries) and the sweep amortises to O(1) per learn).
+    fn record(&mut self, mac: Mac, owner: MacOwner, touch: u64) {
+        let limit = self.entries.len().saturating_mul(2).saturating_add(32);
+        let entries = &self.entries;
+        let queue = match owner {
+            MacOwner::Local => &mut self.local_order,
+            MacOwner::Remote(_) => &mut self.remote_order,
+        };
+        queue.push_back((mac, touch));
+        if queue.len() > limit {
+            queue.retain(|(mac, touch)| is_live_record(entries, mac, *touch));
         }
-        if entry.owner == owner {
-            // Frames may be handed over slightly out of order; never move the clock back.
-            entry.last_seen = entry.last_seen.max(now);
-            return Some(Learned::Refreshed);
+    }
+
+    /// Evicts one entry so that a new one of `owner` fits; false if policy forbids it (the
+    /// table holds only local entries and the newcomer is remote).
+    fn make_room_for(&mut self, owner: MacOwner) -> bool {
+        if let Some(mac) = pop_least_recent(&mut self.remote_order, &self.entries) {
+            self.entries.remove(&mac);
+        } else if owner == MacOwner::Local
+            && let Some(mac) = pop_least_recent(&mut self.local_order, &self.entries)
+        {
+            self.entries.remove(&mac);
+        } else {
+            return false;
         }
-        let from = entry.owner;
-        *entry = fresh;
-        self.moves = self.moves.saturating_add(1);
-        Some(Learned::Moved { from })
+        self.evictions = self.evictions.saturating_add(1);
+        true
     }
 
     /// The owner of `mac`, unless unknown or expired.
@@ -167,6 +266,41 @@ impl MacTable {
     pub fn moves(&self) -> u64 {
         self.moves
     }
+
+    /// The most entries this table holds.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// How many entries were evicted to make room for new addresses.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// How many new remote addresses were not learned because only local entries were left to
+    /// evict.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+}
+
+/// A queue record is live if it is its MAC's latest learn (later learns, moves and removals
+/// all make it stale).
+fn is_live_record(entries: &HashMap<Mac, Entry>, mac: &Mac, touch: u64) -> bool {
+    entries.get(mac).is_some_and(|entry| entry.touch == touch)
+}
+
+/// Pops records until a live one, whose MAC is then the least recently seen of its class.
+fn pop_least_recent(
+    queue: &mut VecDeque<(Mac, u64)>,
+    entries: &HashMap<Mac, Entry>,
+) -> Option<Mac> {
+    while let Some((mac, touch)) = queue.pop_front() {
+        if is_live_record(entries, &mac, touch) {
+            return Some(mac);
+        }
+    }
+    None
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -365,7 +499,15 @@ mod tests {
     }
 
     /// A few addresses so that operations collide, including ones that must be ignored.
-    const MACS: [Mac; 5] = [POD_A, POD_B, [0x02, 0, 0, 0, 0, 0xc], [0xff; 6], [0; 6]];
+    const MACS: [Mac; 7] = [
+        POD_A,
+        POD_B,
+        [0x02, 0, 0, 0, 0, 0xc],
+        [0x02, 0, 0, 0, 0, 0xd],
+        [0x02, 0, 0, 0, 0, 0xe],
+        [0xff; 6],
+        [0; 6],
+    ];
     const PEERS: [PeerId; 3] = [PEER_1, PEER_2, [0x02, 0, 0, 0, 3, 3]];
 
     fn arb_owner() -> impl Strategy<Value = MacOwner> {
@@ -385,83 +527,254 @@ mod tests {
         ]
     }
 
-    /// Reference: every learned entry kept forever, visibility computed from its age.
-    #[derive(Default)]
+    /// Reference: every learned entry kept until swept, forgotten or evicted, visibility
+    /// computed from its age, recency from a learn counter, eviction by scanning.
     struct Model {
-        entries: BTreeMap<Mac, (MacOwner, Instant)>,
+        entries: BTreeMap<Mac, (MacOwner, Instant, u64)>,
+        max_entries: usize,
+        learns: u64,
         moves: u64,
+        evictions: u64,
+        refusals: u64,
     }
 
     impl Model {
+        fn new(max_entries: usize) -> Self {
+            Self {
+                entries: BTreeMap::new(),
+                max_entries,
+                learns: 0,
+                moves: 0,
+                evictions: 0,
+                refusals: 0,
+            }
+        }
+
         fn live(&self, mac: &Mac, now: Instant) -> Option<MacOwner> {
             self.entries
                 .get(mac)
-                .filter(|(_, seen)| now.duration_since(*seen) < EXPIRY)
-                .map(|(owner, _)| *owner)
+                .filter(|(_, seen, _)| now.duration_since(*seen) < EXPIRY)
+                .map(|(owner, _, _)| *owner)
         }
+
+        fn least_recent(&self, local: bool) -> Option<Mac> {
+            self.entries
+                .iter()
+                .filter(|(_, (owner, _, _))| (*owner == MacOwner::Local) == local)
+                .min_by_key(|(_, (_, _, learn))| *learn)
+                .map(|(mac, _)| *mac)
+        }
+
+        fn learn(&mut self, mac: Mac, owner: MacOwner, now: Instant) -> Option<Learned> {
+            if is_multicast(&mac) || mac == [0; 6] {
+                return None;
+            }
+            let learned = match self.live(&mac, now) {
+                None if self.entries.contains_key(&mac) => Learned::New,
+                None => {
+                    if self.entries.len() >= self.max_entries {
+                        let victim = self.least_recent(false).or_else(|| {
+                            (owner == MacOwner::Local)
+                                .then(|| self.least_recent(true))
+                                .flatten()
+                        });
+                        let Some(victim) = victim else {
+                            self.refusals += 1;
+                            return None;
+                        };
+                        self.entries.remove(&victim);
+                        self.evictions += 1;
+                    }
+                    Learned::New
+                }
+                Some(old) if old == owner => Learned::Refreshed,
+                Some(from) => {
+                    self.moves += 1;
+                    Learned::Moved { from }
+                }
+            };
+            self.learns += 1;
+            self.entries.insert(mac, (owner, now, self.learns));
+            Some(learned)
+        }
+    }
+
+    fn check_against_model(ops: Vec<Op>, max_entries: usize) -> Result<(), TestCaseError> {
+        let mut now = Instant::now();
+        let mut table = MacTable::with_max_entries(EXPIRY, max_entries);
+        let mut model = Model::new(max_entries);
+        for op in ops {
+            match op {
+                Op::Learn { mac, owner, after } => {
+                    now += after;
+                    let mac = MACS[mac];
+                    prop_assert_eq!(table.learn(mac, owner, now), model.learn(mac, owner, now));
+                }
+                Op::Expire { after } => {
+                    now += after;
+                    let expected: Vec<_> = model
+                        .entries
+                        .iter()
+                        .filter(|(mac, _)| model.live(mac, now).is_none())
+                        .map(|(mac, (owner, _, _))| (*mac, *owner))
+                        .collect();
+                    for (mac, _) in &expected {
+                        model.entries.remove(mac);
+                    }
+                    prop_assert_eq!(table.expire(now), expected);
+                }
+                Op::Forget(peer) => {
+                    let before = model.entries.len();
+                    model
+                        .entries
+                        .retain(|_, (owner, _, _)| *owner != MacOwner::Remote(peer));
+                    prop_assert_eq!(table.forget_peer(peer), before - model.entries.len());
+                }
+            }
+            for mac in &MACS {
+                prop_assert_eq!(table.lookup(mac, now), model.live(mac, now));
+            }
+            prop_assert_eq!(table.moves(), model.moves);
+            prop_assert_eq!(table.evictions(), model.evictions);
+            prop_assert_eq!(table.refusals(), model.refusals);
+            prop_assert_eq!(table.len(), model.entries.len());
+            prop_assert!(table.len() <= max_entries);
+            let live: Vec<_> = MACS
+                .iter()
+                .filter_map(|mac| model.live(mac, now).map(|owner| (*mac, owner)))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let listed: Vec<_> = table
+                .entries(now)
+                .into_iter()
+                .map(|(mac, owner, _)| (mac, owner))
+                .collect();
+            prop_assert_eq!(listed, live);
+        }
+        Ok(())
     }
 
     proptest! {
         #[test]
         fn lookup_agrees_with_a_reference_model(ops in prop::collection::vec(arb_op(), 0..60)) {
-            let mut now = Instant::now();
-            let mut table = MacTable::new(EXPIRY);
-            let mut model = Model::default();
-            for op in ops {
-                match op {
-                    Op::Learn { mac, owner, after } => {
-                        now += after;
-                        let mac = MACS[mac];
-                        let expected = if is_multicast(&mac) || mac == [0; 6] {
-                            None
-                        } else {
-                            let learned = match model.live(&mac, now) {
-                                None => Learned::New,
-                                Some(old) if old == owner => Learned::Refreshed,
-                                Some(from) => {
-                                    model.moves += 1;
-                                    Learned::Moved { from }
-                                }
-                            };
-                            model.entries.insert(mac, (owner, now));
-                            Some(learned)
-                        };
-                        prop_assert_eq!(table.learn(mac, owner, now), expected);
-                    }
-                    Op::Expire { after } => {
-                        now += after;
-                        let expected: Vec<_> = model
-                            .entries
-                            .iter()
-                            .filter(|(mac, _)| model.live(mac, now).is_none())
-                            .map(|(mac, (owner, _))| (*mac, *owner))
-                            .collect();
-                        for (mac, _) in &expected {
-                            model.entries.remove(mac);
-                        }
-                        prop_assert_eq!(table.expire(now), expected);
-                    }
-                    Op::Forget(peer) => {
-                        let before = model.entries.len();
-                        model.entries.retain(|_, (owner, _)| *owner != MacOwner::Remote(peer));
-                        prop_assert_eq!(table.forget_peer(peer), before - model.entries.len());
-                    }
-                }
-                for mac in &MACS {
-                    prop_assert_eq!(table.lookup(mac, now), model.live(mac, now));
-                }
-                prop_assert_eq!(table.moves(), model.moves);
-                prop_assert_eq!(table.len(), model.entries.len());
-                let live: Vec<_> = MACS
-                    .iter()
-                    .filter_map(|mac| model.live(mac, now).map(|owner| (*mac, owner)))
-                    .collect::<BTreeMap<_, _>>()
-                    .into_iter()
-                    .collect();
-                let listed: Vec<_> =
-                    table.entries(now).into_iter().map(|(mac, owner, _)| (mac, owner)).collect();
-                prop_assert_eq!(listed, live);
+            check_against_model(ops, DEFAULT_MAX_ENTRIES)?;
+        }
+
+        /// With room for fewer entries than addresses in play, evictions and refusals happen
+        /// constantly; the table must agree with the model's policy and never exceed the cap.
+        #[test]
+        fn a_small_table_evicts_as_the_model_does_and_never_exceeds_its_cap(
+            ops in prop::collection::vec(arb_op(), 0..80),
+            max_entries in 1usize..4,
+        ) {
+            check_against_model(ops, max_entries)?;
+        }
+
+        /// Many distinct spoofed addresses against a small cap: the size bound holds and the
+        /// recency queues stay proportional to the table.
+        #[test]
+        fn a_flood_of_new_addresses_stays_within_the_cap(
+            macs in prop::collection::vec((any::<[u8; 5]>(), any::<bool>()), 0..400),
+            max_entries in 1usize..16,
+        ) {
+            let now = Instant::now();
+            let mut table = MacTable::with_max_entries(EXPIRY, max_entries);
+            for (tail, local) in macs {
+                let mac = [0x02, tail[0], tail[1], tail[2], tail[3], tail[4]];
+                let owner = if local { MacOwner::Local } else { MacOwner::Remote(PEER_1) };
+                table.learn(mac, owner, now);
+                prop_assert!(table.len() <= max_entries);
+                prop_assert!(table.remote_order.len() + table.local_order.len() <= 4 * max_entries + 66);
             }
         }
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_seen_remote_entry() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_max_entries(EXPIRY, 3);
+        let pod_c = [0x02, 0, 0, 0, 0, 0xc];
+        let pod_d = [0x02, 0, 0, 0, 0, 0xd];
+        table.learn(POD_A, MacOwner::Remote(PEER_1), t0);
+        table.learn(POD_B, MacOwner::Remote(PEER_2), t0 + secs(1));
+        table.learn(pod_c, MacOwner::Local, t0 + secs(2));
+        // A was seen first, but is refreshed: B becomes the least recently seen remote.
+        table.learn(POD_A, MacOwner::Remote(PEER_1), t0 + secs(3));
+        assert_eq!(
+            table.learn(pod_d, MacOwner::Remote(PEER_2), t0 + secs(4)),
+            Some(Learned::New)
+        );
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.evictions(), 1);
+        assert_eq!(table.lookup(&POD_B, t0 + secs(4)), None);
+        assert_eq!(
+            table.lookup(&POD_A, t0 + secs(4)),
+            Some(MacOwner::Remote(PEER_1))
+        );
+        assert_eq!(table.lookup(&pod_c, t0 + secs(4)), Some(MacOwner::Local));
+    }
+
+    #[test]
+    fn local_entries_give_way_only_to_local_ones() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_max_entries(EXPIRY, 2);
+        table.learn(POD_A, MacOwner::Local, t0);
+        table.learn(POD_B, MacOwner::Local, t0 + secs(1));
+        let pod_c = [0x02, 0, 0, 0, 0, 0xc];
+        // A remote newcomer does not push a local pod out.
+        assert_eq!(
+            table.learn(pod_c, MacOwner::Remote(PEER_1), t0 + secs(2)),
+            None
+        );
+        assert_eq!(table.refusals(), 1);
+        assert_eq!(table.evictions(), 0);
+        // A local newcomer takes the place of the least recently seen local entry.
+        assert_eq!(
+            table.learn(pod_c, MacOwner::Local, t0 + secs(3)),
+            Some(Learned::New)
+        );
+        assert_eq!(table.evictions(), 1);
+        assert_eq!(table.lookup(&POD_A, t0 + secs(3)), None);
+        assert_eq!(table.lookup(&POD_B, t0 + secs(3)), Some(MacOwner::Local));
+        // Refreshing and moving known addresses never needs room.
+        assert_eq!(
+            table.learn(POD_B, MacOwner::Remote(PEER_1), t0 + secs(4)),
+            Some(Learned::Moved {
+                from: MacOwner::Local
+            })
+        );
+        assert_eq!(table.evictions(), 1);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_moved_entry_is_ranked_in_its_new_class() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_max_entries(EXPIRY, 2);
+        table.learn(POD_A, MacOwner::Remote(PEER_1), t0);
+        table.learn(POD_B, MacOwner::Local, t0 + secs(1));
+        // A becomes local: no remote entry is left to evict for a remote newcomer.
+        table.learn(POD_A, MacOwner::Local, t0 + secs(2));
+        let pod_c = [0x02, 0, 0, 0, 0, 0xc];
+        assert_eq!(
+            table.learn(pod_c, MacOwner::Remote(PEER_2), t0 + secs(3)),
+            None
+        );
+        assert_eq!(table.lookup(&POD_A, t0 + secs(3)), Some(MacOwner::Local));
+        assert_eq!(table.lookup(&POD_B, t0 + secs(3)), Some(MacOwner::Local));
+    }
+
+    #[test]
+    fn the_default_cap_and_a_zero_cap() {
+        assert_eq!(MacTable::default().max_entries(), DEFAULT_MAX_ENTRIES);
+        assert_eq!(MacTable::new(EXPIRY).max_entries(), DEFAULT_MAX_ENTRIES);
+        let mut table = MacTable::with_max_entries(EXPIRY, 0);
+        assert_eq!(table.max_entries(), 1);
+        let t0 = Instant::now();
+        table.learn(POD_A, MacOwner::Remote(PEER_1), t0);
+        table.learn(POD_B, MacOwner::Remote(PEER_1), t0);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.lookup(&POD_B, t0), Some(MacOwner::Remote(PEER_1)));
     }
 }
