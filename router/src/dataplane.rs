@@ -15,14 +15,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weft_datapath::forward::{self, Decision, Routing};
-use weft_datapath::heartbeat::{Health, Liveness, LivenessConfig, Transition};
+use weft_datapath::heartbeat::{Health, Liveness, LivenessConfig};
 use weft_datapath::mac::{Learned, Mac, MacOwner, MacTable};
+use weft_datapath::pmtu::{IPV4_FLOOR, PmtuConfig, PmtuPhase, PmtuProber};
 use weft_datapath::sleeve::batch::DatagramBatch;
 use weft_datapath::sleeve::codec::{
     BROADCAST, DecapError, Decapsulator, Encapsulator, Frame, FrameKind, KeySchedule,
@@ -58,6 +59,9 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 /// a new or healed link is confirmed quickly).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const HEARTBEAT_INTERVAL_UNCONFIRMED: Duration = Duration::from_millis(200);
+/// A path-MTU probe unanswered this long is lost (hosts of one cluster are milliseconds
+/// apart); three losses and its size counts as too big.
+const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often expired MAC entries are removed (and local ones withdrawn from gossip).
 const MAC_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 /// The offload header the TAP gets with frames that need nothing from its kernel.
@@ -116,6 +120,7 @@ struct Counters {
     drop_malformed: AtomicU64,
     drop_unknown_sender: AtomicU64,
     drop_incomplete: AtomicU64,
+    icmp_too_big: AtomicU64,
     send_errors: AtomicU64,
     tap_write_errors: AtomicU64,
 }
@@ -169,6 +174,9 @@ pub struct DropsReport {
     pub unknown_sender: u64,
     /// Super-segments given up because a piece never came.
     pub incomplete: u64,
+    /// Of the `too_big` drops, those answered with ICMP "fragmentation needed" / "packet too
+    /// big" toward the pod.
+    pub too_big_answered: u64,
     /// Datagrams the kernel refused to send, frames it refused from the TAP.
     pub send_errors: u64,
     pub tap_write_errors: u64,
@@ -183,6 +191,8 @@ struct PeerLink {
     /// When an authenticated datagram last came from the peer: nanoseconds since the
     /// dataplane's epoch, 0 for never. Written per datagram, so an atomic, not the lock.
     last_heard: AtomicU64,
+    /// The largest UDP payload to the peer: the path MTU found by probing, less IP and UDP.
+    max_datagram: AtomicUsize,
     state: Mutex<LinkState>,
     counters: LinkCounters,
 }
@@ -193,6 +203,38 @@ struct LinkState {
     last_heartbeat: Option<Instant>,
     /// `last_heard` as last fed to `liveness`.
     heard_seen: u64,
+    pmtu: PmtuProber,
+    /// The path MTU search has finished at least once; until then the link carries no data
+    /// (a path MTU still rising from the floor would make pods cache a tiny one).
+    pmtu_settled: bool,
+    /// What the router was last told: the data path works.
+    reported_up: bool,
+}
+
+impl LinkState {
+    /// Whether the link carries data, and if not, why.
+    fn data_path(&self, now: Instant) -> (Health, Option<String>) {
+        match self.liveness.health(now) {
+            Health::Up if !self.pmtu_settled => {
+                let state = self.pmtu.state();
+                let probing = match state.phase {
+                    PmtuPhase::Probing {
+                        probe: Some(size), ..
+                    } => format!(", probing {size}"),
+                    _ => String::new(),
+                };
+                let reason = format!("measuring the path MTU ({}{probing})", state.reason);
+                (Health::Starting, Some(reason))
+            }
+            Health::Down { reason } => (
+                Health::Down {
+                    reason: reason.clone(),
+                },
+                Some(reason),
+            ),
+            health => (health, None),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +260,8 @@ pub struct LinkReport {
     pub health: String,
     /// Why the data path is down (or not yet up).
     pub reason: Option<String>,
+    /// `confirmed`, or `probing` while the path MTU search runs.
+    pub pmtu: String,
     /// Milliseconds since the last authenticated datagram from the peer.
     pub heartbeat_age_ms: Option<u64>,
     /// The largest UDP datagram (IP packet) sent to the peer, and the largest packet a pod can
@@ -271,8 +315,8 @@ struct Shared {
     mtu: u16,
     encrypted: bool,
     offloads: bool,
-    /// Largest UDP payload on the underlay.
-    max_datagram: usize,
+    /// MTU of the underlay: the largest path MTU probed.
+    underlay_mtu: u16,
     tap: Tap,
     udp: UdpEdge,
     links: RwLock<HashMap<PeerId, Arc<PeerLink>>>,
@@ -334,13 +378,18 @@ impl Dataplane {
         tap.set_nonblocking(true)?;
         hostnet::attach(&tap_name, bridge, mtu)?;
         let udp = UdpEdge::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+        // DF on every datagram: the path-MTU probes depend on it, and a datagram the path
+        // cannot carry is better refused (and counted) than fragmented.
+        if let Err(e) = udp.set_dont_fragment(true) {
+            tracing::warn!(error = %e, "cannot set DF on sleeve datagrams; path-MTU probes may overestimate");
+        }
         let shared = Arc::new(Shared {
             local,
             bridge: bridge.to_owned(),
             mtu,
             encrypted,
             offloads,
-            max_datagram: usize::from(underlay_mtu) - IPV4_UDP,
+            underlay_mtu,
             tap,
             udp,
             links: RwLock::new(HashMap::new()),
@@ -391,10 +440,17 @@ impl Dataplane {
             encap: Mutex::new(encap),
             decap: Mutex::new(decap),
             last_heard: AtomicU64::new(0),
+            max_datagram: AtomicUsize::new(usize::from(IPV4_FLOOR) - IPV4_UDP),
             state: Mutex::new(LinkState {
                 liveness: Liveness::new(LivenessConfig::default(), Instant::now()),
                 last_heartbeat: None,
                 heard_seen: 0,
+                pmtu: PmtuProber::new(PmtuConfig {
+                    probe_timeout: PMTU_PROBE_TIMEOUT,
+                    ..PmtuConfig::new(IPV4_FLOOR, self.shared.underlay_mtu)
+                }),
+                pmtu_settled: false,
+                reported_up: false,
             }),
             counters: LinkCounters::default(),
         };
@@ -439,15 +495,20 @@ impl Dataplane {
             .cloned()
             .collect();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let overlay_mtu = s.mtu;
         links
             .iter()
             .map(|link| {
                 let state = lock(&link.state);
-                let (health, reason) = match state.liveness.health(now) {
-                    Health::Starting => ("starting", None),
-                    Health::Up => ("up", None),
-                    Health::Down { reason } => ("down", Some(reason)),
+                let (health, reason) = state.data_path(now);
+                let health = match health {
+                    Health::Starting => "starting",
+                    Health::Up => "up",
+                    Health::Down { .. } => "down",
+                };
+                let path_mtu = state.pmtu.path_mtu();
+                let pmtu = match state.pmtu.state().phase {
+                    PmtuPhase::Confirmed => "confirmed",
+                    PmtuPhase::Probing { .. } => "probing",
                 };
                 let c = &link.counters;
                 LinkReport {
@@ -456,12 +517,15 @@ impl Dataplane {
                     encrypted: s.encrypted,
                     health: health.into(),
                     reason,
+                    pmtu: pmtu.into(),
                     heartbeat_age_ms: state
                         .liveness
                         .heartbeat_age(now)
                         .map(|age| age.as_millis() as u64),
-                    path_mtu: (s.max_datagram + IPV4_UDP) as u16,
-                    overlay_mtu,
+                    path_mtu,
+                    overlay_mtu: DatapathKind::Sleeve
+                        .overlay_mtu(path_mtu, s.encrypted)
+                        .unwrap_or(0),
                     datagrams_out: get(&c.datagrams_out),
                     bytes_out: get(&c.bytes_out),
                     datagrams_in: get(&c.datagrams_in),
@@ -481,14 +545,19 @@ impl Dataplane {
         let s = &self.shared;
         let c = &s.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Locks are taken one at a time, in statements of their own: a guard inside the struct
+        // literal below would live to its end.
+        let links = s.links.read().unwrap_or_else(|e| e.into_inner()).len();
+        let mac_entries = lock(&s.macs).entries(Instant::now());
+        let gossiped_macs = s.gossip_macs.lock().len();
         DatapathReport {
             kind: "sleeve".into(),
             bridge: s.bridge.clone(),
             mtu: s.mtu,
             encrypted: s.encrypted,
             offloads: s.offloads,
-            links: s.links.read().unwrap_or_else(|e| e.into_inner()).len(),
-            macs: lock(&s.macs).len(),
+            links,
+            macs: mac_entries.len(),
             frames_out: get(&c.frames_out),
             frames_in: get(&c.frames_in),
             datagrams_out: get(&c.datagrams_out),
@@ -497,8 +566,7 @@ impl Dataplane {
             bytes_in: get(&c.bytes_in),
             relayed: get(&c.relayed),
             reassembled: get(&c.reassembled),
-            mac_table: lock(&s.macs)
-                .entries(Instant::now())
+            mac_table: mac_entries
                 .into_iter()
                 .map(|(mac, owner, age)| MacReport {
                     mac: weft_datapath::mac::format_mac(&mac),
@@ -509,7 +577,7 @@ impl Dataplane {
                     age_secs: age.as_secs(),
                 })
                 .collect(),
-            gossiped_macs: s.gossip_macs.lock().len(),
+            gossiped_macs,
             drops: DropsReport {
                 no_route: get(&c.drop_no_route),
                 too_big: get(&c.drop_too_big),
@@ -518,6 +586,7 @@ impl Dataplane {
                 malformed: get(&c.drop_malformed),
                 unknown_sender: get(&c.drop_unknown_sender),
                 incomplete: get(&c.drop_incomplete),
+                too_big_answered: get(&c.icmp_too_big),
                 send_errors: get(&c.send_errors),
                 tap_write_errors: get(&c.tap_write_errors),
             },
@@ -562,6 +631,54 @@ impl Shared {
         (owner != self.local).then(|| owner.to_bytes())
     }
 
+    /// Answers a frame too big for the path it must take with ICMP "fragmentation needed" /
+    /// "packet too big" toward its sender, carrying `mtu`.
+    fn too_big(&self, frame: &[u8], mtu: usize) {
+        bump(&self.counters.drop_too_big);
+        let mut reply = Vec::new();
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+        match weft_datapath::icmp::too_big_reply(frame, mtu, &mut reply) {
+            Ok(len) => {
+                self.deliver(&NO_OFFLOAD, &reply[..len]);
+                bump(&self.counters.icmp_too_big);
+            }
+            Err(e) => tracing::debug!(error = %e, "oversized frame not answered"),
+        }
+    }
+
+    /// Sends a path-MTU probe of `size` bytes (whole IP packet) to the peer of `link`, alone in
+    /// its datagram, with DF set like every sleeve datagram.
+    fn send_probe(&self, link: &PeerLink, size: u16, state: &mut LinkState, now: Instant) {
+        let mut encap = lock(&link.encap);
+        let overhead =
+            IPV4_UDP + encap.header_len() + weft_datapath::sleeve::codec::FRAME_HEADER_LEN;
+        let padding = vec![0u8; usize::from(size).saturating_sub(overhead)];
+        let frame = Frame {
+            kind: FrameKind::PmtuProbe,
+            src: self.local.to_bytes(),
+            dst: link.peer.to_bytes(),
+            payload: &padding,
+        };
+        let mut out = Vec::new();
+        if encap.encapsulate(&[frame], usize::MAX, &mut out).is_err() {
+            return;
+        }
+        drop(encap);
+        match self.udp.socket().send_to(&out, link.addr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                // The kernel knows the path is smaller (an ICMP error came back earlier).
+                let hint = self
+                    .udp
+                    .path_mtu(link.addr)
+                    .ok()
+                    .and_then(|mtu| u16::try_from(mtu).ok());
+                state.pmtu.on_too_big(hint, now);
+            }
+            Err(e) => tracing::debug!(error = %e, peer = %link.peer, "path-MTU probe not sent"),
+        }
+    }
+
     /// Hands a frame to the local bridge: `header` is its offload header (`NO_OFFLOAD` for a
     /// plain Ethernet frame), `frame` the Ethernet frame.
     fn deliver(&self, header: &[u8], frame: &[u8]) {
@@ -598,7 +715,8 @@ impl Outbox {
                 let entry = &mut self.hops[self.used];
                 entry.0 = hop;
                 entry.1 = link;
-                entry.2.reset(&lock(&entry.1.encap), shared.max_datagram);
+                let max_datagram = entry.1.max_datagram.load(Ordering::Relaxed);
+                entry.2.reset(&lock(&entry.1.encap), max_datagram);
                 self.used += 1;
                 self.used - 1
             }
@@ -641,14 +759,21 @@ impl Outbox {
         raw: &[u8],
     ) -> bool {
         let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
-        if offload.is_plain() {
-            return self.push(shared, hop, FrameKind::Ethernet, src, dst, &[frame]);
-        }
         let Some(batch) = self.batch(shared, hop) else {
             bump(&shared.counters.drop_no_route);
             return false;
         };
         let max_payload = batch.max_payload();
+        if !offload.is_gso() && frame.len() > max_payload {
+            // One packet larger than the path to this peer carries: tell the pod, as a router
+            // would. (Super-segments are cut into pieces instead: their packets fit the pods'
+            // MTU, only the datagrams carrying them would not.)
+            shared.too_big(frame, max_payload.saturating_sub(ETHERNET_HEADER));
+            return false;
+        }
+        if offload.is_plain() {
+            return batch.push(FrameKind::Ethernet, src, dst, &[frame]).is_ok();
+        }
         if raw.len() <= max_payload {
             return batch.push(FrameKind::Offloaded, src, dst, &[raw]).is_ok();
         }
@@ -874,7 +999,24 @@ fn receive(
         };
         match frame.kind {
             FrameKind::Ethernet | FrameKind::Offloaded | FrameKind::Fragment => {}
-            FrameKind::Heartbeat | FrameKind::PmtuProbe | FrameKind::PmtuAck => continue,
+            FrameKind::Heartbeat => continue,
+            FrameKind::PmtuProbe => {
+                // Acknowledge the size that arrived: the whole IP packet.
+                let size = u16::try_from(len + IPV4_UDP)
+                    .unwrap_or(u16::MAX)
+                    .to_be_bytes();
+                let local = shared.local.to_bytes();
+                outbox.push(shared, sender, FrameKind::PmtuAck, local, sender, &[&size]);
+                continue;
+            }
+            FrameKind::PmtuAck => {
+                if let Some(size) = frame.payload.first_chunk::<2>() {
+                    lock(&link.state)
+                        .pmtu
+                        .on_ack(u16::from_be_bytes(*size), now);
+                }
+                continue;
+            }
         }
         let (deliver_locally, hops) = match forward::from_mesh(frame.src, frame.dst, routes) {
             Decision::Local => (true, Vec::new()),
@@ -985,20 +1127,22 @@ fn timer_loop(shared: &Shared) {
                     state.last_heartbeat = Some(now);
                 }
             }
-            if let Some(transition) = state.liveness.poll(now) {
-                let (up, reason) = match transition {
-                    Transition::Up => (true, None),
-                    Transition::Down => (
-                        false,
-                        match state.liveness.health(now) {
-                            Health::Down { reason } => Some(reason),
-                            _ => None,
-                        },
-                    ),
-                };
+            if let Some(size) = state.pmtu.next_probe(now) {
+                shared.send_probe(link, size, &mut state, now);
+            }
+            if state.pmtu.state().phase == PmtuPhase::Confirmed {
+                state.pmtu_settled = true;
+            }
+            let path_mtu = usize::from(state.pmtu.path_mtu());
+            link.max_datagram
+                .store(path_mtu.saturating_sub(IPV4_UDP), Ordering::Relaxed);
+            let (health, reason) = state.data_path(now);
+            let up = health == Health::Up;
+            if up != state.reported_up {
+                state.reported_up = up;
                 drop(state);
                 if up {
-                    tracing::info!(peer = %link.peer, "sleeve data path up");
+                    tracing::info!(peer = %link.peer, path_mtu, "sleeve data path up");
                 } else {
                     tracing::warn!(peer = %link.peer, reason = reason.as_deref().unwrap_or(""), "sleeve data path down");
                 }
