@@ -9,9 +9,18 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PASSWORD: &str = "correct horse battery staple";
 
 /// `n` hosts running the sleeve, hosts 2..n told only about host1, one pod per host
-/// (`10.40.0.i`); returns once the control mesh is complete.
+/// (`10.40.0.i`); returns once every data path is up.
 fn sleeve_mesh(n: usize) -> anyhow::Result<Net> {
+    sleeve_mesh_with(n, |_| Ok(()))
+}
+
+/// [`sleeve_mesh`], with `prepare` run on the hosts' network before the routers start.
+fn sleeve_mesh_with(
+    n: usize,
+    prepare: impl FnOnce(&Net) -> anyhow::Result<()>,
+) -> anyhow::Result<Net> {
     let net = Net::new(WEFT, n)?;
+    prepare(&net)?;
     for i in net.host_ids() {
         let mut opts = RouterOpts::new()
             .password(PASSWORD)
@@ -180,5 +189,80 @@ fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() ->
         data_paths_up(&net)
     })?;
     ping(&net, 2, 1)?;
+    Ok(())
+}
+
+#[test]
+fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    // host3's network carries 1400-byte packets, the others 1500; nothing tells host1 (the
+    // switch drops larger frames silently), so only probing can find out.
+    let net = sleeve_mesh_with(3, |net| {
+        net.exec(3, &["ip", "link", "set", "eth0", "mtu", "1400"])
+            .map(drop)
+    })?;
+    // What the path carries exactly: a veth accepts 4 bytes beyond its MTU (room for a VLAN
+    // tag), so the probes find up to 1404 into host3; host3's own sends stop at 1400.
+    for (from, to, expected) in [
+        (1, 3, 1400..=1404),
+        (3, 1, 1400..=1400),
+        (1, 2, 1500..=1500),
+    ] {
+        let datapath = link(&net, from, to)?;
+        let path_mtu = datapath["path_mtu"].as_u64().unwrap_or(0);
+        ensure!(
+            datapath["pmtu"] == "confirmed" && expected.contains(&path_mtu),
+            "host{from} -> host{to}: {datapath}"
+        );
+    }
+    let overlay = link(&net, 1, 3)?["overlay_mtu"]
+        .as_u64()
+        .context("no overlay MTU")?;
+    let pod_mtu = net.report_json(1)?["datapath"]["mtu"]
+        .as_u64()
+        .context("no pod MTU")?;
+    ensure!(overlay < pod_mtu, "overlay {overlay} vs pod MTU {pod_mtu}");
+
+    // A full-size packet with DF from pod1 to pod3 does not fit host1 -> host3: pod1 is told
+    // the overlay MTU of that path, and its kernel remembers it.
+    let big = (pod_mtu - 28).to_string();
+    let out = net
+        .pod_exec(
+            1,
+            &[
+                "ping",
+                "-M",
+                "do",
+                "-s",
+                &big,
+                "-c",
+                "2",
+                "-W",
+                "2",
+                "10.40.0.3",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+    ensure!(
+        out.contains(&format!("mtu={overlay}")) || out.contains(&format!("mtu = {overlay}")),
+        "pod1 was not told the path MTU {overlay}: {out}"
+    );
+    let route = net.pod_exec(1, &["ip", "route", "get", "10.40.0.3"])?;
+    ensure!(route.contains(&format!("mtu {overlay}")), "pod1: {route}");
+    let answered = net.report_json(1)?["datapath"]["drops"]["too_big_answered"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(answered > 0, "host1 answered no oversized packet");
+    // What fits both ways gets through, and full-size packets to pod2 (a 1500 path) still do.
+    let back = link(&net, 3, 1)?["overlay_mtu"].as_u64().unwrap_or(0);
+    let fits = (overlay.min(back) - 28).to_string();
+    net.pod_exec(
+        1,
+        &["ping", "-M", "do", "-s", &fits, "-c", "2", "10.40.0.3"],
+    )?;
+    net.pod_exec(1, &["ping", "-M", "do", "-s", &big, "-c", "2", "10.40.0.2"])?;
     Ok(())
 }
