@@ -24,7 +24,11 @@ for target in "${targets[@]}"; do
     echo "== fuzzing $target for ${seconds}s"
     if ! cargo fuzz run -O "$target" -- -max_total_time="$seconds" -max_len=4096 >"$log" 2>&1; then
         tail -40 "$log" >&2
-        echo "fuzz target $target failed; a crashing input is kept under fuzz/artifacts/$target/" >&2
+        if compgen -G "artifacts/$target/*" >/dev/null; then
+            echo "fuzz target $target failed; a crashing input is kept under fuzz/artifacts/$target/" >&2
+        else
+            echo "fuzz target $target could not be built or run (see above)" >&2
+        fi
         exit 1
     fi
     grep -E '^(#[0-9]+.*DONE|Done)' "$log" || true

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         uid: 11,
         conn_limit: 10,
         gossip_interval: Duration::from_secs(30),
+        confirm_data_path: data.first().is_some_and(|b| b & 1 == 1),
     };
     let mut mesh = Mesh::new(config, now);
     let mut out = Vec::new();
