@@ -2,7 +2,9 @@
 # Makes sure the Debian packages that weft's build, demo and tests need are installed.
 #
 #   bash scripts/deps.sh [EXTRA_PACKAGE...]        # run it
+#   bash scripts/deps.sh --cni-clients [EXTRA...]  # also the real CNI clients (tests/clients/)
 #   source scripts/deps.sh; weft_deps [EXTRA...]   # or source it and call the function
+#   source scripts/deps.sh; weft_deps "${WEFT_CNI_CLIENT_DEPS[@]}"
 #
 # Only missing packages are installed (checked with dpkg-query); `apt-get update` runs once, and
 # only when something is missing. apt waits up to 10 minutes for the dpkg lock, so this works
@@ -22,6 +24,21 @@ WEFT_DEPS=(
     iputils-ping # ping between test hosts
     python3      # JSON checks in scripts
     python3-venv # scripts/check-chart.sh installs kubernetes-validate into a venv
+)
+
+# What tests/clients/setup.sh needs on top: the real CNI clients the tests drive the plugin with
+# (cnitool is built from Debian's source package, so Go and libcni's sources; containerd's CRI
+# plugin with runc; busybox-static for the locally made pause image) and Debian's reference
+# plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni.
+# shellcheck disable=SC2034
+WEFT_CNI_CLIENT_DEPS=(
+    containerd                  # 1.6: its CRI plugin is what kubelet drives
+    runc                        # containerd's OCI runtime
+    busybox-static              # the pause image's only binary
+    containernetworking-plugins # reference plugins in /usr/lib/cni
+    golang-go                   # builds cnitool
+    golang-github-appc-cni-dev  # libcni sources cnitool builds against
+    xz-utils                    # unpacks the cni source tarball
 )
 
 # weft_deps [EXTRA_PACKAGE...]: installs whatever of WEFT_DEPS and the extras is missing.
@@ -77,5 +94,9 @@ weft_deps() {
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
+    if [[ "${1:-}" == --cni-clients ]]; then
+        shift
+        set -- "${WEFT_CNI_CLIENT_DEPS[@]}" "$@"
+    fi
     weft_deps "$@"
 fi
