@@ -1194,11 +1194,13 @@ impl IpamChannel {
                 let e = &mut ring.entries[i as usize];
                 e.version += 1;
                 e.owner = Some(local);
-                e.free = 0;
+            }
+            self.drop_foreign_state(i);
+            let free = self.local_free(i);
+            if let Some(ring) = self.ring.as_mut() {
+                ring.entries[i as usize].free = free;
             }
             self.unannounced.insert(i);
-            self.refresh(i);
-            self.drop_foreign_state(i);
         }
     }
 
@@ -1292,6 +1294,10 @@ impl IpamChannel {
     /// The join (module docs). Returns what improved; with `local`, also the entries queued
     /// for announcement that the update repeats.
     fn merge_update(&mut self, update: IpamUpdate, local: bool) -> Vec<(u32, Entry)> {
+        // A ring with no known entry is no ring at all: it cannot displace one.
+        if update.entries.is_empty() {
+            return Vec::new();
+        }
         let replace = match &self.ring {
             None => true,
             Some(r) if update.ring < r.id => true,
@@ -1377,7 +1383,7 @@ impl IpamChannel {
         let whole: Vec<u32> = owned
             .iter()
             .copied()
-            .filter(|i| self.used_in(*i) == 0)
+            .filter(|i| self.used_in(*i) == 0 && self.geo.usable(*i) > 0)
             .collect();
         // The longest run of wholly free chunks; give its upper half, keeping some space.
         let mut best: (usize, usize) = (0, 0);
@@ -1754,5 +1760,1176 @@ impl GossipChannel for SharedIpam {
         payload: &[u8],
     ) -> Result<Vec<(PeerName, Vec<u8>)>, ChannelError> {
         self.lock().on_unicast(src, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn name(n: u64) -> PeerName {
+        PeerName::from_u64(n).unwrap()
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn config(range: &str) -> IpamConfig {
+        IpamConfig {
+            ring_wait: Duration::ZERO,
+            ..IpamConfig::new(cidr(range))
+        }
+    }
+
+    fn peer(n: u64, range: &str, t: Instant) -> IpamChannel {
+        IpamChannel::new(config(range), name(n), 1000 + n, t, 1_000_000)
+    }
+
+    fn key(k: u64) -> AllocKey {
+        AllocKey::new(format!("c{k}"), "eth0")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// What the router does after a call: publish (checking the merge reports exactly the
+    /// queued entries) and hand back the update and the unicasts.
+    type Unicasts = Vec<(PeerName, Vec<u8>)>;
+
+    fn drain(c: &mut IpamChannel) -> (Option<Vec<u8>>, Unicasts) {
+        let out = c.take_outbox();
+        if let Some(update) = &out.publish {
+            let improved = c.merge(c.local_name(), update).unwrap();
+            assert_eq!(
+                improved.as_ref(),
+                Some(update),
+                "a local change applies as is"
+            );
+            assert_eq!(c.merge(c.local_name(), update).unwrap(), None);
+        }
+        (out.publish, out.unicasts)
+    }
+
+    fn entries(c: &IpamChannel) -> Vec<Entry> {
+        c.ring
+            .as_ref()
+            .map(|r| r.entries.clone())
+            .unwrap_or_default()
+    }
+
+    fn update(ring: RingId, range: &str, entries: &[(u32, Entry)]) -> Vec<u8> {
+        wire::encode(&IpamUpdate {
+            ring,
+            range: cidr(range),
+            entries: entries.to_vec(),
+        })
+    }
+
+    fn entry(version: u64, owner: Option<u64>, free: u32) -> Entry {
+        Entry {
+            version,
+            owner: owner.map(name),
+            free,
+        }
+    }
+
+    /// Hands `a`'s state to `b` the way a new neighbour gets it.
+    fn introduce(a: &IpamChannel, b: &mut IpamChannel) {
+        for part in a.full_state(1 << 16) {
+            b.merge(a.local_name(), &part).unwrap();
+        }
+    }
+
+    /// Delivers unicasts between the given replicas until none are left, then spreads what
+    /// they published to all of them.
+    fn deliver(peers: &mut [&mut IpamChannel], mut queue: Vec<(PeerName, PeerName, Vec<u8>)>) {
+        let mut published = Vec::new();
+        while let Some((src, dst, payload)) = queue.pop() {
+            let Some(to) = peers.iter_mut().find(|p| p.local_name() == dst) else {
+                continue;
+            };
+            for (next, reply) in to.on_unicast(src, &payload).unwrap() {
+                queue.push((dst, next, reply));
+            }
+            let (update, more) = drain(to);
+            published.extend(update.map(|u| (dst, u)));
+            queue.extend(more.into_iter().map(|(d, m)| (dst, d, m)));
+        }
+        for (from, update) in published {
+            for p in peers.iter_mut() {
+                p.merge(from, &update).unwrap();
+            }
+        }
+    }
+
+    fn sent_by(c: &mut IpamChannel) -> Vec<(PeerName, PeerName, Vec<u8>)> {
+        let from = c.local_name();
+        drain(c).1.into_iter().map(|(d, m)| (from, d, m)).collect()
+    }
+
+    #[test]
+    fn ranges_parse_and_cut_into_bounded_chunks() {
+        assert_eq!(cidr(DEFAULT_RANGE).to_string(), "10.32.0.0/12");
+        for bad in [
+            "10.32.0.1/12",
+            "10.0.0.0/31",
+            "10.0.0.0",
+            "x/8",
+            "10.0.0.0/33",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let g = Geometry::new(cidr("10.32.0.0/12"));
+        assert_eq!((g.chunks, 1u32 << g.chunk_bits), (4096, 256));
+        assert_eq!((g.usable(0), g.usable(1), g.usable(4095)), (255, 256, 255));
+        let g = Geometry::new(cidr("10.0.0.0/24"));
+        assert_eq!((g.chunks, g.chunk_bits), (256, 0));
+        assert_eq!((g.usable(0), g.usable(1), g.usable(255)), (0, 1, 0));
+        let g = Geometry::new(cidr("0.0.0.0/0"));
+        assert_eq!(g.chunks as usize, MAX_CHUNKS);
+        assert!(!g.usable_addr(0) && !g.usable_addr(u32::MAX) && g.usable_addr(1));
+    }
+
+    #[test]
+    fn a_lone_peer_creates_the_ring_and_allocates_idempotently() {
+        let t = Instant::now();
+        let mut a = peer(1, "10.0.0.0/24", t);
+        assert_eq!(a.status(t).state, "no ring");
+        let first = a.allocate(&key(1), t).unwrap();
+        assert_eq!(first, ip("10.0.0.1"), "never the network address");
+        assert_eq!(a.allocate(&key(1), t).unwrap(), first, "idempotent");
+        let other = a.allocate(&AllocKey::new("c1", "eth1"), t).unwrap();
+        assert_ne!(other, first, "one address per interface");
+        let (published, unicasts) = drain(&mut a);
+        assert!(published.is_some() && unicasts.is_empty());
+        assert_eq!(a.ring_id().unwrap().genesis, name(1));
+        assert_eq!(a.status(t).state, "ready");
+        assert_eq!(a.release(&key(1), t), Some(first));
+        assert_eq!(a.release(&key(1), t), None);
+        // Claim: only usable addresses of chunks we own, not held by someone else.
+        a.claim(&key(7), ip("10.0.0.77"), t).unwrap();
+        a.claim(&key(7), ip("10.0.0.77"), t).unwrap();
+        assert!(matches!(
+            a.claim(&key(7), ip("10.0.0.78"), t),
+            Err(IpamError::KeyHoldsOther { .. })
+        ));
+        assert!(matches!(
+            a.claim(&key(8), ip("10.0.0.77"), t),
+            Err(IpamError::InUse { .. })
+        ));
+        for outside in ["10.0.1.1", "10.0.0.0", "10.0.0.255"] {
+            assert!(matches!(
+                a.claim(&key(9), ip(outside), t),
+                Err(IpamError::NotInRange(..))
+            ));
+        }
+        assert_eq!(
+            a.allocate(&AllocKey::new("", "eth0"), t),
+            Err(IpamError::InvalidKey)
+        );
+        // GC keeps only what is listed.
+        let valid = BTreeSet::from([key(7)]);
+        let released = a.gc(&valid, t);
+        assert_eq!(released, vec![(AllocKey::new("c1", "eth1"), other)]);
+        assert_eq!(a.allocations(), vec![(key(7), ip("10.0.0.77"))]);
+        // Every usable address, then exhaustion.
+        for k in 100..353 {
+            a.allocate(&key(k), t).unwrap();
+        }
+        assert_eq!(
+            a.allocate(&key(999), t),
+            Err(IpamError::Exhausted(cidr("10.0.0.0/24")))
+        );
+        assert!(
+            a.allocations()
+                .iter()
+                .all(|(_, addr)| *addr != ip("10.0.0.0") && *addr != ip("10.0.0.255"))
+        );
+    }
+
+    #[test]
+    fn with_peers_reachable_a_ringless_peer_waits_before_creating_a_ring() {
+        let t = Instant::now();
+        let mut a = IpamChannel::new(IpamConfig::new(cidr("10.0.0.0/24")), name(1), 1, t, 1_000);
+        a.set_reachable([name(2)]);
+        assert_eq!(a.allocate(&key(1), t), Err(IpamError::WaitingForRing));
+        assert!(IpamError::WaitingForRing.is_retryable());
+        assert_eq!(a.status(t).state, "waiting for ring");
+        assert_eq!(
+            a.allocate(&key(1), t + 4 * SEC),
+            Err(IpamError::WaitingForRing)
+        );
+        // Nobody sent a ring in time: create one.
+        assert!(a.allocate(&key(1), t + 5 * SEC).is_ok());
+        assert_eq!(
+            a.ring_id().unwrap().created_ms,
+            6_000,
+            "stamped by wall clock"
+        );
+    }
+
+    #[test]
+    fn a_joining_peer_asks_the_freest_peer_and_gets_half_of_a_free_run() {
+        let t = Instant::now();
+        let range = "10.32.0.0/16"; // 4096 chunks of 16
+        let mut a = peer(1, range, t);
+        let mut b = peer(2, range, t);
+        let mut c = peer(3, range, t);
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        introduce(&a, &mut b);
+        introduce(&a, &mut c);
+        for p in [&mut a, &mut b, &mut c] {
+            p.set_reachable([name(1), name(2), name(3)]);
+        }
+        assert_eq!(a.digest_hash(), b.digest_hash());
+        // b has the ring but no space: it asks a.
+        assert_eq!(
+            b.allocate(&key(2), t),
+            Err(IpamError::WaitingForSpace(name(1)))
+        );
+        assert_eq!(b.status(t).state, "waiting for space");
+        assert_eq!(b.status(t).pending.unwrap().donor, name(1));
+        let q = sent_by(&mut b);
+        deliver(&mut [&mut a, &mut b], q);
+        let got = b.allocate(&key(2), t).unwrap();
+        assert_eq!(b.owner_of(got), Some(name(2)));
+        assert_eq!(a.owner_of(got), Some(name(2)), "the donor knows at once");
+        let owned = |p: &IpamChannel, who: u64| {
+            entries(p)
+                .iter()
+                .filter(|e| e.owner == Some(name(who)))
+                .count()
+        };
+        assert_eq!(owned(&b, 2), 2048, "the upper half of a's largest free run");
+        assert_eq!(owned(&b, 1), 2048);
+        // c sees both through gossip and asks whoever announces more: a.
+        let (upd_a, _) = drain(&mut a);
+        let (upd_b, _) = drain(&mut b);
+        for u in [upd_a, upd_b].into_iter().flatten() {
+            c.merge(name(1), &u).unwrap();
+        }
+        assert_eq!(
+            c.allocate(&key(3), t),
+            Err(IpamError::WaitingForSpace(name(1)))
+        );
+        let q = sent_by(&mut c);
+        deliver(&mut [&mut a, &mut b, &mut c], q);
+        let got_c = c.allocate(&key(3), t).unwrap();
+        assert!(got_c != got && a.address_of(&key(1)) != Some(got_c));
+        // Ranges in status are runs of chunks.
+        let status = c.status(t);
+        assert_eq!(status.owners.len(), 3);
+        assert!(
+            status
+                .owners
+                .iter()
+                .all(|o| o.reachable && !o.ranges.is_empty())
+        );
+        assert_eq!(
+            status.owners.iter().map(|o| o.addresses).sum::<u64>(),
+            1 << 16
+        );
+    }
+
+    #[test]
+    fn denials_and_silence_move_on_to_the_next_donor_and_unreachable_owners_are_named() {
+        let t = Instant::now();
+        let range = "10.0.0.0/28"; // 16 chunks of one address, 14 usable
+        let mut a = peer(1, range, t);
+        for k in 0..13 {
+            a.allocate(&key(k), t).unwrap();
+        }
+        let mut b = peer(2, range, t);
+        introduce(&a, &mut b);
+        b.set_reachable([name(1)]);
+        a.set_reachable([name(2)]);
+        // a keeps its last free address: it denies.
+        assert_eq!(
+            b.allocate(&key(50), t),
+            Err(IpamError::WaitingForSpace(name(1)))
+        );
+        let q = sent_by(&mut b);
+        deliver(&mut [&mut a, &mut b], q);
+        assert_eq!(b.status(t).pending, None);
+        assert_eq!(
+            b.allocate(&key(50), t),
+            Err(IpamError::Exhausted(cidr(range))),
+            "the only donor denied"
+        );
+        // An owner we cannot reach is named, with the command that frees its space.
+        b.set_reachable([]);
+        let err = b.allocate(&key(50), t + 60 * SEC).unwrap_err();
+        assert_eq!(
+            err,
+            IpamError::Unreachable {
+                range: cidr(range),
+                peers: vec![name(1)]
+            }
+        );
+        assert!(err.to_string().contains("weft rmpeer 00:00:00:00:00:01"));
+        // A donor that never answers is given up on after the timeout.
+        let mut c = peer(3, "10.0.0.0/24", t);
+        c.allocate(&key(1), t).unwrap();
+        let mut d = peer(4, "10.0.0.0/24", t);
+        introduce(&c, &mut d);
+        d.set_reachable([name(3)]);
+        assert_eq!(
+            d.allocate(&key(2), t),
+            Err(IpamError::WaitingForSpace(name(3)))
+        );
+        drain(&mut d);
+        d.tick(t + 2 * SEC);
+        assert!(d.status(t).pending.is_some());
+        d.tick(t + 6 * SEC);
+        assert!(
+            d.status(t).pending.is_none(),
+            "timed out; c is skipped for a while"
+        );
+        assert_eq!(
+            d.allocate(&key(2), t + 6 * SEC),
+            Err(IpamError::Exhausted(cidr("10.0.0.0/24")))
+        );
+        d.tick(t + 20 * SEC);
+        assert_eq!(
+            d.allocate(&key(2), t + 20 * SEC),
+            Err(IpamError::WaitingForSpace(name(3))),
+            "asked again"
+        );
+    }
+
+    #[test]
+    fn concurrent_reclaims_agree_and_the_custodian_adopts() {
+        let t = Instant::now();
+        let range = "10.0.0.0/24";
+        let (mut a, mut b, mut c) = (peer(1, range, t), peer(2, range, t), peer(3, range, t));
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        introduce(&a, &mut b);
+        introduce(&a, &mut c);
+        for p in [&mut a, &mut b, &mut c] {
+            p.set_reachable([name(1), name(2), name(3)]);
+        }
+        for p in [&mut b, &mut c] {
+            let _ = p.allocate(&key(2), t);
+        }
+        let mut q = sent_by(&mut b);
+        q.extend(sent_by(&mut c));
+        deliver(&mut [&mut a, &mut b, &mut c], q);
+        for p in [&mut b, &mut c] {
+            p.allocate(&key(2), t).unwrap();
+        }
+        let mut updates: Vec<Vec<u8>> = Vec::new();
+        for p in [&mut a, &mut b, &mut c] {
+            updates.extend(drain(p).0);
+        }
+        for u in &updates {
+            for p in [&mut a, &mut b, &mut c] {
+                p.merge(name(9), u).unwrap();
+            }
+        }
+        assert_eq!(a.digest_hash(), b.digest_hash());
+        assert_eq!(b.digest_hash(), c.digest_hash());
+        // b dies; a and c both run `rmpeer b` at once.
+        assert_eq!(
+            a.reclaim(name(2), t),
+            Err(IpamError::PeerReachable(name(2)))
+        );
+        assert_eq!(a.reclaim(name(1), t), Err(IpamError::ReclaimSelf));
+        for p in [&mut a, &mut c] {
+            p.set_reachable([name(1), name(3)]);
+        }
+        let b_chunks = entries(&a)
+            .iter()
+            .filter(|e| e.owner == Some(name(2)))
+            .count();
+        assert!(b_chunks > 0);
+        let before_a = entries(&a);
+        let taken_a = a.reclaim(name(2), t).unwrap();
+        let taken_c = c.reclaim(name(2), t).unwrap();
+        assert_eq!(taken_a, taken_c);
+        assert_eq!(taken_a, b_chunks as u64);
+        let (ua, _) = drain(&mut a);
+        let (uc, _) = drain(&mut c);
+        // Reclaimed chunks: the predecessor's owner adopted them at once, so each side wrote
+        // "unowned" and, for its own adoptions, itself. Merged, both agree.
+        let (ua, uc) = (ua.unwrap(), uc.unwrap());
+        a.merge(name(3), &uc).unwrap();
+        c.merge(name(1), &ua).unwrap();
+        a.tick(t + SEC);
+        c.tick(t + SEC);
+        let (ua, _) = drain(&mut a);
+        let (uc, _) = drain(&mut c);
+        if let Some(u) = uc {
+            a.merge(name(3), &u).unwrap();
+        }
+        if let Some(u) = ua {
+            c.merge(name(1), &u).unwrap();
+        }
+        for (i, (x, y)) in entries(&a).iter().zip(entries(&c)).enumerate() {
+            assert_eq!(*x, y, "chunk {i}");
+        }
+        assert_eq!(a.digest_hash(), c.digest_hash());
+        let after = entries(&a);
+        for (i, (old, new)) in before_a.iter().zip(&after).enumerate() {
+            if old.owner == Some(name(2)) {
+                assert!(
+                    new.owner == Some(name(1)) || new.owner == Some(name(3)),
+                    "{i}"
+                );
+            } else {
+                assert_eq!(old.owner, new.owner, "only b's chunks moved");
+            }
+        }
+        assert_eq!(a.status(t).unowned, 0);
+        // b's last address is now free for others; nothing allocated is duplicated.
+        assert!(a.conflicts().is_empty() && c.conflicts().is_empty());
+    }
+
+    #[test]
+    fn a_reclaim_from_a_stale_view_loses_to_the_owners_own_write() {
+        let ring = RingId {
+            created_ms: 1,
+            genesis: name(1),
+            uid: 1,
+        };
+        let reclaim = entry(5, None, 1);
+        let owners_write = entry(5, Some(2), 1);
+        assert!(owners_write.supersedes(&reclaim));
+        assert!(entry(6, None, 1).supersedes(&owners_write));
+        let t = Instant::now();
+        let mut a = peer(7, "10.0.0.0/24", t);
+        a.merge(name(1), &update(ring, "10.0.0.0/24", &[(3, reclaim)]))
+            .unwrap();
+        a.merge(name(1), &update(ring, "10.0.0.0/24", &[(3, owners_write)]))
+            .unwrap();
+        assert_eq!(entries(&a)[3], owners_write);
+    }
+
+    #[test]
+    fn merged_rings_keep_the_older_one_and_report_duplicates_on_both_sides() {
+        let t = Instant::now();
+        let range = "10.0.0.0/24";
+        let mut old = IpamChannel::new(config(range), name(5), 5, t, 1_000);
+        let mut young = IpamChannel::new(config(range), name(1), 1, t, 2_000);
+        let a_old = old.allocate(&key(1), t).unwrap();
+        let a_young = young.allocate(&key(2), t).unwrap();
+        let extra = young.allocate(&key(3), t).unwrap();
+        assert_eq!(a_old, a_young, "two rings, the same first address");
+        drain(&mut old);
+        drain(&mut young);
+        assert!(
+            old.ring_id() < young.ring_id(),
+            "older wins despite the larger name"
+        );
+        // They meet: anti-entropy both ways.
+        let (for_young, old_wants) = old.compare_digest(&young.digest(), 1 << 16).unwrap();
+        assert!(!old_wants);
+        for part in for_young {
+            young.merge(name(5), &part).unwrap();
+        }
+        assert_eq!(young.ring_id(), old.ring_id());
+        assert_eq!(young.digest_hash(), old.digest_hash());
+        let status = young.status(t);
+        assert_eq!(
+            (status.allocated, status.orphans),
+            (2, 2),
+            "kept, as orphans"
+        );
+        // The orphans are reserved with their owner: one is a duplicate, the other is now
+        // safe from the owner's next allocations.
+        for p in [&mut old, &mut young] {
+            p.set_reachable([name(1), name(5)]);
+        }
+        young.tick(t + SEC);
+        let q = sent_by(&mut young);
+        assert_eq!(q.len(), 1);
+        deliver(&mut [&mut old, &mut young], q);
+        let dup = vec![Conflict {
+            addr: a_old,
+            peer: name(1),
+        }];
+        assert_eq!(old.conflicts(), dup);
+        assert_eq!(
+            young.conflicts(),
+            vec![Conflict {
+                addr: a_old,
+                peer: name(5)
+            }]
+        );
+        assert_eq!(old.status(t).reserved_for_peers, 2);
+        for k in 10..20 {
+            assert_ne!(old.allocate(&key(k), t).unwrap(), extra);
+        }
+        // Reservations are not re-sent once acknowledged…
+        young.tick(t + 30 * SEC);
+        assert!(sent_by(&mut young).is_empty());
+        // …and releasing an orphan gives it back to the owner.
+        assert_eq!(young.release(&key(3), t), Some(extra));
+        let q = sent_by(&mut young);
+        deliver(&mut [&mut old, &mut young], q);
+        assert_eq!(old.status(t).reserved_for_peers, 1);
+        // The duplicate stays reserved after the owner's container goes: no third holder.
+        old.release(&key(1), t);
+        assert_eq!(old.status(t).reserved_for_peers, 1);
+        assert!(old.conflicts().is_empty());
+        young.release(&key(2), t);
+        let q = sent_by(&mut young);
+        deliver(&mut [&mut old, &mut young], q);
+        assert_eq!(old.status(t).reserved_for_peers, 0);
+        assert!(young.conflicts().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_restores_ring_and_allocations() {
+        let t = Instant::now();
+        let mut a = peer(1, "10.0.0.0/24", t);
+        for k in 0..5 {
+            a.allocate(&key(k), t).unwrap();
+        }
+        drain(&mut a);
+        let bytes = a.snapshot().to_bytes();
+        let snap = IpamSnapshot::from_bytes(&bytes).unwrap();
+        let b = IpamChannel::restore(config("10.0.0.0/24"), snap.clone(), 77, t, 5).unwrap();
+        assert_eq!(b.allocations(), a.allocations());
+        assert_eq!(b.digest_hash(), a.digest_hash());
+        assert_eq!(b.snapshot(), a.snapshot());
+        assert!(matches!(
+            IpamChannel::restore(config("10.0.0.0/16"), snap, 77, t, 5),
+            Err(IpamError::Snapshot(_))
+        ));
+        assert!(IpamSnapshot::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn malformed_or_foreign_updates_change_nothing() {
+        let t = Instant::now();
+        let mut a = peer(1, "10.0.0.0/24", t);
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        let hash = a.digest_hash();
+        let ring = RingId {
+            created_ms: 0,
+            genesis: name(2),
+            uid: 2,
+        };
+        for bad in [
+            update(ring, "10.0.0.0/16", &[(1, entry(1, Some(2), 1))]),
+            update(ring, "10.0.0.0/24", &[(256, entry(1, Some(2), 1))]),
+            update(ring, "10.0.0.0/24", &[(1, entry(0, Some(2), 1))]),
+            update(ring, "10.0.0.0/24", &[(1, entry(1, Some(2), 2))]),
+            wire::encode(&(
+                ring,
+                cidr("10.0.0.0/24"),
+                vec![(1u32, (1u64, Some(1u64 << 50), 1u32))],
+            )),
+            vec![],
+            vec![0xff; 9],
+        ] {
+            assert!(a.merge(name(2), &bad).is_err());
+            assert!(a.compare_digest(&bad, 1 << 16).is_err() || bad.is_empty());
+            assert!(a.on_unicast(name(2), &bad).is_err());
+        }
+        assert_eq!(a.digest_hash(), hash, "a rejected update merges nothing");
+        assert_eq!(a.status(t).incompatible_updates, 1);
+        let too_long = IpamMsg::Reserve {
+            ring,
+            addrs: vec![ip("10.0.0.1"); MAX_ADDRS_PER_MSG + 1],
+        };
+        assert!(decode_msg(&wire::encode(&too_long)).is_err());
+    }
+
+    #[test]
+    fn parts_respect_the_budget_and_the_digest_fits_a_frame() {
+        let t = Instant::now();
+        let mut a = peer(1, DEFAULT_RANGE, t);
+        a.allocate(&key(1), t).unwrap();
+        // The largest encodings: saturated versions and names.
+        if let Some(r) = a.ring.as_mut() {
+            for e in &mut r.entries {
+                e.version = u64::MAX;
+                e.owner = Some(name((1 << 48) - 1));
+            }
+        }
+        assert!(a.digest().len() <= wire::MAX_FRAME_LEN - 1024);
+        for budget in [0, 100, 10_000] {
+            let parts = a.full_state(budget);
+            let limit = budget.max(UPDATE_HEADER_MAX_LEN + ENTRY_MAX_LEN);
+            assert!(parts.iter().all(|p| p.len() <= limit));
+        }
+        let mut b = peer(2, DEFAULT_RANGE, t);
+        for part in a.full_state(10_000) {
+            b.merge(name(1), &part).unwrap();
+        }
+        assert_eq!(b.digest_hash(), a.digest_hash());
+        // Saturated versions never panic anything local.
+        assert!(a.reclaim(name(3), t).is_ok());
+        a.tick(t);
+    }
+
+    #[test]
+    fn a_shared_handle_is_what_the_mesh_hosts_and_the_router_drives() {
+        let t = Instant::now();
+        let router = SharedIpam::new(peer(1, "10.0.0.0/24", t));
+        let mut hosted: Box<dyn GossipChannel> = Box::new(router.clone());
+        router.lock().allocate(&key(1), t).unwrap();
+        let change = router.lock().take_outbox().publish.unwrap();
+        assert_eq!(hosted.merge(name(1), &change).unwrap(), Some(change));
+        assert_eq!(hosted.digest_hash(), router.lock().digest_hash());
+        let request = wire::encode(&IpamMsg::SpaceRequest {
+            ring: router.lock().ring_id().unwrap(),
+        });
+        let replies = hosted.on_unicast(name(2), &request).unwrap();
+        assert!(matches!(
+            decode_msg(&replies[0].1).unwrap(),
+            IpamMsg::Donation(_)
+        ));
+        assert!(!hosted.full_state(1 << 16).is_empty());
+    }
+
+    // ---- property tests ----
+
+    const RANGE: &str = "10.0.0.0/28";
+
+    fn arb_ring() -> impl Strategy<Value = RingId> {
+        (0u64..3, 1u64..3).prop_map(|(created_ms, g)| RingId {
+            created_ms,
+            genesis: name(g),
+            uid: g,
+        })
+    }
+
+    fn arb_entries() -> impl Strategy<Value = Vec<(u32, Entry)>> {
+        prop::collection::vec(
+            (0u32..16, 1u64..4, prop::option::of(1u64..4), 0u32..2).prop_map(|(i, v, o, f)| {
+                let usable = Geometry::new(cidr(RANGE)).usable(i);
+                (i, entry(v, o, f.min(usable)))
+            }),
+            0..8,
+        )
+    }
+
+    fn arb_update() -> impl Strategy<Value = Vec<u8>> {
+        (arb_ring(), arb_entries()).prop_map(|(r, e)| update(r, RANGE, &e))
+    }
+
+    fn ring_state(c: &IpamChannel) -> (Option<RingId>, Vec<Entry>) {
+        (c.ring_id(), entries(c))
+    }
+
+    fn fresh(t: Instant) -> IpamChannel {
+        peer(9, RANGE, t)
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_update(), b in arb_update()) {
+            let t = Instant::now();
+            let mut ab = fresh(t);
+            ab.merge(name(1), &a).unwrap();
+            ab.merge(name(2), &b).unwrap();
+            let mut ba = fresh(t);
+            ba.merge(name(2), &b).unwrap();
+            ba.merge(name(1), &a).unwrap();
+            prop_assert_eq!(ring_state(&ab), ring_state(&ba));
+            prop_assert_eq!(ab.digest_hash(), ba.digest_hash());
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_update(), b in arb_update(), c in arb_update()) {
+            let t = Instant::now();
+            // (a ⊔ b) ⊔ c, with a ⊔ b formed on another replica and shipped as its state.
+            let mut ab = fresh(t);
+            ab.merge(name(1), &a).unwrap();
+            ab.merge(name(1), &b).unwrap();
+            let mut left = fresh(t);
+            for part in ab.full_state(1 << 16) {
+                left.merge(name(1), &part).unwrap();
+            }
+            left.merge(name(1), &c).unwrap();
+            // a ⊔ (b ⊔ c).
+            let mut bc = fresh(t);
+            bc.merge(name(1), &b).unwrap();
+            bc.merge(name(1), &c).unwrap();
+            let mut right = fresh(t);
+            right.merge(name(1), &a).unwrap();
+            for part in bc.full_state(1 << 16) {
+                right.merge(name(1), &part).unwrap();
+            }
+            prop_assert_eq!(ring_state(&left), ring_state(&right));
+
+            // Relaying only what improved carries the same information.
+            let mut hop = fresh(t);
+            let mut relayed = fresh(t);
+            for u in [&a, &b, &c] {
+                if let Some(improved) = hop.merge(name(1), u).unwrap() {
+                    relayed.merge(name(1), &improved).unwrap();
+                }
+            }
+            prop_assert_eq!(ring_state(&relayed), ring_state(&hop));
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_update()) {
+            let t = Instant::now();
+            let mut once = fresh(t);
+            once.merge(name(1), &a).unwrap();
+            let (state, hash) = (ring_state(&once), once.digest_hash());
+            prop_assert_eq!(once.merge(name(2), &a).unwrap(), None);
+            prop_assert_eq!(ring_state(&once), state);
+            prop_assert_eq!(once.digest_hash(), hash);
+        }
+
+        #[test]
+        fn anti_entropy_converges(a in arb_update(), b in arb_update()) {
+            let t = Instant::now();
+            let (mut x, mut y) = (peer(7, RANGE, t), peer(8, RANGE, t));
+            x.merge(name(1), &a).unwrap();
+            y.merge(name(2), &b).unwrap();
+            for _ in 0..2 {
+                let (for_y, x_wants) = x.compare_digest(&y.digest(), 1 << 16).unwrap();
+                for part in for_y {
+                    y.merge(name(7), &part).unwrap();
+                }
+                if x_wants {
+                    let (for_x, _) = y.compare_digest(&x.digest(), 1 << 16).unwrap();
+                    for part in for_x {
+                        x.merge(name(8), &part).unwrap();
+                    }
+                }
+            }
+            prop_assert_eq!(ring_state(&x), ring_state(&y));
+            prop_assert_eq!(x.compare_digest(&y.digest(), 1 << 16).unwrap(), (vec![], false));
+        }
+
+        /// Everything that comes from the network: arbitrary bytes may fail, never panic.
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let t = Instant::now();
+            let mut a = peer(1, RANGE, t);
+            let _ = a.merge(name(2), &bytes);
+            let _ = a.compare_digest(&bytes, 0);
+            let _ = a.on_unicast(name(2), &bytes);
+            let _ = decode_msg(&bytes);
+            let _ = IpamSnapshot::from_bytes(&bytes);
+            a.allocate(&key(1), t).unwrap();
+            let _ = a.merge(name(2), &bytes);
+            let _ = a.compare_digest(&bytes, 0);
+            let _ = a.on_unicast(name(2), &bytes);
+        }
+
+        /// Well-formed messages with arbitrary content never panic either.
+        #[test]
+        fn arbitrary_messages_never_panic(
+            ring in arb_ring(),
+            addrs in prop::collection::vec(any::<u32>(), 0..8),
+            which in 0u8..6,
+            entries in arb_entries(),
+        ) {
+            let t = Instant::now();
+            let mut a = peer(1, RANGE, t);
+            a.allocate(&key(1), t).unwrap();
+            let addrs: Vec<Ipv4Addr> = addrs.into_iter().map(Ipv4Addr::from).collect();
+            let msg = match which {
+                0 => IpamMsg::SpaceRequest { ring },
+                1 => IpamMsg::Donation(IpamUpdate { ring, range: cidr(RANGE), entries }),
+                2 => IpamMsg::Denied { ring, reason: DenyReason::NoSpace },
+                3 => IpamMsg::Reserve { ring, addrs },
+                4 => IpamMsg::Reserved { ring, addrs: addrs.clone(), conflicts: addrs },
+                _ => IpamMsg::Unreserve { ring, addrs },
+            };
+            let _ = a.on_unicast(name(2), &wire::encode(&msg));
+            let _ = a.allocate(&key(2), t);
+            a.tick(t);
+        }
+    }
+
+    // ---- a simulated cluster: random operations, a global duplicate check ----
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(usize, u8),
+        Release(usize, u8),
+        Split(u8),
+        Heal,
+        Restart(usize),
+        Kill(usize),
+        Reclaim(usize, usize, usize),
+        Tick,
+        Gossip,
+    }
+
+    fn arb_op(n: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            10 => (0..n, 0u8..40).prop_map(|(p, k)| Op::Alloc(p, k)),
+            2 => (0..n, 0u8..40).prop_map(|(p, k)| Op::Release(p, k)),
+            1 => any::<u8>().prop_map(Op::Split),
+            1 => Just(Op::Heal),
+            1 => (0..n).prop_map(Op::Restart),
+            1 => (0..n).prop_map(Op::Kill),
+            2 => (0..n, 0..n, 0..n).prop_map(|(d, a, b)| Op::Reclaim(d, a, b)),
+            2 => Just(Op::Tick),
+            2 => Just(Op::Gossip),
+        ]
+    }
+
+    struct Net {
+        peers: Vec<Option<IpamChannel>>,
+        group: Vec<u8>,
+        queue: VecDeque<(usize, usize, Vec<u8>)>,
+        now: Instant,
+        start: Instant,
+        uid: u64,
+        range: &'static str,
+        /// What each dead peer knew when it died.
+        last_words: BTreeMap<usize, (Option<RingId>, Vec<Entry>)>,
+    }
+
+    fn pname(i: usize) -> PeerName {
+        name(i as u64 + 1)
+    }
+
+    impl Net {
+        fn new(n: usize, range: &'static str) -> Self {
+            let now = Instant::now();
+            let mut net = Net {
+                peers: Vec::new(),
+                group: vec![0; n],
+                queue: VecDeque::new(),
+                now,
+                start: now,
+                uid: 1,
+                range,
+                last_words: BTreeMap::new(),
+            };
+            for i in 0..n {
+                let c = net.fresh_peer(i);
+                net.peers.push(Some(c));
+            }
+            net.reach();
+            net
+        }
+
+        fn unix_ms(&self) -> u64 {
+            1_000_000 + self.now.duration_since(self.start).as_millis() as u64
+        }
+
+        fn fresh_peer(&mut self, i: usize) -> IpamChannel {
+            self.uid += 1;
+            IpamChannel::new(
+                config(self.range),
+                pname(i),
+                self.uid,
+                self.now,
+                self.unix_ms(),
+            )
+        }
+
+        fn alive(&self) -> Vec<usize> {
+            (0..self.peers.len())
+                .filter(|i| self.peers[*i].is_some())
+                .collect()
+        }
+
+        fn connected(&self, a: usize, b: usize) -> bool {
+            a != b
+                && self.peers[a].is_some()
+                && self.peers[b].is_some()
+                && self.group[a] == self.group[b]
+        }
+
+        fn reach(&mut self) {
+            for i in 0..self.peers.len() {
+                let reachable: Vec<PeerName> = (0..self.peers.len())
+                    .filter(|j| self.connected(i, *j))
+                    .map(pname)
+                    .collect();
+                if let Some(p) = self.peers[i].as_mut() {
+                    p.set_reachable(reachable);
+                }
+            }
+        }
+
+        fn p(&mut self, i: usize) -> &mut IpamChannel {
+            self.peers[i].as_mut().unwrap()
+        }
+
+        /// Runs the router loop: publish to connected peers, deliver unicasts, until quiet.
+        fn pump(&mut self) {
+            for _ in 0..1000 {
+                let mut busy = false;
+                for i in self.alive() {
+                    let out = self.p(i).take_outbox();
+                    if let Some(update) = out.publish {
+                        busy = true;
+                        let improved = self.p(i).merge(pname(i), &update).unwrap();
+                        for j in self.alive() {
+                            if let Some(u) = &improved
+                                && self.connected(i, j)
+                            {
+                                self.p(j).merge(pname(i), u).unwrap();
+                            }
+                        }
+                    }
+                    for (dst, payload) in out.unicasts {
+                        busy = true;
+                        let j = dst.as_u64() as usize - 1;
+                        self.queue.push_back((i, j, payload));
+                    }
+                }
+                while let Some((i, j, payload)) = self.queue.pop_front() {
+                    busy = true;
+                    if !self.connected(i, j) {
+                        continue;
+                    }
+                    let replies = self.p(j).on_unicast(pname(i), &payload).unwrap();
+                    for (dst, reply) in replies {
+                        self.queue.push_back((j, dst.as_u64() as usize - 1, reply));
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+            panic!("the IPAM exchange does not settle");
+        }
+
+        fn gossip(&mut self) {
+            let alive = self.alive();
+            for &a in &alive {
+                for &b in &alive {
+                    if !self.connected(a, b) {
+                        continue;
+                    }
+                    let digest = self.p(b).digest();
+                    let (for_b, a_wants) = self.p(a).compare_digest(&digest, 1 << 16).unwrap();
+                    for part in for_b {
+                        self.p(b).merge(pname(a), &part).unwrap();
+                    }
+                    if a_wants {
+                        let digest = self.p(a).digest();
+                        let (for_a, _) = self.p(b).compare_digest(&digest, 1 << 16).unwrap();
+                        for part in for_a {
+                            self.p(a).merge(pname(b), &part).unwrap();
+                        }
+                    }
+                }
+            }
+            self.pump();
+        }
+
+        fn tick(&mut self) {
+            self.now += 3 * SEC;
+            let now = self.now;
+            for i in self.alive() {
+                self.p(i).tick(now);
+            }
+            self.pump();
+        }
+
+        /// Heals everything and runs rounds until every live peer holds the same ring.
+        fn settle(&mut self) {
+            self.group.iter_mut().for_each(|g| *g = 0);
+            self.reach();
+            for _ in 0..12 {
+                self.tick();
+                self.gossip();
+            }
+        }
+
+        fn all_allocations(&self) -> BTreeMap<Ipv4Addr, Vec<(usize, AllocKey)>> {
+            let mut all: BTreeMap<Ipv4Addr, Vec<(usize, AllocKey)>> = BTreeMap::new();
+            for (i, p) in self.peers.iter().enumerate() {
+                for (k, a) in p.iter().flat_map(|p| p.allocations()) {
+                    all.entry(a).or_default().push((i, k));
+                }
+            }
+            all
+        }
+
+        fn duplicates(&self) -> Vec<Ipv4Addr> {
+            self.all_allocations()
+                .into_iter()
+                .filter(|(_, holders)| holders.len() > 1)
+                .map(|(a, _)| a)
+                .collect()
+        }
+
+        fn apply(&mut self, op: &Op) {
+            let now = self.now;
+            match *op {
+                Op::Alloc(i, k) => {
+                    // Like the router: a retryable error is retried once its request is answered.
+                    for _ in 0..3 {
+                        let Some(p) = self.peers[i].as_mut() else {
+                            break;
+                        };
+                        match p.allocate(&key(u64::from(k)), now) {
+                            Err(e) if e.is_retryable() => self.pump(),
+                            _ => break,
+                        }
+                    }
+                }
+                Op::Release(i, k) => {
+                    if let Some(p) = self.peers[i].as_mut() {
+                        p.release(&key(u64::from(k)), now);
+                    }
+                }
+                Op::Split(mask) => {
+                    for (i, g) in self.group.iter_mut().enumerate() {
+                        *g = (mask >> i) & 1;
+                    }
+                    self.reach();
+                }
+                Op::Heal => {
+                    self.group.iter_mut().for_each(|g| *g = 0);
+                    self.reach();
+                }
+                Op::Restart(i) => {
+                    if let Some(p) = self.peers[i].take() {
+                        let bytes = p.snapshot().to_bytes();
+                        let snap = IpamSnapshot::from_bytes(&bytes).unwrap();
+                        self.uid += 1;
+                        let unix_ms = self.unix_ms();
+                        let restored =
+                            IpamChannel::restore(config(self.range), snap, self.uid, now, unix_ms)
+                                .unwrap();
+                        assert_eq!(restored.allocations(), p.allocations());
+                        self.peers[i] = Some(restored);
+                        self.reach();
+                    }
+                }
+                Op::Kill(i) => {
+                    if self.alive().len() > 2
+                        && let Some(p) = self.peers[i].take()
+                    {
+                        self.last_words.insert(i, ring_state(&p));
+                        self.reach();
+                    }
+                }
+                Op::Reclaim(dead, r1, r2) => {
+                    let Some((ring, last)) = self.last_words.get(&dead).cloned() else {
+                        return;
+                    };
+                    // rmpeer's precondition: the reclaimers saw the dead peer's last words.
+                    let saw_all = |p: &IpamChannel| {
+                        p.ring_id() == ring
+                            && entries(p)
+                                .iter()
+                                .zip(&last)
+                                .all(|(mine, theirs)| !theirs.supersedes(mine))
+                    };
+                    for r in [r1, r2] {
+                        if self.peers[r].as_ref().is_some_and(saw_all) {
+                            self.p(r).reclaim(pname(dead), now).unwrap();
+                        }
+                    }
+                }
+                Op::Tick => self.tick(),
+                Op::Gossip => self.gossip(),
+            }
+            self.pump();
+        }
+
+        fn hashes(&self) -> BTreeSet<u64> {
+            self.peers
+                .iter()
+                .flatten()
+                .map(|p| p.digest_hash())
+                .collect()
+        }
+    }
+
+    fn ops() -> impl Strategy<Value = (usize, Vec<Op>)> {
+        (3usize..=5).prop_flat_map(|n| (Just(n), prop::collection::vec(arb_op(n), 1..80)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// One ring; partitions, heals, restarts, deaths and double reclaims: no address is
+        /// ever held twice, and once healed everyone holds the same ring.
+        #[test]
+        fn no_address_is_ever_handed_out_twice((n, ops) in ops()) {
+            let mut net = Net::new(n, "10.0.0.0/28");
+            let now = net.now;
+            net.p(0).allocate(&key(200), now).unwrap();
+            net.pump();
+            net.gossip();
+            for op in &ops {
+                net.apply(op);
+                let dups = net.duplicates();
+                prop_assert!(dups.is_empty(), "after {:?}: {:?}", op, net.all_allocations());
+            }
+            net.settle();
+            prop_assert!(net.duplicates().is_empty());
+            prop_assert_eq!(net.hashes().len(), 1, "one ring once connected");
+            for p in net.peers.iter().flatten() {
+                prop_assert!(p.conflicts().is_empty());
+                prop_assert_eq!(p.status(net.now).orphans, 0);
+            }
+            // Space is not lost: every usable address is owned by a live peer or was reclaimed
+            // from a peer nobody reclaimed yet.
+            let ring = entries(net.peers.iter().flatten().next().unwrap());
+            prop_assert!(ring.iter().all(|e| e.known()));
+        }
+
+        /// Two partitions bootstrap separately and allocate; once healed there is one ring,
+        /// the older, and every address held twice is reported as a conflict.
+        #[test]
+        fn independent_rings_merge_and_duplicates_are_reported(
+            first in prop::collection::vec((0usize..4, 0u8..24), 1..12),
+            later in prop::collection::vec(arb_op(4), 0..30),
+        ) {
+            let mut net = Net::new(4, "10.0.0.0/26");
+            net.apply(&Op::Split(0b1100));
+            for (i, k) in &first {
+                net.apply(&Op::Alloc(*i, *k));
+                net.now += SEC;
+            }
+            net.apply(&Op::Alloc(0, 100));
+            net.apply(&Op::Alloc(3, 100));
+            let rings: BTreeSet<RingId> = net.peers.iter().flatten().filter_map(|p| p.ring_id()).collect();
+            prop_assert_eq!(rings.len(), 2);
+            let winner = *rings.iter().next().unwrap();
+            let winners: Vec<(usize, Vec<(AllocKey, Ipv4Addr)>)> = net
+                .peers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+                .filter(|(_, p)| p.ring_id() == Some(winner))
+                .map(|(i, p)| (i, p.allocations()))
+                .collect();
+            for op in later.iter().filter(|op| !matches!(op, Op::Kill(_) | Op::Reclaim(..))) {
+                net.apply(op);
+            }
+            net.settle();
+            prop_assert_eq!(net.hashes().len(), 1);
+            prop_assert!(net.peers.iter().flatten().all(|p| p.ring_id() == Some(winner)));
+            let reported: BTreeSet<Ipv4Addr> = net
+                .peers
+                .iter()
+                .flatten()
+                .flat_map(|p| p.conflicts())
+                .map(|c| c.addr)
+                .collect();
+            for dup in net.duplicates() {
+                prop_assert!(reported.contains(&dup), "unreported duplicate {}", dup);
+            }
+            // The winners' allocations are untouched unless they released them themselves.
+            if later.is_empty() {
+                for (i, allocs) in winners {
+                    prop_assert_eq!(net.peers[i].as_ref().unwrap().allocations(), allocs);
+                }
+            }
+        }
     }
 }
