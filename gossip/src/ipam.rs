@@ -57,17 +57,24 @@
 //! then adopted (on `tick`) by its **custodian**: the owner of the nearest owned chunk before it
 //! on the ring, the way a token ring hands a removed token's range to its predecessor.
 //! Custodianship follows chunk ownership, so it changes hands only by the owner's own writes
-//! and has the same no-overlap argument. If nothing in the ring is owned, the custodian is the
-//! smallest name among this peer and the peers it reaches. At equal version an entry written
-//! by an owner beats a reclaim, so a reclaim based on a stale view of the departed peer's last
-//! entries is undone by those entries rather than overriding them.
+//! and has the same no-overlap argument. At equal version an entry written by an owner beats a
+//! reclaim, so a reclaim based on a stale view of the departed peer's last entries is undone
+//! by those entries rather than overriding them.
+//!
+//! A reclaim is refused unless this peer or a peer it reaches owns some space
+//! ([`IpamError::NoLiveHeir`]), so reclaims of dead peers never leave the ring without owners
+//! and every unowned chunk has a custodian. When the last owner died there is no heir that
+//! two partitioned hosts could agree on without talking: `force` reclaims anyway, and then the
+//! custodian of an ownerless ring is the smallest name among the adopting peer and the peers
+//! it reaches, which is safe on one host (or connected hosts) only.
 //!
 //! # What is guaranteed
 //! - Within one ring, no address is ever handed out twice, across partitions, restarts (with
 //!   the snapshot) and any number of concurrent reclaims, **provided** `rmpeer` is only run on
 //!   a peer that is dead for good and whose last ring updates reached the host running it
-//!   (true once gossip settled). A reclaim from a stale view, or of a live peer, can cause
-//!   duplicates; they are detected and reported, never silent.
+//!   (true once gossip settled), and without `force`. A reclaim from a stale view, of a live
+//!   peer, or forced on two partitioned hosts can cause duplicates; they are detected and
+//!   reported, never silent.
 //! - Two independently created rings merge into one. The winning ring's allocations are never
 //!   disturbed; the losing ring's allocations stay with their containers and are reserved with
 //!   the new owners. An address the winning side handed out before the reservation arrived is
@@ -377,6 +384,10 @@ pub enum IpamError {
     ReclaimSelf,
     #[error("peer {0} is reachable: refusing to reclaim the space of a live peer")]
     PeerReachable(PeerName),
+    #[error(
+        "no live peer owns address space to inherit that of {0}; if it is gone for good, run `weft rmpeer --force {0}` on one host only"
+    )]
+    NoLiveHeir(PeerName),
     #[error("snapshot does not fit: {0}")]
     Snapshot(String),
 }
@@ -836,7 +847,10 @@ impl IpamChannel {
 
     /// `weft rmpeer NAME`: marks the chunks of departed peer `peer` unowned (see the module
     /// docs for why two hosts may do this at once). Returns how many addresses were taken.
-    pub fn reclaim(&mut self, peer: PeerName, now: Instant) -> Result<u64, IpamError> {
+    ///
+    /// Refused unless we or a peer we reach own some space to inherit it ([`IpamError::NoLiveHeir`]);
+    /// `force` skips that check, and is safe on one host only (module docs).
+    pub fn reclaim(&mut self, peer: PeerName, force: bool, now: Instant) -> Result<u64, IpamError> {
         self.set_now(now);
         if peer == self.local {
             return Err(IpamError::ReclaimSelf);
@@ -845,9 +859,18 @@ impl IpamChannel {
             return Err(IpamError::PeerReachable(peer));
         }
         let geo = self.geo;
+        let local = self.local;
+        let reachable = &self.reachable;
         let Some(ring) = self.ring.as_mut() else {
             return Err(IpamError::NoRing);
         };
+        let live_heir = ring.entries.iter().any(|e| {
+            e.owner
+                .is_some_and(|o| o != peer && (o == local || reachable.contains(&o)))
+        });
+        if !live_heir && !force {
+            return Err(IpamError::NoLiveHeir(peer));
+        }
         let mut taken = 0u64;
         for (i, entry) in ring.entries.iter_mut().enumerate() {
             if entry.owner != Some(peer) || entry.version == u64::MAX {
@@ -2140,10 +2163,10 @@ mod tests {
         assert_eq!(b.digest_hash(), c.digest_hash());
         // b dies; a and c both run `rmpeer b` at once.
         assert_eq!(
-            a.reclaim(name(2), t),
+            a.reclaim(name(2), false, t),
             Err(IpamError::PeerReachable(name(2)))
         );
-        assert_eq!(a.reclaim(name(1), t), Err(IpamError::ReclaimSelf));
+        assert_eq!(a.reclaim(name(1), false, t), Err(IpamError::ReclaimSelf));
         for p in [&mut a, &mut c] {
             p.set_reachable([name(1), name(3)]);
         }
@@ -2153,8 +2176,8 @@ mod tests {
             .count();
         assert!(b_chunks > 0);
         let before_a = entries(&a);
-        let taken_a = a.reclaim(name(2), t).unwrap();
-        let taken_c = c.reclaim(name(2), t).unwrap();
+        let taken_a = a.reclaim(name(2), false, t).unwrap();
+        let taken_c = c.reclaim(name(2), false, t).unwrap();
         assert_eq!(taken_a, taken_c);
         assert_eq!(taken_a, b_chunks as u64);
         let (ua, _) = drain(&mut a);
@@ -2192,6 +2215,30 @@ mod tests {
         assert_eq!(a.status(t).unowned, 0);
         // b's last address is now free for others; nothing allocated is duplicated.
         assert!(a.conflicts().is_empty() && c.conflicts().is_empty());
+    }
+
+    #[test]
+    fn the_last_owner_is_reclaimed_only_by_force_on_one_host() {
+        let t = Instant::now();
+        let range = "10.0.0.0/24";
+        let (mut a, mut b) = (peer(1, range, t), peer(2, range, t));
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        introduce(&a, &mut b);
+        // a, the only owner, is gone; b owns nothing and reaches nobody who does.
+        let err = b.reclaim(name(1), false, t).unwrap_err();
+        assert_eq!(err, IpamError::NoLiveHeir(name(1)));
+        assert!(err.to_string().contains("--force"));
+        assert_eq!(
+            b.digest_hash(),
+            a.digest_hash(),
+            "a refused reclaim changes nothing"
+        );
+        assert_eq!(b.reclaim(name(1), true, t).unwrap(), 254);
+        // Nothing is owned: b, alone, is the custodian of everything.
+        let got = b.allocate(&key(2), t).unwrap();
+        assert_eq!(b.owner_of(got), Some(name(2)));
+        assert_eq!(b.status(t).unowned, 0);
     }
 
     #[test]
@@ -2371,7 +2418,7 @@ mod tests {
         }
         assert_eq!(b.digest_hash(), a.digest_hash());
         // Saturated versions never panic anything local.
-        assert!(a.reclaim(name(3), t).is_ok());
+        assert!(a.reclaim(name(3), true, t).is_ok());
         a.tick(t);
     }
 
@@ -2829,7 +2876,10 @@ mod tests {
                     };
                     for r in [r1, r2] {
                         if self.peers[r].as_ref().is_some_and(saw_all) {
-                            self.p(r).reclaim(pname(dead), now).unwrap();
+                            match self.p(r).reclaim(pname(dead), false, now) {
+                                Ok(_) | Err(IpamError::NoLiveHeir(_)) => {}
+                                Err(e) => panic!("{e}"),
+                            }
                         }
                     }
                 }

@@ -1028,8 +1028,8 @@ fn ipam_over_the_mesh_joins_asks_partitions_heals_and_reclaims() {
         advance_ipam(&mut sim, &ipams, Duration::from_secs(30));
     }
     let now = sim.now;
-    let taken_0 = ipams[0].lock().reclaim(node3, now).unwrap();
-    let taken_1 = ipams[1].lock().reclaim(node3, now).unwrap();
+    let taken_0 = ipams[0].lock().reclaim(node3, false, now).unwrap();
+    let taken_1 = ipams[1].lock().reclaim(node3, false, now).unwrap();
     assert_eq!(taken_0, taken_1);
     assert!(taken_0 > 0);
     for _ in 0..3 {
