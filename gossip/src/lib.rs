@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod fnv;
 pub mod handshake;
+pub mod ipam;
 pub mod macs;
 pub mod maker;
 pub mod mesh;

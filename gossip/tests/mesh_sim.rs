@@ -832,3 +832,218 @@ fn mac_claims_spread_move_withdraw_and_reach_late_joiners() {
     let version = macs[0].lock().claim(&other).map(|c| c.version);
     assert_eq!(version, Some(2));
 }
+
+// IPAM, hosted the way the router hosts it: the mesh holds one handle of a shared channel and
+// the router (here, these helpers) keeps a clone. After every event the router supplies
+// reachability from the routes, takes the channel's outbox and publishes / unicasts it.
+
+use weft_gossip::ipam::{AllocKey, IPAM_CHANNEL, IpamChannel, IpamConfig, IpamError, SharedIpam};
+
+fn host_ipam(sim: &mut Sim, node: usize) -> SharedIpam {
+    let config = IpamConfig::new("10.40.0.0/24".parse().unwrap());
+    let unix_ms = 1_000_000 + sim.now.elapsed().as_millis() as u64 + node as u64;
+    let channel = IpamChannel::new(config, name(node), sim.uids[node], sim.now, unix_ms);
+    let shared = SharedIpam::new(channel);
+    sim.meshes[node].add_channel(IPAM_CHANNEL, Box::new(shared.clone()));
+    shared
+}
+
+/// The router's loop for every live IPAM: reachability, outbox, until nothing is left to send.
+fn pump_ipam(sim: &mut Sim, ipams: &[SharedIpam]) {
+    for _ in 0..100 {
+        sim.settle();
+        let mut busy = false;
+        for (node, ipam) in ipams.iter().enumerate() {
+            if sim.down.contains(&node) {
+                continue;
+            }
+            let reachable: Vec<PeerName> = sim.meshes[node]
+                .routes()
+                .table(LinkSet::All)
+                .into_iter()
+                .map(|(peer, _)| peer)
+                .collect();
+            ipam.lock().set_reachable(reachable);
+            let out = ipam.lock().take_outbox();
+            let mut actions = Vec::new();
+            if let Some(update) = out.publish {
+                busy = true;
+                sim.meshes[node]
+                    .publish(IPAM_CHANNEL, &update, &mut actions)
+                    .unwrap();
+            }
+            for (dst, payload) in out.unicasts {
+                busy = true;
+                let _ = sim.meshes[node].unicast(IPAM_CHANNEL, dst, payload, &mut actions);
+            }
+            sim.enqueue(node, actions);
+        }
+        if !busy {
+            return;
+        }
+    }
+    panic!("IPAM traffic does not settle");
+}
+
+fn advance_ipam(sim: &mut Sim, ipams: &[SharedIpam], by: Duration) {
+    sim.advance(by);
+    for (node, ipam) in ipams.iter().enumerate() {
+        if !sim.down.contains(&node) {
+            ipam.lock().tick(sim.now);
+        }
+    }
+    pump_ipam(sim, ipams);
+}
+
+/// Allocates like the router: retries while the error says a request is under way.
+fn allocate(
+    sim: &mut Sim,
+    ipams: &[SharedIpam],
+    node: usize,
+    key: &str,
+) -> Result<Ipv4Addr, IpamError> {
+    let key = AllocKey::new(key, "eth0");
+    for _ in 0..20 {
+        let now = sim.now;
+        match ipams[node].lock().allocate(&key, now) {
+            Err(e) if e.is_retryable() => {}
+            other => return other,
+        }
+        pump_ipam(sim, ipams);
+        advance_ipam(sim, ipams, Duration::from_secs(1));
+    }
+    Err(IpamError::WaitingForRing)
+}
+
+fn ring_hash(ipam: &SharedIpam) -> String {
+    ipam.lock().status(Instant::now()).ring_hash
+}
+
+/// No address is held twice anywhere among the live peers.
+fn assert_no_duplicates(sim: &Sim, ipams: &[SharedIpam]) -> usize {
+    let mut seen = BTreeMap::new();
+    for (node, ipam) in ipams.iter().enumerate() {
+        if sim.down.contains(&node) {
+            continue;
+        }
+        for (key, addr) in ipam.lock().allocations() {
+            if let Some(other) = seen.insert(addr, (node, key.clone())) {
+                panic!("{addr} held by {other:?} and by {:?}", (node, key));
+            }
+        }
+    }
+    seen.len()
+}
+
+fn rings_agree(sim: &Sim, ipams: &[SharedIpam]) -> bool {
+    let live: Vec<&SharedIpam> = ipams
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| !sim.down.contains(n))
+        .map(|(_, i)| i)
+        .collect();
+    live.iter().all(|i| ring_hash(i) == ring_hash(live[0]))
+}
+
+#[test]
+fn ipam_over_the_mesh_joins_asks_partitions_heals_and_reclaims() {
+    let mut sim = Sim::new(4);
+    let ipams: Vec<SharedIpam> = (0..4).map(|node| host_ipam(&mut sim, node)).collect();
+    // Node 0 is alone: it creates the ring at once, no quorum.
+    let first = allocate(&mut sim, &ipams, 0, "pod-0").unwrap();
+    assert_eq!(first, "10.40.0.1".parse::<Ipv4Addr>().unwrap());
+    let ring = ipams[0].lock().ring_id().unwrap();
+
+    // The others join one at a time; each receives the ring and asks for space.
+    for node in 1..4 {
+        sim.tell(node, &[node - 1]);
+        sim.run_until("joined", |s| {
+            (0..=node).all(|n| s.meshes[n].topology().len() == node + 1)
+        });
+        pump_ipam(&mut sim, &ipams);
+        allocate(&mut sim, &ipams, node, &format!("pod-{node}")).unwrap();
+        assert_eq!(
+            ipams[node].lock().ring_id(),
+            Some(ring),
+            "one ring, never two"
+        );
+    }
+    assert_no_duplicates(&sim, &ipams);
+
+    // Node 1 runs out of its share and asks a peer for more.
+    let mut asked = 0;
+    for k in 0..100 {
+        let now = sim.now;
+        let key = AllocKey::new(format!("busy-{k}"), "eth0");
+        if ipams[1].lock().allocate(&key, now).is_err() {
+            asked += 1;
+            allocate(&mut sim, &ipams, 1, &key.container).unwrap();
+        }
+    }
+    assert!(asked > 0, "node 1 needed space from others");
+    assert_eq!(assert_no_duplicates(&sim, &ipams), 104);
+    sim.run_until("rings agree", |s| rings_agree(s, &ipams));
+
+    // A partition: {0, 1} and {2, 3}. Both sides allocate from what they own.
+    for a in [0, 1] {
+        for b in [2, 3] {
+            sim.blocked.insert((a, b));
+        }
+    }
+    let cut: Vec<ConnKey> = sim
+        .links
+        .iter()
+        .filter(|(_, l)| (l.node < 2) != (l.peer_node < 2))
+        .map(|(k, _)| *k)
+        .collect();
+    for key in cut {
+        sim.close(key, "partition");
+    }
+    for _ in 0..3 {
+        advance_ipam(&mut sim, &ipams, Duration::from_secs(10));
+    }
+    for node in 0..4 {
+        for k in 0..5 {
+            allocate(&mut sim, &ipams, node, &format!("split-{node}-{k}")).unwrap();
+        }
+    }
+    assert_no_duplicates(&sim, &ipams);
+
+    // Healed: one ring again, still no duplicate.
+    sim.blocked.clear();
+    sim.run_until("healed", Sim::full_mesh);
+    for _ in 0..3 {
+        advance_ipam(&mut sim, &ipams, Duration::from_secs(30));
+    }
+    assert!(rings_agree(&sim, &ipams));
+    assert_eq!(assert_no_duplicates(&sim, &ipams), 124);
+
+    // Node 3 dies for good; once the others forget it, two hosts run `rmpeer` at once.
+    let node3 = name(3);
+    sim.kill(3);
+    sim.run_until("node 3 forgotten", |s| {
+        (0..3).all(|n| s.meshes[n].topology().get(node3).is_none())
+    });
+    for _ in 0..3 {
+        advance_ipam(&mut sim, &ipams, Duration::from_secs(30));
+    }
+    let now = sim.now;
+    let taken_0 = ipams[0].lock().reclaim(node3, false, now).unwrap();
+    let taken_1 = ipams[1].lock().reclaim(node3, false, now).unwrap();
+    assert_eq!(taken_0, taken_1);
+    assert!(taken_0 > 0);
+    for _ in 0..3 {
+        advance_ipam(&mut sim, &ipams, Duration::from_secs(30));
+    }
+    assert!(rings_agree(&sim, &ipams));
+    let status = ipams[2].lock().status(sim.now);
+    assert_eq!(status.unowned, 0, "reclaimed space was adopted");
+    assert!(status.owners.iter().all(|o| o.peer != node3 && o.reachable));
+    assert_eq!(status.owners.iter().map(|o| o.addresses).sum::<u64>(), 256);
+    assert!(status.conflicts.is_empty());
+    // Node 3's pods are gone with it; its addresses can be handed out again, once.
+    for k in 0..40 {
+        allocate(&mut sim, &ipams, 2, &format!("after-{k}")).unwrap();
+    }
+    assert_no_duplicates(&sim, &ipams);
+}
