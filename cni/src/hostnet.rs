@@ -3,7 +3,6 @@
 //! [`crate::netlink::Netlink`].
 
 use std::net::IpAddr;
-use std::path::Path;
 
 use crate::error::CniError;
 use crate::ip::IpNet;
@@ -61,10 +60,6 @@ pub trait HostNet {
     /// Checks `netns` is a network namespace other than the plugin's own (error 4 naming
     /// `CNI_NETNS` otherwise).
     fn check_netns(&self, netns: &str) -> Result<(), CniError>;
-    /// Whether `netns` still exists (DEL of a deleted netns is fine).
-    fn netns_exists(&self, netns: &str) -> bool {
-        Path::new(netns).exists()
-    }
     /// The bridge's MTU, or `None` if there is no such bridge.
     fn bridge_mtu(&self, bridge: &str) -> Result<Option<u32>, CniError>;
     /// Creates the pair: host end on the bridge (MTU, hairpin, up), the peer created directly

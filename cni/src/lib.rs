@@ -22,6 +22,8 @@ pub mod sys;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod plugin_tests;
 
 /// CNI spec versions the plugin answers, oldest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
