@@ -137,8 +137,14 @@ impl HostNet for FakeNet {
         Ok(())
     }
 
-    fn announce(&self, netns: &str, ifname: &str, addr: IpAddr) -> Result<(), CniError> {
-        self.record("announce", format!("{netns} {ifname} {addr}"))
+    fn announce(
+        &self,
+        netns: &str,
+        ifname: &str,
+        host_name: &str,
+        addr: IpAddr,
+    ) -> Result<(), CniError> {
+        self.record("announce", format!("{netns} {ifname} {host_name} {addr}"))
     }
 
     fn delete_host_link(&self, name: &str) -> Result<bool, CniError> {

@@ -73,8 +73,15 @@ pub trait HostNet {
         addrs: &[IpNet],
         routes: &[RouteSpec],
     ) -> Result<(), CniError>;
-    /// Sends a gratuitous ARP for `addr` from `ifname` inside the netns (IPv4 only).
-    fn announce(&self, netns: &str, ifname: &str, addr: IpAddr) -> Result<(), CniError>;
+    /// Sends a gratuitous ARP for `addr` from `ifname` inside the netns (IPv4 only), once the
+    /// path is open: the host end `host_name` forwarding on its bridge, `ifname` operationally up.
+    fn announce(
+        &self,
+        netns: &str,
+        ifname: &str,
+        host_name: &str,
+        addr: IpAddr,
+    ) -> Result<(), CniError>;
     /// Deletes the host end (and so its peer); `Ok(false)` if there was none.
     fn delete_host_link(&self, name: &str) -> Result<bool, CniError>;
     /// The host end, if it exists.

@@ -7,6 +7,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
@@ -14,8 +15,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -27,6 +28,9 @@ use crate::error::{self, CniError};
 use crate::hostnet::{ContainerIface, CreatedVeth, HostLink, HostNet, RouteSpec, VethRequest};
 use crate::ip::IpNet;
 use crate::sys;
+
+/// How long the gratuitous ARP waits for the pod's interface to be operationally up.
+const OPER_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// rtnetlink on the real kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -316,6 +320,27 @@ fn mtu_of(link: &LinkMessage) -> u32 {
         .unwrap_or(0)
 }
 
+/// Whether a bridge port is in the forwarding state (true for a link that is not a port).
+fn port_forwarding(link: &LinkMessage) -> bool {
+    let mut is_port = false;
+    for a in &link.attributes {
+        if let LinkAttribute::LinkInfo(infos) = a {
+            for i in infos {
+                if let LinkInfo::PortData(InfoPortData::BridgePort(attrs)) = i {
+                    is_port = true;
+                    if attrs
+                        .iter()
+                        .any(|b| matches!(b, InfoBridgePort::State(BridgePortState::Forwarding)))
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    !is_port
+}
+
 fn is_bridge(link: &LinkMessage) -> bool {
     link.attributes.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos
@@ -469,14 +494,46 @@ impl HostNet for Netlink {
         Ok(())
     }
 
-    fn announce(&self, netns: &str, ifname: &str, addr: IpAddr) -> Result<(), CniError> {
+    fn announce(
+        &self,
+        netns: &str,
+        ifname: &str,
+        host_name: &str,
+        addr: IpAddr,
+    ) -> Result<(), CniError> {
         let IpAddr::V4(v4) = addr else { return Ok(()) };
+        // The bridge drops frames from a port that is not forwarding yet (it starts forwarding
+        // when the kernel's link watcher has seen the carrier): wait for it, bounded.
+        let deadline = Instant::now() + OPER_UP_WAIT;
+        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        while Instant::now() < deadline {
+            let link = nl
+                .link_by_name(host_name)
+                .map_err(k(format!("look up {host_name}")))?;
+            if link.as_ref().is_none_or(port_forwarding) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let ifname = ifname.to_string();
         sys::in_netns(netns, move || {
             let mut nl = Nl::open()?;
-            let link = nl
-                .link_by_name(&ifname)?
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            // Until the kernel's link watcher has seen the carrier, the device's queue drops
+            // everything: wait for operstate UP (a few ms; bounded), then announce.
+            let deadline = Instant::now() + OPER_UP_WAIT;
+            let link = loop {
+                let link = nl
+                    .link_by_name(&ifname)?
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+                let up = link
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+                if up || Instant::now() >= deadline {
+                    break link;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
             let mac =
                 mac_of(&link).ok_or_else(|| io::Error::other("interface has no MAC address"))?;
             sys::send_gratuitous_arp(link.header.index, mac, v4)

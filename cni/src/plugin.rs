@@ -408,7 +408,7 @@ impl Verb<'_> {
         net.configure_container(netns, ifname, &addrs, &plan.routes)?;
         for a in &addrs {
             // The pod works without it (peers learn the MAC on first contact): warn, go on.
-            if let Err(e) = net.announce(netns, ifname, a.addr) {
+            if let Err(e) = net.announce(netns, ifname, host_name, a.addr) {
                 eprintln!("weft-cni: {e}");
             }
         }
