@@ -1,10 +1,35 @@
-//! The weft CNI plugin (spec 1.1.0), a small client of the local router.
+//! The weft CNI plugin (spec 1.1.0): a small, fast-starting client of the local router.
 //!
-//! What exists so far is version negotiation, which every verb starts with; the verbs and the
-//! router-side IPAM come with the CNI issue.
+//! - [`protocol`]: the plugin ↔ router HTTP/JSON protocol (shared with the router).
+//! - [`config`]: the `CNI_*` environment and the network configuration.
+//! - [`result`]: results in each supported version's format.
+//! - [`client`]: the hand-written HTTP/1.1 client over the router's unix socket.
+//! - [`delegate`]: running a delegated IPAM plugin.
+//! - [`hostnet`]: the kernel edge as a trait; [`netlink`] is the real one, [`sys`] its unsafe bits.
+//! - [`plugin`]: the verbs.
+
+pub mod client;
+pub mod config;
+pub mod delegate;
+pub mod error;
+pub mod hostnet;
+pub mod ip;
+pub mod netlink;
+pub mod plugin;
+pub mod protocol;
+pub mod result;
+pub mod sys;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod plugin_tests;
 
 /// CNI spec versions the plugin answers, oldest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The newest version, used when the caller did not state one we speak.
+pub const LATEST_VERSION: &str = "1.1.0";
 
 /// Whether a network configuration's `cniVersion` is one the plugin speaks.
 pub fn supports(version: &str) -> bool {
