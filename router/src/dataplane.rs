@@ -886,8 +886,8 @@ fn from_tap(
         return;
     };
     if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER + usize::from(shared.mtu) {
-        // TODO(pmtu): answer with ICMP "fragmentation needed" / "packet too big".
-        bump(&shared.counters.drop_too_big);
+        // Larger than the bridge's MTU (a pod configured with a larger one): say so.
+        shared.too_big(frame, usize::from(shared.mtu));
         return;
     }
     let now = Instant::now();
