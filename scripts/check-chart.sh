@@ -20,14 +20,6 @@ KUBERNETES_VERSION=1.35.0
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHART=$ROOT/charts/weft
 
-if [[ -n "${WEFT_TOOLS_DIR:-}" ]]; then
-    TOOLS=$WEFT_TOOLS_DIR
-elif ((EUID == 0)); then
-    TOOLS=/var/cache/weft-tools
-else
-    TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/weft-tools
-fi
-mkdir -p "$TOOLS"
 
 say() { echo "check-chart: $*"; }
 die() {
@@ -38,6 +30,8 @@ die() {
 # --- tools -----------------------------------------------------------------------------------
 # shellcheck source=scripts/deps.sh
 source "$ROOT/scripts/deps.sh"
+TOOLS=$(weft_tools_dir)
+mkdir -p "$TOOLS"
 extra=()
 command -v npm >/dev/null 2>&1 || extra+=(npm)
 weft_deps "${extra[@]}" >/dev/null

@@ -41,6 +41,18 @@ WEFT_CNI_CLIENT_DEPS=(
     xz-utils                    # unpacks the cni source tarball
 )
 
+# weft_tools_dir: prints where downloaded and built tools are cached (helm, cnitool, venvs):
+# WEFT_TOOLS_DIR, else /var/cache/weft-tools as root, else ~/.cache/weft-tools.
+weft_tools_dir() {
+    if [[ -n "${WEFT_TOOLS_DIR:-}" ]]; then
+        echo "$WEFT_TOOLS_DIR"
+    elif ((EUID == 0)); then
+        echo /var/cache/weft-tools
+    else
+        echo "${XDG_CACHE_HOME:-$HOME/.cache}/weft-tools"
+    fi
+}
+
 # weft_deps [EXTRA_PACKAGE...]: installs whatever of WEFT_DEPS and the extras is missing.
 weft_deps() {
     local pkg missing=()

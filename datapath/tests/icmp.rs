@@ -3,42 +3,13 @@
 //! the test reads them from the TAP, answers with `icmp::too_big_reply`, and checks that the
 //! pod's kernel accepted the answer: it caches the announced path MTU for the destination.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{BridgedTap, ip, is_root};
 use weft_datapath::icmp::too_big_reply;
-use weft_datapath::tap::Tap;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces made by this test; deleted on drop, also when the test fails.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
 
 /// A child process killed on drop, also when the test fails.
 struct Killed(Child);
@@ -72,29 +43,11 @@ fn a_pods_kernel_takes_the_announced_mtu_from_our_replies() {
         eprintln!("skipped: needs root");
         return;
     }
-    let id = std::process::id();
-    let (host, pod, tap_name) = (
-        format!("wticmph{id}"),
-        format!("wticmpp{id}"),
-        format!("wicmp{}", id % 100_000),
-    );
-    let _namespaces = Namespaces(vec![host.clone(), pod.clone()]);
-    ip(&["netns", "add", &host]);
-    ip(&["netns", "add", &pod]);
-
-    let tap = Tap::create(&tap_name, false).expect("create TAP");
-    ip(&["link", "set", &tap_name, "netns", &host]);
-    ip(&["-n", &host, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &host, "link", "set", "br0", "up"]);
-    ip(&["-n", &host, "link", "set", &tap_name, "master", "br0", "up"]);
-    ip(&[
-        "-n", &host, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &pod,
-    ]);
-    ip(&["-n", &host, "link", "set", "vpod", "master", "br0", "up"]);
-    ip(&["-n", &pod, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    let net = BridgedTap::new("icmp");
+    let (tap, pod) = (&net.tap, net.pod.as_str());
     ip(&[
         "-n",
-        &pod,
+        pod,
         "addr",
         "add",
         "fd99::2/64",
@@ -102,13 +55,13 @@ fn a_pods_kernel_takes_the_announced_mtu_from_our_replies() {
         "eth0",
         "nodad",
     ]);
-    ip(&["-n", &pod, "link", "set", "eth0", "up"]);
+    ip(&["-n", pod, "link", "set", "eth0", "up"]);
     // Static neighbours: the pod sends straight away, with no ARP or neighbour discovery to
     // answer.
     for neighbour in ["10.99.0.3", "fd99::3"] {
         ip(&[
             "-n",
-            &pod,
+            pod,
             "neigh",
             "add",
             neighbour,
@@ -131,7 +84,7 @@ fn a_pods_kernel_takes_the_announced_mtu_from_our_replies() {
         let _ping = Killed(
             Command::new("ip")
                 .args([
-                    "netns", "exec", &pod, "ping", "-M", "do", "-s", "1400", "-c", "50", "-i",
+                    "netns", "exec", pod, "ping", "-M", "do", "-s", "1400", "-c", "50", "-i",
                     "0.2", target,
                 ])
                 .stdout(Stdio::null())
@@ -155,7 +108,7 @@ fn a_pods_kernel_takes_the_announced_mtu_from_our_replies() {
                     answered += 1;
                 }
             }
-            let route = ip(&["-n", &pod, "route", "get", target]);
+            let route = ip(&["-n", pod, "route", "get", target]);
             if route.contains(&format!("mtu {MTU}")) {
                 break route;
             }

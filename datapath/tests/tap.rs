@@ -2,40 +2,12 @@
 //! test makes (and always removes). A pod resolving a neighbour sends an ARP request that must
 //! come out of the TAP; an ARP reply written to the TAP must reach the pod.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weft_datapath::tap::Tap;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces made by this test; deleted on drop, also when the test fails.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
+use common::{BridgedTap, is_root};
 
 const POD_IP: [u8; 4] = [10, 99, 0, 2];
 const GHOST_IP: [u8; 4] = [10, 99, 0, 3];
@@ -66,35 +38,15 @@ fn frames_cross_between_a_bridge_and_the_tap_both_ways() {
         eprintln!("skipped: needs root");
         return;
     }
-    let id = std::process::id();
-    let (host, pod, tap_name) = (
-        format!("wttaph{id}"),
-        format!("wttapp{id}"),
-        format!("wtap{}", id % 100_000),
-    );
-    let _namespaces = Namespaces(vec![host.clone(), pod.clone()]);
-    ip(&["netns", "add", &host]);
-    ip(&["netns", "add", &pod]);
-
-    // The TAP keeps working after moving: the descriptor follows the device.
-    let tap = Tap::create(&tap_name, false).expect("create TAP");
-    ip(&["link", "set", &tap_name, "netns", &host]);
-    ip(&["-n", &host, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &host, "link", "set", "br0", "up"]);
-    ip(&["-n", &host, "link", "set", &tap_name, "master", "br0", "up"]);
-    ip(&[
-        "-n", &host, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &pod,
-    ]);
-    ip(&["-n", &host, "link", "set", "vpod", "master", "br0", "up"]);
-    ip(&["-n", &pod, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
-    ip(&["-n", &pod, "link", "set", "eth0", "up"]);
+    let net = BridgedTap::new("tap");
+    let (tap, pod) = (&net.tap, net.pod.as_str());
 
     // The pod asks for 10.99.0.3; the bridge floods the request to the TAP.
     let mut pinger = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &pod,
+            pod,
             "ping",
             "-c",
             "3",
@@ -127,7 +79,7 @@ fn frames_cross_between_a_bridge_and_the_tap_both_ways() {
         .expect("write to TAP");
     let learned = loop {
         let out = Command::new("ip")
-            .args(["-n", &pod, "neigh", "show", "10.99.0.3"])
+            .args(["-n", pod, "neigh", "show", "10.99.0.3"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -9,6 +9,8 @@
 //! - every gossip interval each neighbour gets the channel's 8-byte digest hash, and only when
 //!   hashes differ do the two exchange digests and then the entries that differ.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use serde::{Deserialize, Serialize};
 
 use crate::peer::PeerName;
@@ -64,6 +66,70 @@ pub trait GossipChannel: Send {
     }
     /// Peers that left the topology; drop what only they could have vouched for.
     fn peers_gone(&mut self, _peers: &[PeerName]) {}
+}
+
+/// A channel shared between the mesh (which hosts one handle as its gossip channel) and the
+/// router (which keeps a clone to make local changes and read the state): the MAC-to-peer
+/// channel, IPAM. Every trait call is forwarded under the lock.
+#[derive(Debug, Default)]
+pub struct SharedChannel<C>(Arc<Mutex<C>>);
+
+impl<C> Clone for SharedChannel<C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<C> SharedChannel<C> {
+    pub fn new(channel: C) -> Self {
+        Self(Arc::new(Mutex::new(channel)))
+    }
+
+    /// The channel. Do not hold the guard across calls into the mesh (`publish`, `unicast`,
+    /// `on_message`, `tick`, …): they lock it too, and the lock is not reentrant. Never
+    /// panics: nothing in a channel panics while holding the lock, and a poisoned lock is
+    /// taken over as is.
+    pub fn lock(&self) -> MutexGuard<'_, C> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<C: GossipChannel> GossipChannel for SharedChannel<C> {
+    fn digest_hash(&self) -> u64 {
+        self.lock().digest_hash()
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        self.lock().digest()
+    }
+
+    fn full_state(&self, budget: usize) -> Vec<Vec<u8>> {
+        self.lock().full_state(budget)
+    }
+
+    fn merge(&mut self, from: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
+        self.lock().merge(from, update)
+    }
+
+    fn compare_digest(
+        &self,
+        digest: &[u8],
+        budget: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), ChannelError> {
+        self.lock().compare_digest(digest, budget)
+    }
+
+    fn on_unicast(
+        &mut self,
+        src: PeerName,
+        payload: &[u8],
+    ) -> Result<Vec<(PeerName, Vec<u8>)>, ChannelError> {
+        self.lock().on_unicast(src, payload)
+    }
+
+    fn peers_gone(&mut self, peers: &[PeerName]) {
+        self.lock().peers_gone(peers);
+    }
 }
 
 fn encode_parts(update: TopologyUpdate, budget: usize) -> Vec<Vec<u8>> {

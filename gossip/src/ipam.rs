@@ -103,12 +103,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{ChannelError, GossipChannel};
+use crate::channel::{ChannelError, GossipChannel, SharedChannel};
 use crate::fnv::Fnv64;
 use crate::peer::{PeerName, PeerUid};
 use crate::wire::{self, ChannelId};
@@ -1735,56 +1734,7 @@ impl GossipChannel for IpamChannel {
 
 /// An [`IpamChannel`] shared between the mesh (which hosts one handle as its gossip channel)
 /// and the router (which keeps a clone to allocate, release, reclaim and read status).
-#[derive(Debug, Clone)]
-pub struct SharedIpam(Arc<Mutex<IpamChannel>>);
-
-impl SharedIpam {
-    pub fn new(channel: IpamChannel) -> Self {
-        Self(Arc::new(Mutex::new(channel)))
-    }
-
-    /// The channel. Do not hold the guard across calls into the mesh (`publish`, `unicast`,
-    /// `on_message`, `tick`, …): they lock it too, and the lock is not reentrant. Never
-    /// panics: nothing in the channel panics while holding the lock, and a poisoned lock is
-    /// taken over as is.
-    pub fn lock(&self) -> MutexGuard<'_, IpamChannel> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl GossipChannel for SharedIpam {
-    fn digest_hash(&self) -> u64 {
-        self.lock().digest_hash()
-    }
-
-    fn digest(&self) -> Vec<u8> {
-        self.lock().digest()
-    }
-
-    fn full_state(&self, budget: usize) -> Vec<Vec<u8>> {
-        self.lock().full_state(budget)
-    }
-
-    fn merge(&mut self, from: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
-        self.lock().merge(from, update)
-    }
-
-    fn compare_digest(
-        &self,
-        digest: &[u8],
-        budget: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), ChannelError> {
-        self.lock().compare_digest(digest, budget)
-    }
-
-    fn on_unicast(
-        &mut self,
-        src: PeerName,
-        payload: &[u8],
-    ) -> Result<Vec<(PeerName, Vec<u8>)>, ChannelError> {
-        self.lock().on_unicast(src, payload)
-    }
-}
+pub type SharedIpam = SharedChannel<IpamChannel>;
 
 #[cfg(test)]
 mod tests {

@@ -88,12 +88,11 @@
 
 use crate::fnv::Fnv64;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{ChannelError, GossipChannel};
+use crate::channel::{ChannelError, GossipChannel, SharedChannel};
 use crate::peer::PeerName;
 use crate::wire::{self, ChannelId};
 
@@ -585,51 +584,7 @@ impl GossipChannel for MacChannel {
 
 /// A [`MacChannel`] shared between the mesh (which hosts one handle as its gossip channel) and
 /// the router (which keeps a clone to claim, withdraw and look up owners).
-#[derive(Debug, Clone)]
-pub struct SharedMacChannel(Arc<Mutex<MacChannel>>);
-
-impl SharedMacChannel {
-    pub fn new(channel: MacChannel) -> Self {
-        Self(Arc::new(Mutex::new(channel)))
-    }
-
-    /// The channel. Do not hold the guard across calls into the mesh (`publish`, `on_message`,
-    /// `tick`, …): they lock it too, and the lock is not reentrant. Never panics: nothing in
-    /// the channel panics while holding the lock, and a poisoned lock is taken over as is.
-    pub fn lock(&self) -> MutexGuard<'_, MacChannel> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl GossipChannel for SharedMacChannel {
-    fn digest_hash(&self) -> u64 {
-        self.lock().digest_hash()
-    }
-
-    fn digest(&self) -> Vec<u8> {
-        self.lock().digest()
-    }
-
-    fn full_state(&self, budget: usize) -> Vec<Vec<u8>> {
-        self.lock().full_state(budget)
-    }
-
-    fn merge(&mut self, from: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
-        self.lock().merge(from, update)
-    }
-
-    fn compare_digest(
-        &self,
-        digest: &[u8],
-        budget: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), ChannelError> {
-        self.lock().compare_digest(digest, budget)
-    }
-
-    fn peers_gone(&mut self, peers: &[PeerName]) {
-        self.lock().peers_gone(peers);
-    }
-}
+pub type SharedMacChannel = SharedChannel<MacChannel>;
 
 #[cfg(test)]
 mod tests {

@@ -201,8 +201,6 @@ struct PeerLink {
 struct LinkState {
     liveness: Liveness,
     last_heartbeat: Option<Instant>,
-    /// `last_heard` as last fed to `liveness`.
-    heard_seen: u64,
     pmtu: PmtuProber,
     /// The path MTU search has finished at least once; until then the link carries no data
     /// (a path MTU still rising from the floor would make pods cache a tiny one).
@@ -341,6 +339,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`lock`] for the read side of an `RwLock`.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for the write side of an `RwLock`.
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Dataplane {
     /// Sets up the bridge and its TAP port, binds the UDP port, and starts the threads.
     pub fn start(
@@ -444,7 +452,6 @@ impl Dataplane {
             state: Mutex::new(LinkState {
                 liveness: Liveness::new(LivenessConfig::default(), Instant::now()),
                 last_heartbeat: None,
-                heard_seen: 0,
                 pmtu: PmtuProber::new(PmtuConfig {
                     probe_timeout: PMTU_PROBE_TIMEOUT,
                     ..PmtuConfig::new(IPV4_FLOOR, self.shared.underlay_mtu)
@@ -454,16 +461,12 @@ impl Dataplane {
             }),
             counters: LinkCounters::default(),
         };
-        self.shared
-            .links
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Arc::new(link));
+        write(&self.shared.links).insert(id, Arc::new(link));
     }
 
     /// The connection `conn` to `peer` ended; its link goes unless a newer one replaced it.
     pub fn remove_peer(&self, peer: PeerName, conn: ConnKey) {
-        let mut links = self.shared.links.write().unwrap_or_else(|e| e.into_inner());
+        let mut links = write(&self.shared.links);
         if links.get(&peer.to_bytes()).is_some_and(|l| l.conn == conn) {
             links.remove(&peer.to_bytes());
         }
@@ -476,24 +479,14 @@ impl Dataplane {
             local: self.shared.local,
             routes,
         });
-        *self
-            .shared
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = snapshot;
+        *write(&self.shared.routes) = snapshot;
     }
 
     /// Each link's state, for the connections section of the report.
     pub fn links(&self) -> Vec<LinkReport> {
         let s = &self.shared;
         let now = Instant::now();
-        let links: Vec<Arc<PeerLink>> = s
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let links = s.all_links();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         links
             .iter()
@@ -547,7 +540,7 @@ impl Dataplane {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // Locks are taken one at a time, in statements of their own: a guard inside the struct
         // literal below would live to its end.
-        let links = s.links.read().unwrap_or_else(|e| e.into_inner()).len();
+        let links = read(&s.links).len();
         let mac_entries = lock(&s.macs).entries(Instant::now());
         let gossiped_macs = s.gossip_macs.lock().len();
         DatapathReport {
@@ -608,18 +601,16 @@ fn mac_at(frame: &[u8], at: usize) -> Option<Mac> {
 
 impl Shared {
     fn routes(&self) -> Arc<RouteSnapshot> {
-        self.routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.routes).clone()
     }
 
     fn link(&self, peer: &PeerId) -> Option<Arc<PeerLink>> {
-        self.links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .cloned()
+        read(&self.links).get(peer).cloned()
+    }
+
+    /// Every link now, to walk without holding the map's lock.
+    fn all_links(&self) -> Vec<Arc<PeerLink>> {
+        read(&self.links).values().cloned().collect()
     }
 
     /// The peer the MAC-to-peer gossip channel says owns `mac`, if another one.
@@ -1018,32 +1009,26 @@ fn receive(
                 continue;
             }
         }
-        let (deliver_locally, hops) = match forward::from_mesh(frame.src, frame.dst, routes) {
-            Decision::Local => (true, Vec::new()),
+        let mut relay = |hop| {
+            let parts = [frame.payload];
+            if outbox.push(shared, hop, frame.kind, frame.src, frame.dst, &parts) {
+                bump(&counters.relayed);
+            }
+        };
+        match forward::from_mesh(frame.src, frame.dst, routes) {
+            Decision::Local => deliver_frame(shared, &frame, reassembler, now),
             Decision::Flood {
                 deliver_locally,
                 hops,
-            } => (deliver_locally, hops),
-            Decision::Unicast { next_hop, .. } => (false, vec![next_hop]),
-            Decision::Drop(_) => {
-                bump(&counters.drop_no_route);
-                continue;
+            } => {
+                if deliver_locally {
+                    deliver_frame(shared, &frame, reassembler, now);
+                }
+                hops.into_iter().for_each(relay);
             }
-        };
-        if deliver_locally {
-            deliver_frame(shared, &frame, reassembler, now);
-        }
-        for hop in hops {
-            if outbox.push(
-                shared,
-                hop,
-                frame.kind,
-                frame.src,
-                frame.dst,
-                &[frame.payload],
-            ) {
-                bump(&counters.relayed);
-            }
+            // No list to build for the common relay case: one hop.
+            Decision::Unicast { next_hop, .. } => relay(next_hop),
+            Decision::Drop(_) => bump(&counters.drop_no_route),
         }
     }
 }
@@ -1096,18 +1081,11 @@ fn timer_loop(shared: &Shared) {
     loop {
         std::thread::sleep(TIMER_TICK);
         let now = Instant::now();
-        let links: Vec<Arc<PeerLink>> = shared
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for link in &links {
+        for link in &shared.all_links() {
             let mut state = lock(&link.state);
+            // `on_heard` ignores a time it has seen already.
             let heard = link.last_heard.load(Ordering::Relaxed);
-            if heard != state.heard_seen {
-                state.heard_seen = heard;
+            if heard != 0 {
                 state
                     .liveness
                     .on_heard(shared.epoch + Duration::from_nanos(heard));

@@ -35,7 +35,7 @@ fn sleeve_mesh_with(
         net.check_full_mesh(&net.host_ids())
     })?;
     net.wait_until("every data path is up everywhere", SETTLE, || {
-        data_paths_up(&net)
+        net.check_data_paths_up(&net.host_ids())
     })?;
     for i in net.host_ids() {
         let mtu = net.report_json(i)?["datapath"]["mtu"]
@@ -44,44 +44,6 @@ fn sleeve_mesh_with(
         net.add_pod(i, "weft", &format!("10.40.0.{i}/24"), u16::try_from(mtu)?)?;
     }
     Ok(net)
-}
-
-/// The data path of `host`'s connection to the host with nickname `peer`, from its report.
-fn link(net: &Net, host: HostId, peer: HostId) -> anyhow::Result<serde_json::Value> {
-    let report = net.report_json(host)?;
-    let nickname = net.nickname(peer);
-    let connection = report["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["nickname"] == nickname.as_str() && c["state"] == "established")
-        .with_context(|| format!("host{host} has no connection to {nickname}"))?;
-    Ok(connection["datapath"].clone())
-}
-
-/// Every host's links are up and every host has heard (through gossip) that all links are
-/// established, so data routes are direct everywhere.
-fn data_paths_up(net: &Net) -> anyhow::Result<bool> {
-    let hosts = net.host_ids();
-    for &i in &hosts {
-        for &j in &hosts {
-            if i != j && link(net, i, j)?["health"] != "up" {
-                return Ok(false);
-            }
-        }
-        let report = net.report_json(i)?;
-        let established = report["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|p| p["connections"].as_array().into_iter().flatten())
-            .filter(|c| c["established"] == true)
-            .count();
-        if established != hosts.len() * (hosts.len() - 1) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 fn ping(net: &Net, from: HostId, to: HostId) -> anyhow::Result<String> {
@@ -161,10 +123,10 @@ fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() ->
     ping(&net, 1, 2)?;
     net.block_udp(1, 2)?;
     net.wait_until("host1 sees its data path to host2 down", SETTLE, || {
-        Ok(link(&net, 1, 2)?["health"] == "down")
+        Ok(net.data_path(1, 2)?["health"] == "down")
     })?;
     // The control connection is still up; the data path says why it is not.
-    let datapath = link(&net, 1, 2)?;
+    let datapath = net.data_path(1, 2)?;
     let reason = datapath["reason"].as_str().unwrap_or_default();
     ensure!(
         reason.contains("no UDP heartbeat"),
@@ -186,7 +148,7 @@ fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() ->
 
     net.unblock_udp(1, 2)?;
     net.wait_until("the direct data path comes back", SETTLE, || {
-        data_paths_up(&net)
+        net.check_data_paths_up(&net.host_ids())
     })?;
     ping(&net, 2, 1)?;
     Ok(())
@@ -210,14 +172,14 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
         (3, 1, 1400..=1400),
         (1, 2, 1500..=1500),
     ] {
-        let datapath = link(&net, from, to)?;
+        let datapath = net.data_path(from, to)?;
         let path_mtu = datapath["path_mtu"].as_u64().unwrap_or(0);
         ensure!(
             datapath["pmtu"] == "confirmed" && expected.contains(&path_mtu),
             "host{from} -> host{to}: {datapath}"
         );
     }
-    let overlay = link(&net, 1, 3)?["overlay_mtu"]
+    let overlay = net.data_path(1, 3)?["overlay_mtu"]
         .as_u64()
         .context("no overlay MTU")?;
     let pod_mtu = net.report_json(1)?["datapath"]["mtu"]
@@ -257,7 +219,7 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
         .unwrap_or(0);
     ensure!(answered > 0, "host1 answered no oversized packet");
     // What fits both ways gets through, and full-size packets to pod2 (a 1500 path) still do.
-    let back = link(&net, 3, 1)?["overlay_mtu"].as_u64().unwrap_or(0);
+    let back = net.data_path(3, 1)?["overlay_mtu"].as_u64().unwrap_or(0);
     let fits = (overlay.min(back) - 28).to_string();
     net.pod_exec(
         1,

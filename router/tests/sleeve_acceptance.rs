@@ -54,6 +54,9 @@ fn sleeve_mesh(hosts: usize, password: Option<&str>) -> anyhow::Result<Net> {
     net.wait_until("the control mesh is complete", SETTLE, || {
         net.check_full_mesh(&net.host_ids())
     })?;
+    net.wait_until("every data path is up everywhere", SETTLE, || {
+        net.check_data_paths_up(&net.host_ids())
+    })?;
     for i in net.host_ids() {
         let mtu = datapath(&net, i)?["mtu"]
             .as_u64()

@@ -10,15 +10,10 @@ PAUSE_IMAGE=localhost/weft-pause:latest
 CLIENTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$CLIENTS_DIR/../.." && pwd)
 
-# The tool cache, as scripts/check-chart.sh has it: WEFT_TOOLS_DIR, else /var/cache/weft-tools
-# as root, else ~/.cache/weft-tools.
-if [[ -n "${WEFT_TOOLS_DIR:-}" ]]; then
-    TOOLS=$WEFT_TOOLS_DIR
-elif ((EUID == 0)); then
-    TOOLS=/var/cache/weft-tools
-else
-    TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/weft-tools
-fi
+# The tool cache, shared with scripts/check-chart.sh.
+# shellcheck source=scripts/deps.sh
+source "$ROOT/scripts/deps.sh"
+TOOLS=$(weft_tools_dir)
 
 # What setup.sh wrote: the paths of the cached tools (see setup.sh for the variables).
 CLIENTS_ENV=$TOOLS/cni-clients.env

@@ -37,8 +37,7 @@ step() { say "$(printf '%-10s %6d ms  %s' "$1" $(($(now_ms) - $2)) "$3")"; }
 
 # --- Debian packages -------------------------------------------------------------------------
 t=$(now_ms)
-# shellcheck source=scripts/deps.sh
-source "$ROOT/scripts/deps.sh"
+# (lib.sh sourced scripts/deps.sh)
 deps_out=$(weft_deps "${WEFT_CNI_CLIENT_DEPS[@]}" 2>&1) || {
     echo "$deps_out" >&2
     die "installing Debian packages failed (scripts/deps.sh --cni-clients)"

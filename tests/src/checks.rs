@@ -1,7 +1,7 @@
 //! Conditions about the whole mesh that many scenarios wait for. Each returns `Ok(true)` when
 //! it holds and otherwise an error saying what was seen, for [`Net::wait_until`].
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 
 use crate::net::{HostId, Net};
 
@@ -38,6 +38,44 @@ impl Net {
         for &i in hosts {
             if self.report(i)?.connection_to(&nickname).is_some() {
                 bail!("host{i} is still connected to {nickname}");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The data path of host `i`'s established connection to host `peer`
+    /// (`connections[].datapath` in its report).
+    pub fn data_path(&self, i: HostId, peer: HostId) -> anyhow::Result<serde_json::Value> {
+        let report = self.report_json(i)?;
+        let nickname = self.nickname(peer);
+        let connection = report["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["nickname"] == nickname.as_str() && c["state"] == "established")
+            .with_context(|| format!("host{i} has no connection to {nickname}"))?;
+        Ok(connection["datapath"].clone())
+    }
+
+    /// Every host's data paths to the others are up and every host has heard (through gossip)
+    /// that all links are established, so data routes are direct everywhere.
+    pub fn check_data_paths_up(&self, hosts: &[HostId]) -> anyhow::Result<bool> {
+        for &i in hosts {
+            for &j in hosts {
+                if i != j && self.data_path(i, j)?["health"] != "up" {
+                    return Ok(false);
+                }
+            }
+            let report = self.report_json(i)?;
+            let established = report["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["connections"].as_array().into_iter().flatten())
+                .filter(|c| c["established"] == true)
+                .count();
+            if established != hosts.len() * (hosts.len() - 1) {
+                return Ok(false);
             }
         }
         Ok(true)
