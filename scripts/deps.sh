@@ -24,18 +24,19 @@ WEFT_DEPS=(
     iputils-ping # ping between test hosts
     python3      # JSON checks in scripts
     python3-venv # scripts/check-chart.sh installs kubernetes-validate into a venv
+    # reference plugins in /usr/lib/cni: cni/tests delegate to host-local
+    containernetworking-plugins
 )
 
 # What tests/clients/setup.sh needs on top: the real CNI clients the tests drive the plugin with
 # (cnitool is built from Debian's source package, so Go and libcni's sources; containerd's CRI
-# plugin with runc; busybox-static for the locally made pause image) and Debian's reference
-# plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni.
+# plugin with runc; busybox-static for the locally made pause image). Debian's reference
+# plugins (bridge, host-local, portmap, loopback) come with WEFT_DEPS.
 # shellcheck disable=SC2034
 WEFT_CNI_CLIENT_DEPS=(
     containerd                  # 1.6: its CRI plugin is what kubelet drives
     runc                        # containerd's OCI runtime
     busybox-static              # the pause image's only binary
-    containernetworking-plugins # reference plugins in /usr/lib/cni
     golang-go                   # builds cnitool
     golang-github-appc-cni-dev  # libcni sources cnitool builds against
     xz-utils                    # unpacks the cni source tarball
