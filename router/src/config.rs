@@ -9,6 +9,7 @@ use weft_gossip::PeerName;
 
 pub const DEFAULT_PORT: u16 = 6783;
 pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:6784";
+pub const DEFAULT_CNI_SOCKET: &str = weft_cni::protocol::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +34,10 @@ pub enum Command {
     Forget(TargetArgs),
     /// Send a control-plane echo to a peer along the mesh routes (relayed if need be).
     Ping(PingArgs),
+    /// Reclaim the address space of a peer that is gone for good.
+    Rmpeer(RmpeerArgs),
+    /// IP address management: this router's view, or every peer's compared.
+    Ipam(IpamArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +96,14 @@ pub struct RouterArgs {
     /// encapsulation overhead.
     #[arg(long, env = "WEFT_UNDERLAY_MTU", default_value_t = 1500)]
     pub underlay_mtu: u16,
+    /// The cluster's pod address range, split among the routers by IPAM. Must be the same on
+    /// every peer.
+    #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = weft_gossip::ipam::DEFAULT_RANGE)]
+    pub ipalloc_range: weft_gossip::ipam::Cidr,
+    /// Unix socket the CNI plugin talks to (root only). The plugin's network config names it
+    /// as `"socket"` when it is not the default.
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_CNI_SOCKET)]
+    pub cni_socket: PathBuf,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides.
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -137,6 +150,37 @@ pub struct PingArgs {
     pub peer: String,
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct RmpeerArgs {
+    /// The departed peer's name (`aa:bb:cc:dd:ee:ff`) or nickname.
+    pub peer: String,
+    /// Reclaim even when no live peer owns space to inherit it (the last owner is gone). Safe
+    /// on one host only: never run it with --force on two hosts that cannot reach each other.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct IpamArgs {
+    /// `status`: this router's view of the ring and its allocations; `check`: ask every
+    /// reachable peer for its view and say where they differ (exit 1 if they do).
+    #[arg(value_enum, default_value = "status")]
+    pub what: IpamWhat,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpamWhat {
+    Status,
+    Check,
 }
 
 /// Reads the mesh password: the file wins over `WEFT_PASSWORD`. Trailing newlines are not part

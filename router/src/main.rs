@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Rmpeer(_) | Command::Ipam(_) => anyhow::bail!("not implemented yet"),
     }
 }
 

@@ -95,6 +95,9 @@ impl Net {
         args.push(host.dir.join("data").display().to_string());
         args.push("--machine-id-file".into());
         args.push(self.machine_id_file(i)?.display().to_string());
+        // Hosts share the machine's filesystem: each router gets its own CNI socket.
+        args.push("--cni-socket".into());
+        args.push(self.cni_socket(i).display().to_string());
         args.extend(FAST_TIMERS.iter().map(|s| s.to_string()));
         if let Some(password) = &opts.password {
             let file = host.dir.join("password");
@@ -142,6 +145,17 @@ impl Net {
         *slot = Some(RouterProcess { child, opts });
         drop(slot);
         self.wait_for_status_endpoint(i)
+    }
+
+    /// The unix socket host `i`'s router serves the CNI plugin on (the network config's
+    /// `"socket"`).
+    pub fn cni_socket(&self, i: HostId) -> PathBuf {
+        self.host(i).dir.join("cni.sock")
+    }
+
+    /// Host `i`'s own directory (router data, log, CNI socket); tests may put files there.
+    pub fn host_dir(&self, i: HostId) -> PathBuf {
+        self.host(i).dir.clone()
     }
 
     /// Kills host `i`'s router with SIGKILL (no goodbye to its peers) and reaps it.
