@@ -999,9 +999,9 @@ impl IpamChannel {
         }
     }
 
-    /// Allocates an address for `key`, or returns the one it has. A [retryable]
-    /// (IpamError::is_retryable) error means a request for space or for the ring is under
-    /// way: call again after the next message or tick.
+    /// Allocates an address for `key`, or returns the one it has. A
+    /// [retryable](IpamError::is_retryable) error means a request for space or for the ring is
+    /// under way: call again after the next message or tick.
     pub fn allocate(&mut self, key: &AllocKey, now: Instant) -> Result<Ipv4Addr, IpamError> {
         self.set_now(now);
         if !key.valid() {

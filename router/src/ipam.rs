@@ -25,7 +25,7 @@ use weft_cni::protocol::{
 use weft_gossip::PeerName;
 use weft_gossip::ipam::{
     AllocKey, Cidr, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus, Outbox,
-    SharedIpam,
+    SharedIpam, compare_views,
 };
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
@@ -43,6 +43,38 @@ pub const ADD_WAIT: Duration = Duration::from_secs(30);
 /// A router told about peers waits this long for them before it may create a ring of its own,
 /// so nodes that join one at a time receive the ring instead of making one that must merge.
 const JOIN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long `weft ipam check` waits for peers' views.
+const CHECK_WAIT: Duration = Duration::from_secs(3);
+
+/// A `weft ipam check` round waiting for answers.
+struct PendingCheck {
+    deadline: Instant,
+    reply: oneshot::Sender<IpamCheckReport>,
+}
+
+/// The answer to `weft ipam check` (`GET /ipam/check`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamCheckReport {
+    /// Every view compared, this peer's first.
+    pub peers: Vec<PeerViewReport>,
+    /// Reachable peers that did not answer in time.
+    pub missing: Vec<String>,
+    /// Where the views differ, in words; empty when they all agree.
+    pub differences: Vec<String>,
+    /// The same, structured (`kind`: range, ring, owner, versions, conflicts).
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerViewReport {
+    pub peer: String,
+    pub nickname: String,
+    pub ring: Option<String>,
+    pub ring_hash: String,
+    pub allocated: u64,
+    pub conflicts: u64,
+}
 
 /// A CNI request that failed: the HTTP status and the CNI error the plugin passes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +165,7 @@ pub struct IpamHost {
     gateway: Option<Ipv4Addr>,
     gateway_applied: bool,
     pending: Vec<PendingAdd>,
+    check: Option<PendingCheck>,
     /// The snapshot last written.
     saved: Vec<u8>,
     next_tick: Instant,
@@ -211,6 +244,7 @@ impl IpamHost {
             gateway: None,
             gateway_applied: false,
             pending: Vec::new(),
+            check: None,
             saved,
             next_tick: now,
             hold_until: if has_targets { now + JOIN_GRACE } else { now },
@@ -231,8 +265,57 @@ impl IpamHost {
 
     /// When [`IpamHost::step`] must run next even without an event.
     pub fn next_wakeup(&self) -> Instant {
-        let deadline = self.pending.iter().map(|p| p.deadline).min();
-        deadline.map_or(self.next_tick, |d| d.min(self.next_tick))
+        self.pending
+            .iter()
+            .map(|p| p.deadline)
+            .chain(self.check.as_ref().map(|c| c.deadline))
+            .fold(self.next_tick, Instant::min)
+    }
+
+    /// `weft ipam check`: asks every reachable peer for its view (answered by
+    /// [`IpamHost::finish_check`]). A newer check replaces one in flight.
+    pub fn start_check(&mut self, id: u64, reply: oneshot::Sender<IpamCheckReport>, now: Instant) {
+        self.channel.lock().request_views(id);
+        self.check = Some(PendingCheck {
+            deadline: now + CHECK_WAIT,
+            reply,
+        });
+    }
+
+    /// Answers the check in flight once every asked peer answered or the wait is over.
+    pub fn finish_check(&mut self, topology: &Topology, now: Instant) {
+        let Some(check) = &self.check else {
+            return;
+        };
+        let channel = self.channel.lock();
+        let missing = channel.views_missing();
+        if !missing.is_empty() && now < check.deadline {
+            return;
+        }
+        let views: Vec<_> = std::iter::once(channel.view())
+            .chain(channel.views())
+            .collect();
+        drop(channel);
+        let differences = compare_views(&views);
+        let report = IpamCheckReport {
+            peers: views
+                .iter()
+                .map(|v| PeerViewReport {
+                    peer: v.peer.to_string(),
+                    nickname: nickname(topology, v.peer),
+                    ring: v.ring.map(|r| r.to_string()),
+                    ring_hash: format!("{:016x}", v.ring_hash),
+                    allocated: v.allocated,
+                    conflicts: v.conflicts,
+                })
+                .collect(),
+            missing: missing.iter().map(|p| p.to_string()).collect(),
+            differences: differences.iter().map(|d| d.to_string()).collect(),
+            details: serde_json::to_value(&differences).unwrap_or_default(),
+        };
+        if let Some(check) = self.check.take() {
+            let _ = check.reply.send(report);
+        }
     }
 
     fn gateway_key(&self) -> Option<AllocKey> {
@@ -735,15 +818,14 @@ mod tests {
         }
     }
 
+    type AddAnswer = Result<Allocation, CniFailure>;
+
     /// Sends an ADD and runs one step; the answer, if one was given.
     fn add(
         host: &mut IpamHost,
         container: &str,
         now: Instant,
-    ) -> (
-        Option<Result<Allocation, CniFailure>>,
-        oneshot::Receiver<Result<Allocation, CniFailure>>,
-    ) {
+    ) -> (Option<AddAnswer>, oneshot::Receiver<AddAnswer>) {
         let (tx, mut rx) = oneshot::channel();
         host.add(add_request(container), tx, now);
         host.step(now);
