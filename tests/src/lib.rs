@@ -24,6 +24,7 @@
 mod background;
 mod capture;
 mod checks;
+pub mod cni;
 mod cmd;
 mod faults;
 mod metrics;
@@ -35,7 +36,7 @@ mod wait;
 
 pub use background::Background;
 pub use capture::{Capture, Datagram};
-pub use cmd::Output;
+pub use cmd::{COMMAND_TIMEOUT, Output};
 pub use faults::Reachability;
 pub use metrics::Metrics;
 pub use net::{HostId, Net};
