@@ -33,6 +33,9 @@ pub const DELEGATE_FAILED: u32 = 103;
 
 /// 104: weft-specific: ADD for an attachment that already exists (DEL it first).
 pub const ALREADY_ATTACHED: u32 = 104;
+/// 105: weft-specific (from the router): no address available: the range is exhausted, or
+/// all its free space is owned by unreachable peers (the message names `weft rmpeer`).
+pub const NO_ADDRESSES: u32 = 105;
 
 /// A CNI error: `{"cniVersion","code","msg","details"}` on stdout and a non-zero exit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

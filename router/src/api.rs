@@ -1,7 +1,7 @@
 //! The local status and control endpoint (`127.0.0.1:6784` by default).
 //!
 //! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
-//! the address; requests that change something (`/connect`, `/forget`, `/ping`) are refused
+//! the address; requests that change something (`/connect`, `/forget`, `/ping`, `/rmpeer`) are refused
 //! unless they come from loopback, even when the endpoint is bound to a wider address.
 
 use std::net::SocketAddr;
@@ -40,10 +40,12 @@ pub async fn serve(
             get(|s| text(s, report::render_connections)),
         )
         .route("/status/routes", get(|s| text(s, report::render_routes)))
+        .route("/status/ipam", get(|s| text(s, report::render_ipam)))
         .route("/metrics", get(metrics_text))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/ping", post(ping))
+        .route("/rmpeer", post(rmpeer))
         .with_state(Api { events, metrics });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
@@ -166,6 +168,34 @@ async fn forget(
     } else {
         let body = format!("not a known peer address: {}\n", unknown.join(", "));
         (StatusCode::NOT_FOUND, body).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct RmpeerQuery {
+    peer: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn rmpeer(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<RmpeerQuery>,
+) -> Response {
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
+    }
+    match ask(&api, |reply| ApiRequest::Rmpeer {
+        peer: q.peer,
+        force: q.force,
+        reply,
+    })
+    .await
+    {
+        Some(Ok(done)) => format!("{done}\n").into_response(),
+        Some(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        None => unavailable(),
     }
 }
 

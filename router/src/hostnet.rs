@@ -40,3 +40,8 @@ pub fn attach(port: &str, bridge: &str, mtu: u16) -> io::Result<()> {
         "up",
     ])
 }
+
+/// Sets `address` on `device`, replacing the same address with another prefix length.
+pub fn set_address(device: &str, address: weft_cni::ip::IpNet) -> io::Result<()> {
+    ip(&["addr", "replace", &address.to_string(), "dev", device])
+}

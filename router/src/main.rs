@@ -2,11 +2,13 @@
 
 mod api;
 mod client;
+mod cni_api;
 mod config;
 mod conn;
 mod dataplane;
 mod hostnet;
 mod identity;
+mod ipam;
 mod metrics;
 mod report;
 mod router;
@@ -21,16 +23,17 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use weft_gossip::ipam::SharedIpam;
 use weft_gossip::macs::{MAX_ENTRIES, MacChannel, SharedMacChannel};
 use weft_gossip::mesh::MeshConfig;
 use weft_gossip::routes::Routes;
 use weft_gossip::wire::Features;
 
-use crate::config::{Cli, Command, DatapathChoice, RouterArgs, StatusWhat};
+use crate::config::{Cli, Command, DatapathChoice, IpamWhat, RouterArgs, StatusWhat};
 use crate::conn::ConnParams;
 use crate::metrics::Metrics;
 use crate::report::Report;
-use crate::router::{Event, Router, RouterInfo};
+use crate::router::{Event, Planes, Router, RouterInfo};
 use crate::store::Store;
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +76,29 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Rmpeer(_) | Command::Ipam(_) => anyhow::bail!("not implemented yet"),
+        Command::Rmpeer(args) => {
+            let mut path = format!("/rmpeer?peer={}", client::encode_query(&args.peer));
+            if args.force {
+                path.push_str("&force=true");
+            }
+            let body = client::request(args.status_addr, "POST", &path)?;
+            print!("{body}");
+            Ok(())
+        }
+        Command::Ipam(args) => match args.what {
+            IpamWhat::Status => {
+                let body = client::request(args.status_addr, "GET", "/report")?;
+                let report: Report =
+                    serde_json::from_str(&body).context("unexpected /report document")?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report.ipam)?);
+                } else {
+                    print!("{}", report::render_ipam(&report));
+                }
+                Ok(())
+            }
+            IpamWhat::Check => anyhow::bail!("not implemented yet"),
+        },
     }
 }
 
@@ -96,7 +121,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
 
     let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
     let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
-    let store = Store::open(&args.data_dir)?;
+    let store = Arc::new(Store::open(&args.data_dir)?);
     let identity = identity::resolve(
         args.name,
         args.nickname.clone(),
@@ -173,6 +198,14 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             conn_limit: args.conn_limit,
             mesh_id: args.mesh_id.clone(),
         };
+        let ipam_channel = SharedIpam::new(ipam::open_channel(
+            &store,
+            args.ipalloc_range,
+            identity.name,
+            identity.uid,
+            Instant::now(),
+        )?);
+        let cni_listener = cni_api::bind(&args.cni_socket)?;
         let dataplane = match args.datapath {
             DatapathChoice::None => None,
             DatapathChoice::Sleeve => {
@@ -204,6 +237,21 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Some((dataplane, macs))
             }
         };
+        let bridge = dataplane.as_ref().map(|(dataplane, _)| {
+            let report = dataplane.report();
+            ipam::BridgeInfo {
+                name: report.bridge,
+                mtu: u32::from(report.mtu),
+            }
+        });
+        let ipam = ipam::IpamHost::new(
+            ipam_channel,
+            store.clone(),
+            bridge,
+            Box::new(hostnet::set_address),
+            !targets.is_empty(),
+            Instant::now(),
+        );
         let router = Router::new(
             mesh_config,
             params,
@@ -211,8 +259,9 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             store,
             info,
             targets,
-            dataplane,
+            Planes { dataplane, ipam },
         );
+        tokio::spawn(cni_api::serve(cni_listener, events_tx.clone()));
         tokio::spawn(api::serve(status_listener, events_tx, metrics));
         tokio::select! {
             _ = router.run(listener) => {}

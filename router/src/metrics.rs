@@ -72,9 +72,36 @@ fn mirror(counter: &Counter, value: u64) {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub peer: String,
+    pub nickname: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// IPAM state and the CNI requests served, mirrored from the report at scrape time.
+#[derive(Default)]
+pub struct IpamMetrics {
+    pub range_addresses: Gauge,
+    pub owned: Family<OwnerLabels, Gauge>,
+    pub used: Family<OwnerLabels, Gauge>,
+    pub allocations: Gauge,
+    pub unreachable_owners: Gauge,
+    pub conflicts: Gauge,
+    pub waiting_adds: Gauge,
+    pub adds: Family<ResultLabels, Counter>,
+    pub released: Family<ReasonLabels, Counter>,
+    pub persist_failures: Counter,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub datapath: DatapathMetrics,
+    pub ipam: IpamMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -197,6 +224,53 @@ impl Metrics {
             "Datagrams from each peer dropped, by reason",
             d.link_drops.clone(),
         );
+        let i = &self.ipam;
+        registry.register(
+            "ipam_range_addresses",
+            "Addresses in the cluster range (--ipalloc-range)",
+            i.range_addresses.clone(),
+        );
+        registry.register(
+            "ipam_owned_addresses",
+            "Addresses of the range owned by each peer, as this peer sees the ring",
+            i.owned.clone(),
+        );
+        registry.register(
+            "ipam_used_addresses",
+            "Addresses in use in each peer's space (owned minus free, as last announced)",
+            i.used.clone(),
+        );
+        registry.register(
+            "ipam_allocations",
+            "Addresses allocated on this host (pods and the bridge)",
+            i.allocations.clone(),
+        );
+        registry.register(
+            "ipam_unreachable_owners",
+            "Peers owning address space that this peer cannot reach",
+            i.unreachable_owners.clone(),
+        );
+        registry.register(
+            "ipam_conflicts",
+            "Addresses known to be held twice (see weft ipam)",
+            i.conflicts.clone(),
+        );
+        registry.register(
+            "ipam_waiting_adds",
+            "CNI ADDs waiting for the ring or for address space",
+            i.waiting_adds.clone(),
+        );
+        registry.register("ipam_adds", "CNI ADDs answered, by result", i.adds.clone());
+        registry.register(
+            "ipam_released",
+            "Addresses released, by reason (del, gc)",
+            i.released.clone(),
+        );
+        registry.register(
+            "ipam_persist_failures",
+            "Failed writes of the IPAM state (each failed the ADDs it carried)",
+            i.persist_failures.clone(),
+        );
         registry
     }
 
@@ -249,6 +323,51 @@ impl Metrics {
         if let Some(dp) = &report.datapath {
             self.observe_datapath(report, dp);
         }
+        if let Some(ipam) = &report.ipam {
+            self.observe_ipam(ipam);
+        }
+    }
+
+    fn observe_ipam(&self, ipam: &crate::ipam::IpamReport) {
+        let i = &self.ipam;
+        i.range_addresses
+            .set(i64::try_from(ipam.range_size).unwrap_or(i64::MAX));
+        i.owned.clear();
+        i.used.clear();
+        for o in &ipam.owners {
+            let labels = OwnerLabels {
+                peer: o.peer.clone(),
+                nickname: o.nickname.clone(),
+            };
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            i.owned.get_or_create(&labels).set(gauge(o.addresses));
+            i.used
+                .get_or_create(&labels)
+                .set(gauge(o.addresses.saturating_sub(o.free)));
+        }
+        i.allocations.set(ipam.allocated as i64);
+        i.unreachable_owners
+            .set(ipam.unreachable_owners.len() as i64);
+        i.conflicts.set(ipam.conflicts.len() as i64);
+        i.waiting_adds.set(ipam.waiting_adds as i64);
+        let c = &ipam.counters;
+        mirror(
+            &i.adds.get_or_create(&ResultLabels { result: "ok" }),
+            c.adds,
+        );
+        mirror(
+            &i.adds.get_or_create(&ResultLabels { result: "error" }),
+            c.add_failures,
+        );
+        mirror(
+            &i.released.get_or_create(&ReasonLabels { reason: "del" }),
+            c.released,
+        );
+        mirror(
+            &i.released.get_or_create(&ReasonLabels { reason: "gc" }),
+            c.gc_released,
+        );
+        mirror(&i.persist_failures, c.persist_failures);
     }
 
     fn observe_datapath(&self, report: &Report, dp: &crate::dataplane::DatapathReport) {

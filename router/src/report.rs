@@ -15,6 +15,7 @@ use weft_gossip::topology::Topology;
 use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 
 use crate::dataplane::{DatapathReport, LinkReport};
+use crate::ipam::IpamReport;
 use crate::router::RouterInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct Report {
     pub counters: CountersReport,
     /// The data plane, when one runs (`--datapath sleeve`).
     pub datapath: Option<DatapathReport>,
+    /// IP address management: the ring as this peer sees it, and its allocations.
+    #[serde(default)]
+    pub ipam: Option<IpamReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,7 @@ pub fn build(
     info: &RouterInfo,
     datapath: Option<DatapathReport>,
     links: Vec<LinkReport>,
+    ipam: IpamReport,
     now: Instant,
 ) -> Report {
     let topology = mesh.topology();
@@ -239,6 +244,7 @@ pub fn build(
             malformed_gossip: mesh.counters.malformed_gossip,
         },
         datapath,
+        ipam: Some(ipam),
     }
 }
 
@@ -296,6 +302,87 @@ pub fn render_summary(r: &Report) -> String {
         None => {
             let _ = writeln!(s, "       Datapath: none (control plane only)");
         }
+    }
+    if let Some(ipam) = &r.ipam {
+        let _ = writeln!(
+            s,
+            "           IPAM: {} in {}, {} allocated here, gateway {}{}",
+            ipam.state,
+            ipam.range,
+            ipam.allocated,
+            ipam.gateway.as_deref().unwrap_or("none yet"),
+            if ipam.unreachable_owners.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} owners unreachable (see `weft ipam`)",
+                    ipam.unreachable_owners.len()
+                )
+            }
+        );
+    }
+    s
+}
+
+/// `weft ipam`: the ring as this peer sees it, who owns what, and the local allocations.
+pub fn render_ipam(r: &Report) -> String {
+    let mut s = String::new();
+    let Some(ipam) = &r.ipam else {
+        return "IPAM: not reported by this router\n".to_owned();
+    };
+    let _ = writeln!(
+        s,
+        "range     {} ({} addresses)",
+        ipam.range, ipam.range_size
+    );
+    let _ = writeln!(s, "state     {}", ipam.state);
+    let _ = writeln!(s, "ring      {}", ipam.ring.as_deref().unwrap_or("none"));
+    let _ = writeln!(s, "ring hash {}", ipam.ring_hash);
+    let _ = writeln!(
+        s,
+        "gateway   {}",
+        ipam.gateway.as_deref().unwrap_or("none yet")
+    );
+    let _ = writeln!(
+        s,
+        "allocated {} here ({} orphans, {} reserved for peers, {} ADDs waiting)",
+        ipam.allocated, ipam.orphans, ipam.reserved_for_peers, ipam.waiting_adds
+    );
+    if let Some(p) = &ipam.pending {
+        let _ = writeln!(
+            s,
+            "pending   asked {} for space {}s ago ({} waiting)",
+            p.donor, p.waiting_secs, p.waiting
+        );
+    }
+    if ipam.unowned > 0 {
+        let _ = writeln!(
+            s,
+            "unowned   {} addresses (reclaimed, not adopted yet)",
+            ipam.unowned
+        );
+    }
+    let _ = writeln!(s, "owners:");
+    for o in &ipam.owners {
+        let _ = writeln!(
+            s,
+            "  {}({}) {} addresses, {} free{}  {}",
+            o.peer,
+            o.nickname,
+            o.addresses,
+            o.free,
+            if o.reachable { "" } else { ", UNREACHABLE" },
+            o.ranges.join(" ")
+        );
+    }
+    for peer in &ipam.unreachable_owners {
+        let _ = writeln!(
+            s,
+            "hint: if {peer} is gone for good, `weft rmpeer {peer}` gives its space to live peers"
+        );
+    }
+    for c in &ipam.conflicts {
+        let _ = writeln!(s, "CONFLICT: {} is also held via peer {}", c.addr, c.peer);
     }
     s
 }

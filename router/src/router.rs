@@ -2,14 +2,17 @@
 //! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
 
 use std::collections::HashMap;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
+use weft_gossip::ipam::IPAM_CHANNEL;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL, SharedMacChannel};
 use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
@@ -18,6 +21,7 @@ use weft_gossip::wire::ControlMsg;
 
 use crate::conn::{self, ConnParams};
 use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
+use crate::ipam::{IpamHost, Reply};
 use crate::metrics::Metrics;
 use crate::report::{self, Report};
 use crate::store::Store;
@@ -51,6 +55,30 @@ pub enum Event {
     },
     Api(ApiRequest),
     Dataplane(DataplaneEvent),
+    Cni(CniRequest),
+}
+
+/// The CNI plugin's requests (`cni_api`).
+pub enum CniRequest {
+    Add {
+        request: AddRequest,
+        reply: Reply<Allocation>,
+    },
+    Del {
+        attachment: Attachment,
+        reply: Reply<()>,
+    },
+    Check {
+        attachment: Attachment,
+        reply: Reply<Allocation>,
+    },
+    Status {
+        reply: Reply<Status>,
+    },
+    Gc {
+        request: GcRequest,
+        reply: Reply<GcResponse>,
+    },
 }
 
 pub enum ApiRequest {
@@ -69,6 +97,12 @@ pub enum ApiRequest {
     Report {
         reply: oneshot::Sender<Report>,
     },
+    /// `weft rmpeer`: reclaim a departed peer's address space.
+    Rmpeer {
+        peer: String,
+        force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -86,6 +120,12 @@ pub struct RouterInfo {
     pub port: u16,
     pub conn_limit: usize,
     pub mesh_id: String,
+}
+
+/// What the router runs besides the mesh: the data plane (with its MAC channel) and IPAM.
+pub struct Planes {
+    pub dataplane: Option<(Dataplane, SharedMacChannel)>,
+    pub ipam: IpamHost,
 }
 
 /// An echo in flight: when it left, to whom, and who waits for the answer.
@@ -107,11 +147,12 @@ pub struct Router {
     dataplane: Option<Dataplane>,
     /// The MAC-to-peer gossip channel (hosted by the mesh) when a dataplane runs.
     macs: Option<SharedMacChannel>,
-    /// The mesh routes version last handed to the dataplane.
+    /// The mesh routes version last handed to the dataplane and IPAM.
     routes_seen: u64,
+    ipam: IpamHost,
     params: Arc<ConnParams>,
     events: mpsc::Receiver<Event>,
-    store: Store,
+    store: Arc<Store>,
     info: RouterInfo,
     pings: HashMap<u64, PendingPing>,
     metrics: Arc<Metrics>,
@@ -124,13 +165,14 @@ impl Router {
         config: MeshConfig,
         params: ConnParams,
         events: mpsc::Receiver<Event>,
-        store: Store,
+        store: Arc<Store>,
         info: RouterInfo,
         initial_targets: Vec<String>,
-        dataplane: Option<(Dataplane, SharedMacChannel)>,
+        Planes { dataplane, ipam }: Planes,
     ) -> Self {
         let now = Instant::now();
         let mut mesh = Mesh::new(config, now);
+        mesh.add_channel(IPAM_CHANNEL, Box::new(ipam.channel().clone()));
         let (dataplane, macs) = match dataplane {
             Some((dataplane, macs)) => {
                 mesh.add_channel(MAC_CHANNEL, Box::new(macs.clone()));
@@ -147,6 +189,7 @@ impl Router {
             dataplane,
             macs,
             routes_seen: 0,
+            ipam,
             params: Arc::new(params),
             events,
             store,
@@ -167,6 +210,7 @@ impl Router {
             if let Some(deadline) = self.pings.values().map(|p| p.sent + PING_TIMEOUT).min() {
                 wake = wake.min(deadline);
             }
+            wake = wake.min(self.ipam.next_wakeup());
             let event = tokio::select! {
                 event = self.events.recv() => match event {
                     Some(event) => Some(event),
@@ -188,14 +232,24 @@ impl Router {
                     self.expire_pings(now);
                 }
             }
+            if self.mesh.routes_version() != self.routes_seen {
+                self.routes_seen = self.mesh.routes_version();
+                if let Some(dataplane) = &self.dataplane {
+                    dataplane.set_routes(self.mesh.routes().clone());
+                }
+                let reachable = self
+                    .mesh
+                    .routes()
+                    .table(LinkSet::All)
+                    .into_iter()
+                    .map(|(peer, _)| peer)
+                    .collect();
+                self.ipam.set_reachable(reachable);
+            }
+            // Persists IPAM state before anything queued in `out` is sent.
+            self.ipam_step(now, &mut out);
             self.execute(out);
             self.sync_metrics();
-            if let Some(dataplane) = &self.dataplane
-                && self.mesh.routes_version() != self.routes_seen
-            {
-                self.routes_seen = self.mesh.routes_version();
-                dataplane.set_routes(self.mesh.routes().clone());
-            }
         }
     }
 
@@ -255,7 +309,66 @@ impl Router {
             }
             Event::Api(request) => self.api(request, now, out),
             Event::Dataplane(event) => self.dataplane_event(event, now, out),
+            Event::Cni(request) => self.cni(request, now),
         }
+    }
+
+    fn cni(&mut self, request: CniRequest, now: Instant) {
+        match request {
+            CniRequest::Add { request, reply } => self.ipam.add(request, reply, now),
+            CniRequest::Del { attachment, reply } => {
+                self.ipam.del(&attachment, now);
+                let _ = reply.send(Ok(()));
+            }
+            CniRequest::Check { attachment, reply } => {
+                let _ = reply.send(self.ipam.check(&attachment));
+            }
+            CniRequest::Status { reply } => {
+                let _ = reply.send(self.ipam.status_check(now));
+            }
+            CniRequest::Gc { request, reply } => {
+                let _ = reply.send(Ok(self.ipam.gc(&request, now)));
+            }
+        }
+    }
+
+    /// IPAM's step, then its outbox into the mesh (see `ipam`).
+    fn ipam_step(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let outbox = self.ipam.step(now);
+        if let Some(update) = outbox.publish
+            && let Err(e) = self.mesh.publish(IPAM_CHANNEL, &update, out)
+        {
+            tracing::warn!(error = %e, "cannot publish an IPAM update");
+        }
+        for (peer, payload) in outbox.unicasts {
+            if let Err(e) = self.mesh.unicast(IPAM_CHANNEL, peer, payload, out) {
+                tracing::debug!(%peer, error = %e, "cannot send an IPAM message");
+            }
+        }
+    }
+
+    /// `weft rmpeer`: the peer by name or nickname (nicknames only while it is in the topology).
+    fn rmpeer(&mut self, peer: &str, force: bool, now: Instant) -> Result<String, String> {
+        let name = match peer.parse::<PeerName>() {
+            Ok(name) => name,
+            Err(_) => self
+                .mesh
+                .topology()
+                .peers()
+                .find(|e| e.nickname == peer)
+                .map(|e| e.name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown peer {peer}: give its name (aa:bb:cc:dd:ee:ff), see `weft ipam`"
+                    )
+                })?,
+        };
+        let taken = self
+            .ipam
+            .reclaim(name, force, now)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(peer = %name, addresses = taken, force, "address space reclaimed");
+        Ok(format!("reclaimed {taken} addresses from {name}"))
     }
 
     fn dataplane_event(&mut self, event: DataplaneEvent, now: Instant, out: &mut Vec<Action>) {
@@ -355,7 +468,13 @@ impl Router {
                     .as_ref()
                     .map(Dataplane::links)
                     .unwrap_or_default();
-                let _ = reply.send(report::build(&self.mesh, &self.info, datapath, links, now));
+                let ipam = self.ipam.report(self.mesh.topology(), now);
+                let _ = reply.send(report::build(
+                    &self.mesh, &self.info, datapath, links, ipam, now,
+                ));
+            }
+            ApiRequest::Rmpeer { peer, force, reply } => {
+                let _ = reply.send(self.rmpeer(&peer, force, now));
             }
         }
     }

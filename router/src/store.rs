@@ -1,4 +1,5 @@
-//! Persistent router state in redb: the peer name and the operator-named targets.
+//! Persistent router state in redb: the peer name, the operator-named targets and the IPAM
+//! snapshot.
 //!
 //! redb commits are atomic and durable, so a crash mid-write leaves the previous state.
 
@@ -8,7 +9,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TARGETS: TableDefinition<&str, ()> = TableDefinition::new("targets");
+const IPAM: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam");
 const PEER_NAME: &str = "peer_name";
+const IPAM_SNAPSHOT: &str = "snapshot";
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store: {0}")]
@@ -31,6 +34,7 @@ impl Store {
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(META).map_err(err)?;
         tx.open_table(TARGETS).map_err(err)?;
+        tx.open_table(IPAM).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -76,6 +80,27 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The IPAM snapshot last written, if any.
+    pub fn ipam_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(IPAM).map_err(err)?;
+        let value = table.get(IPAM_SNAPSHOT).map_err(err)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Replaces the IPAM snapshot. The commit is durable when this returns, and atomic: a crash
+    /// leaves the previous snapshot or this one, never a mix.
+    pub fn set_ipam_snapshot(&self, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(IPAM)
+            .map_err(err)?
+            .insert(IPAM_SNAPSHOT, snapshot)
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +115,9 @@ mod tests {
             store.set_peer_name([2, 0, 0, 0, 0, 9]).unwrap();
             store.set_targets(&["a:1".into(), "b:2".into()]).unwrap();
             store.set_targets(&["b:2".into(), "c:3".into()]).unwrap();
+            assert_eq!(store.ipam_snapshot().unwrap(), None);
+            store.set_ipam_snapshot(b"one").unwrap();
+            store.set_ipam_snapshot(b"two").unwrap();
         }
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.peer_name().unwrap(), Some([2, 0, 0, 0, 0, 9]));
@@ -97,6 +125,7 @@ mod tests {
             store.targets().unwrap(),
             vec!["b:2".to_owned(), "c:3".to_owned()]
         );
+        assert_eq!(store.ipam_snapshot().unwrap().as_deref(), Some(&b"two"[..]));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,142 @@
+//! The CNI plugin's endpoint: HTTP/1.1 + JSON on a unix socket only root can open
+//! (`--cni-socket`, default `/run/weft/cni.sock`). The protocol is `weft_cni::protocol`; every
+//! request becomes an [`Event::Cni`] for the router actor, and every failure is an
+//! `ErrorBody` carrying a CNI error code that the plugin passes on as is.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use axum::Router as HttpRouter;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use weft_cni::error as code;
+use weft_cni::protocol::{PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC, PATH_STATUS};
+
+use crate::ipam::{CniFailure, Reply};
+use crate::router::{CniRequest, Event};
+
+/// Binds the socket with mode 0600. A socket file left by a router that died is replaced; one
+/// that a live router still answers on is not.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another router already serves the CNI socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    // Bound under a temporary name and renamed once private, so the socket is never reachable
+    // with the umask's permissions.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).with_context(|| format!("cannot listen on {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move the socket to {}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>) {
+    let app = HttpRouter::new()
+        .route(PATH_ADD, post(add))
+        .route(PATH_DEL, post(del))
+        .route(PATH_CHECK, post(check))
+        .route(PATH_STATUS, get(status))
+        .route(PATH_GC, post(gc))
+        .with_state(events);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "CNI endpoint stopped");
+    }
+}
+
+fn failure_response(f: CniFailure) -> Response {
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(f.body)).into_response()
+}
+
+fn shutting_down() -> Response {
+    failure_response(CniFailure::new(
+        503,
+        code::TRY_AGAIN_LATER,
+        "the weft router is shutting down",
+        "",
+    ))
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CniFailure> {
+    serde_json::from_slice(body).map_err(|e| {
+        CniFailure::new(
+            400,
+            code::DECODING_FAILURE,
+            "the weft router cannot decode the request",
+            e.to_string(),
+        )
+    })
+}
+
+/// Hands a request to the router actor and waits for its answer.
+async fn ask<T: Serialize>(
+    events: &mpsc::Sender<Event>,
+    request: impl FnOnce(Reply<T>) -> CniRequest,
+) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if events.send(Event::Cni(request(reply))).await.is_err() {
+        return shutting_down();
+    }
+    match rx.await {
+        Ok(Ok(answer)) => axum::Json(answer).into_response(),
+        Ok(Err(f)) => failure_response(f),
+        Err(_) => shutting_down(),
+    }
+}
+
+async fn add(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
+    match parse(&body) {
+        Ok(request) => ask(&events, |reply| CniRequest::Add { request, reply }).await,
+        Err(f) => failure_response(f),
+    }
+}
+
+async fn del(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
+    match parse(&body) {
+        Ok(attachment) => ask(&events, |reply| CniRequest::Del { attachment, reply }).await,
+        Err(f) => failure_response(f),
+    }
+}
+
+async fn check(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
+    match parse(&body) {
+        Ok(attachment) => ask(&events, |reply| CniRequest::Check { attachment, reply }).await,
+        Err(f) => failure_response(f),
+    }
+}
+
+async fn status(State(events): State<mpsc::Sender<Event>>) -> Response {
+    ask(&events, |reply| CniRequest::Status { reply }).await
+}
+
+async fn gc(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
+    match parse(&body) {
+        Ok(request) => ask(&events, |reply| CniRequest::Gc { request, reply }).await,
+        Err(f) => failure_response(f),
+    }
+}

@@ -1,0 +1,653 @@
+//! IPAM as the router runs it: the gossiped [`IpamChannel`] (one handle hosted by the mesh, one
+//! here), its persistence, the bridge's gateway address, and the CNI plugin's requests, some of
+//! which wait for address space.
+//!
+//! Everything runs on the router actor, once per event, in [`IpamHost::step`]:
+//! 1. timed channel work ([`IpamChannel::tick`]) and the gateway address;
+//! 2. waiting ADDs are tried again (a donation or the ring may have just arrived);
+//! 3. the channel's outbox is taken, the snapshot is **persisted if it changed**, and only then
+//!    are ADD answers given; the router passes the outbox to the mesh and sends everything the
+//!    mesh queued during the event after the step. So nothing leaves this host — an address to
+//!    a container, a donation to a peer — before the state that explains it is on disk.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use weft_cni::error as code;
+use weft_cni::ip::IpNet;
+use weft_cni::protocol::{
+    AddRequest, Allocation, Attachment, ErrorBody, GcRequest, GcResponse, Status,
+};
+use weft_gossip::PeerName;
+use weft_gossip::ipam::{
+    AllocKey, Cidr, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus, Outbox,
+    SharedIpam,
+};
+use weft_gossip::peer::PeerUid;
+use weft_gossip::topology::Topology;
+
+use crate::store::Store;
+
+/// The allocation key of the host's own address on the bridge (CRI container ids are hex, so
+/// this never collides with a pod's).
+pub const GATEWAY_CONTAINER: &str = "weft:gateway";
+/// How often the channel's timed work runs.
+const TICK: Duration = Duration::from_secs(1);
+/// How long an ADD may wait for the ring or for space before it fails with "try again later".
+/// The plugin waits 60 s for an answer.
+pub const ADD_WAIT: Duration = Duration::from_secs(30);
+/// A router told about peers waits this long for them before it may create a ring of its own,
+/// so nodes that join one at a time receive the ring instead of making one that must merge.
+const JOIN_GRACE: Duration = Duration::from_secs(3);
+
+/// A CNI request that failed: the HTTP status and the CNI error the plugin passes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniFailure {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+impl CniFailure {
+    pub fn new(status: u16, code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        CniFailure {
+            status,
+            body: ErrorBody {
+                code,
+                msg: msg.into(),
+                details: details.into(),
+            },
+        }
+    }
+
+    fn try_later(details: impl Into<String>) -> Self {
+        Self::new(
+            503,
+            code::TRY_AGAIN_LATER,
+            "weft IPAM is not ready yet",
+            details,
+        )
+    }
+}
+
+/// What an IPAM error means to the plugin.
+fn failure(e: &IpamError) -> CniFailure {
+    match e {
+        IpamError::Exhausted(_) | IpamError::Unreachable { .. } => CniFailure::new(
+            503,
+            code::NO_ADDRESSES,
+            "no address available",
+            e.to_string(),
+        ),
+        IpamError::InvalidKey => CniFailure::new(
+            400,
+            code::INVALID_ENV,
+            "invalid environment variables: CNI_CONTAINERID or CNI_IFNAME",
+            e.to_string(),
+        ),
+        _ => CniFailure::try_later(e.to_string()),
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, CniFailure>>;
+
+/// An ADD waiting for the ring, for space, or for the gateway address.
+struct PendingAdd {
+    key: AllocKey,
+    deadline: Instant,
+    reply: Reply<Allocation>,
+    /// Why it waits, for the answer if it times out.
+    waiting_for: String,
+}
+
+/// The bridge pods attach to, when a dataplane runs.
+#[derive(Debug, Clone)]
+pub struct BridgeInfo {
+    pub name: String,
+    pub mtu: u32,
+}
+
+/// Sets an address on the bridge (the real one drives the kernel; tests record).
+pub type SetAddress = Box<dyn FnMut(&str, IpNet) -> std::io::Result<()> + Send>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IpamCounters {
+    pub adds: u64,
+    pub add_failures: u64,
+    pub dels: u64,
+    pub released: u64,
+    pub gc_released: u64,
+    pub persist_failures: u64,
+}
+
+pub struct IpamHost {
+    channel: SharedIpam,
+    range: Cidr,
+    store: Arc<Store>,
+    bridge: Option<BridgeInfo>,
+    set_address: SetAddress,
+    /// The bridge's address, once allocated, and whether it is on the bridge.
+    gateway: Option<Ipv4Addr>,
+    gateway_applied: bool,
+    pending: Vec<PendingAdd>,
+    /// The snapshot last written.
+    saved: Vec<u8>,
+    next_tick: Instant,
+    hold_until: Instant,
+    any_reachable: bool,
+    pub counters: IpamCounters,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the data directory holds IPAM state for range {saved}, but --ipalloc-range is {configured}; use the same range on every peer (or move the data directory away to start over)"
+    )]
+    RangeChanged { saved: Cidr, configured: Cidr },
+    #[error(
+        "the data directory holds IPAM state of peer {saved}, but this router is {current}; keep the peer name with its data directory"
+    )]
+    NameChanged { saved: PeerName, current: PeerName },
+    #[error("cannot read the persisted IPAM state: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Restores the channel from the store, or makes a fresh one.
+pub fn open_channel(
+    store: &Store,
+    range: Cidr,
+    local: PeerName,
+    uid: PeerUid,
+    now: Instant,
+) -> Result<IpamChannel, OpenError> {
+    let config = IpamConfig::new(range);
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let Some(bytes) = store.ipam_snapshot()? else {
+        return Ok(IpamChannel::new(config, local, uid, now, unix_ms));
+    };
+    let snapshot =
+        IpamSnapshot::from_bytes(&bytes).map_err(|e| OpenError::Corrupt(e.to_string()))?;
+    if snapshot.range != range {
+        return Err(OpenError::RangeChanged {
+            saved: snapshot.range,
+            configured: range,
+        });
+    }
+    if snapshot.local != local {
+        return Err(OpenError::NameChanged {
+            saved: snapshot.local,
+            current: local,
+        });
+    }
+    IpamChannel::restore(config, snapshot, uid, now, unix_ms)
+        .map_err(|e| OpenError::Corrupt(e.to_string()))
+}
+
+impl IpamHost {
+    /// `has_targets`: the router was told about peers to join (see [`JOIN_GRACE`]).
+    pub fn new(
+        channel: SharedIpam,
+        store: Arc<Store>,
+        bridge: Option<BridgeInfo>,
+        set_address: SetAddress,
+        has_targets: bool,
+        now: Instant,
+    ) -> Self {
+        let range = channel.lock().range();
+        let saved = channel.lock().snapshot().to_bytes();
+        IpamHost {
+            channel,
+            range,
+            store,
+            bridge,
+            set_address,
+            gateway: None,
+            gateway_applied: false,
+            pending: Vec::new(),
+            saved,
+            next_tick: now,
+            hold_until: if has_targets { now + JOIN_GRACE } else { now },
+            any_reachable: false,
+            counters: IpamCounters::default(),
+        }
+    }
+
+    pub fn channel(&self) -> &SharedIpam {
+        &self.channel
+    }
+
+    /// The peers the mesh can reach now (call when routes change).
+    pub fn set_reachable(&mut self, peers: Vec<PeerName>) {
+        self.any_reachable = !peers.is_empty();
+        self.channel.lock().set_reachable(peers);
+    }
+
+    /// When [`IpamHost::step`] must run next even without an event.
+    pub fn next_wakeup(&self) -> Instant {
+        let deadline = self.pending.iter().map(|p| p.deadline).min();
+        deadline.map_or(self.next_tick, |d| d.min(self.next_tick))
+    }
+
+    fn gateway_key(&self) -> Option<AllocKey> {
+        self.bridge
+            .as_ref()
+            .map(|b| AllocKey::new(GATEWAY_CONTAINER, b.name.clone()))
+    }
+
+    fn may_allocate(&self, now: Instant) -> bool {
+        now >= self.hold_until || self.any_reachable
+    }
+
+    fn allocation(&self, addr: Ipv4Addr) -> Result<Allocation, CniFailure> {
+        let (Some(bridge), Some(gateway)) = (&self.bridge, self.gateway) else {
+            return Err(no_datapath());
+        };
+        let address = IpNet::new(IpAddr::V4(addr), self.range.prefix)
+            .ok_or_else(|| CniFailure::try_later("bad range prefix"))?;
+        Ok(Allocation {
+            address,
+            gateway: IpAddr::V4(gateway),
+            mtu: bridge.mtu,
+            bridge: bridge.name.clone(),
+        })
+    }
+
+    /// `POST /cni/add`: answered in this or a later [`IpamHost::step`].
+    pub fn add(&mut self, request: AddRequest, reply: Reply<Allocation>, now: Instant) {
+        if self.bridge.is_none() {
+            let _ = reply.send(Err(no_datapath()));
+            return;
+        }
+        self.pending.push(PendingAdd {
+            key: AllocKey::new(request.container_id, request.ifname),
+            deadline: now + ADD_WAIT,
+            reply,
+            waiting_for: "the IP allocation ring".to_owned(),
+        });
+    }
+
+    /// `POST /cni/del`: idempotent.
+    pub fn del(&mut self, attachment: &Attachment, now: Instant) {
+        let key = AllocKey::new(attachment.container_id.clone(), attachment.ifname.clone());
+        self.counters.dels += 1;
+        self.pending.retain(|p| p.key != key);
+        let mut channel = self.channel.lock();
+        channel.cancel(&key);
+        if let Some(addr) = channel.release(&key, now) {
+            self.counters.released += 1;
+            tracing::info!(container = %key.container, ifname = %key.ifname, %addr, "address released");
+        }
+    }
+
+    /// `POST /cni/check`: the attachment's allocation, if we hold one.
+    pub fn check(&self, attachment: &Attachment) -> Result<Allocation, CniFailure> {
+        let key = AllocKey::new(attachment.container_id.clone(), attachment.ifname.clone());
+        let Some(addr) = self.channel.lock().address_of(&key) else {
+            return Err(CniFailure::new(
+                404,
+                code::UNKNOWN_CONTAINER,
+                "weft holds no address for this container",
+                format!("no allocation for container {key}"),
+            ));
+        };
+        self.allocation(addr)
+    }
+
+    /// `GET /cni/status`: ready when an ADD would get an address without waiting long.
+    pub fn status_check(&self, now: Instant) -> Result<Status, CniFailure> {
+        let not_ready = |details: String| {
+            Err(CniFailure::new(
+                503,
+                code::NOT_AVAILABLE,
+                "weft is not ready to add pods",
+                details,
+            ))
+        };
+        if self.bridge.is_none() {
+            return Err(no_datapath());
+        }
+        let status = self.channel.lock().status(now);
+        if self.gateway.is_none() {
+            return not_ready(format!("IPAM: {}", status.state));
+        }
+        let free_somewhere =
+            status.unowned > 0 || status.owners.iter().any(|o| o.reachable && o.free > 0);
+        if !free_somewhere {
+            return not_ready(format!(
+                "no free address in {} on this host or on any reachable peer",
+                self.range
+            ));
+        }
+        Ok(Status { ready: true })
+    }
+
+    /// `POST /cni/gc`: releases every pod allocation not listed (the gateway stays).
+    pub fn gc(&mut self, request: &GcRequest, now: Instant) -> GcResponse {
+        let mut valid: BTreeSet<AllocKey> = request
+            .valid
+            .iter()
+            .map(|a| AllocKey::new(a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        valid.extend(self.gateway_key());
+        let released = self.channel.lock().gc(&valid, now);
+        for (key, addr) in &released {
+            tracing::info!(container = %key.container, ifname = %key.ifname, %addr, "address released by GC");
+        }
+        self.counters.gc_released += released.len() as u64;
+        GcResponse {
+            released: u32::try_from(released.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `weft rmpeer`: reclaims a departed peer's space; returns the addresses taken.
+    pub fn reclaim(&mut self, peer: PeerName, force: bool, now: Instant) -> Result<u64, IpamError> {
+        self.channel.lock().reclaim(peer, force, now)
+    }
+
+    /// One step (see the module docs). Returns what the router must hand to the mesh.
+    pub fn step(&mut self, now: Instant) -> Outbox {
+        if now >= self.next_tick {
+            self.channel.lock().tick(now);
+            self.next_tick = now + TICK;
+        }
+        if self.may_allocate(now) {
+            self.ensure_gateway(now);
+        }
+        let answers = self.try_pending(now);
+        let outbox = self.channel.lock().take_outbox();
+        let persisted = self.persist();
+        for (reply, key, result) in answers {
+            let result = match (result, &persisted) {
+                (Ok(_), Err(e)) => {
+                    // Not on disk: a restart could hand the address out again. Undo it.
+                    self.channel.lock().release(&key, now);
+                    Err(CniFailure::new(
+                        500,
+                        code::IO_FAILURE,
+                        "weft cannot persist its IPAM state",
+                        e.clone(),
+                    ))
+                }
+                (result, _) => result,
+            };
+            match &result {
+                Ok(alloc) => {
+                    self.counters.adds += 1;
+                    tracing::info!(container = %key.container, ifname = %key.ifname, address = %alloc.address, "address allocated");
+                }
+                Err(f) => {
+                    self.counters.add_failures += 1;
+                    tracing::warn!(container = %key.container, ifname = %key.ifname, code = f.body.code, error = %f.body.details, "ADD failed");
+                }
+            }
+            let _ = reply.send(result);
+        }
+        outbox
+    }
+
+    /// Writes the snapshot if it changed since the last write.
+    fn persist(&mut self) -> Result<(), String> {
+        let bytes = self.channel.lock().snapshot().to_bytes();
+        if bytes == self.saved {
+            return Ok(());
+        }
+        match self.store.set_ipam_snapshot(&bytes) {
+            Ok(()) => {
+                self.saved = bytes;
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.persist_failures += 1;
+                tracing::error!(error = %e, "cannot persist IPAM state");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn ensure_gateway(&mut self, now: Instant) {
+        let Some(key) = self.gateway_key() else {
+            return;
+        };
+        if self.gateway.is_none() {
+            match self.channel.lock().allocate(&key, now) {
+                Ok(addr) => self.gateway = Some(addr),
+                Err(e) if e.is_retryable() => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no address for the bridge yet");
+                    return;
+                }
+            }
+        }
+        if let (false, Some(addr), Some(bridge)) =
+            (self.gateway_applied, self.gateway, &self.bridge)
+        {
+            let Some(net) = IpNet::new(IpAddr::V4(addr), self.range.prefix) else {
+                return;
+            };
+            match (self.set_address)(&bridge.name, net) {
+                Ok(()) => {
+                    tracing::info!(bridge = %bridge.name, address = %net, "bridge address set");
+                    self.gateway_applied = true;
+                }
+                Err(e) => {
+                    tracing::warn!(bridge = %bridge.name, error = %e, "cannot set the bridge address (retrying)");
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn try_pending(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(Reply<Allocation>, AllocKey, Result<Allocation, CniFailure>)> {
+        let mut answers = Vec::new();
+        let allowed = self.may_allocate(now);
+        for mut p in std::mem::take(&mut self.pending) {
+            if p.reply.is_closed() {
+                // The plugin gave up (and will retry or DEL): stop asking for space for it.
+                self.channel.lock().cancel(&p.key);
+                continue;
+            }
+            let result = if !allowed {
+                Err(None)
+            } else if self.gateway.is_none() {
+                p.waiting_for = "this host's bridge address".to_owned();
+                Err(None)
+            } else {
+                match self.channel.lock().allocate(&p.key, now) {
+                    Ok(addr) => Ok(addr),
+                    Err(e) if e.is_retryable() => {
+                        p.waiting_for = e.to_string();
+                        Err(None)
+                    }
+                    Err(e) => Err(Some(failure(&e))),
+                }
+            };
+            match result {
+                Ok(addr) => {
+                    let alloc = self.allocation(addr);
+                    answers.push((p.reply, p.key, alloc));
+                }
+                Err(Some(f)) => answers.push((p.reply, p.key, Err(f))),
+                Err(None) if now >= p.deadline => {
+                    self.channel.lock().cancel(&p.key);
+                    let f = CniFailure::try_later(format!(
+                        "waited {}s for {}",
+                        ADD_WAIT.as_secs(),
+                        p.waiting_for
+                    ));
+                    answers.push((p.reply, p.key, Err(f)));
+                }
+                Err(None) => self.pending.push(p),
+            }
+        }
+        answers
+    }
+
+    /// The IPAM section of the report.
+    pub fn report(&self, topology: &Topology, now: Instant) -> IpamReport {
+        let channel = self.channel.lock();
+        let status = channel.status(now);
+        let allocations = channel
+            .allocations()
+            .into_iter()
+            .map(|(key, addr)| AllocationReport {
+                container_id: key.container,
+                ifname: key.ifname,
+                address: addr.to_string(),
+            })
+            .collect();
+        drop(channel);
+        IpamReport::new(status, topology, self, allocations)
+    }
+}
+
+fn no_datapath() -> CniFailure {
+    CniFailure::new(
+        503,
+        code::NOT_AVAILABLE,
+        "weft runs without a datapath",
+        "the router was started with --datapath none: pods cannot attach",
+    )
+}
+
+/// `ipam` in `/report` (field names are an interface, like the rest of the report).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamReport {
+    /// The cluster range (`--ipalloc-range`).
+    pub range: String,
+    /// Addresses in the range.
+    pub range_size: u64,
+    /// `no ring`, `waiting for ring`, `ready`, `waiting for space`.
+    pub state: String,
+    /// The ring's id `(created, genesis peer, uid)`, once there is one.
+    pub ring: Option<String>,
+    /// Equal on two peers iff their rings are equal.
+    pub ring_hash: String,
+    /// The bridge's address (the pods' gateway), once allocated.
+    pub gateway: Option<String>,
+    pub owners: Vec<OwnerReport>,
+    /// Addresses in chunks reclaimed and not adopted yet.
+    pub unowned: u64,
+    /// Owners we cannot reach (their free space is out of reach until they return or are
+    /// removed with `weft rmpeer`).
+    pub unreachable_owners: Vec<String>,
+    pub unreachable_fraction: f64,
+    /// A request for space in flight.
+    pub pending: Option<PendingReport>,
+    /// ADDs waiting for the ring or for space.
+    pub waiting_adds: usize,
+    /// Local allocations (pods and the gateway).
+    pub allocated: usize,
+    pub orphans: usize,
+    pub reserved_for_peers: usize,
+    pub conflicts: Vec<ConflictReport>,
+    pub incompatible_updates: u64,
+    pub allocations: Vec<AllocationReport>,
+    pub counters: IpamCounters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnerReport {
+    pub peer: String,
+    pub nickname: String,
+    pub reachable: bool,
+    /// Runs of consecutive addresses owned, `first-last`.
+    pub ranges: Vec<String>,
+    pub addresses: u64,
+    pub free: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingReport {
+    pub donor: String,
+    pub waiting_secs: u64,
+    pub waiting: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictReport {
+    pub addr: String,
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocationReport {
+    pub container_id: String,
+    pub ifname: String,
+    pub address: String,
+}
+
+fn nickname(topology: &Topology, peer: PeerName) -> String {
+    topology
+        .get(peer)
+        .map(|e| e.nickname.clone())
+        .unwrap_or_default()
+}
+
+impl IpamReport {
+    fn new(
+        status: IpamStatus,
+        topology: &Topology,
+        host: &IpamHost,
+        allocations: Vec<AllocationReport>,
+    ) -> Self {
+        let unreachable_owners = status
+            .owners
+            .iter()
+            .filter(|o| !o.reachable)
+            .map(|o| o.peer.to_string())
+            .collect();
+        IpamReport {
+            range: status.range,
+            range_size: host.range.size(),
+            state: status.state.to_owned(),
+            ring: status.ring,
+            ring_hash: status.ring_hash,
+            gateway: host.gateway.map(|g| g.to_string()),
+            owners: status
+                .owners
+                .into_iter()
+                .map(|o| OwnerReport {
+                    peer: o.peer.to_string(),
+                    nickname: nickname(topology, o.peer),
+                    reachable: o.reachable,
+                    ranges: o.ranges,
+                    addresses: o.addresses,
+                    free: o.free,
+                })
+                .collect(),
+            unowned: status.unowned,
+            unreachable_owners,
+            unreachable_fraction: status.unreachable_fraction,
+            pending: status.pending.map(|p| PendingReport {
+                donor: p.donor.to_string(),
+                waiting_secs: p.waiting_secs,
+                waiting: p.waiting,
+            }),
+            waiting_adds: host.pending.len(),
+            allocated: status.allocated,
+            orphans: status.orphans,
+            reserved_for_peers: status.reserved_for_peers,
+            conflicts: status
+                .conflicts
+                .into_iter()
+                .map(|c| ConflictReport {
+                    addr: c.addr.to_string(),
+                    peer: c.peer.to_string(),
+                })
+                .collect(),
+            incompatible_updates: status.incompatible_updates,
+            allocations,
+            counters: host.counters.clone(),
+        }
+    }
+}
