@@ -156,7 +156,11 @@ fn locate_or_build_plugin(weft: &Path) -> anyhow::Result<PathBuf> {
         }
         None => bail!("cannot tell the profile of {}", weft.display()),
     }
-    eprintln!("harness: building {} ({})", plugin.display(), cmd::describe(&command));
+    eprintln!(
+        "harness: building {} ({})",
+        plugin.display(),
+        cmd::describe(&command)
+    );
     let out = cmd::run_with_timeout(&mut command, BUILD_TIMEOUT)?;
     ensure!(
         out.success(),
@@ -552,15 +556,12 @@ impl ContainerNs {
 
     /// Runs `argv` inside the container; whatever the exit code.
     pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.path.display()))
-            .args(argv);
-        cmd::run_with_timeout(&mut command, COMMAND_TIMEOUT)
+        nsenter_output(&self.path, argv)
     }
 
-    /// Starts `argv` inside the container and returns without waiting (killed on drop).
-    pub fn spawn(&self, argv: &[&str]) -> anyhow::Result<std::process::Child> {
+    /// Starts `argv` inside the container and returns without waiting; the process is killed
+    /// when the returned guard is dropped (and with the container at the latest).
+    pub fn spawn(&self, argv: &[&str]) -> anyhow::Result<Spawned> {
         Command::new("nsenter")
             .arg(format!("--net={}", self.path.display()))
             .args(argv)
@@ -568,6 +569,7 @@ impl ContainerNs {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
+            .map(Spawned)
             .with_context(|| format!("cannot start {argv:?} in {}", self.name))
     }
 
@@ -604,6 +606,17 @@ impl Drop for ContainerNs {
     }
 }
 
+/// A process started in a container, killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Spawned(pub std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// cnitool 1.1's container id for a netns path: `cnitool-` + hex of the first 10 bytes of the
 /// path's SHA-512.
 pub fn cnitool_container_id(netns: &Path) -> anyhow::Result<String> {
@@ -618,15 +631,18 @@ pub fn cnitool_container_id(netns: &Path) -> anyhow::Result<String> {
     Ok(format!("cnitool-{hex}"))
 }
 
+/// Runs `argv` in the network namespace at `netns` (a named netns, or a pod's netns from the
+/// CRI status) through `nsenter --net=`; whatever the exit code.
+pub fn nsenter_output(netns: &Path, argv: &[&str]) -> anyhow::Result<Output> {
+    let mut command = Command::new("nsenter");
+    command.arg(format!("--net={}", netns.display())).args(argv);
+    cmd::run_with_timeout(&mut command, COMMAND_TIMEOUT)
+}
+
 /// The IPv4 addresses (without prefix) on `ifname` in the netns at `netns`; empty if there is
 /// no such interface (or netns).
 pub fn container_ipv4_addrs(netns: &Path, ifname: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
-    let out = cmd::run_with_timeout(
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["ip", "-j", "-4", "addr", "show", "dev", ifname]),
-        COMMAND_TIMEOUT,
-    )?;
+    let out = nsenter_output(netns, &["ip", "-j", "-4", "addr", "show", "dev", ifname])?;
     if !out.success() {
         return Ok(Vec::new());
     }
@@ -751,7 +767,8 @@ impl Containerd {
 
     /// The last lines of containerd's log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.state_dir.join("containerd.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.state_dir.join("containerd.log")).unwrap_or_default();
         crate::wait::log_tail(&log, 30)
     }
 }
@@ -782,8 +799,7 @@ impl SysctlGuard {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
             let old = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            std::fs::write(&path, value)
-                .with_context(|| format!("cannot set {key} to {value}"))?;
+            std::fs::write(&path, value).with_context(|| format!("cannot set {key} to {value}"))?;
             guard.saved.push((path, old.trim().to_owned()));
         }
         Ok(guard)
@@ -805,7 +821,8 @@ impl SysctlGuard {
                 pairs.push((key, current.max(entries * factor).to_string()));
             }
         }
-        let pairs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let pairs: Vec<(&str, String)> =
+            pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         SysctlGuard::set(&pairs)
     }
 }
@@ -844,7 +861,11 @@ pub fn in_cidr(addr: Ipv4Addr, cidr: &str) -> anyhow::Result<bool> {
     let base: Ipv4Addr = base.parse()?;
     let bits: u32 = bits.parse()?;
     ensure!(bits <= 32, "{cidr:?} is not a CIDR");
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     Ok(u32::from(addr) & mask == u32::from(base) & mask)
 }
 
