@@ -202,9 +202,9 @@ for spec in "${extra[@]}"; do
 done
 
 # --- weft-cni -----------------------------------------------------------------------------------
-# The weft row's default conflist: the plugin alone. Adjust (or pass --weft-conflist) once
-# weft-cni's configuration is settled; @STATE@ is a scratch dir.
-WEFT_CONFLIST='{ "cniVersion": "1.1.0", "name": "weft", "plugins": [ { "type": "weft-cni" } ] }'
+# The weft row's default conflist: the plugin alone, talking to the bench's own router (its
+# socket is @SOCKET@, so a router already running on this machine is never touched).
+WEFT_CONFLIST='{ "cniVersion": "1.1.0", "name": "weft", "plugins": [ { "type": "weft-cni", "socket": "@SOCKET@" } ] }'
 
 weft_row() {
     if [[ -z "$weft_bin" ]]; then
@@ -222,14 +222,15 @@ weft_row() {
     if [[ -n "$weft_conflist" ]]; then
         cp "$weft_conflist" "$conflist"
     else
-        echo "$WEFT_CONFLIST" >"$conflist"
+        echo "${WEFT_CONFLIST//@SOCKET@/$W/weft/cni.sock}" >"$conflist"
     fi
 
     echo "==> weft-cni" >&2
     make_host
     head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$W/weft/machine-id"
     local -a args=(router --data-dir "$W/weft/data" --machine-id-file "$W/weft/machine-id"
-        --nickname bench --status-addr "$STATUS_ADDR" --datapath sleeve)
+        --nickname bench --status-addr "$STATUS_ADDR" --datapath sleeve
+        --cni-socket "$W/weft/cni.sock")
     # shellcheck disable=SC2206
     args+=(${WEFT_BENCH_ROUTER_ARGS:-})
     (

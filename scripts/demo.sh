@@ -47,6 +47,7 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 WEFT=${CARGO_TARGET_DIR:-target}/release/weft # relative to $ROOT, where the demo runs
+WEFT_CNI=${CARGO_TARGET_DIR:-target}/release/weft-cni
 
 if ((EUID != 0)); then
     echo "demo: needs root (it creates network namespaces): sudo $0 ${args[*]}" >&2
@@ -109,8 +110,8 @@ for dir in "$HOME/.cargo/bin" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -
     [[ -x "$dir/cargo" ]] && PATH=$dir:$PATH
 done
 command -v cargo >/dev/null 2>&1 || { echo "demo: cargo not found (install a Rust toolchain)" >&2; exit 1; }
-log "building weft (cargo build --release -p weft-router)"
-cargo build --release -p weft-router
+log "building weft (cargo build --release -p weft-router -p weft-cni)"
+cargo build --release -p weft-router -p weft-cni
 
 # --- set up --------------------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ for i in $(seq "$hosts"); do
         --heartbeat-interval 2 \
         --gossip-interval 5 \
         --datapath sleeve \
+        --cni-socket "$STATE_DIR/host$i/cni.sock" \
         $peers \
         </dev/null >"$STATE_DIR/host$i.log" 2>&1 &
     echo "  host$i: weft router $peers  (log: $STATE_DIR/host$i.log)"
@@ -258,18 +260,30 @@ else
     run 2 "$WEFT" ping host1
 fi
 
-log "pods: one per host, on the host's weft bridge (10.40.0.i), traffic through the encrypted sleeve"
-mtu=$(ip netns exec "${PREFIX}host1" "$WEFT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["datapath"]["mtu"])')
+log "pods: one per host, added by the weft-cni plugin (CNI ADD, as kubelet's runtime calls it)"
+# Each host's plugin talks to its own router (hosts share this machine's /run, so each router
+# has its own socket); in a cluster the config is just {"type": "weft-cni"}.
+declare -a pod_ip
 for i in $(seq "$hosts"); do
     pod=${PREFIX}pod$i
     ip netns add "$pod"
-    ip -n "$pod" link set lo up
-    ip -n "${PREFIX}host$i" link add vpod type veth peer name eth0 netns "$pod"
-    ip -n "${PREFIX}host$i" link set vpod master weft mtu "$mtu" up
-    ip -n "$pod" addr add "10.40.0.$i/24" dev eth0
-    ip -n "$pod" link set eth0 mtu "$mtu" up
+    conf=$STATE_DIR/host$i/weft.conf
+    printf '{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","socket":"%s"}\n' \
+        "$STATE_DIR/host$i/cni.sock" >"$conf"
+    if ! result=$(ip netns exec "${PREFIX}host$i" env CNI_COMMAND=ADD CNI_CONTAINERID="demo-pod$i" \
+        CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$(dirname "$WEFT_CNI")" \
+        "$WEFT_CNI" <"$conf"); then
+        echo "demo: CNI ADD for pod$i on host$i failed: $result" >&2
+        exit 1
+    fi
+    pod_ip[i]=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' <<<"$result")
+    summary=$(python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+ip = r["ips"][0]
+print("%s gw %s, host end %s, mtu %s" % (ip["address"], ip["gateway"], r["interfaces"][0]["name"], r["interfaces"][1]["mtu"]))' <<<"$result")
+    echo "  pod$i on host$i: $summary"
 done
-echo "  $hosts pods, MTU $mtu (the underlay's 1500 minus the sealed sleeve's overhead)"
 printf '\n  ping matrix (row pings column):\n         '
 for j in $(seq "$hosts"); do printf ' pod%-3s' "$j"; done
 echo
@@ -279,7 +293,7 @@ for i in $(seq "$hosts"); do
     for j in $(seq "$hosts"); do
         if ((i == j)); then
             printf '   -   '
-        elif ip netns exec "${PREFIX}pod$i" ping -c 2 -i 0.2 -W 2 -q "10.40.0.$j" >/dev/null 2>&1; then
+        elif ip netns exec "${PREFIX}pod$i" ping -c 2 -i 0.2 -W 2 -q "${pod_ip[j]}" >/dev/null 2>&1; then
             printf '   ok  '
         else
             printf '  FAIL '
@@ -295,16 +309,20 @@ fi
 if command -v iperf3 >/dev/null; then
     ip netns exec "${PREFIX}pod1" iperf3 -s -1 -D >/dev/null 2>&1
     sleep 0.5
-    rate=$(ip netns exec "${PREFIX}pod2" iperf3 -c 10.40.0.1 -t 3 -J 2>/dev/null |
+    rate=$(ip netns exec "${PREFIX}pod2" iperf3 -c "${pod_ip[1]}" -t 3 -J 2>/dev/null |
         python3 -c 'import json,sys; print("%.2f Gbit/s" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))' 2>/dev/null || echo "n/a")
     echo "  throughput pod2 -> pod1 (iperf3 TCP, 3 s, encrypted sleeve): $rate"
 fi
 run 1 "$WEFT" status
 
+log "address management: the cluster range split among the hosts, no external store"
+run 1 "$WEFT" ipam
+run "$hosts" "$WEFT" ipam check
+
 log "metrics (host1, excerpt)"
 printf '\n$ ip netns exec %shost1 curl -s 127.0.0.1:6784/metrics | grep ...\n' "$PREFIX"
 ip netns exec "${PREFIX}host1" curl -sf "http://127.0.0.1:6784/metrics" |
-    grep -E '^weft_(peers|connections|handshake_failures|frames_rejected)' || true
+    grep -E '^weft_(peers|connections|handshake_failures|frames_rejected|ipam_(allocations|owned_addresses|unreachable_owners))' || true
 
 finished=1
 if ((keep)); then

@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use weft_gossip::channel::GossipMsg;
+use weft_gossip::ipam;
 use weft_gossip::topology::{Digest, TopologyUpdate};
 use weft_gossip::wire::{self, ControlMsg, EchoMsg, Features, Intro};
 
@@ -25,5 +26,10 @@ fuzz_target!(|data: &[u8]| {
     round_trips::<Features>(data);
     round_trips::<Intro>(data);
     round_trips::<EchoMsg>(data);
+    // IPAM unicasts (space, reservations, `weft ipam check` views): whatever passes the
+    // bound checks must survive a round trip and pass them again.
+    if let Ok(msg) = ipam::decode_msg(data) {
+        assert_eq!(ipam::decode_msg(&wire::encode(&msg)).as_ref(), Ok(&msg));
+    }
     let _ = wire::split_frames(data);
 });

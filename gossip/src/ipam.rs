@@ -84,11 +84,20 @@
 //!   [`IpamChannel::take_outbox`] is sent, and a router must restore it under the same peer
 //!   name: a peer that lost its snapshot but kept its name may trust entries it cannot vouch for.
 //!
+//! # Checking agreement (`weft ipam check`)
+//! Equal ring hashes mean equal rings, but when they differ an operator needs to know where.
+//! [`IpamChannel::request_views`] asks every reachable peer for its [`IpamView`] (range, ring
+//! id and hash, each owner's chunk, address and free counts, allocation and conflict counts)
+//! with a round id; answers for that round from peers asked in it are kept, one per peer,
+//! anything else is dropped. [`compare_views`] is pure: it names differing ranges, rings, and
+//! within one ring the owners whose share peers see differently, in words an operator reads.
+//!
 //! # Bounds
 //! The ring has at most [`MAX_CHUNKS`] entries whatever peers send (indices are validated), so
 //! its digest and full state fit one frame. Reservations are stored only for addresses in
 //! chunks we own, conflicts only for addresses we hold or own, and unicast lists are capped at
-//! [`MAX_ADDRS_PER_MSG`]. Container ids and interface names are length-checked.
+//! [`MAX_ADDRS_PER_MSG`]. Container ids and interface names are length-checked. A view lists
+//! at most [`MAX_VIEW_OWNERS`] owners (under 21 KiB encoded).
 //!
 //! # Hosting
 //! Like [`crate::macs::SharedMacChannel`], [`SharedIpam`] is hosted by the mesh and cloned by the
@@ -311,6 +320,12 @@ pub enum IpamMsg {
     },
     /// "I released these orphans; they are yours again."
     Unreserve { ring: RingId, addrs: Vec<Ipv4Addr> },
+    // New variants go last: postcard encodes the variant index, so appending keeps the
+    // encoding of every variant above.
+    /// `weft ipam check`: "send me your view, for round `id`."
+    ViewRequest { id: u64 },
+    /// The answer to [`IpamMsg::ViewRequest`] `id`.
+    View { id: u64, view: IpamView },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -517,10 +532,261 @@ pub struct IpamStatus {
     pub incompatible_updates: u64,
 }
 
+/// One owner's share of the ring as some peer sees it, in an [`IpamView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerView {
+    /// `None`: chunks reclaimed from a departed peer and not adopted yet.
+    pub owner: Option<PeerName>,
+    pub chunks: u32,
+    /// Addresses in those chunks, network and broadcast included (as in status).
+    pub addresses: u64,
+    /// Free addresses the owner announced (advisory).
+    pub free: u64,
+}
+
+/// What one peer believes about the ring, compact enough to travel as one unicast frame
+/// (`weft ipam check` gathers one from every reachable peer and compares them with
+/// [`compare_views`]). At most [`MAX_VIEW_OWNERS`] owners, so a view encodes to under 21 KiB
+/// whatever the cluster size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamView {
+    pub peer: PeerName,
+    pub range: Cidr,
+    pub ring: Option<RingId>,
+    /// [`GossipChannel::digest_hash`]: equal on two peers iff their rings are equal.
+    pub ring_hash: u64,
+    /// Per owner of a known chunk, sorted by owner (the unowned chunks, if any, first), cut
+    /// after [`MAX_VIEW_OWNERS`] entries.
+    pub owners: Vec<OwnerView>,
+    /// Owners left out of `owners` by that cut.
+    pub owners_omitted: u32,
+    /// Local allocations.
+    pub allocated: u64,
+    /// Duplicate addresses detected here ([`IpamStatus::conflicts`]).
+    pub conflicts: u64,
+}
+
+/// Owners listed in an [`IpamView`]. Each encodes to at most 20 bytes (tag, 48-bit name, chunk
+/// count up to [`MAX_CHUNKS`], two counts up to 2^32), so a view stays under 21 KiB, a third
+/// of a 64 KiB frame, and covers clusters of a thousand owning peers completely; beyond that
+/// the owners with the largest names are only counted (`owners_omitted`) and the ring hash
+/// still tells whether two rings differ.
+pub const MAX_VIEW_OWNERS: usize = 1024;
+
+impl IpamView {
+    /// Structural checks on a view received from the network: bounded, sorted, consistent
+    /// counts. Says nothing about whether it agrees with ours.
+    fn validate(&self) -> Result<(), ChannelError> {
+        let bad = |why: &str| Err(ChannelError::Invalid(format!("bad IPAM view: {why}")));
+        if !valid_name(self.peer) || !self.range.valid() {
+            return bad("peer name or range");
+        }
+        if self.ring.is_some_and(|r| !valid_name(r.genesis)) {
+            return bad("ring id names no peer");
+        }
+        if self.owners.len() > MAX_VIEW_OWNERS || self.owners_omitted as usize > MAX_CHUNKS {
+            return bad("too many owners");
+        }
+        if self.ring.is_none() && (!self.owners.is_empty() || self.owners_omitted > 0) {
+            return bad("owners without a ring");
+        }
+        if self.owners.windows(2).any(|w| w[0].owner >= w[1].owner) {
+            return bad("owners not sorted or repeated");
+        }
+        let mut chunks = 0usize;
+        for o in &self.owners {
+            chunks = chunks.saturating_add(o.chunks as usize);
+            if o.owner.is_some_and(|p| !valid_name(p))
+                || o.addresses > self.range.size()
+                || o.free > o.addresses
+            {
+                return bad("owner counts");
+            }
+        }
+        if chunks > MAX_CHUNKS {
+            return bad("more chunks than a ring has");
+        }
+        Ok(())
+    }
+
+    /// `owner`'s counts `(chunks, addresses, free)` in this view; `None` if the owner may
+    /// have been cut from the list, so the view cannot say.
+    fn counts_of(&self, owner: Option<PeerName>) -> Option<(u32, u64, u64)> {
+        match self.owners.iter().find(|o| o.owner == owner) {
+            Some(o) => Some((o.chunks, o.addresses, o.free)),
+            None if self.owners_omitted > 0 && self.owners.iter().all(|o| o.owner < owner) => None,
+            None => Some((0, 0, 0)),
+        }
+    }
+}
+
+/// Peers that share a value in a [`ViewDifference`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RangeGroup {
+    pub range: Cidr,
+    pub peers: Vec<PeerName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RingGroup {
+    /// `None`: no ring yet.
+    pub ring: Option<RingId>,
+    pub peers: Vec<PeerName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerCounts {
+    pub peers: Vec<PeerName>,
+    pub chunks: u32,
+    pub addresses: u64,
+    pub free: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HashGroup {
+    pub ring_hash: u64,
+    pub peers: Vec<PeerName>,
+}
+
+/// One way in which peers' [`IpamView`]s disagree; see [`compare_views`]. `Display` says it
+/// in an operator's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ViewDifference {
+    /// Peers configured with different `--ipalloc-range`s, which ignore each other's rings.
+    Range { groups: Vec<RangeGroup> },
+    /// Peers of one range holding different rings (or none), oldest ring first.
+    Ring { range: Cidr, groups: Vec<RingGroup> },
+    /// Peers of one ring that see different shares for `owner` (`None`: unowned chunks).
+    Owner {
+        ring: RingId,
+        owner: Option<PeerName>,
+        seen: Vec<OwnerCounts>,
+    },
+    /// Peers of one ring whose rings differ (different hashes) although the counts of every
+    /// owner their views list agree: only entry versions differ.
+    Versions {
+        ring: RingId,
+        groups: Vec<HashGroup>,
+    },
+    /// A peer that detected duplicate addresses.
+    Conflicts { peer: PeerName, conflicts: u64 },
+}
+
+/// "a", "a and b", "a, b and c".
+fn name_list(peers: &[PeerName]) -> String {
+    let names: Vec<String> = peers.iter().map(PeerName::to_string).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => String::new(),
+    }
+}
+
+/// "a sees" / "a and b see".
+fn names_verb(peers: &[PeerName], singular: &str, plural: &str) -> String {
+    let verb = if peers.len() == 1 { singular } else { plural };
+    format!("{} {verb}", name_list(peers))
+}
+
+/// "peer a holds" / "peers a and b hold".
+fn peers_verb(peers: &[PeerName], singular: &str, plural: &str) -> String {
+    let noun = if peers.len() == 1 { "peer" } else { "peers" };
+    format!("{noun} {}", names_verb(peers, singular, plural))
+}
+
+impl fmt::Display for ViewDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ViewDifference::Range { groups } => {
+                let held: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("{} {}", peers_verb(&g.peers, "has", "have"), g.range))
+                    .collect();
+                write!(
+                    f,
+                    "different allocation ranges: {}; peers with different ranges ignore each \
+                     other's rings, give every peer the same --ipalloc-range",
+                    held.join(", ")
+                )
+            }
+            ViewDifference::Ring { range, groups } => {
+                let held: Vec<String> = groups
+                    .iter()
+                    .map(|g| match g.ring {
+                        Some(r) => format!("{} ring {r}", peers_verb(&g.peers, "holds", "hold")),
+                        None => format!("{} no ring yet", peers_verb(&g.peers, "holds", "hold")),
+                    })
+                    .collect();
+                write!(f, "different rings in {range}: {}", held.join(", "))?;
+                let rings: Vec<RingId> = groups.iter().filter_map(|g| g.ring).collect();
+                match rings.first() {
+                    Some(oldest) if rings.len() > 1 => {
+                        write!(f, " (the older ring, {oldest}, wins once they connect)")
+                    }
+                    Some(only) => {
+                        write!(f, " (peers without a ring take {only} once they connect)")
+                    }
+                    None => Ok(()),
+                }
+            }
+            ViewDifference::Owner { ring, owner, seen } => {
+                match owner {
+                    Some(o) => write!(f, "owner {o} in ring {ring}: ")?,
+                    None => write!(
+                        f,
+                        "unowned (reclaimed, not yet adopted) chunks in ring {ring}: "
+                    )?,
+                }
+                let seen: Vec<String> = seen
+                    .iter()
+                    .map(|s| {
+                        let who = names_verb(&s.peers, "sees", "see");
+                        if s.chunks == 0 {
+                            format!("{who} none")
+                        } else {
+                            format!("{who} {} addresses ({} free)", s.addresses, s.free)
+                        }
+                    })
+                    .collect();
+                write!(f, "{}", seen.join(", "))
+            }
+            ViewDifference::Versions { ring, groups } => {
+                let hashes: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("{:016x} on {}", g.ring_hash, name_list(&g.peers)))
+                    .collect();
+                write!(
+                    f,
+                    "ring {ring} differs between peers (hash {}) although every owner's address \
+                     and free counts agree: only entry versions differ, an update has not \
+                     reached every peer yet",
+                    hashes.join(", ")
+                )
+            }
+            ViewDifference::Conflicts { peer, conflicts } => write!(
+                f,
+                "peer {peer} detected {conflicts} duplicate address{} (listed in its IPAM status)",
+                if *conflicts == 1 { "" } else { "es" }
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Ring {
     id: RingId,
     entries: Vec<Entry>,
+}
+
+/// A `weft ipam check` round: the peers asked for their views and those that answered.
+/// Answers are kept only from peers asked in this round, one each, so memory is bounded by
+/// the reachable peers.
+#[derive(Debug, Clone)]
+struct ViewRound {
+    id: u64,
+    asked: BTreeSet<PeerName>,
+    answers: BTreeMap<PeerName, IpamView>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -560,6 +826,7 @@ pub struct IpamChannel {
     epoch_unix_ms: u64,
     now: Instant,
     incompatible: u64,
+    view_round: Option<ViewRound>,
 }
 
 impl IpamChannel {
@@ -595,6 +862,7 @@ impl IpamChannel {
             epoch_unix_ms: unix_ms,
             now,
             incompatible: 0,
+            view_round: None,
         }
     }
 
@@ -731,9 +999,9 @@ impl IpamChannel {
         }
     }
 
-    /// Allocates an address for `key`, or returns the one it has. A [retryable]
-    /// (IpamError::is_retryable) error means a request for space or for the ring is under
-    /// way: call again after the next message or tick.
+    /// Allocates an address for `key`, or returns the one it has. A
+    /// [retryable](IpamError::is_retryable) error means a request for space or for the ring is
+    /// under way: call again after the next message or tick.
     pub fn allocate(&mut self, key: &AllocKey, now: Instant) -> Result<Ipv4Addr, IpamError> {
         self.set_now(now);
         if !key.valid() {
@@ -989,6 +1257,73 @@ impl IpamChannel {
             conflicts: self.conflict_list(),
             incompatible_updates: self.incompatible,
         }
+    }
+
+    /// This peer's [`IpamView`].
+    pub fn view(&self) -> IpamView {
+        let mut owners: BTreeMap<Option<PeerName>, OwnerView> = BTreeMap::new();
+        if let Some(ring) = &self.ring {
+            for e in ring.entries.iter().filter(|e| e.known()) {
+                let o = owners.entry(e.owner).or_insert(OwnerView {
+                    owner: e.owner,
+                    chunks: 0,
+                    addresses: 0,
+                    free: 0,
+                });
+                o.chunks += 1;
+                o.addresses += 1u64 << self.geo.chunk_bits;
+                o.free += u64::from(e.free);
+            }
+        }
+        let omitted = owners.len().saturating_sub(MAX_VIEW_OWNERS);
+        IpamView {
+            peer: self.local,
+            range: self.config.range,
+            ring: self.ring_id(),
+            ring_hash: self.digest_hash(),
+            owners: owners.into_values().take(MAX_VIEW_OWNERS).collect(),
+            owners_omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
+            allocated: self.allocs.len() as u64,
+            conflicts: self.conflicts.len() as u64,
+        }
+    }
+
+    /// Starts `weft ipam check` round `id`: forgets the answers of any earlier round and
+    /// queues a [`IpamMsg::ViewRequest`] to every reachable peer (sent by the router from
+    /// [`IpamChannel::take_outbox`]). Answers arrive through `on_unicast`; read them with
+    /// [`IpamChannel::views`].
+    pub fn request_views(&mut self, id: u64) {
+        let asked = self.reachable.clone();
+        let request = wire::encode(&IpamMsg::ViewRequest { id });
+        self.unicasts
+            .extend(asked.iter().map(|p| (*p, request.clone())));
+        self.view_round = Some(ViewRound {
+            id,
+            asked,
+            answers: BTreeMap::new(),
+        });
+    }
+
+    /// The views received in the current round, by peer (our own is [`IpamChannel::view`]).
+    pub fn views(&self) -> Vec<IpamView> {
+        self.view_round
+            .as_ref()
+            .map(|r| r.answers.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Peers asked in the current round that have not answered (yet).
+    pub fn views_missing(&self) -> Vec<PeerName> {
+        self.view_round
+            .as_ref()
+            .map(|r| {
+                r.asked
+                    .iter()
+                    .filter(|p| !r.answers.contains_key(*p))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // ---- internals ----
@@ -1546,7 +1881,7 @@ fn valid_name(name: PeerName) -> bool {
     PeerName::from_u64(name.as_u64()).is_some()
 }
 
-/// Decodes a unicast payload, checking list bounds.
+/// Decodes a unicast payload, checking list bounds and the shape of views.
 pub fn decode_msg(bytes: &[u8]) -> Result<IpamMsg, ChannelError> {
     let msg: IpamMsg = wire::decode(bytes)?;
     let too_long = match &msg {
@@ -1557,12 +1892,131 @@ pub fn decode_msg(bytes: &[u8]) -> Result<IpamMsg, ChannelError> {
             addrs, conflicts, ..
         } => addrs.len() > MAX_ADDRS_PER_MSG || conflicts.len() > MAX_ADDRS_PER_MSG,
         IpamMsg::Donation(update) => update.entries.len() > 2 * MAX_CHUNKS,
+        IpamMsg::View { view, .. } => {
+            view.validate()?;
+            false
+        }
         _ => false,
     };
     if too_long {
         return Err(ChannelError::Invalid("IPAM message too long".into()));
     }
     Ok(msg)
+}
+
+/// Where peers' views disagree, most fundamental first: allocation ranges; then, per range,
+/// rings; then, per ring whose peers' hashes differ, each owner whose share they see
+/// differently (or, if every owner's counts agree, that only versions differ); last, peers
+/// that detected duplicates. Empty when all agree. A peer given twice counts once.
+pub fn compare_views(views: &[IpamView]) -> Vec<ViewDifference> {
+    let mut views: Vec<&IpamView> = views.iter().collect();
+    // Stable: of a peer given twice, the first view is kept.
+    views.sort_by_key(|v| v.peer);
+    views.dedup_by_key(|v| v.peer);
+    let mut diffs = Vec::new();
+    let by_range = group_by(&views, |v| v.range);
+    if by_range.len() > 1 {
+        let groups = by_range
+            .iter()
+            .map(|(range, vs)| RangeGroup {
+                range: *range,
+                peers: vs.iter().map(|v| v.peer).collect(),
+            })
+            .collect();
+        diffs.push(ViewDifference::Range { groups });
+    }
+    for (range, in_range) in &by_range {
+        let by_ring = group_by(in_range, |v| v.ring);
+        if by_ring.len() > 1 {
+            // Oldest ring first (the one that wins), peers without a ring last.
+            let (with, without): (Vec<_>, Vec<_>) =
+                by_ring.iter().partition(|(ring, _)| ring.is_some());
+            let groups = with
+                .into_iter()
+                .chain(without)
+                .map(|(ring, vs)| RingGroup {
+                    ring: *ring,
+                    peers: vs.iter().map(|v| v.peer).collect(),
+                })
+                .collect();
+            diffs.push(ViewDifference::Ring {
+                range: *range,
+                groups,
+            });
+        }
+        for (ring, in_ring) in &by_ring {
+            if let Some(ring) = ring {
+                compare_ring(*ring, in_ring, &mut diffs);
+            }
+        }
+    }
+    for v in &views {
+        if v.conflicts > 0 {
+            diffs.push(ViewDifference::Conflicts {
+                peer: v.peer,
+                conflicts: v.conflicts,
+            });
+        }
+    }
+    diffs
+}
+
+/// Views grouped by `key`, each group in the order given.
+fn group_by<'a, K: Ord>(
+    views: &[&'a IpamView],
+    key: impl Fn(&IpamView) -> K,
+) -> BTreeMap<K, Vec<&'a IpamView>> {
+    let mut groups: BTreeMap<K, Vec<&IpamView>> = BTreeMap::new();
+    for v in views {
+        groups.entry(key(v)).or_default().push(*v);
+    }
+    groups
+}
+
+/// Differences among views of one ring, sorted by peer.
+fn compare_ring(ring: RingId, views: &[&IpamView], diffs: &mut Vec<ViewDifference>) {
+    let by_hash = group_by(views, |v| v.ring_hash);
+    if by_hash.len() <= 1 {
+        return;
+    }
+    let owners: BTreeSet<Option<PeerName>> = views
+        .iter()
+        .flat_map(|v| v.owners.iter().map(|o| o.owner))
+        .collect();
+    let mut owner_differs = false;
+    for owner in owners {
+        let mut counts: BTreeMap<(u32, u64, u64), Vec<PeerName>> = BTreeMap::new();
+        for v in views {
+            if let Some(c) = v.counts_of(owner) {
+                counts.entry(c).or_default().push(v.peer);
+            }
+        }
+        if counts.len() <= 1 {
+            continue;
+        }
+        owner_differs = true;
+        let mut seen: Vec<OwnerCounts> = counts
+            .into_iter()
+            .map(|((chunks, addresses, free), peers)| OwnerCounts {
+                peers,
+                chunks,
+                addresses,
+                free,
+            })
+            .collect();
+        seen.sort_by_key(|s| s.peers.first().copied());
+        diffs.push(ViewDifference::Owner { ring, owner, seen });
+    }
+    if !owner_differs {
+        let groups = by_hash
+            .into_iter()
+            .map(|(ring_hash, vs)| HashGroup {
+                ring_hash,
+                peers: vs.iter().map(|v| v.peer).collect(),
+            })
+            .collect();
+        diffs.push(ViewDifference::Versions { ring, groups });
+    }
 }
 
 /// Splits entries into updates of at most about `budget` bytes (at least one entry each).
@@ -1723,6 +2177,26 @@ impl GossipChannel for IpamChannel {
             }
             IpamMsg::Unreserve { ring, addrs } => {
                 self.on_unreserve(src, ring, addrs);
+                None
+            }
+            IpamMsg::ViewRequest { id } => Some(IpamMsg::View {
+                id,
+                view: self.view(),
+            }),
+            IpamMsg::View { id, view } => {
+                if view.peer != src {
+                    return Err(ChannelError::Invalid(format!(
+                        "IPAM view from {src} names peer {}",
+                        view.peer
+                    )));
+                }
+                // Late answers to an earlier round and unasked ones are dropped.
+                if let Some(round) = self.view_round.as_mut()
+                    && round.id == id
+                    && round.asked.contains(&src)
+                {
+                    round.answers.insert(src, view);
+                }
                 None
             }
         };
@@ -2392,6 +2866,416 @@ mod tests {
         assert!(!hosted.full_state(1 << 16).is_empty());
     }
 
+    // ---- views (`weft ipam check`) ----
+
+    fn owner_view(owner: Option<u64>, chunks: u32, addresses: u64, free: u64) -> OwnerView {
+        OwnerView {
+            owner: owner.map(name),
+            chunks,
+            addresses,
+            free,
+        }
+    }
+
+    fn hand_view(peer: u64, range: &str, ring: Option<RingId>, hash: u64) -> IpamView {
+        IpamView {
+            peer: name(peer),
+            range: cidr(range),
+            ring,
+            ring_hash: hash,
+            owners: Vec::new(),
+            owners_omitted: 0,
+            allocated: 0,
+            conflicts: 0,
+        }
+    }
+
+    #[test]
+    fn views_agree_until_a_donation_is_merged_on_one_side_only() {
+        let t = Instant::now();
+        let range = "10.32.0.0/16"; // 4096 chunks of 16
+        let (mut a, mut b, mut c) = (peer(1, range, t), peer(2, range, t), peer(3, range, t));
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        introduce(&a, &mut b);
+        introduce(&a, &mut c);
+        for p in [&mut a, &mut b, &mut c] {
+            p.set_reachable([name(1), name(2), name(3)]);
+        }
+        let view = a.view();
+        assert_eq!(
+            view.owners,
+            vec![owner_view(Some(1), 4096, 1 << 16, (1 << 16) - 2 - 1)]
+        );
+        assert_eq!(
+            (view.peer, view.ring, view.ring_hash, view.allocated),
+            (name(1), a.ring_id(), a.digest_hash(), 1)
+        );
+        assert_eq!(compare_views(&[a.view(), b.view(), c.view()]), vec![]);
+
+        // b gets space from a; c has not heard of it.
+        assert!(b.allocate(&key(2), t).is_err());
+        let q = sent_by(&mut b);
+        deliver(&mut [&mut a, &mut b], q);
+        assert_eq!(a.digest_hash(), b.digest_hash());
+        let diffs = compare_views(&[c.view(), b.view(), a.view()]);
+        let ring = a.ring_id().unwrap();
+        let c_sees_all = OwnerCounts {
+            peers: vec![name(3)],
+            chunks: 4096,
+            addresses: 1 << 16,
+            free: (1 << 16) - 3,
+        };
+        let seen_by_ab = |owner: u64| {
+            let v = a.view();
+            let o = v
+                .owners
+                .iter()
+                .find(|o| o.owner == Some(name(owner)))
+                .unwrap();
+            OwnerCounts {
+                peers: vec![name(1), name(2)],
+                chunks: o.chunks,
+                addresses: o.addresses,
+                free: o.free,
+            }
+        };
+        let none_for_c = OwnerCounts {
+            peers: vec![name(3)],
+            chunks: 0,
+            addresses: 0,
+            free: 0,
+        };
+        assert_eq!(
+            diffs,
+            vec![
+                ViewDifference::Owner {
+                    ring,
+                    owner: Some(name(1)),
+                    seen: vec![seen_by_ab(1), c_sees_all],
+                },
+                ViewDifference::Owner {
+                    ring,
+                    owner: Some(name(2)),
+                    seen: vec![seen_by_ab(2), none_for_c],
+                },
+            ]
+        );
+        assert_eq!(seen_by_ab(2).addresses, 1 << 15);
+        assert_eq!(
+            diffs[1].to_string(),
+            format!(
+                "owner 00:00:00:00:00:02 in ring {ring}: 00:00:00:00:00:01 and \
+                 00:00:00:00:00:02 see 32768 addresses (32767 free), 00:00:00:00:00:03 sees none"
+            )
+        );
+        assert!(
+            diffs[0]
+                .to_string()
+                .ends_with("00:00:00:00:00:03 sees 65536 addresses (65533 free)")
+        );
+
+        // Once c merges, all agree again.
+        introduce(&a, &mut c);
+        assert_eq!(compare_views(&[a.view(), b.view(), c.view()]), vec![]);
+    }
+
+    #[test]
+    fn views_travel_by_unicast_and_only_the_current_round_is_kept() {
+        let t = Instant::now();
+        let range = "10.0.0.0/24";
+        let (mut a, mut b, c) = (peer(1, range, t), peer(2, range, t), peer(3, range, t));
+        a.allocate(&key(1), t).unwrap();
+        drain(&mut a);
+        introduce(&a, &mut b);
+        a.set_reachable([name(2)]);
+        b.set_reachable([name(1)]);
+
+        a.request_views(7);
+        assert_eq!(a.views(), vec![]);
+        assert_eq!(a.views_missing(), vec![name(2)]);
+        let requests = a.take_outbox().unicasts;
+        assert_eq!(
+            requests,
+            vec![(name(2), wire::encode(&IpamMsg::ViewRequest { id: 7 }))]
+        );
+        let replies = b.on_unicast(name(1), &requests[0].1).unwrap();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].0, name(1));
+        let answer = replies[0].1.clone();
+        assert_eq!(
+            decode_msg(&answer).unwrap(),
+            IpamMsg::View {
+                id: 7,
+                view: b.view()
+            }
+        );
+        assert_eq!(a.on_unicast(name(2), &answer).unwrap(), vec![]);
+        assert_eq!(a.views(), vec![b.view()]);
+        assert_eq!(a.views_missing(), vec![]);
+        assert_eq!(a.on_unicast(name(2), &answer).unwrap(), vec![]);
+        assert_eq!(a.views().len(), 1, "one answer per peer");
+        let mut all = a.views();
+        all.push(a.view());
+        assert_eq!(compare_views(&all), vec![]);
+
+        // A new round forgets the old answers and ignores late ones.
+        a.request_views(8);
+        assert_eq!(a.views(), vec![]);
+        assert_eq!(a.on_unicast(name(2), &answer).unwrap(), vec![]);
+        assert_eq!(
+            a.views(),
+            vec![],
+            "an answer to round 7 is not kept in round 8"
+        );
+        assert_eq!(a.views_missing(), vec![name(2)]);
+        // Peers not asked are not kept either, and a view must name its sender.
+        let unasked = wire::encode(&IpamMsg::View {
+            id: 8,
+            view: c.view(),
+        });
+        assert_eq!(a.on_unicast(name(3), &unasked).unwrap(), vec![]);
+        assert!(a.on_unicast(name(2), &unasked).is_err());
+        assert_eq!(a.views(), vec![]);
+        // Without a round, answers are dropped.
+        let unrequested = wire::encode(&IpamMsg::View {
+            id: 7,
+            view: a.view(),
+        });
+        assert_eq!(b.on_unicast(name(1), &unrequested).unwrap(), vec![]);
+        assert_eq!(b.views(), vec![]);
+        // No reachable peer: a round asks nobody.
+        let mut lone = peer(4, range, t);
+        lone.request_views(1);
+        assert!(lone.take_outbox().unicasts.is_empty());
+    }
+
+    #[test]
+    fn views_are_bounded_and_malformed_ones_are_errors_not_panics() {
+        let t = Instant::now();
+        // More owners than a view lists: every chunk of a /12 owned by another peer.
+        let mut a = peer(1, DEFAULT_RANGE, t);
+        a.allocate(&key(1), t).unwrap();
+        if let Some(r) = a.ring.as_mut() {
+            for (i, e) in r.entries.iter_mut().enumerate() {
+                e.version = u64::MAX;
+                e.owner = Some(name((1 << 48) - 1 - i as u64));
+                e.free = 255;
+            }
+        }
+        let view = a.view();
+        assert_eq!(view.owners.len(), MAX_VIEW_OWNERS);
+        assert_eq!(view.owners_omitted as usize, MAX_CHUNKS - MAX_VIEW_OWNERS);
+        let bytes = wire::encode(&IpamMsg::View {
+            id: u64::MAX,
+            view: view.clone(),
+        });
+        assert!(bytes.len() <= 21 * 1024, "{} bytes", bytes.len());
+        assert_eq!(
+            decode_msg(&bytes).unwrap(),
+            IpamMsg::View {
+                id: u64::MAX,
+                view: view.clone()
+            }
+        );
+        // The worst case: the largest counts a valid view can hold.
+        let mut worst = view.clone();
+        for o in &mut worst.owners {
+            *o = OwnerView {
+                owner: o.owner,
+                chunks: 4,
+                addresses: 1 << 32,
+                free: 1 << 32,
+            };
+        }
+        worst.range = cidr("0.0.0.0/0");
+        worst.allocated = u64::MAX;
+        worst.conflicts = u64::MAX;
+        let worst_bytes = wire::encode(&IpamMsg::View {
+            id: u64::MAX,
+            view: worst,
+        });
+        assert!(decode_msg(&worst_bytes).is_ok());
+        assert!(
+            worst_bytes.len() <= 21 * 1024,
+            "{} bytes",
+            worst_bytes.len()
+        );
+
+        let ring = a.ring_id();
+        let mut b = peer(2, DEFAULT_RANGE, t);
+        b.set_reachable([name(1)]);
+        b.request_views(1);
+        let mut bad_views = Vec::new();
+        let mut v = hand_view(1, DEFAULT_RANGE, ring, 0);
+        v.owners = vec![
+            owner_view(Some(3), 1, 256, 0),
+            owner_view(Some(2), 1, 256, 0),
+        ];
+        bad_views.push(v.clone()); // unsorted
+        v.owners = vec![
+            owner_view(Some(2), 1, 256, 0),
+            owner_view(Some(2), 1, 256, 0),
+        ];
+        bad_views.push(v.clone()); // repeated
+        v.owners = vec![owner_view(Some(2), 1, 256, 257)];
+        bad_views.push(v.clone()); // more free than addresses
+        v.owners = vec![owner_view(Some(2), 1, 1 << 21, 0)];
+        bad_views.push(v.clone()); // more addresses than the range
+        v.owners = vec![
+            owner_view(None, 4096, 1 << 20, 0),
+            owner_view(Some(2), 1, 256, 0),
+        ];
+        bad_views.push(v.clone()); // more chunks than a ring
+        v.owners = (0..=MAX_VIEW_OWNERS as u64)
+            .map(|i| owner_view(Some(i + 2), 1, 256, 0))
+            .collect();
+        bad_views.push(v.clone()); // too many owners
+        v.owners = vec![];
+        v.owners_omitted = u32::MAX;
+        bad_views.push(v.clone());
+        let mut ringless = hand_view(1, DEFAULT_RANGE, None, 0);
+        ringless.owners = vec![owner_view(Some(2), 1, 256, 0)];
+        bad_views.push(ringless);
+        let mut bad_range = hand_view(1, DEFAULT_RANGE, ring, 0);
+        bad_range.range = Cidr {
+            addr: ip("10.0.0.1"),
+            prefix: 12,
+        };
+        bad_views.push(bad_range);
+        for view in bad_views {
+            let bytes = wire::encode(&IpamMsg::View { id: 1, view });
+            assert!(decode_msg(&bytes).is_err());
+            assert!(b.on_unicast(name(1), &bytes).is_err());
+        }
+        // Truncated and garbage bytes.
+        for cut in [0, 1, 2, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_msg(&bytes[..cut]).is_err());
+            assert!(b.on_unicast(name(1), &bytes[..cut]).is_err());
+        }
+        assert!(b.on_unicast(name(1), &[7, 0xff, 0xff, 0xff]).is_err());
+        assert_eq!(b.views(), vec![]);
+    }
+
+    #[test]
+    fn comparison_names_ranges_rings_versions_and_conflicts() {
+        let ring = |created_ms: u64, g: u64| RingId {
+            created_ms,
+            genesis: name(g),
+            uid: g,
+        };
+        let (old, new) = (ring(1, 1), ring(2, 2));
+        let range = "10.32.0.0/16";
+        // Ranges, then rings within each range.
+        let views = [
+            hand_view(3, range, Some(new), 30),
+            hand_view(1, range, Some(old), 10),
+            hand_view(2, range, Some(old), 10),
+            hand_view(4, range, None, 0),
+            hand_view(5, "10.0.0.0/24", None, 0),
+        ];
+        let diffs = compare_views(&views);
+        assert_eq!(
+            diffs,
+            vec![
+                ViewDifference::Range {
+                    groups: vec![
+                        RangeGroup {
+                            range: cidr("10.0.0.0/24"),
+                            peers: vec![name(5)],
+                        },
+                        RangeGroup {
+                            range: cidr(range),
+                            peers: vec![name(1), name(2), name(3), name(4)],
+                        },
+                    ],
+                },
+                ViewDifference::Ring {
+                    range: cidr(range),
+                    groups: vec![
+                        RingGroup {
+                            ring: Some(old),
+                            peers: vec![name(1), name(2)],
+                        },
+                        RingGroup {
+                            ring: Some(new),
+                            peers: vec![name(3)],
+                        },
+                        RingGroup {
+                            ring: None,
+                            peers: vec![name(4)],
+                        },
+                    ],
+                },
+            ]
+        );
+        assert!(diffs[0].to_string().contains(
+            "peer 00:00:00:00:00:05 has 10.0.0.0/24, peers 00:00:00:00:00:01, \
+             00:00:00:00:00:02, 00:00:00:00:00:03 and 00:00:00:00:00:04 have 10.32.0.0/16"
+        ));
+        assert_eq!(
+            diffs[1].to_string(),
+            format!(
+                "different rings in {range}: peers 00:00:00:00:00:01 and 00:00:00:00:00:02 \
+                 hold ring {old}, peer 00:00:00:00:00:03 holds ring {new}, peer \
+                 00:00:00:00:00:04 holds no ring yet (the older ring, {old}, wins once they \
+                 connect)"
+            )
+        );
+        // Same ring, different hashes, same counts: only versions differ.
+        let mut x = hand_view(1, range, Some(old), 10);
+        x.owners = vec![owner_view(Some(1), 4096, 1 << 16, 100)];
+        let mut y = x.clone();
+        y.peer = name(2);
+        y.ring_hash = 11;
+        let diffs = compare_views(&[x.clone(), y.clone(), x.clone()]);
+        assert!(matches!(&diffs[..], [ViewDifference::Versions { .. }]));
+        assert!(diffs[0].to_string().contains("only entry versions differ"));
+        // Equal hashes are trusted; conflicts are reported on their own.
+        let mut z = y.clone();
+        z.ring_hash = 10;
+        z.conflicts = 2;
+        let diffs = compare_views(&[x.clone(), z]);
+        assert_eq!(
+            diffs,
+            vec![ViewDifference::Conflicts {
+                peer: name(2),
+                conflicts: 2
+            }]
+        );
+        assert_eq!(
+            diffs[0].to_string(),
+            "peer 00:00:00:00:00:02 detected 2 duplicate addresses (listed in its IPAM status)"
+        );
+        // An owner cut from a view is not taken for an owner with nothing.
+        let mut cut = y.clone();
+        cut.owners_omitted = 1;
+        let mut full = x.clone();
+        full.owners[0].chunks = 4095;
+        full.owners[0].addresses -= 16;
+        full.owners.push(owner_view(Some(9), 1, 16, 16));
+        cut.owners[0] = full.owners[0].clone();
+        let diffs = compare_views(&[full, cut]);
+        assert!(matches!(&diffs[..], [ViewDifference::Versions { .. }]));
+        // Unowned chunks are named as such.
+        let mut reclaimed = y.clone();
+        reclaimed.owners = vec![
+            owner_view(None, 1, 16, 16),
+            owner_view(Some(1), 4095, (1 << 16) - 16, 100),
+        ];
+        let diffs = compare_views(&[x, reclaimed]);
+        assert_eq!(diffs.len(), 2);
+        assert!(
+            diffs[0]
+                .to_string()
+                .starts_with("unowned (reclaimed, not yet adopted) chunks in ring")
+        );
+        assert!(diffs[0].to_string().ends_with(
+            "00:00:00:00:00:01 sees none, 00:00:00:00:00:02 sees 16 addresses (16 free)"
+        ));
+        assert_eq!(compare_views(&[]), vec![]);
+    }
+
     // ---- property tests ----
 
     const RANGE: &str = "10.0.0.0/28";
@@ -2528,12 +3412,34 @@ mod tests {
         fn arbitrary_messages_never_panic(
             ring in arb_ring(),
             addrs in prop::collection::vec(any::<u32>(), 0..8),
-            which in 0u8..6,
+            which in 0u8..8,
             entries in arb_entries(),
+            id in 0u64..3,
         ) {
             let t = Instant::now();
             let mut a = peer(1, RANGE, t);
             a.allocate(&key(1), t).unwrap();
+            a.set_reachable([name(2)]);
+            a.request_views(1);
+            let owners = entries
+                .iter()
+                .map(|(_, e)| OwnerView {
+                    owner: e.owner,
+                    chunks: 1,
+                    addresses: 1,
+                    free: u64::from(e.free),
+                })
+                .collect();
+            let view = IpamView {
+                peer: name(2),
+                range: cidr(RANGE),
+                ring: Some(ring),
+                ring_hash: id,
+                owners,
+                owners_omitted: 0,
+                allocated: 0,
+                conflicts: 0,
+            };
             let addrs: Vec<Ipv4Addr> = addrs.into_iter().map(Ipv4Addr::from).collect();
             let msg = match which {
                 0 => IpamMsg::SpaceRequest { ring },
@@ -2541,9 +3447,15 @@ mod tests {
                 2 => IpamMsg::Denied { ring, reason: DenyReason::NoSpace },
                 3 => IpamMsg::Reserve { ring, addrs },
                 4 => IpamMsg::Reserved { ring, addrs: addrs.clone(), conflicts: addrs },
-                _ => IpamMsg::Unreserve { ring, addrs },
+                5 => IpamMsg::Unreserve { ring, addrs },
+                6 => IpamMsg::ViewRequest { id },
+                _ => IpamMsg::View { id, view },
             };
             let _ = a.on_unicast(name(2), &wire::encode(&msg));
+            prop_assert!(a.views().len() <= 1);
+            let mut views = a.views();
+            views.push(a.view());
+            let _ = compare_views(&views).iter().map(ToString::to_string).count();
             let _ = a.allocate(&key(2), t);
             a.tick(t);
         }

@@ -46,6 +46,7 @@ pub async fn serve(
         .route("/forget", post(forget))
         .route("/ping", post(ping))
         .route("/rmpeer", post(rmpeer))
+        .route("/ipam/check", get(ipam_check))
         .with_state(Api { events, metrics });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
@@ -195,6 +196,20 @@ async fn rmpeer(
     {
         Some(Ok(done)) => format!("{done}\n").into_response(),
         Some(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn ipam_check(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+) -> Response {
+    // It makes every reachable peer answer: not for remote callers.
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
+    }
+    match ask(&api, |reply| ApiRequest::IpamCheck { reply }).await {
+        Some(report) => axum::Json(report).into_response(),
         None => unavailable(),
     }
 }

@@ -25,7 +25,7 @@ use weft_cni::protocol::{
 use weft_gossip::PeerName;
 use weft_gossip::ipam::{
     AllocKey, Cidr, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus, Outbox,
-    SharedIpam,
+    SharedIpam, compare_views,
 };
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
@@ -43,6 +43,38 @@ pub const ADD_WAIT: Duration = Duration::from_secs(30);
 /// A router told about peers waits this long for them before it may create a ring of its own,
 /// so nodes that join one at a time receive the ring instead of making one that must merge.
 const JOIN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long `weft ipam check` waits for peers' views.
+const CHECK_WAIT: Duration = Duration::from_secs(3);
+
+/// A `weft ipam check` round waiting for answers.
+struct PendingCheck {
+    deadline: Instant,
+    reply: oneshot::Sender<IpamCheckReport>,
+}
+
+/// The answer to `weft ipam check` (`GET /ipam/check`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamCheckReport {
+    /// Every view compared, this peer's first.
+    pub peers: Vec<PeerViewReport>,
+    /// Reachable peers that did not answer in time.
+    pub missing: Vec<String>,
+    /// Where the views differ, in words; empty when they all agree.
+    pub differences: Vec<String>,
+    /// The same, structured (`kind`: range, ring, owner, versions, conflicts).
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerViewReport {
+    pub peer: String,
+    pub nickname: String,
+    pub ring: Option<String>,
+    pub ring_hash: String,
+    pub allocated: u64,
+    pub conflicts: u64,
+}
 
 /// A CNI request that failed: the HTTP status and the CNI error the plugin passes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +165,7 @@ pub struct IpamHost {
     gateway: Option<Ipv4Addr>,
     gateway_applied: bool,
     pending: Vec<PendingAdd>,
+    check: Option<PendingCheck>,
     /// The snapshot last written.
     saved: Vec<u8>,
     next_tick: Instant,
@@ -211,6 +244,7 @@ impl IpamHost {
             gateway: None,
             gateway_applied: false,
             pending: Vec::new(),
+            check: None,
             saved,
             next_tick: now,
             hold_until: if has_targets { now + JOIN_GRACE } else { now },
@@ -231,8 +265,57 @@ impl IpamHost {
 
     /// When [`IpamHost::step`] must run next even without an event.
     pub fn next_wakeup(&self) -> Instant {
-        let deadline = self.pending.iter().map(|p| p.deadline).min();
-        deadline.map_or(self.next_tick, |d| d.min(self.next_tick))
+        self.pending
+            .iter()
+            .map(|p| p.deadline)
+            .chain(self.check.as_ref().map(|c| c.deadline))
+            .fold(self.next_tick, Instant::min)
+    }
+
+    /// `weft ipam check`: asks every reachable peer for its view (answered by
+    /// [`IpamHost::finish_check`]). A newer check replaces one in flight.
+    pub fn start_check(&mut self, id: u64, reply: oneshot::Sender<IpamCheckReport>, now: Instant) {
+        self.channel.lock().request_views(id);
+        self.check = Some(PendingCheck {
+            deadline: now + CHECK_WAIT,
+            reply,
+        });
+    }
+
+    /// Answers the check in flight once every asked peer answered or the wait is over.
+    pub fn finish_check(&mut self, topology: &Topology, now: Instant) {
+        let Some(check) = &self.check else {
+            return;
+        };
+        let channel = self.channel.lock();
+        let missing = channel.views_missing();
+        if !missing.is_empty() && now < check.deadline {
+            return;
+        }
+        let views: Vec<_> = std::iter::once(channel.view())
+            .chain(channel.views())
+            .collect();
+        drop(channel);
+        let differences = compare_views(&views);
+        let report = IpamCheckReport {
+            peers: views
+                .iter()
+                .map(|v| PeerViewReport {
+                    peer: v.peer.to_string(),
+                    nickname: nickname(topology, v.peer),
+                    ring: v.ring.map(|r| r.to_string()),
+                    ring_hash: format!("{:016x}", v.ring_hash),
+                    allocated: v.allocated,
+                    conflicts: v.conflicts,
+                })
+                .collect(),
+            missing: missing.iter().map(|p| p.to_string()).collect(),
+            differences: differences.iter().map(|d| d.to_string()).collect(),
+            details: serde_json::to_value(&differences).unwrap_or_default(),
+        };
+        if let Some(check) = self.check.take() {
+            let _ = check.reply.send(report);
+        }
     }
 
     fn gateway_key(&self) -> Option<AllocKey> {
@@ -649,5 +732,260 @@ impl IpamReport {
             allocations,
             counters: host.counters.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn local() -> PeerName {
+        PeerName::from_bytes([2, 0, 0, 0, 0, 1])
+    }
+
+    fn topology() -> Topology {
+        Topology::new(weft_gossip::topology::PeerEntry {
+            name: local(),
+            nickname: "me".into(),
+            uid: 7,
+            version: 1,
+            connections: Default::default(),
+        })
+    }
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        store: Arc<Store>,
+        set: Arc<Mutex<Vec<(String, String)>>>,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("weft-ipam-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Arc::new(Store::open(&dir).unwrap());
+            Fixture {
+                dir,
+                store,
+                set: Arc::default(),
+            }
+        }
+
+        fn host(&self, range: &str, has_targets: bool, now: Instant) -> IpamHost {
+            let channel =
+                open_channel(&self.store, range.parse().unwrap(), local(), 7, now).unwrap();
+            let set = self.set.clone();
+            IpamHost::new(
+                SharedIpam::new(channel),
+                self.store.clone(),
+                Some(BridgeInfo {
+                    name: "weft".into(),
+                    mtu: 1414,
+                }),
+                Box::new(move |dev: &str, net: IpNet| {
+                    set.lock().unwrap().push((dev.to_owned(), net.to_string()));
+                    Ok(())
+                }),
+                has_targets,
+                now,
+            )
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn add_request(container: &str) -> AddRequest {
+        AddRequest {
+            container_id: container.into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod_namespace: None,
+            pod_name: None,
+            pod_uid: None,
+        }
+    }
+
+    fn attachment(container: &str) -> Attachment {
+        Attachment {
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    type AddAnswer = Result<Allocation, CniFailure>;
+
+    /// Sends an ADD and runs one step; the answer, if one was given.
+    fn add(
+        host: &mut IpamHost,
+        container: &str,
+        now: Instant,
+    ) -> (Option<AddAnswer>, oneshot::Receiver<AddAnswer>) {
+        let (tx, mut rx) = oneshot::channel();
+        host.add(add_request(container), tx, now);
+        host.step(now);
+        (rx.try_recv().ok(), rx)
+    }
+
+    #[test]
+    fn an_add_gets_an_address_beside_the_gateway_and_it_is_on_disk_before_the_answer() {
+        let f = Fixture::new("add");
+        let now = Instant::now();
+        let mut host = f.host("10.32.0.0/12", false, now);
+        let (answer, _rx) = add(&mut host, "c1", now);
+        let alloc = answer.unwrap().unwrap();
+        assert_eq!(alloc.address.prefix, 12);
+        assert_eq!(alloc.mtu, 1414);
+        assert_eq!(alloc.bridge, "weft");
+        assert_ne!(alloc.address.addr, alloc.gateway);
+        assert_eq!(
+            *f.set.lock().unwrap(),
+            vec![("weft".to_owned(), format!("{}/12", alloc.gateway))]
+        );
+        let saved = IpamSnapshot::from_bytes(&f.store.ipam_snapshot().unwrap().unwrap()).unwrap();
+        assert!(
+            saved
+                .allocations
+                .iter()
+                .any(|(k, a)| k.container == "c1" && IpAddr::V4(*a) == alloc.address.addr)
+        );
+        // The same attachment asked again gets the same address.
+        let (again, _rx) = add(&mut host, "c1", now);
+        assert_eq!(again.unwrap().unwrap(), alloc);
+        assert_eq!(host.check(&attachment("c1")).unwrap(), alloc);
+    }
+
+    #[test]
+    fn del_is_idempotent_and_check_of_the_unknown_is_code_3() {
+        let f = Fixture::new("del");
+        let now = Instant::now();
+        let mut host = f.host("10.32.0.0/12", false, now);
+        let (answer, _rx) = add(&mut host, "c1", now);
+        answer.unwrap().unwrap();
+        host.del(&attachment("c1"), now);
+        host.del(&attachment("c1"), now);
+        host.del(&attachment("never-added"), now);
+        host.step(now);
+        let err = host.check(&attachment("c1")).unwrap_err();
+        assert_eq!((err.status, err.body.code), (404, code::UNKNOWN_CONTAINER));
+        assert_eq!(host.counters.released, 1);
+    }
+
+    #[test]
+    fn gc_releases_what_is_not_valid_and_keeps_the_gateway() {
+        let f = Fixture::new("gc");
+        let now = Instant::now();
+        let mut host = f.host("10.32.0.0/12", false, now);
+        for c in ["a", "b", "c"] {
+            add(&mut host, c, now).0.unwrap().unwrap();
+        }
+        let answer = host.gc(
+            &GcRequest {
+                valid: vec![attachment("b")],
+            },
+            now,
+        );
+        assert_eq!(answer.released, 2);
+        assert!(host.check(&attachment("b")).is_ok());
+        assert!(host.check(&attachment("a")).is_err());
+        let report = host.report(&topology(), now);
+        assert_eq!(report.allocated, 2, "b and the gateway");
+    }
+
+    #[test]
+    fn an_exhausted_range_is_code_105_and_status_says_not_ready() {
+        let f = Fixture::new("full");
+        let now = Instant::now();
+        // A /29 has 6 usable addresses: the gateway and five pods.
+        let mut host = f.host("10.99.0.0/29", false, now);
+        for i in 0..5 {
+            add(&mut host, &format!("c{i}"), now).0.unwrap().unwrap();
+        }
+        let err = add(&mut host, "one-too-many", now).0.unwrap().unwrap_err();
+        assert_eq!(err.body.code, code::NO_ADDRESSES);
+        assert!(
+            err.body.details.contains("exhausted"),
+            "{}",
+            err.body.details
+        );
+        let status = host.status_check(now).unwrap_err();
+        assert_eq!(status.body.code, code::NOT_AVAILABLE);
+        host.del(&attachment("c0"), now);
+        host.step(now);
+        assert!(host.status_check(now).is_ok());
+    }
+
+    #[test]
+    fn an_add_waits_for_the_ring_and_is_answered_by_its_deadline() {
+        let f = Fixture::new("wait");
+        let now = Instant::now();
+        let mut host = f.host("10.32.0.0/12", true, now);
+        // A reachable peer that never sends a ring: the channel waits for it.
+        host.set_reachable(vec![PeerName::from_bytes([2, 0, 0, 0, 0, 9])]);
+        let (answer, mut rx) = add(&mut host, "c1", now);
+        assert!(answer.is_none(), "the ADD waits");
+        assert!(host.status_check(now).is_err());
+        host.step(now + Duration::from_secs(2));
+        assert!(rx.try_recv().is_err(), "still waiting");
+        // Past the ADD's deadline it is answered either way: served from the ring this peer
+        // made once its wait for one was over, or "try again later".
+        let later = now + ADD_WAIT + Duration::from_secs(1);
+        host.step(later);
+        match rx.try_recv() {
+            Ok(Ok(_)) => {} // the ring was created after its wait: served
+            Ok(Err(f)) => assert_eq!(f.body.code, code::TRY_AGAIN_LATER),
+            Err(e) => panic!("no answer after the deadline: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_reopened_store_keeps_every_allocation_and_refuses_another_range() {
+        let f = Fixture::new("reopen");
+        let now = Instant::now();
+        let alloc = {
+            let mut host = f.host("10.32.0.0/12", false, now);
+            add(&mut host, "c1", now).0.unwrap().unwrap()
+        };
+        let mut host = f.host("10.32.0.0/12", false, now);
+        host.step(now);
+        assert_eq!(host.check(&attachment("c1")).unwrap(), alloc);
+        let (next, _rx) = add(&mut host, "c2", now);
+        assert_ne!(next.unwrap().unwrap().address, alloc.address);
+        let err = open_channel(&f.store, "10.40.0.0/16".parse().unwrap(), local(), 8, now)
+            .err()
+            .unwrap();
+        assert!(matches!(err, OpenError::RangeChanged { .. }), "{err}");
+        let other = PeerName::from_bytes([2, 0, 0, 0, 0, 2]);
+        let err = open_channel(&f.store, "10.32.0.0/12".parse().unwrap(), other, 8, now)
+            .err()
+            .unwrap();
+        assert!(matches!(err, OpenError::NameChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn without_a_datapath_adds_and_status_say_not_available() {
+        let f = Fixture::new("nodp");
+        let now = Instant::now();
+        let channel =
+            open_channel(&f.store, "10.32.0.0/12".parse().unwrap(), local(), 7, now).unwrap();
+        let mut host = IpamHost::new(
+            SharedIpam::new(channel),
+            f.store.clone(),
+            None,
+            Box::new(|_: &str, _: IpNet| Ok(())),
+            false,
+            now,
+        );
+        let (answer, _rx) = add(&mut host, "c1", now);
+        assert_eq!(answer.unwrap().unwrap_err().body.code, code::NOT_AVAILABLE);
+        assert_eq!(
+            host.status_check(now).unwrap_err().body.code,
+            code::NOT_AVAILABLE
+        );
     }
 }

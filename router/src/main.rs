@@ -97,7 +97,20 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            IpamWhat::Check => anyhow::bail!("not implemented yet"),
+            IpamWhat::Check => {
+                let body = client::request(args.status_addr, "GET", "/ipam/check")?;
+                let check: ipam::IpamCheckReport =
+                    serde_json::from_str(&body).context("unexpected /ipam/check document")?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&check)?);
+                } else {
+                    print!("{}", report::render_ipam_check(&check));
+                }
+                if !check.differences.is_empty() || !check.missing.is_empty() {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
         },
     }
 }

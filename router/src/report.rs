@@ -15,7 +15,7 @@ use weft_gossip::topology::Topology;
 use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 
 use crate::dataplane::{DatapathReport, LinkReport};
-use crate::ipam::IpamReport;
+use crate::ipam::{IpamCheckReport, IpamReport};
 use crate::router::RouterInfo;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +320,37 @@ pub fn render_summary(r: &Report) -> String {
                 )
             }
         );
+    }
+    s
+}
+
+/// `weft ipam check`: each peer's ring hash, then where the views differ.
+pub fn render_ipam_check(c: &IpamCheckReport) -> String {
+    let mut s = String::new();
+    for p in &c.peers {
+        let _ = writeln!(
+            s,
+            "{}({}) ring {} hash {} allocated {}{}",
+            p.peer,
+            p.nickname,
+            p.ring.as_deref().unwrap_or("none"),
+            p.ring_hash,
+            p.allocated,
+            if p.conflicts > 0 {
+                format!(" CONFLICTS {}", p.conflicts)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for m in &c.missing {
+        let _ = writeln!(s, "no answer from {m}");
+    }
+    if c.differences.is_empty() && c.missing.is_empty() {
+        let _ = writeln!(s, "all {} peers agree", c.peers.len());
+    }
+    for d in &c.differences {
+        let _ = writeln!(s, "DIFFERENCE: {d}");
     }
     s
 }

@@ -97,6 +97,10 @@ pub enum ApiRequest {
     Report {
         reply: oneshot::Sender<Report>,
     },
+    /// `weft ipam check`: every reachable peer's view of the ring, compared.
+    IpamCheck {
+        reply: oneshot::Sender<crate::ipam::IpamCheckReport>,
+    },
     /// `weft rmpeer`: reclaim a departed peer's address space.
     Rmpeer {
         peer: String,
@@ -335,6 +339,7 @@ impl Router {
     /// IPAM's step, then its outbox into the mesh (see `ipam`).
     fn ipam_step(&mut self, now: Instant, out: &mut Vec<Action>) {
         let outbox = self.ipam.step(now);
+        self.ipam.finish_check(self.mesh.topology(), now);
         if let Some(update) = outbox.publish
             && let Err(e) = self.mesh.publish(IPAM_CHANNEL, &update, out)
         {
@@ -472,6 +477,9 @@ impl Router {
                 let _ = reply.send(report::build(
                     &self.mesh, &self.info, datapath, links, ipam, now,
                 ));
+            }
+            ApiRequest::IpamCheck { reply } => {
+                self.ipam.start_check(weft_crypto::random_u64(), reply, now);
             }
             ApiRequest::Rmpeer { peer, force, reply } => {
                 let _ = reply.send(self.rmpeer(&peer, force, now));
