@@ -214,6 +214,13 @@ fn cnitool_add_check_del_with_portmap_and_ping_across_hosts() -> anyhow::Result<
         all.len() == 3,
         "addresses collide: {addr_a} {addr_b} {addr_c}"
     );
+    // The pod's gateway is host1's bridge address, from the range.
+    let gateway = parse_addr(result_a["ips"][0]["gateway"].as_str().unwrap_or_default())?;
+    let bridge = parse_addr(net.ipam(1)?["gateway"].as_str().unwrap_or_default())?;
+    ensure!(
+        gateway == bridge && in_cidr(gateway, RANGE)?,
+        "the result's gateway {gateway} is not host1's bridge address {bridge}"
+    );
     let interfaces = result_a["interfaces"].to_string();
     ensure!(
         interfaces.contains(&a.path().display().to_string()),
@@ -418,6 +425,10 @@ fn gc_releases_what_is_not_valid_and_status_follows_the_router() -> anyhow::Resu
         "the ADD after the range filled up failed, but not for exhaustion: {exhausted}"
     );
     let refilled: BTreeSet<Ipv4Addr> = fill.iter().map(|(_, a)| *a).collect();
+    eprintln!(
+        "{SMALL_RANGE}: 2 kept, {} more ADDs until it was full ({refilled:?})",
+        fill.len()
+    );
     ensure!(
         leaked_addrs.is_subset(&refilled),
         "the addresses GC freed ({leaked_addrs:?}) were not handed out again ({refilled:?})"
@@ -717,6 +728,11 @@ fn bad_input_gets_the_right_error_codes_and_leaves_nothing() -> anyhow::Result<(
     ensure!(
         !added.is_empty(),
         "no ADD succeeded in {TINY_RANGE}: {exhausted}"
+    );
+    eprintln!(
+        "{TINY_RANGE} held {} pods; the next ADD: {}",
+        added.len(),
+        exhausted.stdout.trim()
     );
     let text = exhausted.expect_error(105)?;
     ensure!(
@@ -1066,6 +1082,9 @@ fn hundred_concurrent_adds_restart_gc_and_partition() -> anyhow::Result<()> {
         net.check_ipam_agrees(&net.host_ids())
     })?;
     check_no_duplicates(&cluster, &pods)?;
+    // Every pod, from before and after the restart and from both sides of the partition,
+    // still reaches every other one.
+    all_reach_all(net, &pods)?;
     for i in net.host_ids() {
         let conflicts = net.ipam(i)?["conflicts"].clone();
         ensure!(

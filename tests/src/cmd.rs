@@ -58,12 +58,16 @@ pub fn run_with_input(
         .with_context(|| format!("cannot run {line}"))?;
     // A writer on its own thread too: a command that does not read its input (or reads it
     // only after writing output) must not block us. A write error means it stopped reading.
-    let writer = child.stdin.take().zip(input.map(<[u8]>::to_vec)).map(|(mut pipe, bytes)| {
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(&bytes);
-        })
-    });
+    let writer = child
+        .stdin
+        .take()
+        .zip(input.map(<[u8]>::to_vec))
+        .map(|(mut pipe, bytes)| {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&bytes);
+            })
+        });
     // Readers on their own threads: a command that fills a pipe must not stall its own exit.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());

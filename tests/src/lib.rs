@@ -24,8 +24,8 @@
 mod background;
 mod capture;
 mod checks;
-pub mod cni;
 mod cmd;
+pub mod cni;
 mod faults;
 mod metrics;
 mod net;
