@@ -16,6 +16,9 @@
 //! The harness does not build weft: scenario tests pass the binary cargo built for them
 //! (`env!("CARGO_BIN_EXE_weft")` in the router crate's integration tests, `router/tests/`).
 //!
+//! The `cni` module drives the `weft-cni` plugin with real CNI clients (cnitool, containerd's
+//! CRI, direct calls): the end-to-end tests in `router/tests/cni.rs`.
+//!
 //! Running, as root: `cargo test -p weft-router --test mesh` for the scenarios and
 //! `cargo test -p weft-tests` for the harness' own checks. A failed wait prints every host's
 //! status and router log tail; `WEFT_TEST_KEEP=1` also keeps each Net's directory (full logs,
