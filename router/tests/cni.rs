@@ -7,7 +7,7 @@
 //!
 //! Every host runs a real `weft router` (sleeve datapath, encrypted) in a network namespace;
 //! containers are empty named network namespaces. The plugin binary is `weft-cni` next to
-//! `weft` (built once if missing). Needs root; skipped otherwise.
+//! `weft` (built once if missing or older than `cni/`). Needs root; skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
