@@ -203,8 +203,9 @@ done
 
 # --- weft-cni -----------------------------------------------------------------------------------
 # The weft row's default conflist: the plugin alone, talking to the bench's own router (its
-# socket is @SOCKET@, so a router already running on this machine is never touched).
-WEFT_CONFLIST='{ "cniVersion": "1.1.0", "name": "weft", "plugins": [ { "type": "weft-cni", "socket": "@SOCKET@" } ] }'
+# socket is @SOCKET@, so a router already running on this machine is never touched); cniVersion
+# 1.0.0 because cnitool's libcni 1.1 cannot parse a 1.1.0 result.
+WEFT_CONFLIST='{ "cniVersion": "1.0.0", "name": "weft", "plugins": [ { "type": "weft-cni", "socket": "@SOCKET@" } ] }'
 
 weft_row() {
     if [[ -z "$weft_bin" ]]; then

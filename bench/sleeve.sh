@@ -20,7 +20,7 @@ H2=${PREFIX}host2
 P1=${PREFIX}pod1
 P2=${PREFIX}pod2
 UNDERLAY=10.213.42 # host1 .1, host2 .2 (a veth pair between the two host namespaces)
-POD_NET=10.40.0    # pod1 .1, pod2 .2
+POD_NET=10.250.0    # pod1 .1, pod2 .2
 STATUS_ADDR=127.0.0.1:6784
 
 seconds=${WEFT_BENCH_SECONDS:-5}

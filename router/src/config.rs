@@ -100,6 +100,10 @@ pub struct RouterArgs {
     /// every peer.
     #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = weft_gossip::ipam::DEFAULT_RANGE)]
     pub ipalloc_range: weft_gossip::ipam::Cidr,
+    /// Forward and masquerade pod traffic that leaves the range (nftables table `ip weft`), so
+    /// pods reach the host's network and beyond; traffic between pods is never translated.
+    #[arg(long, env = "WEFT_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
     /// Unix socket the CNI plugin talks to (root only). The plugin's network config names it
     /// as `"socket"` when it is not the default.
     #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_CNI_SOCKET)]

@@ -10,6 +10,7 @@ mod hostnet;
 mod identity;
 mod ipam;
 mod metrics;
+mod nat;
 mod report;
 mod router;
 mod store;
@@ -250,6 +251,12 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Some((dataplane, macs))
             }
         };
+        if dataplane.is_some() && args.masquerade {
+            match nat::apply(args.ipalloc_range) {
+                Ok(()) => tracing::info!(range = %args.ipalloc_range, "pod traffic leaving the range is masqueraded"),
+                Err(e) => tracing::warn!(error = %e, "cannot masquerade pod traffic leaving the range (pods still reach each other)"),
+            }
+        }
         let bridge = dataplane.as_ref().map(|(dataplane, _)| {
             let report = dataplane.report();
             ipam::BridgeInfo {

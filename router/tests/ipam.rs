@@ -200,3 +200,101 @@ fn ipam_check_names_different_ranges_and_a_restart_keeps_ring_and_gateway() -> a
     })?;
     Ok(())
 }
+
+/// One plugin request on the router's socket, as the plugin makes it: `(status, body)`.
+fn cni_request(socket: &std::path::Path, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: weft\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {raw:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+#[test]
+fn every_address_answered_before_a_crash_is_still_held_after_the_restart() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = mesh(1, |_| Vec::new())?;
+    net.wait_until("host1 has its bridge address", SETTLE, || {
+        Ok(ipam(&net, 1)?["gateway"].is_string())
+    })?;
+    let socket = net.cni_socket(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered = std::sync::Mutex::new(Vec::<(String, String)>::new());
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let container = format!("crash-{n}");
+                let body = format!(
+                    r#"{{"container_id":"{container}","ifname":"eth0","netns":"/run/netns/none"}}"#
+                );
+                // Refused connections and cut answers are expected around the kill.
+                if let Ok((200, answer)) = cni_request(&socket, "/cni/add", &body)
+                    && let Ok(v) = serde_json::from_str::<Value>(&answer)
+                    && let Some(address) = v["address"].as_str()
+                {
+                    answered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((container, address.to_owned()));
+                }
+            }
+        });
+        net.wait_until("some ADDs were answered", SETTLE, || {
+            Ok(answered.lock().unwrap_or_else(|e| e.into_inner()).len() >= 30)
+        })?;
+        // SIGKILL mid-stream: some ADD is being persisted or answered right now.
+        net.kill(1)?;
+        let result = net.restart(1);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })?;
+    let answered = answered.into_inner().unwrap_or_else(|e| e.into_inner());
+    let held: std::collections::BTreeMap<String, String> = ipam(&net, 1)?["allocations"]
+        .as_array()
+        .context("allocations")?
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a["container_id"].as_str()?.to_owned(),
+                a["address"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    for (container, address) in &answered {
+        let address = address.split('/').next().unwrap_or_default();
+        ensure!(
+            held.get(container).map(String::as_str) == Some(address),
+            "{container} was given {address} before the crash; after the restart the router holds {:?}",
+            held.get(container)
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    ensure!(
+        held.values().all(|a| seen.insert(a.clone())),
+        "an address is held twice: {held:?}"
+    );
+    eprintln!(
+        "{} ADDs answered before the crash, all held after it ({} allocations)",
+        answered.len(),
+        held.len()
+    );
+    Ok(())
+}

@@ -9,7 +9,7 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PASSWORD: &str = "correct horse battery staple";
 
 /// `n` hosts running the sleeve, hosts 2..n told only about host1, one pod per host
-/// (`10.40.0.i`); returns once every data path is up.
+/// (`10.250.0.i`); returns once every data path is up.
 fn sleeve_mesh(n: usize) -> anyhow::Result<Net> {
     sleeve_mesh_with(n, |_| Ok(()))
 }
@@ -41,7 +41,7 @@ fn sleeve_mesh_with(
         let mtu = net.report_json(i)?["datapath"]["mtu"]
             .as_u64()
             .context("no datapath in the report")?;
-        net.add_pod(i, "weft", &format!("10.40.0.{i}/24"), u16::try_from(mtu)?)?;
+        net.add_pod(i, "weft", &format!("10.250.0.{i}/24"), u16::try_from(mtu)?)?;
     }
     Ok(net)
 }
@@ -57,7 +57,7 @@ fn ping(net: &Net, from: HostId, to: HostId) -> anyhow::Result<String> {
             "0.2",
             "-W",
             "2",
-            &format!("10.40.0.{to}"),
+            &format!("10.250.0.{to}"),
         ],
     )
 }
@@ -203,7 +203,7 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
                 "2",
                 "-W",
                 "2",
-                "10.40.0.3",
+                "10.250.0.3",
             ],
         )
         .unwrap_err()
@@ -212,7 +212,7 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
         out.contains(&format!("mtu={overlay}")) || out.contains(&format!("mtu = {overlay}")),
         "pod1 was not told the path MTU {overlay}: {out}"
     );
-    let route = net.pod_exec(1, &["ip", "route", "get", "10.40.0.3"])?;
+    let route = net.pod_exec(1, &["ip", "route", "get", "10.250.0.3"])?;
     ensure!(route.contains(&format!("mtu {overlay}")), "pod1: {route}");
     let answered = net.report_json(1)?["datapath"]["drops"]["too_big_answered"]
         .as_u64()
@@ -223,8 +223,8 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
     let fits = (overlay.min(back) - 28).to_string();
     net.pod_exec(
         1,
-        &["ping", "-M", "do", "-s", &fits, "-c", "2", "10.40.0.3"],
+        &["ping", "-M", "do", "-s", &fits, "-c", "2", "10.250.0.3"],
     )?;
-    net.pod_exec(1, &["ping", "-M", "do", "-s", &big, "-c", "2", "10.40.0.2"])?;
+    net.pod_exec(1, &["ping", "-M", "do", "-s", &big, "-c", "2", "10.250.0.2"])?;
     Ok(())
 }

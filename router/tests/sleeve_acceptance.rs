@@ -85,7 +85,7 @@ fn pods(net: &Net) -> Vec<PodId> {
 }
 
 fn v4(pod: PodId) -> String {
-    format!("10.40.0.{pod}")
+    format!("10.250.0.{pod}")
 }
 
 fn v6(pod: PodId) -> String {
