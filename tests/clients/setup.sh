@@ -4,7 +4,8 @@
 #   bash tests/clients/setup.sh            # idempotent; a warm run takes well under a second
 #
 # - Debian packages through scripts/deps.sh (WEFT_CNI_CLIENT_DEPS): containerd 1.6 + runc,
-#   the reference plugins (containernetworking-plugins, /usr/lib/cni), busybox-static, Go;
+#   the reference plugins (containernetworking-plugins, /usr/lib/cni), busybox-static, Go,
+#   fping;
 # - cnitool (containernetworking/cni's reference libcni client) built offline from Debian's
 #   source package of libcni, the version of the installed golang-github-appc-cni-dev;
 # - a Python venv with grpcio + grpcio-tools, and Python stubs of the CRI (runtime.v1) API
@@ -18,7 +19,7 @@
 #
 # Output: progress on stderr; on stdout, and in $TOOLS/cni-clients.env, KEY=VALUE lines:
 #   WEFT_TOOLS_DIR WEFT_CNITOOL WEFT_CRI_PYTHON WEFT_CRI_STUBS WEFT_PAUSE_IMAGE
-#   WEFT_PAUSE_IMAGE_TAR WEFT_REF_CNI_DIR WEFT_CONTAINERD WEFT_CTR WEFT_RUNC
+#   WEFT_PAUSE_IMAGE_TAR WEFT_REF_CNI_DIR WEFT_CONTAINERD WEFT_CTR WEFT_RUNC WEFT_FPING
 set -euo pipefail
 SCRIPT_NAME=setup
 # shellcheck source=tests/clients/lib.sh
@@ -43,7 +44,7 @@ deps_out=$(weft_deps "${WEFT_CNI_CLIENT_DEPS[@]}" 2>&1) || {
     die "installing Debian packages failed (scripts/deps.sh --cni-clients)"
 }
 step packages "$t" "${deps_out//$'\n'/; }"
-for tool in containerd ctr runc go; do
+for tool in containerd ctr runc go fping; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH after installing the packages"
 done
 REF_CNI_DIR=/usr/lib/cni
@@ -229,7 +230,8 @@ WEFT_PAUSE_IMAGE_TAR=$PAUSE_TAR
 WEFT_REF_CNI_DIR=$REF_CNI_DIR
 WEFT_CONTAINERD=$(command -v containerd)
 WEFT_CTR=$(command -v ctr)
-WEFT_RUNC=$(command -v runc)"
+WEFT_RUNC=$(command -v runc)
+WEFT_FPING=$(command -v fping)"
 if [[ "$(cat "$CLIENTS_ENV" 2>/dev/null)" != "$env_text" ]]; then
     printf '%s\n' "$env_text" >"$CLIENTS_ENV.tmp"
     mv "$CLIENTS_ENV.tmp" "$CLIENTS_ENV"

@@ -35,13 +35,39 @@ pub fn describe(command: &Command) -> String {
 
 /// Runs `command` to completion (killing it after `timeout`) and collects its output.
 pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
+    run_with_input(command, None, timeout)
+}
+
+/// Like [`run_with_timeout`], writing `input` (if any) to the command's stdin and then closing
+/// it; without input, stdin is `/dev/null`.
+pub fn run_with_input(
+    command: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
     let line = describe(command);
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {line}"))?;
+    // A writer on its own thread too: a command that does not read its input (or reads it
+    // only after writing output) must not block us. A write error means it stopped reading.
+    let writer = child
+        .stdin
+        .take()
+        .zip(input.map(<[u8]>::to_vec))
+        .map(|(mut pipe, bytes)| {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&bytes);
+            })
+        });
     // Readers on their own threads: a command that fills a pipe must not stall its own exit.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
@@ -57,6 +83,9 @@ pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> anyhow::Res
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     Ok(Output {
         status,
         stdout: stdout.join().unwrap_or_default(),

@@ -16,6 +16,9 @@
 //! The harness does not build weft: scenario tests pass the binary cargo built for them
 //! (`env!("CARGO_BIN_EXE_weft")` in the router crate's integration tests, `router/tests/`).
 //!
+//! The `cni` module drives the `weft-cni` plugin with real CNI clients (cnitool, containerd's
+//! CRI, direct calls): the end-to-end tests in `router/tests/cni.rs`.
+//!
 //! Running, as root: `cargo test -p weft-router --test mesh` for the scenarios and
 //! `cargo test -p weft-tests` for the harness' own checks. A failed wait prints every host's
 //! status and router log tail; `WEFT_TEST_KEEP=1` also keeps each Net's directory (full logs,
@@ -25,6 +28,7 @@ mod background;
 mod capture;
 mod checks;
 mod cmd;
+pub mod cni;
 mod faults;
 mod metrics;
 mod net;
@@ -35,7 +39,7 @@ mod wait;
 
 pub use background::Background;
 pub use capture::{Capture, Datagram};
-pub use cmd::Output;
+pub use cmd::{COMMAND_TIMEOUT, Output};
 pub use faults::Reachability;
 pub use metrics::Metrics;
 pub use net::{HostId, Net};
