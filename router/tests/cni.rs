@@ -296,6 +296,41 @@ fn cnitool_add_check_del_with_portmap_and_ping_across_hosts() -> anyhow::Result<
         },
     )?;
 
+    // Leaving the range, a pod's connection is masqueraded behind its host's address; between
+    // pods it keeps the pod's own address. The listener writes the peer address it saw to a
+    // file.
+    const LISTEN: &str = "import socket,sys; s=socket.socket(); \
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 17777)); \
+        s.listen(); c, a = s.accept(); open(sys.argv[1], 'w').write(a[0])";
+    const CONNECT: &str =
+        "import socket,sys; socket.create_connection((sys.argv[1], 17777), 2).close()";
+    let peer_seen = |what: &str, file: &std::path::Path, to: &str| -> anyhow::Result<String> {
+        net.wait_until(what, SETTLE, || {
+            let out = b.exec(&["python3", "-c", CONNECT, to])?;
+            ensure!(out.success(), "connect to {to}: {}", out.stderr.trim());
+            let seen = std::fs::read_to_string(file).unwrap_or_default();
+            ensure!(!seen.is_empty(), "the listener has not reported yet");
+            Ok(true)
+        })?;
+        Ok(std::fs::read_to_string(file)?)
+    };
+    let file = net.host_dir(1).join("peer-from-host");
+    let _listener =
+        net.spawn_in_host(1, &["python3", "-c", LISTEN, &file.display().to_string()])?;
+    let seen = peer_seen("pod b connects to host1's address", &file, &host1)?;
+    let host2 = net.address(2).to_string();
+    ensure!(
+        seen == host2,
+        "host1 saw pod b (host2) connect from {seen}, not from host2's address {host2}: no masquerade"
+    );
+    let file = net.host_dir(1).join("peer-from-pod");
+    let _listener = a.spawn(&["python3", "-c", LISTEN, &file.display().to_string()])?;
+    let seen = peer_seen("pod b connects to pod a", &file, &addr_a.to_string())?;
+    ensure!(
+        seen == addr_b.to_string(),
+        "pod a saw pod b connect from {seen}, not from b's own address {addr_b}"
+    );
+
     // DEL, and DEL again: both succeed; the interface, the rules and the allocation are gone.
     for (i, network, container, cap) in [
         (1, NET_PORTMAP, &a, Some(ports.as_str())),
