@@ -225,6 +225,9 @@ fn a_smaller_path_mtu_is_found_and_pods_are_told_with_icmp() -> anyhow::Result<(
         1,
         &["ping", "-M", "do", "-s", &fits, "-c", "2", "10.250.0.3"],
     )?;
-    net.pod_exec(1, &["ping", "-M", "do", "-s", &big, "-c", "2", "10.250.0.2"])?;
+    net.pod_exec(
+        1,
+        &["ping", "-M", "do", "-s", &big, "-c", "2", "10.250.0.2"],
+    )?;
     Ok(())
 }
