@@ -103,6 +103,14 @@ has defaults 'hostNetwork: true'
 has defaults 'priorityClassName: system-node-critical'
 has defaults 'fieldPath: spec.nodeName'
 has defaults 'path: /healthz'
+has defaults '^      initContainers:'
+has defaults '- install-cni'
+has defaults 'path: /opt/cni/bin'
+has defaults 'path: /etc/cni/net.d'
+has defaults 'path: /run/weft$'
+has defaults 'mountPath: /run/weft$'
+has defaults 'name: WEFT_IPALLOC_RANGE'
+has defaults 'value: "10.32.0.0/12"'
 
 render password --set password.value=s3cret
 has password '^kind: Secret'
@@ -131,6 +139,17 @@ has custom 'image: "weft:dev"'
 has custom 'serviceAccountName: weft-sa'
 hasnt custom '^kind: ServiceAccount'
 
+render cni --set cni.binDir=/home/kubernetes/bin --set cni.confDir=/etc/cni/conf.d \
+    --set ipallocRange=10.100.0.0/16
+has cni 'path: /home/kubernetes/bin'
+has cni 'path: /etc/cni/conf.d'
+has cni 'value: "10.100.0.0/16"'
+
+render no-cni-install --set cni.install=false
+hasnt no-cni-install 'initContainers:'
+hasnt no-cni-install 'path: /opt/cni/bin'
+has no-cni-install 'path: /run/weft$'
+
 # The schema must refuse what would make a broken DaemonSet.
 reject() {
     local what=$1
@@ -146,7 +165,11 @@ reject "a statusAddr without a port" --set statusAddr=127.0.0.1
 reject "an unknown top-level value" --set conLimit=5
 reject "an unknown password field" --set password.file=/x
 reject "a relative dataDir" --set dataDir=var/lib/weft
-say "values.schema.json rejects 6 kinds of bad values"
+reject "an ipallocRange without a prefix" --set ipallocRange=10.32.0.0
+reject "an ipallocRange smaller than /30" --set ipallocRange=10.32.0.0/31
+reject "a relative cni.binDir" --set cni.binDir=opt/cni/bin
+reject "an unknown cni field" --set cni.instal=false
+say "values.schema.json rejects 10 kinds of bad values"
 
 # NOTES.txt renders (helm install --dry-run=client needs no cluster).
 notes() {

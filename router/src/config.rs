@@ -38,6 +38,9 @@ pub enum Command {
     Rmpeer(RmpeerArgs),
     /// IP address management: this router's view, or every peer's compared.
     Ipam(IpamArgs),
+    /// Install the `weft-cni` plugin and its network config on this node (the DaemonSet's init
+    /// container runs this).
+    InstallCni(InstallCniArgs),
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +182,36 @@ pub struct IpamArgs {
     pub json: bool,
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// The plugin binary to install (default: `weft-cni` next to this `weft` executable).
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Where the container runtime looks for CNI plugins.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Where the container runtime reads network configs; weft writes `10-weft.conflist`.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// Chain the `portmap` plugin (hostPort) after weft-cni, if it is in the bin dir.
+    #[arg(long, env = "WEFT_CNI_PORTMAP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub portmap: bool,
+    /// The router's CNI socket; written into the config only when it is not the default.
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_CNI_SOCKET)]
+    pub cni_socket: PathBuf,
+    /// Hairpin mode on the pods' host ends (the plugin's default: true).
+    #[arg(long, env = "WEFT_CNI_HAIRPIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hairpin: bool,
+    /// The pods' MTU, overriding the router's (default: the router's, from the underlay MTU).
+    #[arg(long, env = "WEFT_CNI_MTU", value_parser = clap::value_parser!(u32).range(68..=65535))]
+    pub mtu: Option<u32>,
+    /// The config's `cniVersion`; 1.0.0 for runtimes whose libcni predates spec 1.1.0 (e.g.
+    /// containerd 1.7).
+    #[arg(long, env = "WEFT_CNI_VERSION", default_value = weft_cni::LATEST_VERSION,
+          value_parser = clap::builder::PossibleValuesParser::new(weft_cni::SUPPORTED_VERSIONS))]
+    pub cni_version: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

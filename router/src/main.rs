@@ -8,6 +8,7 @@ mod conn;
 mod dataplane;
 mod hostnet;
 mod identity;
+mod install;
 mod ipam;
 mod metrics;
 mod nat;
@@ -113,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::InstallCni(args) => install::run(&args),
     }
 }
 
