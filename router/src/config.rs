@@ -207,9 +207,10 @@ pub struct InstallCniArgs {
     /// The pods' MTU, overriding the router's (default: the router's, from the underlay MTU).
     #[arg(long, env = "WEFT_CNI_MTU", value_parser = clap::value_parser!(u32).range(68..=65535))]
     pub mtu: Option<u32>,
-    /// The config's `cniVersion`; 1.0.0 for runtimes whose libcni predates spec 1.1.0 (e.g.
-    /// containerd 1.7).
-    #[arg(long, env = "WEFT_CNI_VERSION", default_value = weft_cni::LATEST_VERSION,
+    /// The config's `cniVersion`. 1.0.0 works with every runtime; 1.1.0 adds STATUS and GC but
+    /// only runtimes with libcni 1.2 or newer (containerd 2, CRI-O 1.30+) can read its results
+    /// (containerd 1.7 cannot, and its pods would get no network).
+    #[arg(long, env = "WEFT_CNI_VERSION", default_value = "1.0.0",
           value_parser = clap::builder::PossibleValuesParser::new(weft_cni::SUPPORTED_VERSIONS))]
     pub cni_version: String,
 }
