@@ -2,14 +2,13 @@
 //! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
 
 use std::collections::HashMap;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
 use weft_gossip::ipam::IPAM_CHANNEL;
