@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router as HttpRouter;
@@ -21,6 +22,7 @@ use weft_cni::error as code;
 use weft_cni::protocol::{PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC, PATH_STATUS};
 
 use crate::ipam::{CniFailure, Reply};
+use crate::metrics::Metrics;
 use crate::router::{CniRequest, Event};
 
 /// Binds the socket with mode 0600. A socket file left by a router that died is replaced; one
@@ -55,14 +57,20 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>) {
+#[derive(Clone)]
+struct Cni {
+    events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+}
+
+pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
     let app = HttpRouter::new()
         .route(PATH_ADD, post(add))
         .route(PATH_DEL, post(del))
         .route(PATH_CHECK, post(check))
         .route(PATH_STATUS, get(status))
         .route(PATH_GC, post(gc))
-        .with_state(events);
+        .with_state(Cni { events, metrics });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "CNI endpoint stopped");
     }
@@ -82,8 +90,9 @@ fn shutting_down() -> Response {
     ))
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CniFailure> {
+fn parse<T: DeserializeOwned>(cni: &Cni, body: &[u8]) -> Result<T, CniFailure> {
     serde_json::from_slice(body).map_err(|e| {
+        cni.metrics.ipam.rejected_requests.inc();
         CniFailure::new(
             400,
             code::DECODING_FAILURE,
@@ -109,34 +118,34 @@ async fn ask<T: Serialize>(
     }
 }
 
-async fn add(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
-    match parse(&body) {
-        Ok(request) => ask(&events, |reply| CniRequest::Add { request, reply }).await,
+async fn add(State(cni): State<Cni>, body: Bytes) -> Response {
+    match parse(&cni, &body) {
+        Ok(request) => ask(&cni.events, |reply| CniRequest::Add { request, reply }).await,
         Err(f) => failure_response(f),
     }
 }
 
-async fn del(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
-    match parse(&body) {
-        Ok(attachment) => ask(&events, |reply| CniRequest::Del { attachment, reply }).await,
+async fn del(State(cni): State<Cni>, body: Bytes) -> Response {
+    match parse(&cni, &body) {
+        Ok(attachment) => ask(&cni.events, |reply| CniRequest::Del { attachment, reply }).await,
         Err(f) => failure_response(f),
     }
 }
 
-async fn check(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
-    match parse(&body) {
-        Ok(attachment) => ask(&events, |reply| CniRequest::Check { attachment, reply }).await,
+async fn check(State(cni): State<Cni>, body: Bytes) -> Response {
+    match parse(&cni, &body) {
+        Ok(attachment) => ask(&cni.events, |reply| CniRequest::Check { attachment, reply }).await,
         Err(f) => failure_response(f),
     }
 }
 
-async fn status(State(events): State<mpsc::Sender<Event>>) -> Response {
-    ask(&events, |reply| CniRequest::Status { reply }).await
+async fn status(State(cni): State<Cni>) -> Response {
+    ask(&cni.events, |reply| CniRequest::Status { reply }).await
 }
 
-async fn gc(State(events): State<mpsc::Sender<Event>>, body: Bytes) -> Response {
-    match parse(&body) {
-        Ok(request) => ask(&events, |reply| CniRequest::Gc { request, reply }).await,
+async fn gc(State(cni): State<Cni>, body: Bytes) -> Response {
+    match parse(&cni, &body) {
+        Ok(request) => ask(&cni.events, |reply| CniRequest::Gc { request, reply }).await,
         Err(f) => failure_response(f),
     }
 }

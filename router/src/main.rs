@@ -283,7 +283,11 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             targets,
             Planes { dataplane, ipam },
         );
-        tokio::spawn(cni_api::serve(cni_listener, events_tx.clone()));
+        tokio::spawn(cni_api::serve(
+            cni_listener,
+            events_tx.clone(),
+            metrics.clone(),
+        ));
         tokio::spawn(api::serve(status_listener, events_tx, metrics));
         tokio::select! {
             _ = router.run(listener) => {}

@@ -96,6 +96,8 @@ pub struct IpamMetrics {
     pub adds: Family<ResultLabels, Counter>,
     pub released: Family<ReasonLabels, Counter>,
     pub persist_failures: Counter,
+    /// Plugin requests the router could not decode (counted where they arrive).
+    pub rejected_requests: Counter,
 }
 
 #[derive(Default)]
@@ -265,6 +267,11 @@ impl Metrics {
             "ipam_released",
             "Addresses released, by reason (del, gc)",
             i.released.clone(),
+        );
+        registry.register(
+            "cni_requests_rejected",
+            "Requests on the CNI socket that could not be decoded",
+            i.rejected_requests.clone(),
         );
         registry.register(
             "ipam_persist_failures",

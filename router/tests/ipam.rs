@@ -298,3 +298,63 @@ fn every_address_answered_before_a_crash_is_still_held_after_the_restart() -> an
     );
     Ok(())
 }
+
+#[test]
+fn the_cni_socket_answers_garbage_with_cni_errors_and_keeps_serving() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = mesh(1, |_| Vec::new())?;
+    net.wait_until("host1 has its bridge address", SETTLE, || {
+        Ok(ipam(&net, 1)?["gateway"].is_string())
+    })?;
+    let socket = net.cni_socket(1);
+    for (path, body) in [
+        ("/cni/add", "{not json"),
+        ("/cni/add", r#"{"container_id":"x"}"#),
+        ("/cni/del", "[]"),
+        ("/cni/gc", r#"{"valid":"nope"}"#),
+    ] {
+        let (status, answer) = cni_request(&socket, path, body)?;
+        let error: Value = serde_json::from_str(&answer)
+            .with_context(|| format!("{path} {body:?}: not a JSON error body: {answer:?}"))?;
+        ensure!(
+            status == 400 && error["code"] == 6 && error["msg"].is_string(),
+            "{path} {body:?}: {status} {answer}"
+        );
+    }
+    // An over-long container id is refused as invalid input, not stored.
+    let long = "x".repeat(300);
+    let (status, answer) = cni_request(
+        &socket,
+        "/cni/add",
+        &format!(r#"{{"container_id":"{long}","ifname":"eth0","netns":"/x"}}"#),
+    )?;
+    ensure!(
+        status == 400 && answer.contains("\"code\":4"),
+        "{status} {answer}"
+    );
+    let (status, answer) = cni_request(
+        &socket,
+        "/cni/add",
+        r#"{"container_id":"fine","ifname":"eth0","netns":"/x"}"#,
+    )?;
+    ensure!(
+        status == 200 && answer.contains("address"),
+        "{status} {answer}"
+    );
+    let held = ipam(&net, 1)?["allocations"].clone();
+    ensure!(
+        held.as_array().is_some_and(|a| a.len() == 2),
+        "the gateway and one pod, nothing from the garbage: {held}"
+    );
+    let metrics = net.metrics(1)?;
+    ensure!(
+        metrics.get("weft_cni_requests_rejected_total") == Some(4.0)
+            && metrics.get("weft_ipam_adds_total{result=\"error\"}") == Some(1.0),
+        "the garbage is counted: rejected {:?}, failed ADDs {:?}",
+        metrics.get("weft_cni_requests_rejected_total"),
+        metrics.get("weft_ipam_adds_total{result=\"error\"}")
+    );
+    Ok(())
+}
