@@ -223,6 +223,7 @@ impl Router {
             };
             let now = Instant::now();
             let mut out = Vec::new();
+            let ipam_touched = event.as_ref().is_some_and(touches_ipam);
             match event {
                 Some(event) => self.handle(event, now, &mut out),
                 None => {
@@ -250,7 +251,7 @@ impl Router {
                 self.ipam.set_reachable(reachable);
             }
             // Persists IPAM state before anything queued in `out` is sent.
-            self.ipam_step(now, &mut out);
+            self.ipam_step(now, ipam_touched, &mut out);
             self.execute(out);
             self.sync_metrics();
         }
@@ -336,8 +337,8 @@ impl Router {
     }
 
     /// IPAM's step, then its outbox into the mesh (see `ipam`).
-    fn ipam_step(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let outbox = self.ipam.step(now);
+    fn ipam_step(&mut self, now: Instant, touched: bool, out: &mut Vec<Action>) {
+        let outbox = self.ipam.step(now, touched);
         self.ipam.finish_check(self.mesh.topology(), now);
         if let Some(update) = outbox.publish
             && let Err(e) = self.mesh.publish(IPAM_CHANNEL, &update, out)
@@ -562,6 +563,21 @@ impl Router {
             .terminations
             .inc_by(terminated - self.terminations_seen);
         self.terminations_seen = terminated;
+    }
+}
+
+/// Whether `event` may change IPAM state: a CNI or rmpeer request, or a message of the IPAM
+/// channel (merged by the mesh while it handles the event).
+fn touches_ipam(event: &Event) -> bool {
+    match event {
+        Event::Cni(_) | Event::Api(ApiRequest::Rmpeer { .. }) => true,
+        Event::Message { msg, .. } => matches!(
+            msg,
+            ControlMsg::Gossip { channel, .. }
+                | ControlMsg::Broadcast { channel, .. }
+                | ControlMsg::Unicast { channel, .. } if *channel == IPAM_CHANNEL
+        ),
+        _ => false,
     }
 }
 
