@@ -201,6 +201,15 @@ fn ipam_check_names_different_ranges_and_a_restart_keeps_ring_and_gateway() -> a
     Ok(())
 }
 
+/// One router whose IPAM is ready (its bridge has its address).
+fn one_host_with_its_bridge_address() -> anyhow::Result<Net> {
+    let net = mesh(1, |_| Vec::new())?;
+    net.wait_until("host1 has its bridge address", SETTLE, || {
+        Ok(ipam(&net, 1)?["gateway"].is_string())
+    })?;
+    Ok(net)
+}
+
 /// One plugin request on the router's socket, as the plugin makes it: `(status, body)`.
 fn cni_request(socket: &std::path::Path, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
@@ -229,10 +238,7 @@ fn every_address_answered_before_a_crash_is_still_held_after_the_restart() -> an
     if !require_root() {
         return Ok(());
     }
-    let net = mesh(1, |_| Vec::new())?;
-    net.wait_until("host1 has its bridge address", SETTLE, || {
-        Ok(ipam(&net, 1)?["gateway"].is_string())
-    })?;
+    let net = one_host_with_its_bridge_address()?;
     let socket = net.cni_socket(1);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let answered = std::sync::Mutex::new(Vec::<(String, String)>::new());
@@ -304,10 +310,7 @@ fn the_cni_socket_answers_garbage_with_cni_errors_and_keeps_serving() -> anyhow:
     if !require_root() {
         return Ok(());
     }
-    let net = mesh(1, |_| Vec::new())?;
-    net.wait_until("host1 has its bridge address", SETTLE, || {
-        Ok(ipam(&net, 1)?["gateway"].is_string())
-    })?;
+    let net = one_host_with_its_bridge_address()?;
     let socket = net.cni_socket(1);
     for (path, body) in [
         ("/cni/add", "{not json"),
