@@ -1,4 +1,4 @@
-//! Every decoder that reads bytes from the network: errors are fine, panics and unbounded
+//! Every decoder that reads bytes from the network (or from the router's state file): errors are fine, panics and unbounded
 //! allocations are not; whatever decodes must encode back to something that decodes equal.
 #![no_main]
 
@@ -30,6 +30,14 @@ fuzz_target!(|data: &[u8]| {
     // bound checks must survive a round trip and pass them again.
     if let Ok(msg) = ipam::decode_msg(data) {
         assert_eq!(ipam::decode_msg(&wire::encode(&msg)).as_ref(), Ok(&msg));
+    }
+    // The persisted IPAM snapshot (read back from disk at start): a damaged one is refused
+    // with an error, never a panic.
+    // The router restores it under its configured (valid) range, here the default one.
+    if let Ok(snapshot) = ipam::IpamSnapshot::from_bytes(data) {
+        let range = ipam::DEFAULT_RANGE.parse().expect("the default range parses");
+        let config = ipam::IpamConfig::new(range);
+        let _ = ipam::IpamChannel::restore(config, snapshot, 1, std::time::Instant::now(), 0);
     }
     let _ = wire::split_frames(data);
 });
