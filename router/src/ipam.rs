@@ -360,7 +360,15 @@ impl IpamHost {
     pub fn del(&mut self, attachment: &Attachment, now: Instant) {
         let key = AllocKey::new(attachment.container_id.clone(), attachment.ifname.clone());
         self.counters.dels += 1;
-        self.pending.retain(|p| p.key != key);
+        let (deleted, waiting) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.key == key);
+        self.pending = waiting;
+        for p in deleted {
+            let _ = p.reply.send(Err(CniFailure::try_later(
+                "the attachment was deleted while its ADD waited for an address",
+            )));
+        }
         let mut channel = self.channel.lock();
         channel.cancel(&key);
         if let Some(addr) = channel.release(&key, now) {
@@ -947,6 +955,21 @@ mod tests {
             Ok(Err(f)) => assert_eq!(f.body.code, code::TRY_AGAIN_LATER),
             Err(e) => panic!("no answer after the deadline: {e}"),
         }
+    }
+
+    #[test]
+    fn a_del_answers_the_add_still_waiting_for_the_same_attachment() {
+        let f = Fixture::new("delwait");
+        let now = Instant::now();
+        let mut host = f.host("10.32.0.0/12", true, now);
+        host.set_reachable(vec![PeerName::from_bytes([2, 0, 0, 0, 0, 9])]);
+        let (answer, mut rx) = add(&mut host, "c1", now);
+        assert!(answer.is_none(), "the ADD waits for the ring");
+        host.del(&attachment("c1"), now);
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert_eq!(err.body.code, code::TRY_AGAIN_LATER);
+        assert!(err.body.details.contains("deleted"), "{}", err.body.details);
+        assert_eq!(host.report(&topology(), now).waiting_adds, 0);
     }
 
     #[test]
