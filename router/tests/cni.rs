@@ -54,21 +54,13 @@ impl Cluster {
         cni::clients()?;
         let plugin = cni::plugin_binary(WEFT.as_ref())?;
         let net = Net::new(WEFT, n)?;
-        for i in net.host_ids() {
-            let mut opts = RouterOpts::new().password(PASSWORD);
-            for arg in extra {
-                opts = opts.arg(arg);
-            }
-            if i > 1 {
-                opts = opts.peers([net.address(1)]);
-            }
-            net.start(i, opts)?;
-        }
-        if n > 1 {
-            net.wait_until("the mesh is complete", SETTLE, || {
-                net.check_full_mesh(&net.host_ids())
-            })?;
-        }
+        net.start_mesh(|_| {
+            extra
+                .iter()
+                .fold(RouterOpts::new().password(PASSWORD), |opts, arg| {
+                    opts.arg(arg)
+                })
+        })?;
         net.wait_until("IPAM is ready on every host", SETTLE, || {
             net.check_ipam_ready(&net.host_ids())
         })?;

@@ -29,21 +29,15 @@ fn owners(ipam: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `hosts` routers (hosts 2.. told about host1) with `extra` flags on host `i` from `flags(i)`.
+/// `hosts` routers (hosts 2.. told about host1) with the flags `flags(i)` on host `i`.
 fn mesh(hosts: usize, flags: impl Fn(HostId) -> Vec<String>) -> anyhow::Result<Net> {
     let net = Net::new(WEFT, hosts)?;
-    for i in net.host_ids() {
-        let mut opts = RouterOpts::new().password(PASSWORD);
-        for flag in flags(i) {
-            opts = opts.arg(&flag);
-        }
-        if i > 1 {
-            opts = opts.peers([net.address(1)]);
-        }
-        net.start(i, opts)?;
-    }
-    net.wait_until("the control mesh is complete", SETTLE, || {
-        net.check_full_mesh(&net.host_ids())
+    net.start_mesh(|i| {
+        flags(i)
+            .iter()
+            .fold(RouterOpts::new().password(PASSWORD), |opts, flag| {
+                opts.arg(flag)
+            })
     })?;
     Ok(net)
 }

@@ -21,18 +21,11 @@ fn sleeve_mesh_with(
 ) -> anyhow::Result<Net> {
     let net = Net::new(WEFT, n)?;
     prepare(&net)?;
-    for i in net.host_ids() {
-        let mut opts = RouterOpts::new()
+    net.start_mesh(|_| {
+        RouterOpts::new()
             .password(PASSWORD)
             .arg("--datapath")
-            .arg("sleeve");
-        if i > 1 {
-            opts = opts.peers([net.address(1)]);
-        }
-        net.start(i, opts)?;
-    }
-    net.wait_until("the control mesh is complete", SETTLE, || {
-        net.check_full_mesh(&net.host_ids())
+            .arg("sleeve")
     })?;
     net.wait_until("every data path is up everywhere", SETTLE, || {
         net.check_data_paths_up(&net.host_ids())

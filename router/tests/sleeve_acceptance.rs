@@ -41,18 +41,12 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(90);
 /// complete. Pod `p` is on host [`host_of`]`(p)` with addresses [`v4`]`(p)` and [`v6`]`(p)`.
 fn sleeve_mesh(hosts: usize, password: Option<&str>) -> anyhow::Result<Net> {
     let net = Net::new(WEFT, hosts)?;
-    for i in net.host_ids() {
-        let mut opts = RouterOpts::new().arg("--datapath").arg("sleeve");
-        if let Some(password) = password {
-            opts = opts.password(password);
+    net.start_mesh(|_| {
+        let opts = RouterOpts::new().arg("--datapath").arg("sleeve");
+        match password {
+            Some(password) => opts.password(password),
+            None => opts,
         }
-        if i > 1 {
-            opts = opts.peers([net.address(1)]);
-        }
-        net.start(i, opts)?;
-    }
-    net.wait_until("the control mesh is complete", SETTLE, || {
-        net.check_full_mesh(&net.host_ids())
     })?;
     net.wait_until("every data path is up everywhere", SETTLE, || {
         net.check_data_paths_up(&net.host_ids())

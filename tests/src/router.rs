@@ -158,6 +158,22 @@ impl Net {
         self.host(i).dir.clone()
     }
 
+    /// Starts a router on every host with the options `opts(i)` gives, hosts 2.. told only
+    /// about host1 (they find the others by gossip), and waits until the control mesh is
+    /// complete.
+    pub fn start_mesh(&self, opts: impl Fn(HostId) -> RouterOpts) -> anyhow::Result<()> {
+        for i in self.host_ids() {
+            let mut host_opts = opts(i);
+            if i > 1 {
+                host_opts = host_opts.peers([self.address(1)]);
+            }
+            self.start(i, host_opts)?;
+        }
+        self.wait_until("the control mesh is complete", crate::SETTLE, || {
+            self.check_full_mesh(&self.host_ids())
+        })
+    }
+
     /// Kills host `i`'s router with SIGKILL (no goodbye to its peers) and reaps it.
     pub fn kill(&self, i: HostId) -> anyhow::Result<()> {
         let mut slot = self.router_slot(i);
