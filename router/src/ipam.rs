@@ -43,6 +43,9 @@ pub const ADD_WAIT: Duration = Duration::from_secs(30);
 /// A router told about peers waits this long for them before it may create a ring of its own,
 /// so nodes that join one at a time receive the ring instead of making one that must merge.
 const JOIN_GRACE: Duration = Duration::from_secs(3);
+/// How long after a hard failure (no space at all, the kernel refusing the address) the bridge
+/// address is tried again.
+const GATEWAY_RETRY: Duration = Duration::from_secs(5);
 
 /// How long `weft ipam check` waits for peers' views.
 const CHECK_WAIT: Duration = Duration::from_secs(3);
@@ -164,6 +167,8 @@ pub struct IpamHost {
     /// The bridge's address, once allocated, and whether it is on the bridge.
     gateway: Option<Ipv4Addr>,
     gateway_applied: bool,
+    /// Not before this instant after a hard failure (see [`IpamHost::ensure_gateway`]).
+    gateway_retry_at: Instant,
     pending: Vec<PendingAdd>,
     check: Option<PendingCheck>,
     /// The snapshot last written.
@@ -243,6 +248,7 @@ impl IpamHost {
             set_address,
             gateway: None,
             gateway_applied: false,
+            gateway_retry_at: now,
             pending: Vec::new(),
             check: None,
             saved,
@@ -453,7 +459,11 @@ impl IpamHost {
             self.next_tick = now + TICK;
             dirty = true;
         }
-        if self.bridge.is_some() && !self.gateway_applied && self.may_allocate(now) {
+        if self.bridge.is_some()
+            && !self.gateway_applied
+            && self.may_allocate(now)
+            && now >= self.gateway_retry_at
+        {
             self.ensure_gateway(now);
             dirty = true;
         }
@@ -508,6 +518,8 @@ impl IpamHost {
         }
     }
 
+    /// Allocates the bridge's address and sets it. A failure other than waiting for the ring or
+    /// for space is retried after [`GATEWAY_RETRY`], not on every event.
     fn ensure_gateway(&mut self, now: Instant) {
         let Some(key) = self.gateway_key() else {
             return;
@@ -518,6 +530,7 @@ impl IpamHost {
                 Err(e) if e.is_retryable() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "no address for the bridge yet");
+                    self.gateway_retry_at = now + GATEWAY_RETRY;
                     return;
                 }
             }
@@ -535,6 +548,7 @@ impl IpamHost {
                 }
                 Err(e) => {
                     tracing::warn!(bridge = %bridge.name, error = %e, "cannot set the bridge address (retrying)");
+                    self.gateway_retry_at = now + GATEWAY_RETRY;
                 }
             }
         }
@@ -955,6 +969,42 @@ mod tests {
             Ok(Err(f)) => assert_eq!(f.body.code, code::TRY_AGAIN_LATER),
             Err(e) => panic!("no answer after the deadline: {e}"),
         }
+    }
+
+    #[test]
+    fn a_bridge_address_the_kernel_refused_is_set_again_later_not_on_every_event() {
+        let f = Fixture::new("gwretry");
+        let now = Instant::now();
+        let channel =
+            open_channel(&f.store, "10.32.0.0/12".parse().unwrap(), local(), 7, now).unwrap();
+        let calls = Arc::new(Mutex::new(0u32));
+        let seen = calls.clone();
+        let mut host = IpamHost::new(
+            SharedIpam::new(channel),
+            f.store.clone(),
+            Some(BridgeInfo {
+                name: "weft".into(),
+                mtu: 1414,
+            }),
+            Box::new(move |_: &str, _: IpNet| {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    Err(std::io::Error::other("refused"))
+                } else {
+                    Ok(())
+                }
+            }),
+            false,
+            now,
+        );
+        host.step(now, false);
+        host.step(now, false);
+        host.step(now + Duration::from_secs(1), false);
+        assert_eq!(*calls.lock().unwrap(), 1, "no retry before GATEWAY_RETRY");
+        host.step(now + GATEWAY_RETRY, false);
+        assert_eq!(*calls.lock().unwrap(), 2);
+        assert!(host.status_check(now + GATEWAY_RETRY).is_ok());
     }
 
     #[test]
