@@ -41,6 +41,7 @@ WEFT_CNI_CLIENT_DEPS=(
     golang-github-appc-cni-dev  # libcni sources cnitool builds against
     xz-utils                    # unpacks the cni source tarball
     fping                       # router/tests/cni.rs: every pod pings every other pod at once
+    iptables                    # router/tests/cni.rs: checks that portmap's rules are gone
 )
 
 # weft_tools_dir: prints where downloaded and built tools are cached (helm, cnitool, venvs):
