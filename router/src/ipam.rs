@@ -30,6 +30,7 @@ use weft_gossip::ipam::{
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
 
+use crate::report::nickname_of;
 use crate::store::Store;
 
 /// The allocation key of the host's own address on the bridge (CRI container ids are hex, so
@@ -308,7 +309,7 @@ impl IpamHost {
                 .iter()
                 .map(|v| PeerViewReport {
                     peer: v.peer.to_string(),
-                    nickname: nickname(topology, v.peer),
+                    nickname: nickname_of(topology, v.peer),
                     ring: v.ring.map(|r| r.to_string()),
                     ring_hash: format!("{:016x}", v.ring_hash),
                     allocated: v.allocated,
@@ -697,13 +698,6 @@ pub struct AllocationReport {
     pub address: String,
 }
 
-fn nickname(topology: &Topology, peer: PeerName) -> String {
-    topology
-        .get(peer)
-        .map(|e| e.nickname.clone())
-        .unwrap_or_default()
-}
-
 impl IpamReport {
     fn new(
         status: IpamStatus,
@@ -729,7 +723,7 @@ impl IpamReport {
                 .into_iter()
                 .map(|o| OwnerReport {
                     peer: o.peer.to_string(),
-                    nickname: nickname(topology, o.peer),
+                    nickname: nickname_of(topology, o.peer),
                     reachable: o.reachable,
                     ranges: o.ranges,
                     addresses: o.addresses,

@@ -116,7 +116,16 @@ pub fn peer_label(topology: &Topology, name: PeerName) -> String {
     }
 }
 
-fn nickname_of(topology: &Topology, name: PeerName) -> String {
+/// The peer in the topology called `name_or_nickname`.
+pub fn find_peer(topology: &Topology, name_or_nickname: &str) -> Option<PeerName> {
+    topology
+        .peers()
+        .find(|e| e.name.to_string() == name_or_nickname || e.nickname == name_or_nickname)
+        .map(|e| e.name)
+}
+
+/// The peer's nickname, or "" while it is not in the topology.
+pub fn nickname_of(topology: &Topology, name: PeerName) -> String {
     topology
         .get(name)
         .map(|e| e.nickname.clone())

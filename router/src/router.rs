@@ -354,19 +354,12 @@ impl Router {
 
     /// `weft rmpeer`: the peer by name or nickname (nicknames only while it is in the topology).
     fn rmpeer(&mut self, peer: &str, force: bool, now: Instant) -> Result<String, String> {
+        // A departed peer may have left the topology already: a name is taken as it is.
         let name = match peer.parse::<PeerName>() {
             Ok(name) => name,
-            Err(_) => self
-                .mesh
-                .topology()
-                .peers()
-                .find(|e| e.nickname == peer)
-                .map(|e| e.name)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown peer {peer}: give its name (aa:bb:cc:dd:ee:ff), see `weft ipam`"
-                    )
-                })?,
+            Err(_) => report::find_peer(self.mesh.topology(), peer).ok_or_else(|| {
+                format!("unknown peer {peer}: give its name (aa:bb:cc:dd:ee:ff), see `weft ipam`")
+            })?,
         };
         let taken = self
             .ipam
@@ -439,24 +432,18 @@ impl Router {
                 let _ = reply.send(known);
             }
             ApiRequest::Ping { peer, reply } => {
-                let Some(entry) = self
-                    .mesh
-                    .topology()
-                    .peers()
-                    .find(|e| e.name.to_string() == peer || e.nickname == peer)
-                    .cloned()
-                else {
+                let Some(name) = report::find_peer(self.mesh.topology(), &peer) else {
                     let _ = reply.send(Err(format!("unknown peer {peer}")));
                     return;
                 };
                 let id = weft_crypto::random_u64();
-                match self.mesh.echo(entry.name, id, out) {
+                match self.mesh.echo(name, id, out) {
                     Ok(()) => {
                         self.pings.insert(
                             id,
                             PendingPing {
                                 sent: now,
-                                peer: entry.name,
+                                peer: name,
                                 reply,
                             },
                         );
@@ -534,12 +521,7 @@ impl Router {
                             .unicast(LinkSet::All, peer)
                             .map(|hop| report::peer_label(self.mesh.topology(), hop))
                             .unwrap_or_default();
-                        let nickname = self
-                            .mesh
-                            .topology()
-                            .get(peer)
-                            .map(|e| e.nickname.clone())
-                            .unwrap_or_default();
+                        let nickname = report::nickname_of(self.mesh.topology(), peer);
                         let _ = reply.send(Ok(PingResult {
                             peer: peer.to_string(),
                             nickname,
