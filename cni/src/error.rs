@@ -67,6 +67,15 @@ impl CniError {
         )
     }
 
+    /// A bridge that is not there: weft's router has not made it (yet).
+    pub fn no_bridge(bridge: &str, code: u32) -> Self {
+        Self::new(
+            code,
+            format!("bridge {bridge} does not exist; is weft running?"),
+            "",
+        )
+    }
+
     pub fn invalid_config(why: impl Into<String>) -> Self {
         Self::new(INVALID_CONFIG, "invalid network configuration", why)
     }

@@ -14,12 +14,13 @@ use weft_cni::plugin::{self, Deps};
 fn main() -> ExitCode {
     let env = CniEnv::from_lookup(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
+    let net = Netlink::default();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => plugin::run(
             &env,
             &stdin,
             &Deps {
-                net: &Netlink,
+                net: &net,
                 transport: &UnixHttp,
                 exec: &ProcessExec,
             },

@@ -2,6 +2,7 @@
 //! `netlink-packet-route` messages. A socket for a pod's netns is opened on a short-lived thread
 //! inside that netns ([`crate::sys::in_netns`]) and then used from the plugin's main thread.
 
+use std::cell::{RefCell, RefMut};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
@@ -33,8 +34,39 @@ use crate::sys;
 const OPER_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// rtnetlink on the real kernel.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Netlink;
+///
+/// One verb makes several kernel calls: their sockets are opened once, on first use, and reused
+/// (one in the host's netns, one in the pod's), so an ADD neither opens a socket per call nor
+/// enters the pod's netns more than it must.
+#[derive(Default)]
+pub struct Netlink {
+    host: RefCell<Option<Nl>>,
+    /// The pod netns socket and the path it was opened for.
+    pod: RefCell<Option<(String, Nl)>>,
+}
+
+impl Netlink {
+    /// The host netns socket.
+    fn host(&self) -> Result<RefMut<'_, Nl>, CniError> {
+        let mut slot = self.host.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Nl::open().map_err(k("open netlink socket"))?);
+        }
+        RefMut::filter_map(slot, Option::as_mut)
+            .map_err(|_| CniError::kernel("open netlink socket", "no socket"))
+    }
+
+    /// A socket in the netns at `netns` (reopened if the last one was for another path).
+    fn pod(&self, netns: &str) -> Result<RefMut<'_, Nl>, CniError> {
+        let mut slot = self.pod.borrow_mut();
+        if slot.as_ref().is_none_or(|(path, _)| path != netns) {
+            let nl = Nl::open_in(netns).map_err(k(format!("enter netns {netns}")))?;
+            *slot = Some((netns.to_owned(), nl));
+        }
+        RefMut::filter_map(slot, |s| s.as_mut().map(|(_, nl)| nl))
+            .map_err(|_| CniError::kernel(format!("enter netns {netns}"), "no socket"))
+    }
+}
 
 /// One rtnetlink socket and its sequence counter.
 struct Nl {
@@ -382,7 +414,7 @@ impl HostNet for Netlink {
     }
 
     fn bridge_mtu(&self, bridge: &str) -> Result<Option<u32>, CniError> {
-        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        let mut nl = self.host()?;
         match nl
             .link_by_name(bridge)
             .map_err(k(format!("look up bridge {bridge}")))?
@@ -396,17 +428,11 @@ impl HostNet for Netlink {
     }
 
     fn create_veth(&self, req: &VethRequest) -> Result<CreatedVeth, CniError> {
-        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        let mut nl = self.host()?;
         let bridge = nl
             .link_by_name(&req.bridge)
             .map_err(k(format!("look up bridge {}", req.bridge)))?
-            .ok_or_else(|| {
-                CniError::new(
-                    error::TRY_AGAIN_LATER,
-                    format!("bridge {} does not exist; is weft running?", req.bridge),
-                    "",
-                )
-            })?;
+            .ok_or_else(|| CniError::no_bridge(&req.bridge, error::TRY_AGAIN_LATER))?;
         let ns = File::open(&req.netns)
             .map_err(|e| CniError::invalid_env("CNI_NETNS", format!("{}: {e}", req.netns)))?;
         let mut peer = LinkMessage::default();
@@ -456,8 +482,7 @@ impl HostNet for Netlink {
                 .map_err(k(format!("set hairpin on {}", req.host_name)))?;
             nl.set_up(index)
                 .map_err(k(format!("set {} up", req.host_name)))?;
-            let mut inner =
-                Nl::open_in(&req.netns).map_err(k(format!("enter netns {}", req.netns)))?;
+            let mut inner = self.pod(&req.netns)?;
             let peer = inner
                 .link_by_name(&req.ifname)
                 .map_err(k("look up container interface"))?
@@ -484,7 +509,7 @@ impl HostNet for Netlink {
         addrs: &[IpNet],
         routes: &[RouteSpec],
     ) -> Result<(), CniError> {
-        let mut nl = Nl::open_in(netns).map_err(k(format!("enter netns {netns}")))?;
+        let mut nl = self.pod(netns)?;
         let link = nl
             .link_by_name(ifname)
             .map_err(k(format!("look up {ifname}")))?
@@ -516,7 +541,7 @@ impl HostNet for Netlink {
         // The bridge drops frames from a port that is not forwarding yet (it starts forwarding
         // when the kernel's link watcher has seen the carrier): wait for it, bounded.
         let deadline = Instant::now() + OPER_UP_WAIT;
-        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        let mut nl = self.host()?;
         while Instant::now() < deadline {
             let link = nl
                 .link_by_name(host_name)
@@ -564,12 +589,12 @@ impl HostNet for Netlink {
     }
 
     fn delete_host_link(&self, name: &str) -> Result<bool, CniError> {
-        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        let mut nl = self.host()?;
         nl.delete_link(name).map_err(k(format!("delete {name}")))
     }
 
     fn host_link(&self, name: &str) -> Result<Option<HostLink>, CniError> {
-        let mut nl = Nl::open().map_err(k("open netlink socket"))?;
+        let mut nl = self.host()?;
         let Some(link) = nl
             .link_by_name(name)
             .map_err(k(format!("look up {name}")))?
@@ -604,7 +629,7 @@ impl HostNet for Netlink {
         netns: &str,
         ifname: &str,
     ) -> Result<Option<ContainerIface>, CniError> {
-        let mut nl = Nl::open_in(netns).map_err(k(format!("enter netns {netns}")))?;
+        let mut nl = self.pod(netns)?;
         let Some(link) = nl
             .link_by_name(ifname)
             .map_err(k(format!("look up {ifname}")))?

@@ -11,7 +11,7 @@ use crate::delegate::{self, Exec};
 use crate::error::{self, CniError};
 use crate::hostnet::{HostNet, RouteSpec, VethRequest};
 use crate::ip::IpNet;
-use crate::protocol::{AddRequest, Attachment, GcRequest};
+use crate::protocol::{AddRequest, Allocation, Attachment, GcRequest};
 use crate::result::{CniResult, Dns, Interface, IpConfig, Route};
 
 /// The outside world, as the verbs see it.
@@ -45,7 +45,9 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 /// Runs one plugin call.
 pub fn run(env: &CniEnv, stdin: &[u8], deps: &Deps<'_>) -> Outcome {
     // Errors are written in the config's version when it is one we speak.
-    let stated = serde_json::from_slice::<Value>(stdin)
+    let parsed = config::parse_json(stdin);
+    let stated = parsed
+        .as_ref()
         .ok()
         .and_then(|v| {
             v.get("cniVersion")
@@ -56,7 +58,7 @@ pub fn run(env: &CniEnv, stdin: &[u8], deps: &Deps<'_>) -> Outcome {
     let cni_version = stated
         .clone()
         .unwrap_or_else(|| crate::LATEST_VERSION.to_string());
-    let result = dispatch(env, stdin, deps, stated);
+    let result = dispatch(env, stdin, parsed, deps, stated);
     Outcome {
         cni_version,
         result,
@@ -66,6 +68,7 @@ pub fn run(env: &CniEnv, stdin: &[u8], deps: &Deps<'_>) -> Outcome {
 fn dispatch(
     env: &CniEnv,
     stdin: &[u8],
+    parsed: Result<Value, CniError>,
     deps: &Deps<'_>,
     stated: Option<String>,
 ) -> Result<Option<Value>, CniError> {
@@ -74,7 +77,7 @@ fn dispatch(
         let v = stated.unwrap_or_else(|| crate::LATEST_VERSION.to_string());
         return Ok(Some(crate::version_info(&v)));
     }
-    let raw = config::parse_json(stdin)?;
+    let raw = parsed?;
     let version = config::check_version(&raw)?;
     let min = match command {
         Command::Check => "0.4.0",
@@ -145,18 +148,20 @@ struct Plan {
 /// Routes for an address with a gateway: a link-scope host route to the gateway if it is off
 /// the address's prefix, then the default route via it.
 fn gateway_routes(addr: IpNet, gw: IpAddr) -> Vec<RouteSpec> {
-    let mut routes = Vec::new();
-    if !addr.contains(gw) {
-        routes.push(RouteSpec {
-            dst: IpNet::host(gw),
-            gw: None,
-        });
-    }
+    let mut routes: Vec<RouteSpec> = gateway_host_route(addr, gw).into_iter().collect();
     routes.push(RouteSpec {
         dst: IpNet::default_for(gw),
         gw: Some(gw),
     });
     routes
+}
+
+/// A link-scope host route to `gw`, needed when it is off `addr`'s prefix.
+fn gateway_host_route(addr: IpNet, gw: IpAddr) -> Option<RouteSpec> {
+    (!addr.contains(gw)).then(|| RouteSpec {
+        dst: IpNet::host(gw),
+        gw: None,
+    })
 }
 
 struct Verb<'a> {
@@ -180,6 +185,15 @@ impl Verb<'_> {
             container_id: self.env.container_id()?.to_string(),
             ifname: self.env.ifname()?.to_string(),
         })
+    }
+
+    /// The bridge the router named, else the config's.
+    fn bridge_for(&self, alloc: &Allocation) -> String {
+        if alloc.bridge.is_empty() {
+            self.cfg.bridge.clone()
+        } else {
+            alloc.bridge.clone()
+        }
     }
 
     fn arg(&self, key: &str) -> Option<String> {
@@ -258,23 +272,21 @@ impl Verb<'_> {
             pod_name: self.arg("K8S_POD_NAME"),
             pod_uid: self.arg("K8S_POD_UID"),
         };
+        let attachment = Attachment {
+            container_id: cid.into(),
+            ifname: ifname.into(),
+        };
         let alloc = match self.router().add(&req) {
             Ok(a) => a,
             Err(e @ RouterError::Refused(_)) => return Err(e.into_cni(error::TRY_AGAIN_LATER)),
             Err(e) => {
                 // The request may have reached the router: do not leave an allocation behind.
-                let _ = self.router().del(&Attachment {
-                    container_id: cid.into(),
-                    ifname: ifname.into(),
-                });
+                let _ = self.router().del(&attachment);
                 return Err(e.into_cni(error::TRY_AGAIN_LATER));
             }
         };
         let bad = |why: String| {
-            let _ = self.router().del(&Attachment {
-                container_id: cid.into(),
-                ifname: ifname.into(),
-            });
+            let _ = self.router().del(&attachment);
             Err(CniError::new(
                 error::ROUTER_PROTOCOL,
                 "the weft router gave an unusable allocation",
@@ -290,11 +302,7 @@ impl Verb<'_> {
         if !(68..=65535).contains(&alloc.mtu) && self.cfg.mtu.is_none() {
             return bad(format!("mtu {}", alloc.mtu));
         }
-        let bridge = if alloc.bridge.is_empty() {
-            self.cfg.bridge.clone()
-        } else {
-            alloc.bridge.clone()
-        };
+        let bridge = self.bridge_for(&alloc);
         if let Err(why) = config::valid_ifname(&bridge) {
             return bad(format!("bridge {bridge:?} {why}"));
         }
@@ -325,16 +333,11 @@ impl Verb<'_> {
                     "",
                 ));
             }
-            let bridge_mtu = self.deps.net.bridge_mtu(&self.cfg.bridge)?.ok_or_else(|| {
-                CniError::new(
-                    error::TRY_AGAIN_LATER,
-                    format!(
-                        "bridge {} does not exist; is weft running?",
-                        self.cfg.bridge
-                    ),
-                    "",
-                )
-            })?;
+            let bridge_mtu = self
+                .deps
+                .net
+                .bridge_mtu(&self.cfg.bridge)?
+                .ok_or_else(|| CniError::no_bridge(&self.cfg.bridge, error::TRY_AGAIN_LATER))?;
             let ips: Vec<_> = ipam.ips.iter().map(|ip| (ip.address, ip.gateway)).collect();
             let gw_for = |dst: &IpNet| {
                 ips.iter()
@@ -350,14 +353,7 @@ impl Verb<'_> {
                 }
             } else {
                 for (addr, gw) in &ips {
-                    if let Some(gw) = gw
-                        && !addr.contains(*gw)
-                    {
-                        routes.push(RouteSpec {
-                            dst: IpNet::host(*gw),
-                            gw: None,
-                        });
-                    }
+                    routes.extend(gw.and_then(|gw| gateway_host_route(*addr, gw)));
                 }
                 for r in &ipam.routes {
                     routes.push(RouteSpec {
@@ -390,11 +386,7 @@ impl Verb<'_> {
     ) -> Result<Value, CniError> {
         let net = self.deps.net;
         if net.bridge_mtu(&plan.bridge)?.is_none() {
-            return Err(CniError::new(
-                error::TRY_AGAIN_LATER,
-                format!("bridge {} does not exist; is weft running?", plan.bridge),
-                "",
-            ));
+            return Err(CniError::no_bridge(&plan.bridge, error::TRY_AGAIN_LATER));
         }
         let created = net.create_veth(&VethRequest {
             host_name: host_name.to_string(),
@@ -476,12 +468,7 @@ impl Verb<'_> {
                     .router()
                     .check(&att)
                     .map_err(|e| e.into_cni(error::TRY_AGAIN_LATER))?;
-                let bridge = if a.bridge.is_empty() {
-                    self.cfg.bridge.clone()
-                } else {
-                    a.bridge
-                };
-                (vec![(a.address, Some(a.gateway))], bridge)
+                (vec![(a.address, Some(a.gateway))], self.bridge_for(&a))
             }
             Some(_) => {
                 self.delegate("CHECK")?;
@@ -592,14 +579,7 @@ impl Verb<'_> {
             }
             Some(ref ipam) => {
                 if self.deps.net.bridge_mtu(&self.cfg.bridge)?.is_none() {
-                    return Err(CniError::new(
-                        error::NOT_AVAILABLE,
-                        format!(
-                            "bridge {} does not exist; is weft running?",
-                            self.cfg.bridge
-                        ),
-                        "",
-                    ));
+                    return Err(CniError::no_bridge(&self.cfg.bridge, error::NOT_AVAILABLE));
                 }
                 if delegate::supports_1_1(self.deps.exec, ipam, self.env.path.as_deref()) {
                     self.delegate("STATUS").map_err(unavailable)?;
