@@ -953,6 +953,23 @@ impl IpamChannel {
         self.reachable = peers.into_iter().filter(|p| *p != self.local).collect();
     }
 
+    /// Whether any peer other than us is reachable.
+    pub fn any_reachable(&self) -> bool {
+        !self.reachable.is_empty()
+    }
+
+    /// Whether an address could be had now: we or a peer we reach announce free addresses, or
+    /// a reclaimed chunk waits to be adopted. What [`IpamStatus`] tells, without building it.
+    pub fn has_free_space(&self) -> bool {
+        let Some(ring) = &self.ring else {
+            return false;
+        };
+        ring.entries.iter().enumerate().any(|(i, e)| match e.owner {
+            None => e.known() && self.geo.usable(i as u32) > 0,
+            Some(o) => e.free > 0 && (o == self.local || self.reachable.contains(&o)),
+        })
+    }
+
     /// The address of `key`, if allocated here.
     pub fn address_of(&self, key: &AllocKey) -> Option<Ipv4Addr> {
         self.allocs.get(key).map(|a| Ipv4Addr::from(*a))

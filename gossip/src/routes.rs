@@ -202,6 +202,11 @@ impl Routes {
             .clone()
     }
 
+    /// Peers reachable from us (excluding us), sorted.
+    pub fn reachable(&self, links: LinkSet) -> Vec<PeerName> {
+        self.first_hops[links.index()].keys().copied().collect()
+    }
+
     /// Peers reachable from us (excluding us) with their first hop, sorted by peer; for status
     /// display.
     pub fn table(&self, links: LinkSet) -> Vec<(PeerName, PeerName)> {

@@ -857,12 +857,7 @@ fn pump_ipam(sim: &mut Sim, ipams: &[SharedIpam]) {
             if sim.down.contains(&node) {
                 continue;
             }
-            let reachable: Vec<PeerName> = sim.meshes[node]
-                .routes()
-                .table(LinkSet::All)
-                .into_iter()
-                .map(|(peer, _)| peer)
-                .collect();
+            let reachable = sim.meshes[node].routes().reachable(LinkSet::All);
             ipam.lock().set_reachable(reachable);
             let out = ipam.lock().take_outbox();
             let mut actions = Vec::new();

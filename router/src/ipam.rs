@@ -176,7 +176,6 @@ pub struct IpamHost {
     saved: Vec<u8>,
     next_tick: Instant,
     hold_until: Instant,
-    any_reachable: bool,
     pub counters: IpamCounters,
 }
 
@@ -255,7 +254,6 @@ impl IpamHost {
             saved,
             next_tick: now,
             hold_until: if has_targets { now + JOIN_GRACE } else { now },
-            any_reachable: false,
             counters: IpamCounters::default(),
         }
     }
@@ -266,7 +264,6 @@ impl IpamHost {
 
     /// The peers the mesh can reach now (call when routes change).
     pub fn set_reachable(&mut self, peers: Vec<PeerName>) {
-        self.any_reachable = !peers.is_empty();
         self.channel.lock().set_reachable(peers);
     }
 
@@ -332,7 +329,7 @@ impl IpamHost {
     }
 
     fn may_allocate(&self, now: Instant) -> bool {
-        now >= self.hold_until || self.any_reachable
+        now >= self.hold_until || self.channel.lock().any_reachable()
     }
 
     fn allocation(&self, addr: Ipv4Addr) -> Result<Allocation, CniFailure> {
@@ -411,13 +408,10 @@ impl IpamHost {
         if self.bridge.is_none() {
             return Err(no_datapath());
         }
-        let status = self.channel.lock().status(now);
         if self.gateway.is_none() {
-            return not_ready(format!("IPAM: {}", status.state));
+            return not_ready(format!("IPAM: {}", self.channel.lock().status(now).state));
         }
-        let free_somewhere =
-            status.unowned > 0 || status.owners.iter().any(|o| o.reachable && o.free > 0);
-        if !free_somewhere {
+        if !self.channel.lock().has_free_space() {
             return not_ready(format!(
                 "no free address in {} on this host or on any reachable peer",
                 self.range

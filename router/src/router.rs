@@ -241,14 +241,8 @@ impl Router {
                 if let Some(dataplane) = &self.dataplane {
                     dataplane.set_routes(self.mesh.routes().clone());
                 }
-                let reachable = self
-                    .mesh
-                    .routes()
-                    .table(LinkSet::All)
-                    .into_iter()
-                    .map(|(peer, _)| peer)
-                    .collect();
-                self.ipam.set_reachable(reachable);
+                self.ipam
+                    .set_reachable(self.mesh.routes().reachable(LinkSet::All));
             }
             // Persists IPAM state before anything queued in `out` is sent.
             self.ipam_step(now, ipam_touched, &mut out);
