@@ -8,15 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
+use weft_cni::client::{Transport, UnixHttp};
 use weft_tests::{HostId, Net, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PASSWORD: &str = "ipam test password";
-
-fn ipam(net: &Net, i: HostId) -> anyhow::Result<Value> {
-    let report = net.report_json(i)?;
-    Ok(report["ipam"].clone())
-}
 
 fn owners(ipam: &Value) -> Vec<String> {
     ipam["owners"]
@@ -46,7 +42,7 @@ fn mesh(hosts: usize, flags: impl Fn(HostId) -> Vec<String>) -> anyhow::Result<N
 fn rings_agree(net: &Net, hosts: &[HostId], owner_count: usize) -> anyhow::Result<bool> {
     let mut hashes = Vec::new();
     for &i in hosts {
-        let ipam = ipam(net, i)?;
+        let ipam = net.ipam(i)?;
         ensure!(
             ipam["gateway"].is_string(),
             "host{i} has no bridge address yet: {ipam}"
@@ -95,7 +91,7 @@ fn rmpeer_on_two_hosts_at_once_gives_a_dead_peers_space_to_the_living() -> anyho
         SETTLE,
         || {
             for i in [1, 2] {
-                let unreachable = ipam(&net, i)?["unreachable_owners"].clone();
+                let unreachable = net.ipam(i)?["unreachable_owners"].clone();
                 ensure!(
                     unreachable.as_array().is_some_and(|a| a.len() == 1),
                     "host{i}: unreachable owners {unreachable}"
@@ -128,7 +124,7 @@ fn rmpeer_on_two_hosts_at_once_gives_a_dead_peers_space_to_the_living() -> anyho
         SETTLE,
         || {
             for i in [1, 2] {
-                let ipam = ipam(&net, i)?;
+                let ipam = net.ipam(i)?;
                 ensure!(
                     ipam["unowned"] == 0 && ipam["unreachable_owners"] == Value::Array(vec![]),
                     "host{i}: {ipam}"
@@ -171,7 +167,7 @@ fn ipam_check_names_different_ranges_and_a_restart_keeps_ring_and_gateway() -> a
         Ok(true)
     })?;
 
-    let before = ipam(&net, 1)?;
+    let before = net.ipam(1)?;
     ensure!(before["gateway"].is_string(), "no gateway: {before}");
     let bridge_address = net.exec(1, &["ip", "-4", "-o", "addr", "show", "weft"])?;
     ensure!(
@@ -183,7 +179,7 @@ fn ipam_check_names_different_ranges_and_a_restart_keeps_ring_and_gateway() -> a
     );
     net.restart(1)?;
     net.wait_until("host1 restored its IPAM state", SETTLE, || {
-        let after = ipam(&net, 1)?;
+        let after = net.ipam(1)?;
         ensure!(
             after["gateway"] == before["gateway"]
                 && after["ring"] == before["ring"]
@@ -199,32 +195,20 @@ fn ipam_check_names_different_ranges_and_a_restart_keeps_ring_and_gateway() -> a
 fn one_host_with_its_bridge_address() -> anyhow::Result<Net> {
     let net = mesh(1, |_| Vec::new())?;
     net.wait_until("host1 has its bridge address", SETTLE, || {
-        Ok(ipam(&net, 1)?["gateway"].is_string())
+        Ok(net.ipam(1)?["gateway"].is_string())
     })?;
     Ok(net)
 }
 
-/// One plugin request on the router's socket, as the plugin makes it: `(status, body)`.
-fn cni_request(socket: &std::path::Path, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: weft\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {raw:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    Ok((status, body.to_owned()))
+/// One plugin request on the router's socket, through the plugin's own client: `(status, body)`.
+fn cni_request(socket: &std::path::Path, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let answer = UnixHttp
+        .request(socket, "POST", path, Some(body.as_bytes()))
+        .map_err(|e| anyhow::anyhow!("{path}: {e:?}"))?;
+    Ok((
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    ))
 }
 
 #[test]
@@ -267,16 +251,10 @@ fn every_address_answered_before_a_crash_is_still_held_after_the_restart() -> an
         result
     })?;
     let answered = answered.into_inner().unwrap_or_else(|e| e.into_inner());
-    let held: std::collections::BTreeMap<String, String> = ipam(&net, 1)?["allocations"]
-        .as_array()
-        .context("allocations")?
-        .iter()
-        .filter_map(|a| {
-            Some((
-                a["container_id"].as_str()?.to_owned(),
-                a["address"].as_str()?.to_owned(),
-            ))
-        })
+    let held: std::collections::BTreeMap<String, String> = net
+        .ipam_allocations(1)?
+        .into_iter()
+        .map(|a| (a.container_id, a.address.to_string()))
         .collect();
     for (container, address) in &answered {
         let address = address.split('/').next().unwrap_or_default();
@@ -340,7 +318,7 @@ fn the_cni_socket_answers_garbage_with_cni_errors_and_keeps_serving() -> anyhow:
         status == 200 && answer.contains("address"),
         "{status} {answer}"
     );
-    let held = ipam(&net, 1)?["allocations"].clone();
+    let held = net.ipam(1)?["allocations"].clone();
     ensure!(
         held.as_array().is_some_and(|a| a.len() == 2),
         "the gateway and one pod, nothing from the garbage: {held}"
