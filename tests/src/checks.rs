@@ -46,7 +46,16 @@ impl Net {
     /// The data path of host `i`'s established connection to host `peer`
     /// (`connections[].datapath` in its report).
     pub fn data_path(&self, i: HostId, peer: HostId) -> anyhow::Result<serde_json::Value> {
-        let report = self.report_json(i)?;
+        self.data_path_in(&self.report_json(i)?, i, peer)
+    }
+
+    /// [`Net::data_path`] read from a report of host `i` already fetched.
+    fn data_path_in(
+        &self,
+        report: &serde_json::Value,
+        i: HostId,
+        peer: HostId,
+    ) -> anyhow::Result<serde_json::Value> {
         let nickname = self.nickname(peer);
         let connection = report["connections"]
             .as_array()
@@ -61,12 +70,12 @@ impl Net {
     /// that all links are established, so data routes are direct everywhere.
     pub fn check_data_paths_up(&self, hosts: &[HostId]) -> anyhow::Result<bool> {
         for &i in hosts {
+            let report = self.report_json(i)?;
             for &j in hosts {
-                if i != j && self.data_path(i, j)?["health"] != "up" {
+                if i != j && self.data_path_in(&report, i, j)?["health"] != "up" {
                     return Ok(false);
                 }
             }
-            let report = self.report_json(i)?;
             let established = report["peers"]
                 .as_array()
                 .into_iter()
