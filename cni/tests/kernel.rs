@@ -16,22 +16,10 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-cni");
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-        && Command::new("ip").arg("-V").output().is_ok()
-}
-
+/// Returns from the test (saying why) unless it can build network namespaces.
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root and iproute2");
+        if !weft_tests::require_root() {
             return;
         }
     };
@@ -236,6 +224,17 @@ struct Run {
 }
 
 impl Run {
+    /// Exit 0 and nothing on stdout: what a successful CHECK, DEL, STATUS or GC prints.
+    #[track_caller]
+    fn assert_quiet_ok(&self) {
+        assert_eq!(
+            (self.code, self.stdout.as_str()),
+            (0, ""),
+            "{}",
+            self.stderr
+        );
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout {:?}: {e}", self.stdout))
@@ -355,16 +354,11 @@ fn add_check_del_round_trip() {
     );
 
     let check = verb(&host, "CHECK", "round-trip", &pod, &conf);
-    assert_eq!(
-        (check.code, check.stdout.as_str()),
-        (0, ""),
-        "{}",
-        check.stderr
-    );
+    check.assert_quiet_ok();
 
     for _ in 0..2 {
         let del = verb(&host, "DEL", "round-trip", &pod, &conf);
-        assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{}", del.stderr);
+        del.assert_quiet_ok();
     }
     assert!(host.veths().is_empty());
     assert!(!pod.ip(&["link"]).contains("eth0"));
@@ -422,7 +416,7 @@ fn del_after_the_netns_is_gone() {
         ],
         router.conf("1.1.0").to_string().as_bytes(),
     );
-    assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{}", del.stderr);
+    del.assert_quiet_ok();
     assert!(host.veths().is_empty());
     assert_eq!(router.paths(), ["/cni/add", "/cni/del"]);
 }
@@ -582,7 +576,7 @@ fn status_and_gc() {
         &[("CNI_COMMAND", "STATUS")],
         router.conf("1.1.0").to_string().as_bytes(),
     );
-    assert_eq!((status.code, status.stdout.as_str()), (0, ""));
+    status.assert_quiet_ok();
     ready.store(false, Ordering::SeqCst);
     let status = plugin(
         &host,
@@ -599,7 +593,7 @@ fn status_and_gc() {
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
         conf.to_string().as_bytes(),
     );
-    assert_eq!((gc.code, gc.stdout.as_str()), (0, ""), "{}", gc.stderr);
+    gc.assert_quiet_ok();
     let reqs = router.requests.lock().unwrap();
     assert_eq!(
         reqs.last().unwrap(),
@@ -669,12 +663,7 @@ fn delegated_host_local_ipam() {
     let mut check_conf = conf.clone();
     check_conf["prevResult"] = r;
     let check = verb(&host, "CHECK", "hostlocal", &pod, &check_conf);
-    assert_eq!(
-        (check.code, check.stdout.as_str()),
-        (0, ""),
-        "{}",
-        check.stderr
-    );
+    check.assert_quiet_ok();
 
     for _ in 0..2 {
         let del = verb(&host, "DEL", "hostlocal", &pod, &conf);
