@@ -234,16 +234,19 @@ fn cnitool_add_check_del_with_portmap_and_ping_across_hosts() -> anyhow::Result<
     cluster.host(3).check(NET_WEFT, &c, None)?;
 
     // The hostPort answers through host1's own address (portmap's DNAT to the pod).
-    let _listener = a.spawn(&[
-        "busybox",
-        "nc",
-        "-ll",
-        "-p",
-        &CONTAINER_PORT.to_string(),
-        "-e",
-        "echo",
-        "hello-from-pod",
-    ])?;
+    let _listener = net.spawn_in_container(
+        &a,
+        &[
+            "busybox",
+            "nc",
+            "-ll",
+            "-p",
+            &CONTAINER_PORT.to_string(),
+            "-e",
+            "echo",
+            "hello-from-pod",
+        ],
+    )?;
     let host1 = net.address(1).to_string();
     net.wait_until(
         &format!("hostPort {HOST_PORT} on host1 reaches the pod"),
@@ -316,7 +319,8 @@ fn cnitool_add_check_del_with_portmap_and_ping_across_hosts() -> anyhow::Result<
         "host1 saw pod b (host2) connect from {seen}, not from host2's address {host2}: no masquerade"
     );
     let file = net.host_dir(1).join("peer-from-pod");
-    let _listener = a.spawn(&["python3", "-c", LISTEN, &file.display().to_string()])?;
+    let _listener =
+        net.spawn_in_container(&a, &["python3", "-c", LISTEN, &file.display().to_string()])?;
     let seen = peer_seen("pod b connects to pod a", &file, &addr_a.to_string())?;
     ensure!(
         seen == addr_b.to_string(),

@@ -40,6 +40,15 @@ impl Net {
         self.spawn_background(self.pod_ns(pod)?, argv)
     }
 
+    /// Starts `argv` in container `container` and returns without waiting for it.
+    pub fn spawn_in_container(
+        &self,
+        container: &crate::cni::ContainerNs,
+        argv: &[&str],
+    ) -> anyhow::Result<Background> {
+        self.spawn_background(container.name().to_owned(), argv)
+    }
+
     fn spawn_background(&self, ns: String, argv: &[&str]) -> anyhow::Result<Background> {
         let n = NEXT_BACKGROUND.fetch_add(1, Ordering::Relaxed);
         let stdout = self.dir.join(format!("background-{n}.out"));

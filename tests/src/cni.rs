@@ -31,7 +31,7 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::cmd::{self, COMMAND_TIMEOUT, Output};
-use crate::net::{HostId, Net, add_namespace, ip_in};
+use crate::net::{HostId, Net, add_namespace, ip_in, kill_processes_in};
 
 /// How long `setup.sh` may take: cold, it installs packages and builds cnitool.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
@@ -559,20 +559,6 @@ impl ContainerNs {
         nsenter_output(&self.path, argv)
     }
 
-    /// Starts `argv` inside the container and returns without waiting; the process is killed
-    /// when the returned guard is dropped (and with the container at the latest).
-    pub fn spawn(&self, argv: &[&str]) -> anyhow::Result<Spawned> {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path.display()))
-            .args(argv)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map(Spawned)
-            .with_context(|| format!("cannot start {argv:?} in {}", self.name))
-    }
-
     /// The IPv4 addresses (without prefix) on `ifname`; empty if there is no such interface.
     pub fn ipv4_addrs(&self, ifname: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
         container_ipv4_addrs(&self.path, ifname)
@@ -586,11 +572,7 @@ impl ContainerNs {
 
 impl Drop for ContainerNs {
     fn drop(&mut self) {
-        if let Ok(pids) = cmd::run_ok(Command::new("ip").args(["netns", "pids", &self.name])) {
-            for pid in pids.split_whitespace() {
-                let _ = cmd::run_ok(Command::new("kill").args(["-KILL", pid]));
-            }
-        }
+        kill_processes_in(&self.name);
         if let Err(e) = cmd::run_ok(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("harness cleanup: {e:#}");
         }
@@ -603,17 +585,6 @@ impl Drop for ContainerNs {
                 }
             }
         }
-    }
-}
-
-/// A process started in a container, killed (SIGKILL) and reaped when dropped.
-#[derive(Debug)]
-pub struct Spawned(pub std::process::Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -234,11 +234,7 @@ impl Drop for Net {
         // Anything else started in a host or pod (a raw-socket client, a server, a capture)
         // goes too: deleting a namespace kills nothing by itself.
         for ns in self.hosts.iter().map(|h| &h.ns).chain(&pods) {
-            if let Ok(pids) = cmd::run_ok(Command::new("ip").args(["netns", "pids", ns])) {
-                for pid in pids.split_whitespace() {
-                    let _ = cmd::run_ok(Command::new("kill").args(["-KILL", pid]));
-                }
-            }
+            kill_processes_in(ns);
         }
         let namespaces = pods
             .into_iter()
@@ -258,6 +254,16 @@ impl Drop for Net {
             eprintln!("harness: kept {}", self.dir.display());
         } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("harness cleanup: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// SIGKILLs every process in the named netns `ns` (deleting a namespace kills nothing by
+/// itself).
+pub(crate) fn kill_processes_in(ns: &str) {
+    if let Ok(pids) = cmd::run_ok(Command::new("ip").args(["netns", "pids", ns])) {
+        for pid in pids.split_whitespace() {
+            let _ = cmd::run_ok(Command::new("kill").args(["-KILL", pid]));
         }
     }
 }
