@@ -43,21 +43,11 @@ impl IpNet {
 
     /// Whether `ip` is inside this prefix (same family, same leading `prefix` bits).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(a) & mask == u32::from(b) & mask
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(a) & mask == u128::from(b) & mask
-            }
-            _ => false,
-        }
+        let other = Self {
+            addr: ip,
+            prefix: self.prefix,
+        };
+        self.is_ipv4() == ip.is_ipv4() && other.network().addr == self.network().addr
     }
 
     /// This prefix with the host bits cleared (`10.32.0.5/12` → `10.32.0.0/12`).

@@ -339,6 +339,11 @@ fn set_arp_notify(ifname: &str) -> io::Result<()> {
     std::fs::write(path, b"1")
 }
 
+/// The link's MAC as `aa:bb:cc:dd:ee:ff`, or "" if it has none.
+fn mac_string(link: &LinkMessage) -> String {
+    mac_of(link).map(format_mac).unwrap_or_default()
+}
+
 fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(b) if b.len() == 6 => b.as_slice().try_into().ok(),
@@ -493,8 +498,8 @@ impl HostNet for Netlink {
                     )
                 })?;
             Ok(CreatedVeth {
-                host_mac: mac_of(&link).map(format_mac).unwrap_or_default(),
-                container_mac: mac_of(&peer).map(format_mac).unwrap_or_default(),
+                host_mac: mac_string(&link),
+                container_mac: mac_string(&peer),
             })
         };
         finish(&mut nl).inspect_err(|_| {
@@ -618,7 +623,7 @@ impl HostNet for Netlink {
                 }),
         };
         Ok(Some(HostLink {
-            mac: mac_of(&link).map(format_mac).unwrap_or_default(),
+            mac: mac_string(&link),
             master,
             up: link.header.flags.contains(LinkFlags::Up),
         }))
@@ -638,7 +643,7 @@ impl HostNet for Netlink {
         };
         let index = link.header.index;
         Ok(Some(ContainerIface {
-            mac: mac_of(&link).map(format_mac).unwrap_or_default(),
+            mac: mac_string(&link),
             mtu: mtu_of(&link),
             up: link.header.flags.contains(LinkFlags::Up),
             addrs: nl.addresses(index).map_err(k("list addresses"))?,
