@@ -623,12 +623,12 @@ impl Shared {
     }
 
     /// Answers a frame too big for the path it must take with ICMP "fragmentation needed" /
-    /// "packet too big" toward its sender, carrying `mtu`.
-    fn too_big(&self, frame: &[u8], mtu: usize) {
+    /// "packet too big" toward its sender, carrying `mtu`. The reply is built in `reply`
+    /// (the calling thread's buffer, reused from frame to frame).
+    fn too_big(&self, frame: &[u8], mtu: usize, reply: &mut Vec<u8>) {
         bump(&self.counters.drop_too_big);
-        let mut reply = Vec::new();
         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-        match weft_datapath::icmp::too_big_reply(frame, mtu, &mut reply) {
+        match weft_datapath::icmp::too_big_reply(frame, mtu, reply) {
             Ok(len) => {
                 self.deliver(&NO_OFFLOAD, &reply[..len]);
                 bump(&self.counters.icmp_too_big);
@@ -684,11 +684,22 @@ impl Shared {
 }
 
 /// Datagrams being gathered for each next hop by one thread, sent together by `flush`.
-#[derive(Default)]
 struct Outbox {
     hops: Vec<(PeerId, Arc<PeerLink>, DatagramBatch)>,
     /// Entries of `hops` in use; the rest keep their buffers for later batches.
     used: usize,
+    /// Where `Shared::too_big` builds its ICMP replies, so oversized frames allocate nothing.
+    reply: Vec<u8>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            hops: Vec::new(),
+            used: 0,
+            reply: Vec::with_capacity(weft_datapath::icmp::MAX_REPLY_LEN),
+        }
+    }
 }
 
 impl Outbox {
@@ -759,7 +770,11 @@ impl Outbox {
             // One packet larger than the path to this peer carries: tell the pod, as a router
             // would. (Super-segments are cut into pieces instead: their packets fit the pods'
             // MTU, only the datagrams carrying them would not.)
-            shared.too_big(frame, max_payload.saturating_sub(ETHERNET_HEADER));
+            shared.too_big(
+                frame,
+                max_payload.saturating_sub(ETHERNET_HEADER),
+                &mut self.reply,
+            );
             return false;
         }
         if offload.is_plain() {
@@ -878,7 +893,7 @@ fn from_tap(
     };
     if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER + usize::from(shared.mtu) {
         // Larger than the bridge's MTU (a pod configured with a larger one): say so.
-        shared.too_big(frame, usize::from(shared.mtu));
+        shared.too_big(frame, usize::from(shared.mtu), &mut outbox.reply);
         return;
     }
     let now = Instant::now();
