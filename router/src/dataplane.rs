@@ -186,6 +186,10 @@ struct PeerLink {
     peer: PeerName,
     conn: ConnKey,
     addr: SocketAddr,
+    /// The header every datagram to the peer starts with ([`Encapsulator::begin`]): it depends
+    /// only on the sender and whether the link seals, so batches take it from here and lock
+    /// `encap` only to seal.
+    header: Box<[u8]>,
     encap: Mutex<Encapsulator>,
     decap: Mutex<Decapsulator>,
     /// When an authenticated datagram last came from the peer: nanoseconds since the
@@ -441,10 +445,13 @@ impl Dataplane {
             ),
             None => (Encapsulator::plain(local), Decapsulator::plain(id)),
         };
+        let mut header = Vec::new();
+        encap.begin(&mut header);
         let link = PeerLink {
             peer,
             conn,
             addr,
+            header: header.into_boxed_slice(),
             encap: Mutex::new(encap),
             decap: Mutex::new(decap),
             last_heard: AtomicU64::new(0),
@@ -718,7 +725,7 @@ impl Outbox {
                 entry.0 = hop;
                 entry.1 = link;
                 let max_datagram = entry.1.max_datagram.load(Ordering::Relaxed);
-                entry.2.reset(&lock(&entry.1.encap), max_datagram);
+                entry.2.reset(&entry.1.header, max_datagram);
                 self.used += 1;
                 self.used - 1
             }
