@@ -214,6 +214,11 @@ struct LinkState {
 }
 
 impl LinkState {
+    /// Whether [`data_path`](Self::data_path) is [`Health::Up`], without building a reason.
+    fn data_path_up(&self, now: Instant) -> bool {
+        self.pmtu_settled && self.liveness.is_up(now)
+    }
+
     /// Whether the link carries data, and if not, why.
     fn data_path(&self, now: Instant) -> (Health, Option<String>) {
         match self.liveness.health(now) {
@@ -1112,9 +1117,10 @@ fn timer_loop(shared: &Shared) {
                     .liveness
                     .on_heard(shared.epoch + Duration::from_nanos(heard));
             }
-            let interval = match state.liveness.health(now) {
-                Health::Up => HEARTBEAT_INTERVAL,
-                _ => HEARTBEAT_INTERVAL_UNCONFIRMED,
+            let interval = if state.liveness.is_up(now) {
+                HEARTBEAT_INTERVAL
+            } else {
+                HEARTBEAT_INTERVAL_UNCONFIRMED
             };
             if state
                 .last_heartbeat
@@ -1136,9 +1142,10 @@ fn timer_loop(shared: &Shared) {
             let path_mtu = usize::from(state.pmtu.path_mtu());
             link.max_datagram
                 .store(path_mtu.saturating_sub(IPV4_UDP), Ordering::Relaxed);
-            let (health, reason) = state.data_path(now);
-            let up = health == Health::Up;
+            let up = state.data_path_up(now);
             if up != state.reported_up {
+                // The reason is only built when there is a change to report.
+                let (_, reason) = state.data_path(now);
                 state.reported_up = up;
                 drop(state);
                 if up {
