@@ -33,7 +33,7 @@ use weft_datapath::sleeve::fragment::{self, Reassembler};
 use weft_datapath::sleeve::offload::{VNET_HDR_LEN, VnetHeader};
 use weft_datapath::tap::Tap;
 use weft_datapath::udp::{RECV_BUFFER_LEN, RecvMeta, UdpEdge};
-use weft_datapath::{DatapathKind, PeerId};
+use weft_datapath::{DatapathKind, ETHERNET_HEADER_LEN, PeerId};
 use weft_gossip::PeerName;
 use weft_gossip::macs::SharedMacChannel;
 use weft_gossip::mesh::ConnKey;
@@ -43,7 +43,6 @@ use crate::hostnet;
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
-const ETHERNET_HEADER: usize = 14;
 const TAP_NAME_SUFFIX: &str = "-tap";
 const RECV_BATCH: usize = 16;
 /// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
@@ -65,7 +64,7 @@ const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often expired MAC entries are removed (and local ones withdrawn from gossip).
 const MAC_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 /// The offload header the TAP gets with frames that need nothing from its kernel.
-const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+const NO_OFFLOAD: [u8; VNET_HDR_LEN] = VnetHeader::NONE.to_bytes();
 
 /// Sealing keys of one link: (ours to the peer, the peer's to us).
 pub type LinkKeys = (KeySchedule, KeySchedule);
@@ -784,7 +783,7 @@ impl Outbox {
             // MTU, only the datagrams carrying them would not.)
             shared.too_big(
                 frame,
-                max_payload.saturating_sub(ETHERNET_HEADER),
+                max_payload.saturating_sub(ETHERNET_HEADER_LEN),
                 &mut self.reply,
             );
             return false;
@@ -859,7 +858,7 @@ impl Outbox {
 /// Frames from local pods, to the mesh.
 fn tap_loop(shared: &Shared) {
     let local = shared.local.to_bytes();
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER];
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER_LEN];
     let mut outbox = Outbox::default();
     loop {
         match shared.tap.wait_readable(TAP_POLL) {
@@ -903,7 +902,7 @@ fn from_tap(
     let (Some(dst_mac), Some(src_mac)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
         return;
     };
-    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER + usize::from(shared.mtu) {
+    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER_LEN + usize::from(shared.mtu) {
         // Larger than the bridge's MTU (a pod configured with a larger one): say so.
         shared.too_big(frame, usize::from(shared.mtu), &mut outbox.reply);
         return;
@@ -1090,7 +1089,7 @@ fn deliver_frame(shared: &Shared, frame: &Frame<'_>, reassembler: &mut Reassembl
 
 /// `raw` is an offload header followed by the Ethernet frame, as the origin's TAP gave it.
 fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
-    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER {
+    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER_LEN {
         bump(&shared.counters.drop_malformed);
         return;
     }
