@@ -2,7 +2,7 @@
 //! sealed links keyed from each control connection's session.
 //!
 //! Two threads move frames. One drains the TAP (frames local pods send), decides with
-//! `forward::from_bridge`, packs the frames per next hop into datagrams (`DatagramBatch`),
+//! `forward::from_bridge_to`, packs the frames per next hop into datagrams (`DatagramBatch`),
 //! seals them and sends each batch with UDP GSO. The other receives datagrams (recvmmsg with
 //! GRO), authenticates them with the sender's link, and delivers each frame to the bridge,
 //! relays it, or both (`forward::from_mesh`). The TAP hands over TCP super-segments of up to
@@ -760,18 +760,21 @@ impl Outbox {
         }
     }
 
-    /// Queues an Ethernet frame read from the TAP (`raw` = offload header + frame) for `hop`,
-    /// in pieces if it does not fit one datagram.
+    /// Queues an Ethernet frame read from the TAP for `hop`, in pieces if it does not fit one
+    /// datagram.
     fn push_ethernet(
         &mut self,
         shared: &Shared,
         hop: PeerId,
         src: PeerId,
         dst: PeerId,
-        offload: &VnetHeader,
-        raw: &[u8],
+        tap_frame: &TapFrame<'_>,
     ) -> bool {
-        let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
+        let TapFrame {
+            offload,
+            raw,
+            frame,
+        } = *tap_frame;
         let Some(batch) = self.batch(shared, hop) else {
             bump(&shared.counters.drop_no_route);
             return false;
@@ -889,6 +892,16 @@ fn tap_loop(shared: &Shared) {
     }
 }
 
+/// A frame as read from the TAP, split once.
+#[derive(Clone, Copy)]
+struct TapFrame<'a> {
+    offload: VnetHeader,
+    /// The offload header and the frame, as read.
+    raw: &'a [u8],
+    /// The Ethernet frame after the offload header.
+    frame: &'a [u8],
+}
+
 fn from_tap(
     shared: &Shared,
     routes: &RouteSnapshot,
@@ -908,28 +921,41 @@ fn from_tap(
         return;
     }
     let now = Instant::now();
-    let (learned, decision) = {
+    let (learned, owner) = {
         let mut macs = lock(&shared.macs);
         let learned = macs.learn(src_mac, MacOwner::Local, now);
-        if macs.lookup(&dst_mac, now).is_none()
-            && let Some(owner) = shared.gossiped_owner(&dst_mac)
-        {
+        // Group addresses are never learned, from data or gossip: they are flooded.
+        let owner = if weft_datapath::mac::is_multicast(&dst_mac) {
+            None
+        } else if let Some(owner) = macs.lookup(&dst_mac, now) {
+            Some(owner)
+        } else if let Some(peer) = shared.gossiped_owner(&dst_mac) {
             // Data has not taught us where this MAC is yet, but gossip has: unicast at once
             // instead of flooding. A frame from the MAC will correct the entry if it is stale.
-            macs.learn(dst_mac, MacOwner::Remote(owner), now);
-        }
-        (learned, forward::from_bridge(&dst_mac, &macs, routes, now))
+            // (Not learned, when the table refuses it, means still unknown.)
+            let owner = MacOwner::Remote(peer);
+            macs.learn(dst_mac, owner, now).map(|_| owner)
+        } else {
+            None
+        };
+        (learned, owner)
     };
+    let decision = forward::from_bridge_to(owner, routes);
     if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
         (shared.events)(DataplaneEvent::LocalMac(src_mac));
     }
+    let tap_frame = TapFrame {
+        offload,
+        raw,
+        frame,
+    };
     match decision {
         Decision::Unicast { next_hop, dst } => {
-            outbox.push_ethernet(shared, next_hop, local, dst, &offload, raw);
+            outbox.push_ethernet(shared, next_hop, local, dst, &tap_frame);
         }
         Decision::Flood { hops, .. } => {
             for hop in hops {
-                outbox.push_ethernet(shared, hop, local, BROADCAST, &offload, raw);
+                outbox.push_ethernet(shared, hop, local, BROADCAST, &tap_frame);
             }
         }
         Decision::Local | Decision::Drop(_) => {}
