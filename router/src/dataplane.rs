@@ -181,6 +181,24 @@ pub struct DropsReport {
     pub tap_write_errors: u64,
 }
 
+impl DropsReport {
+    /// The drops by reason, named as the `reason` label of the drop metric. Not in it:
+    /// `too_big_answered`, which counts some of the `too_big` drops again.
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+        [
+            ("no_route", self.no_route),
+            ("too_big", self.too_big),
+            ("auth", self.auth),
+            ("replay", self.replay),
+            ("malformed", self.malformed),
+            ("unknown_sender", self.unknown_sender),
+            ("incomplete", self.incomplete),
+            ("send_error", self.send_errors),
+            ("tap_write_error", self.tap_write_errors),
+        ]
+    }
+}
+
 struct PeerLink {
     peer: PeerName,
     conn: ConnKey,
@@ -287,6 +305,18 @@ pub struct LinkDropsReport {
     pub replay: u64,
     pub malformed: u64,
     pub send_errors: u64,
+}
+
+impl LinkDropsReport {
+    /// The drops by reason, named as the `reason` label of the per-link drop metric.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("auth", self.auth),
+            ("replay", self.replay),
+            ("malformed", self.malformed),
+            ("send_error", self.send_errors),
+        ]
+    }
 }
 
 /// `gossip::Routes` seen through the datapath's `Routing` trait.
