@@ -505,6 +505,16 @@ impl Dataplane {
         write(&self.shared.links).insert(id, Arc::new(link));
     }
 
+    /// The bridge pods attach to.
+    pub fn bridge(&self) -> &str {
+        &self.shared.bridge
+    }
+
+    /// MTU of the bridge and its ports: the largest packet a pod may send.
+    pub fn mtu(&self) -> u16 {
+        self.shared.mtu
+    }
+
     /// The connection `conn` to `peer` ended; its link goes unless a newer one replaced it.
     pub fn remove_peer(&self, peer: PeerName, conn: ConnKey) {
         let mut links = write(&self.shared.links);

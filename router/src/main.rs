@@ -259,12 +259,9 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "cannot masquerade pod traffic leaving the range (pods still reach each other)"),
             }
         }
-        let bridge = dataplane.as_ref().map(|(dataplane, _)| {
-            let report = dataplane.report();
-            ipam::BridgeInfo {
-                name: report.bridge,
-                mtu: u32::from(report.mtu),
-            }
+        let bridge = dataplane.as_ref().map(|(dataplane, _)| ipam::BridgeInfo {
+            name: dataplane.bridge().to_owned(),
+            mtu: u32::from(dataplane.mtu()),
         });
         let ipam = ipam::IpamHost::new(
             ipam_channel,
