@@ -505,6 +505,11 @@ impl Dataplane {
         write(&self.shared.links).insert(id, Arc::new(link));
     }
 
+    /// The MAC-to-peer gossip channel the dataplane consults (the mesh hosts it).
+    pub fn gossip_macs(&self) -> &SharedMacChannel {
+        &self.shared.gossip_macs
+    }
+
     /// The bridge pods attach to.
     pub fn bridge(&self) -> &str {
         &self.shared.bridge
