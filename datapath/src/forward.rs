@@ -64,12 +64,18 @@ pub fn from_bridge(
     routing: &impl Routing,
     now: Instant,
 ) -> Decision {
-    let local = routing.local();
     let owner = if is_multicast(dst_mac) {
         None
     } else {
         macs.lookup(dst_mac, now)
     };
+    from_bridge_to(owner, routing)
+}
+
+/// [`from_bridge`] for a caller that has looked up the destination MAC already: `owner` is
+/// what the MAC table says (None for a multicast/broadcast or unknown MAC).
+pub fn from_bridge_to(owner: Option<MacOwner>, routing: &impl Routing) -> Decision {
+    let local = routing.local();
     match owner {
         Some(MacOwner::Local) => Decision::Drop(DropReason::LocalDestination),
         // An entry naming ourselves or the broadcast id cannot be a unicast destination (the

@@ -82,6 +82,13 @@ impl Liveness {
         self.last_heard.map(|at| now.saturating_duration_since(at))
     }
 
+    /// Whether [`health`](Self::health) is [`Health::Up`], without building the reason it
+    /// would give for a link that is down.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.last_heard
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.timeout)
+    }
+
     pub fn health(&self, now: Instant) -> Health {
         match self.last_heard {
             Some(at) if now.saturating_duration_since(at) < self.config.timeout => Health::Up,
@@ -175,6 +182,23 @@ mod tests {
         assert!(reason.contains("15 sent"), "{reason}");
         // It was never reported up, so there is no transition to report.
         assert_eq!(l.poll(t + secs(5.0)), None);
+    }
+
+    #[test]
+    fn is_up_agrees_with_health() {
+        let t = Instant::now();
+        let mut l = Liveness::new(LivenessConfig::default(), t);
+        let check = |l: &Liveness, at: f64| {
+            let now = t + secs(at);
+            assert_eq!(l.is_up(now), l.health(now) == Health::Up, "at {at}s");
+        };
+        for at in [0.0, 1.0, 2.9, 3.0, 5.0] {
+            check(&l, at);
+        }
+        l.on_heard(t + secs(4.0));
+        for at in [3.0, 4.0, 6.9, 7.0, 8.0] {
+            check(&l, at);
+        }
     }
 
     #[test]

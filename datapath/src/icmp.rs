@@ -39,6 +39,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::ETHERNET_HEADER_LEN;
 use crate::mac::{Mac, is_multicast};
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -57,7 +58,6 @@ pub const ICMPV6_ERROR_MAX: usize = IPV6_MIN_MTU as usize;
 /// The largest frame [`too_big_reply`] builds: a VLAN-tagged ICMPv6 error of 1280 bytes.
 pub const MAX_REPLY_LEN: usize = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + ICMPV6_ERROR_MAX;
 
-const ETHERNET_HEADER_LEN: usize = 14;
 const VLAN_TAG_LEN: usize = 4;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;

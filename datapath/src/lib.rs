@@ -45,19 +45,23 @@ pub enum DatapathKind {
     Sleeve,
 }
 
+/// An Ethernet header without VLAN tag: destination, source, ethertype.
+pub const ETHERNET_HEADER_LEN: usize = 14;
+
 /// Outer IPv4 + UDP headers.
 const IPV4_UDP: u16 = 20 + 8;
 /// VXLAN header plus the inner Ethernet header it carries.
-const VXLAN: u16 = 8 + 14;
+const VXLAN: u16 = 8 + ETHERNET_HEADER_LEN as u16;
 /// ESP in transport mode with AES-GCM: SPI, sequence, IV, ICV, padding and trailer at most.
 const ESP_MAX: u16 = 4 + 4 + 8 + 16 + 3 + 2;
-/// Inner Ethernet header, carried whole by the sleeve.
-const ETHERNET: u16 = 14;
-/// Sleeve datagram header and one frame header (taken from the codec, so they cannot drift).
-const SLEEVE_PLAIN: u16 =
-    (sleeve::codec::PLAIN_HEADER_LEN + sleeve::codec::FRAME_HEADER_LEN) as u16 + ETHERNET;
-const SLEEVE_SEALED: u16 =
-    (sleeve::codec::SEALED_HEADER_LEN + sleeve::codec::FRAME_HEADER_LEN) as u16 + ETHERNET;
+/// Sleeve datagram header and one frame header (taken from the codec, so they cannot drift),
+/// and the inner Ethernet header, carried whole by the sleeve.
+const SLEEVE_PLAIN: u16 = (sleeve::codec::PLAIN_HEADER_LEN
+    + sleeve::codec::FRAME_HEADER_LEN
+    + ETHERNET_HEADER_LEN) as u16;
+const SLEEVE_SEALED: u16 = (sleeve::codec::SEALED_HEADER_LEN
+    + sleeve::codec::FRAME_HEADER_LEN
+    + ETHERNET_HEADER_LEN) as u16;
 
 impl DatapathKind {
     /// Bytes the datapath adds around an inner IP packet on an IPv4 underlay.

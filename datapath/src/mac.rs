@@ -27,9 +27,11 @@
 //! host has bigger problems than a stale gossip entry.
 //!
 //! Finding the least recently seen entry costs amortised O(1): each learn appends its MAC to a
-//! recency queue of its owner class; records made stale by a later learn, a removal or a move
-//! are skipped when met at the front and swept out when they outnumber the live ones. A flood
-//! of new addresses therefore costs constant time per frame, not a scan of the table.
+//! recency queue of its owner class, or renews the MAC's record in place when that record is
+//! the queue's newest (a pod refreshed by frame after frame); records made stale by a later
+//! learn, a removal or a move are skipped when met at the front and swept out when they
+//! outnumber the live ones. A flood of new addresses therefore costs constant time per frame,
+//! not a scan of the table.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -145,6 +147,8 @@ impl MacTable {
             last_seen: now,
             touch,
         };
+        // The entry's live recency record, which `record` may reuse.
+        let previous = self.entries.get(&mac).map(|entry| entry.touch);
         let learned = match self.entries.get_mut(&mac) {
             Some(entry) if entry.is_expired(now, self.expiry) => {
                 // Invisible already, so relearning it is new, not a move.
@@ -174,19 +178,31 @@ impl MacTable {
         };
         // 2^64 learns never happen; wrapping keeps even that from panicking.
         self.next_touch = touch.wrapping_add(1);
-        self.record(mac, owner, touch);
+        self.record(mac, owner, touch, previous);
         Some(learned)
     }
 
     /// Appends a recency record, sweeping stale records out of the queue once they outnumber
     /// the entries (so the queue stays O(entries) and the sweep amortises to O(1) per learn).
-    fn record(&mut self, mac: Mac, owner: MacOwner, touch: u64) {
+    ///
+    /// `previous` is the touch the MAC's entry had before this learn, if it had one: its record
+    /// was then live. When that record is the newest of the queue (a MAC refreshed by frame
+    /// after frame with nothing learned in between), it is moved to `touch` in place, since
+    /// pushing a new record behind it would rank the MAC the same while leaving a stale record
+    /// to sweep.
+    fn record(&mut self, mac: Mac, owner: MacOwner, touch: u64, previous: Option<u64>) {
         let limit = self.entries.len().saturating_mul(2).saturating_add(32);
         let entries = &self.entries;
         let queue = match owner {
             MacOwner::Local => &mut self.local_order,
             MacOwner::Remote(_) => &mut self.remote_order,
         };
+        if let Some(back) = queue.back_mut()
+            && Some(*back) == previous.map(|previous| (mac, previous))
+        {
+            back.1 = touch;
+            return;
+        }
         queue.push_back((mac, touch));
         if queue.len() > limit {
             queue.retain(|(mac, touch)| is_live_record(entries, mac, *touch));

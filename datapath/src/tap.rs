@@ -16,7 +16,7 @@ use std::time::Duration;
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// Size of `struct virtio_net_hdr` (`linux/virtio_net.h`), prepended to frames with
 /// `IFF_VNET_HDR`.
-pub const VNET_HDR_LEN: usize = 10;
+pub use crate::sleeve::offload::VNET_HDR_LEN;
 
 #[derive(Debug)]
 pub struct Tap {

@@ -2,7 +2,7 @@
 //! sealed links keyed from each control connection's session.
 //!
 //! Two threads move frames. One drains the TAP (frames local pods send), decides with
-//! `forward::from_bridge`, packs the frames per next hop into datagrams (`DatagramBatch`),
+//! `forward::from_bridge_to`, packs the frames per next hop into datagrams (`DatagramBatch`),
 //! seals them and sends each batch with UDP GSO. The other receives datagrams (recvmmsg with
 //! GRO), authenticates them with the sender's link, and delivers each frame to the bridge,
 //! relays it, or both (`forward::from_mesh`). The TAP hands over TCP super-segments of up to
@@ -33,7 +33,7 @@ use weft_datapath::sleeve::fragment::{self, Reassembler};
 use weft_datapath::sleeve::offload::{VNET_HDR_LEN, VnetHeader};
 use weft_datapath::tap::Tap;
 use weft_datapath::udp::{RECV_BUFFER_LEN, RecvMeta, UdpEdge};
-use weft_datapath::{DatapathKind, PeerId};
+use weft_datapath::{DatapathKind, ETHERNET_HEADER_LEN, PeerId};
 use weft_gossip::PeerName;
 use weft_gossip::macs::SharedMacChannel;
 use weft_gossip::mesh::ConnKey;
@@ -43,7 +43,6 @@ use crate::hostnet;
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
-const ETHERNET_HEADER: usize = 14;
 const TAP_NAME_SUFFIX: &str = "-tap";
 const RECV_BATCH: usize = 16;
 /// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
@@ -65,7 +64,7 @@ const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often expired MAC entries are removed (and local ones withdrawn from gossip).
 const MAC_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 /// The offload header the TAP gets with frames that need nothing from its kernel.
-const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+const NO_OFFLOAD: [u8; VNET_HDR_LEN] = VnetHeader::NONE.to_bytes();
 
 /// Sealing keys of one link: (ours to the peer, the peer's to us).
 pub type LinkKeys = (KeySchedule, KeySchedule);
@@ -182,10 +181,32 @@ pub struct DropsReport {
     pub tap_write_errors: u64,
 }
 
+impl DropsReport {
+    /// The drops by reason, named as the `reason` label of the drop metric. Not in it:
+    /// `too_big_answered`, which counts some of the `too_big` drops again.
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+        [
+            ("no_route", self.no_route),
+            ("too_big", self.too_big),
+            ("auth", self.auth),
+            ("replay", self.replay),
+            ("malformed", self.malformed),
+            ("unknown_sender", self.unknown_sender),
+            ("incomplete", self.incomplete),
+            ("send_error", self.send_errors),
+            ("tap_write_error", self.tap_write_errors),
+        ]
+    }
+}
+
 struct PeerLink {
     peer: PeerName,
     conn: ConnKey,
     addr: SocketAddr,
+    /// The header every datagram to the peer starts with ([`Encapsulator::begin`]): it depends
+    /// only on the sender and whether the link seals, so batches take it from here and lock
+    /// `encap` only to seal.
+    header: Box<[u8]>,
     encap: Mutex<Encapsulator>,
     decap: Mutex<Decapsulator>,
     /// When an authenticated datagram last came from the peer: nanoseconds since the
@@ -210,6 +231,11 @@ struct LinkState {
 }
 
 impl LinkState {
+    /// Whether [`data_path`](Self::data_path) is [`Health::Up`], without building a reason.
+    fn data_path_up(&self, now: Instant) -> bool {
+        self.pmtu_settled && self.liveness.is_up(now)
+    }
+
     /// Whether the link carries data, and if not, why.
     fn data_path(&self, now: Instant) -> (Health, Option<String>) {
         match self.liveness.health(now) {
@@ -279,6 +305,18 @@ pub struct LinkDropsReport {
     pub replay: u64,
     pub malformed: u64,
     pub send_errors: u64,
+}
+
+impl LinkDropsReport {
+    /// The drops by reason, named as the `reason` label of the per-link drop metric.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("auth", self.auth),
+            ("replay", self.replay),
+            ("malformed", self.malformed),
+            ("send_error", self.send_errors),
+        ]
+    }
 }
 
 /// `gossip::Routes` seen through the datapath's `Routing` trait.
@@ -441,10 +479,13 @@ impl Dataplane {
             ),
             None => (Encapsulator::plain(local), Decapsulator::plain(id)),
         };
+        let mut header = Vec::new();
+        encap.begin(&mut header);
         let link = PeerLink {
             peer,
             conn,
             addr,
+            header: header.into_boxed_slice(),
             encap: Mutex::new(encap),
             decap: Mutex::new(decap),
             last_heard: AtomicU64::new(0),
@@ -462,6 +503,21 @@ impl Dataplane {
             counters: LinkCounters::default(),
         };
         write(&self.shared.links).insert(id, Arc::new(link));
+    }
+
+    /// The MAC-to-peer gossip channel the dataplane consults (the mesh hosts it).
+    pub fn gossip_macs(&self) -> &SharedMacChannel {
+        &self.shared.gossip_macs
+    }
+
+    /// The bridge pods attach to.
+    pub fn bridge(&self) -> &str {
+        &self.shared.bridge
+    }
+
+    /// MTU of the bridge and its ports: the largest packet a pod may send.
+    pub fn mtu(&self) -> u16 {
+        self.shared.mtu
     }
 
     /// The connection `conn` to `peer` ended; its link goes unless a newer one replaced it.
@@ -623,12 +679,12 @@ impl Shared {
     }
 
     /// Answers a frame too big for the path it must take with ICMP "fragmentation needed" /
-    /// "packet too big" toward its sender, carrying `mtu`.
-    fn too_big(&self, frame: &[u8], mtu: usize) {
+    /// "packet too big" toward its sender, carrying `mtu`. The reply is built in `reply`
+    /// (the calling thread's buffer, reused from frame to frame).
+    fn too_big(&self, frame: &[u8], mtu: usize, reply: &mut Vec<u8>) {
         bump(&self.counters.drop_too_big);
-        let mut reply = Vec::new();
         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-        match weft_datapath::icmp::too_big_reply(frame, mtu, &mut reply) {
+        match weft_datapath::icmp::too_big_reply(frame, mtu, reply) {
             Ok(len) => {
                 self.deliver(&NO_OFFLOAD, &reply[..len]);
                 bump(&self.counters.icmp_too_big);
@@ -684,11 +740,22 @@ impl Shared {
 }
 
 /// Datagrams being gathered for each next hop by one thread, sent together by `flush`.
-#[derive(Default)]
 struct Outbox {
     hops: Vec<(PeerId, Arc<PeerLink>, DatagramBatch)>,
     /// Entries of `hops` in use; the rest keep their buffers for later batches.
     used: usize,
+    /// Where `Shared::too_big` builds its ICMP replies, so oversized frames allocate nothing.
+    reply: Vec<u8>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            hops: Vec::new(),
+            used: 0,
+            reply: Vec::with_capacity(weft_datapath::icmp::MAX_REPLY_LEN),
+        }
+    }
 }
 
 impl Outbox {
@@ -707,7 +774,7 @@ impl Outbox {
                 entry.0 = hop;
                 entry.1 = link;
                 let max_datagram = entry.1.max_datagram.load(Ordering::Relaxed);
-                entry.2.reset(&lock(&entry.1.encap), max_datagram);
+                entry.2.reset(&entry.1.header, max_datagram);
                 self.used += 1;
                 self.used - 1
             }
@@ -738,18 +805,21 @@ impl Outbox {
         }
     }
 
-    /// Queues an Ethernet frame read from the TAP (`raw` = offload header + frame) for `hop`,
-    /// in pieces if it does not fit one datagram.
+    /// Queues an Ethernet frame read from the TAP for `hop`, in pieces if it does not fit one
+    /// datagram.
     fn push_ethernet(
         &mut self,
         shared: &Shared,
         hop: PeerId,
         src: PeerId,
         dst: PeerId,
-        offload: &VnetHeader,
-        raw: &[u8],
+        tap_frame: &TapFrame<'_>,
     ) -> bool {
-        let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
+        let TapFrame {
+            offload,
+            raw,
+            frame,
+        } = *tap_frame;
         let Some(batch) = self.batch(shared, hop) else {
             bump(&shared.counters.drop_no_route);
             return false;
@@ -759,7 +829,11 @@ impl Outbox {
             // One packet larger than the path to this peer carries: tell the pod, as a router
             // would. (Super-segments are cut into pieces instead: their packets fit the pods'
             // MTU, only the datagrams carrying them would not.)
-            shared.too_big(frame, max_payload.saturating_sub(ETHERNET_HEADER));
+            shared.too_big(
+                frame,
+                max_payload.saturating_sub(ETHERNET_HEADER_LEN),
+                &mut self.reply,
+            );
             return false;
         }
         if offload.is_plain() {
@@ -832,7 +906,7 @@ impl Outbox {
 /// Frames from local pods, to the mesh.
 fn tap_loop(shared: &Shared) {
     let local = shared.local.to_bytes();
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER];
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER_LEN];
     let mut outbox = Outbox::default();
     loop {
         match shared.tap.wait_readable(TAP_POLL) {
@@ -863,6 +937,16 @@ fn tap_loop(shared: &Shared) {
     }
 }
 
+/// A frame as read from the TAP, split once.
+#[derive(Clone, Copy)]
+struct TapFrame<'a> {
+    offload: VnetHeader,
+    /// The offload header and the frame, as read.
+    raw: &'a [u8],
+    /// The Ethernet frame after the offload header.
+    frame: &'a [u8],
+}
+
 fn from_tap(
     shared: &Shared,
     routes: &RouteSnapshot,
@@ -876,34 +960,47 @@ fn from_tap(
     let (Some(dst_mac), Some(src_mac)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
         return;
     };
-    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER + usize::from(shared.mtu) {
+    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER_LEN + usize::from(shared.mtu) {
         // Larger than the bridge's MTU (a pod configured with a larger one): say so.
-        shared.too_big(frame, usize::from(shared.mtu));
+        shared.too_big(frame, usize::from(shared.mtu), &mut outbox.reply);
         return;
     }
     let now = Instant::now();
-    let (learned, decision) = {
+    let (learned, owner) = {
         let mut macs = lock(&shared.macs);
         let learned = macs.learn(src_mac, MacOwner::Local, now);
-        if macs.lookup(&dst_mac, now).is_none()
-            && let Some(owner) = shared.gossiped_owner(&dst_mac)
-        {
+        // Group addresses are never learned, from data or gossip: they are flooded.
+        let owner = if weft_datapath::mac::is_multicast(&dst_mac) {
+            None
+        } else if let Some(owner) = macs.lookup(&dst_mac, now) {
+            Some(owner)
+        } else if let Some(peer) = shared.gossiped_owner(&dst_mac) {
             // Data has not taught us where this MAC is yet, but gossip has: unicast at once
             // instead of flooding. A frame from the MAC will correct the entry if it is stale.
-            macs.learn(dst_mac, MacOwner::Remote(owner), now);
-        }
-        (learned, forward::from_bridge(&dst_mac, &macs, routes, now))
+            // (Not learned, when the table refuses it, means still unknown.)
+            let owner = MacOwner::Remote(peer);
+            macs.learn(dst_mac, owner, now).map(|_| owner)
+        } else {
+            None
+        };
+        (learned, owner)
     };
+    let decision = forward::from_bridge_to(owner, routes);
     if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
         (shared.events)(DataplaneEvent::LocalMac(src_mac));
     }
+    let tap_frame = TapFrame {
+        offload,
+        raw,
+        frame,
+    };
     match decision {
         Decision::Unicast { next_hop, dst } => {
-            outbox.push_ethernet(shared, next_hop, local, dst, &offload, raw);
+            outbox.push_ethernet(shared, next_hop, local, dst, &tap_frame);
         }
         Decision::Flood { hops, .. } => {
             for hop in hops {
-                outbox.push_ethernet(shared, hop, local, BROADCAST, &offload, raw);
+                outbox.push_ethernet(shared, hop, local, BROADCAST, &tap_frame);
             }
         }
         Decision::Local | Decision::Drop(_) => {}
@@ -1063,7 +1160,7 @@ fn deliver_frame(shared: &Shared, frame: &Frame<'_>, reassembler: &mut Reassembl
 
 /// `raw` is an offload header followed by the Ethernet frame, as the origin's TAP gave it.
 fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
-    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER {
+    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER_LEN {
         bump(&shared.counters.drop_malformed);
         return;
     }
@@ -1090,9 +1187,10 @@ fn timer_loop(shared: &Shared) {
                     .liveness
                     .on_heard(shared.epoch + Duration::from_nanos(heard));
             }
-            let interval = match state.liveness.health(now) {
-                Health::Up => HEARTBEAT_INTERVAL,
-                _ => HEARTBEAT_INTERVAL_UNCONFIRMED,
+            let interval = if state.liveness.is_up(now) {
+                HEARTBEAT_INTERVAL
+            } else {
+                HEARTBEAT_INTERVAL_UNCONFIRMED
             };
             if state
                 .last_heartbeat
@@ -1114,9 +1212,10 @@ fn timer_loop(shared: &Shared) {
             let path_mtu = usize::from(state.pmtu.path_mtu());
             link.max_datagram
                 .store(path_mtu.saturating_sub(IPV4_UDP), Ordering::Relaxed);
-            let (health, reason) = state.data_path(now);
-            let up = health == Health::Up;
+            let up = state.data_path_up(now);
             if up != state.reported_up {
+                // The reason is only built when there is a change to report.
+                let (_, reason) = state.data_path(now);
                 state.reported_up = up;
                 drop(state);
                 if up {

@@ -246,11 +246,11 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                     identity.name,
                     &config,
                     Routes::compute(identity.name, &Default::default()),
-                    macs.clone(),
+                    macs,
                     sink,
                 )
                 .context("cannot start the sleeve dataplane")?;
-                Some((dataplane, macs))
+                Some(dataplane)
             }
         };
         if dataplane.is_some() && args.masquerade {
@@ -259,12 +259,9 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "cannot masquerade pod traffic leaving the range (pods still reach each other)"),
             }
         }
-        let bridge = dataplane.as_ref().map(|(dataplane, _)| {
-            let report = dataplane.report();
-            ipam::BridgeInfo {
-                name: report.bridge,
-                mtu: u32::from(report.mtu),
-            }
+        let bridge = dataplane.as_ref().map(|dataplane| ipam::BridgeInfo {
+            name: dataplane.bridge().to_owned(),
+            mtu: u32::from(dataplane.mtu()),
         });
         let ipam = ipam::IpamHost::new(
             ipam_channel,

@@ -387,18 +387,7 @@ impl Metrics {
         mirror(&d.bytes.get_or_create(&dir("out")), dp.bytes_out);
         mirror(&d.bytes.get_or_create(&dir("in")), dp.bytes_in);
         mirror(&d.relayed, dp.relayed);
-        let drops = &dp.drops;
-        for (reason, value) in [
-            ("no_route", drops.no_route),
-            ("too_big", drops.too_big),
-            ("auth", drops.auth),
-            ("replay", drops.replay),
-            ("malformed", drops.malformed),
-            ("unknown_sender", drops.unknown_sender),
-            ("incomplete", drops.incomplete),
-            ("send_error", drops.send_errors),
-            ("tap_write_error", drops.tap_write_errors),
-        ] {
+        for (reason, value) in dp.drops.by_reason() {
             mirror(&d.drops.get_or_create(&ReasonLabels { reason }), value);
         }
         d.macs.set(dp.macs as i64);
@@ -437,12 +426,7 @@ impl Metrics {
                 &d.link_datagrams.get_or_create(&pd("in")),
                 link.datagrams_in,
             );
-            for (reason, value) in [
-                ("auth", link.drops.auth),
-                ("replay", link.drops.replay),
-                ("malformed", link.drops.malformed),
-                ("send_error", link.drops.send_errors),
-            ] {
+            for (reason, value) in link.drops.by_reason() {
                 let labels = PeerReasonLabels {
                     peer: link.peer.clone(),
                     reason,

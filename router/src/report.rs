@@ -507,7 +507,7 @@ pub fn render_connections(r: &Report) -> String {
                 link.bytes_in
             );
             let d = &link.drops;
-            if d.auth + d.replay + d.malformed + d.send_errors > 0 {
+            if d.by_reason().iter().map(|(_, n)| n).sum::<u64>() > 0 {
                 let _ = write!(
                     s,
                     ", dropped: {} auth, {} replay, {} malformed, {} send errors",

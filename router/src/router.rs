@@ -12,7 +12,7 @@ use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcRespon
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
 use weft_gossip::ipam::IPAM_CHANNEL;
-use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL, SharedMacChannel};
+use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
 use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
 use weft_gossip::routes::LinkSet;
@@ -125,9 +125,10 @@ pub struct RouterInfo {
     pub mesh_id: String,
 }
 
-/// What the router runs besides the mesh: the data plane (with its MAC channel) and IPAM.
+/// What the router runs besides the mesh: the data plane (whose MAC channel the mesh hosts) and
+/// IPAM.
 pub struct Planes {
-    pub dataplane: Option<(Dataplane, SharedMacChannel)>,
+    pub dataplane: Option<Dataplane>,
     pub ipam: IpamHost,
 }
 
@@ -147,9 +148,8 @@ struct ConnEntry {
 pub struct Router {
     mesh: Mesh,
     conns: HashMap<ConnKey, ConnEntry>,
+    /// With the MAC-to-peer gossip channel (hosted by the mesh): `Dataplane::gossip_macs`.
     dataplane: Option<Dataplane>,
-    /// The MAC-to-peer gossip channel (hosted by the mesh) when a dataplane runs.
-    macs: Option<SharedMacChannel>,
     /// The mesh routes version last handed to the dataplane and IPAM.
     routes_seen: u64,
     ipam: IpamHost,
@@ -176,13 +176,9 @@ impl Router {
         let now = Instant::now();
         let mut mesh = Mesh::new(config, now);
         mesh.add_channel(IPAM_CHANNEL, Box::new(ipam.channel().clone()));
-        let (dataplane, macs) = match dataplane {
-            Some((dataplane, macs)) => {
-                mesh.add_channel(MAC_CHANNEL, Box::new(macs.clone()));
-                (Some(dataplane), Some(macs))
-            }
-            None => (None, None),
-        };
+        if let Some(dataplane) = &dataplane {
+            mesh.add_channel(MAC_CHANNEL, Box::new(dataplane.gossip_macs().clone()));
+        }
         let mut out = Vec::new();
         mesh.add_direct(&initial_targets, now, &mut out);
         let metrics = params.metrics.clone();
@@ -190,7 +186,6 @@ impl Router {
             mesh,
             conns: HashMap::new(),
             dataplane,
-            macs,
             routes_seen: 0,
             ipam,
             params: Arc::new(params),
@@ -227,10 +222,12 @@ impl Router {
             match event {
                 Some(event) => self.handle(event, now, &mut out),
                 None => {
-                    if let Some(macs) = &self.macs {
-                        let mut macs = macs.lock();
-                        macs.set_now(now);
-                        macs.prune_tombstones(now, DEFAULT_TOMBSTONE_KEEP);
+                    if let Some(dataplane) = &self.dataplane {
+                        // `prune_tombstones` moves the channel's clock to `now` itself.
+                        dataplane
+                            .gossip_macs()
+                            .lock()
+                            .prune_tombstones(now, DEFAULT_TOMBSTONE_KEEP);
                     }
                     self.mesh.tick(now, &mut out);
                     self.expire_pings(now);
@@ -367,17 +364,17 @@ impl Router {
         match event {
             DataplaneEvent::LocalMac(mac) => {
                 let change = self
-                    .macs
+                    .dataplane
                     .as_ref()
-                    .and_then(|m| m.lock().claim_local(mac, now));
+                    .and_then(|d| d.gossip_macs().lock().claim_local(mac, now));
                 self.publish_macs(change, out);
             }
             DataplaneEvent::LocalMacsGone(macs) => {
                 for mac in macs {
                     let change = self
-                        .macs
+                        .dataplane
                         .as_ref()
-                        .and_then(|m| m.lock().withdraw_local(mac, now));
+                        .and_then(|d| d.gossip_macs().lock().withdraw_local(mac, now));
                     self.publish_macs(change, out);
                 }
             }

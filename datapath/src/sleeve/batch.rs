@@ -21,7 +21,7 @@ pub struct DatagramBatch {
     buf: Vec<u8>,
     /// Where each datagram starts; the last one is still open for frames.
     starts: Vec<usize>,
-    /// The datagram header of the link (as `Encapsulator::begin` writes it, before sealing).
+    /// The datagram header of the link (as [`Encapsulator::begin`] writes it, before sealing).
     header: Vec<u8>,
     max_datagram: usize,
     frames: usize,
@@ -32,13 +32,15 @@ impl DatagramBatch {
         Self::default()
     }
 
-    /// Empties the batch (keeping its memory) for datagrams of `encap`'s link of at most
-    /// `max_datagram` bytes.
-    pub fn reset(&mut self, encap: &Encapsulator, max_datagram: usize) {
+    /// Empties the batch (keeping its memory) for datagrams of at most `max_datagram` bytes
+    /// starting with `header`: what [`Encapsulator::begin`] writes for the link. It depends
+    /// only on the sender and whether the link seals, so a link can compute it once and the
+    /// encapsulator need not be locked until [`seal`](Self::seal).
+    pub fn reset(&mut self, header: &[u8], max_datagram: usize) {
         self.buf.clear();
         self.starts.clear();
         self.header.clear();
-        encap.begin(&mut self.header);
+        self.header.extend_from_slice(header);
         self.max_datagram = max_datagram;
         self.frames = 0;
     }
@@ -96,7 +98,8 @@ impl DatagramBatch {
         Ok(())
     }
 
-    /// Seals every datagram with `encap` (the link's, as given to [`reset`](Self::reset)).
+    /// Seals every datagram with `encap` (the link's, whose header was given to
+    /// [`reset`](Self::reset)).
     /// On an error nothing must be sent: the batch is emptied.
     pub fn seal(&mut self, encap: &mut Encapsulator) -> Result<(), EncapError> {
         let mut end = self.buf.len();
@@ -183,6 +186,13 @@ mod tests {
         }
     }
 
+    /// The datagram header `encap` writes, as `reset` takes it.
+    fn header(encap: &Encapsulator) -> Vec<u8> {
+        let mut header = Vec::new();
+        encap.begin(&mut header);
+        header
+    }
+
     /// Pushes `payloads` and returns, per datagram received, the payloads it carried.
     fn round_trip(
         sealed: bool,
@@ -191,7 +201,7 @@ mod tests {
     ) -> (Vec<Vec<Vec<u8>>>, Vec<usize>) {
         let (mut encap, mut decap) = links(sealed);
         let mut batch = DatagramBatch::new();
-        batch.reset(&encap, max);
+        batch.reset(&header(&encap), max);
         for p in payloads {
             batch.push(FrameKind::Ethernet, ALICE, BOB, &[p]).unwrap();
         }
@@ -234,7 +244,7 @@ mod tests {
     fn full_size_pieces_form_one_gso_run_with_a_short_tail() {
         let (encap, _) = links(true);
         let mut batch = DatagramBatch::new();
-        batch.reset(&encap, 1472);
+        batch.reset(&header(&encap), 1472);
         let full = batch.max_payload();
         let mut payloads = vec![vec![7u8; full]; 10];
         payloads.push(vec![8u8; 100]);
@@ -261,7 +271,7 @@ mod tests {
     fn a_frame_larger_than_a_datagram_is_refused() {
         let (encap, _) = links(false);
         let mut batch = DatagramBatch::new();
-        batch.reset(&encap, 500);
+        batch.reset(&header(&encap), 500);
         let err = batch
             .push(FrameKind::Ethernet, ALICE, BOB, &[&[0; 600]])
             .unwrap_err();

@@ -69,15 +69,24 @@ impl VnetHeader {
         }
     }
 
-    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
-        let mut b = [0; VNET_HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b
+    /// A const fn, so fixed headers (such as [`VnetHeader::NONE`]'s) can be constants.
+    pub const fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let [hdr_len_0, hdr_len_1] = self.hdr_len.to_le_bytes();
+        let [gso_size_0, gso_size_1] = self.gso_size.to_le_bytes();
+        let [csum_start_0, csum_start_1] = self.csum_start.to_le_bytes();
+        let [csum_offset_0, csum_offset_1] = self.csum_offset.to_le_bytes();
+        [
+            self.flags,
+            self.gso_type,
+            hdr_len_0,
+            hdr_len_1,
+            gso_size_0,
+            gso_size_1,
+            csum_start_0,
+            csum_start_1,
+            csum_offset_0,
+            csum_offset_1,
+        ]
     }
 
     /// Whether the frame needs nothing from the kernel: it can travel as a plain Ethernet
