@@ -2,9 +2,11 @@
 //! cluster range (`--ipalloc-range`, default 10.32.0.0/12), and which local container holds
 //! which address.
 //!
-//! Weave's IPAM needs a quorum on first use and refuses to merge rings seeded by different
-//! peers; both hang or split real clusters. weft's ring never waits for a quorum and two rings
-//! always merge, deterministically. IPv4 only, like Weave's.
+//! Weave's IPAM needs a Paxos quorum of its initial peers on first use (which split clusters
+//! whose nodes joined one at a time, weaveworks/weave#3891) and refuses to merge rings seeded
+//! by different peers. weft's first ring is agreed among the peers each router was told about,
+//! without a quorum ([`agreement`]), and two rings always merge, deterministically. IPv4 only,
+//! like Weave's.
 //!
 //! # State: a ring of fixed chunks
 //! The range is cut into at most [`MAX_CHUNKS`] equal, aligned chunks (a /12 gives 4096 chunks
@@ -32,14 +34,26 @@
 //! Nothing in a merge rejects an entry: a merge that takes away a chunk in which we still hold
 //! addresses is accepted (convergence first), and those addresses become *orphans* (below).
 //!
-//! # Bootstrap without quorum
-//! A peer with no ring that must allocate creates one ("genesis", owning the whole range) at
-//! once if no peer is reachable, or after [`IpamConfig::ring_wait`] if peers are reachable but
-//! none sent a ring (a peer with a ring sends it to every new neighbour at once). Nodes that
-//! join one at a time therefore receive the ring and ask for space; a single node never waits.
-//! Two partitions that bootstrapped separately hold two rings; when they meet, the ring with
-//! the smaller id (the older one, by the creator's wall clock) wins everywhere and the peers of
-//! the other ring ask the winners for space.
+//! # Bootstrap: an agreement among the initial peers
+//! A peer with no ring creates one ("genesis", owning the whole range) only when the rule of
+//! [`agreement`] allows it: at once if it was told about no peer (a lone host); otherwise only
+//! once it reaches every peer it was told about (its *initial peers*, supplied by the router
+//! with [`IpamChannel::set_initial_peers`]), every reachable peer has answered an
+//! [`IpamMsg::RingQuery`] with "no ring", and its name is the smallest among them. A peer that
+//! has a ring answers the query with the ring (and gossip hands it to every new neighbour), so
+//! nodes that join one at a time receive the ring at once and never create one; among peers
+//! told about each other at most one ring forms whatever subset of them is reachable (the
+//! proof is in [`agreement`]). While a peer waits, allocations fail with the retryable
+//! [`IpamError::WaitingForRing`], whose text says exactly what it waits for
+//! ([`IpamChannel::ring_wait_reason`]). [`IpamChannel::force_ring`] creates a ring anyway, for
+//! an operator who knows the initial peers are gone.
+//!
+//! Two rings can still meet: rings forced or created by peers not told about each other, or
+//! partitions of a cluster each seeded by a lone host. Then the ring with the smaller id (the
+//! older one, by the creator's wall clock) wins everywhere and the peers of the other ring ask
+//! the winners for space. An address held by a loser that the winner had handed out is a
+//! duplicate (below); for the router's own bridge address [`IpamChannel::reallocate_conflicting`]
+//! moves the bridge to a fresh address, so two bridges never keep one gateway.
 //!
 //! # Orphans, reservations and duplicates
 //! An address we hold in a chunk we do not own is an orphan: our ring lost a merge, we were
@@ -75,11 +89,13 @@
 //!   (true once gossip settled), and without `force`. A reclaim from a stale view, of a live
 //!   peer, or forced on two partitioned hosts can cause duplicates; they are detected and
 //!   reported, never silent.
+//! - Among peers told about each other at most one ring is created, unless an operator forces
+//!   one ([`agreement`]).
 //! - Two independently created rings merge into one. The winning ring's allocations are never
 //!   disturbed; the losing ring's allocations stay with their containers and are reserved with
 //!   the new owners. An address the winning side handed out before the reservation arrived is
-//!   a duplicate, reported on both peers as a conflict as soon as the two reach each other. That
-//!   one case cannot be prevented without a quorum, which this design refuses to wait for.
+//!   a duplicate, reported on both peers as a conflict as soon as the two reach each other
+//!   (a bridge address in that case is moved, see above).
 //! - The snapshot ([`IpamChannel::snapshot`]) must be persisted before anything in
 //!   [`IpamChannel::take_outbox`] is sent, and a router must restore it under the same peer
 //!   name: a peer that lost its snapshot but kept its name may trust entries it cannot vouch for.
@@ -120,6 +136,10 @@ use crate::channel::{ChannelError, GossipChannel, SharedChannel};
 use crate::fnv::Fnv64;
 use crate::peer::{PeerName, PeerUid};
 use crate::wire::{self, ChannelId};
+
+pub mod agreement;
+
+pub use agreement::{Decision, InitialPeer, InitialPeerState, RingAgreement, WaitReason};
 
 /// The channel id the IPAM channel is hosted under.
 pub const IPAM_CHANNEL: ChannelId = ChannelId(4);
@@ -326,6 +346,11 @@ pub enum IpamMsg {
     ViewRequest { id: u64 },
     /// The answer to [`IpamMsg::ViewRequest`] `id`.
     View { id: u64, view: IpamView },
+    /// "Do you have a ring?", from a ring-less peer deciding whether it may create one
+    /// ([`agreement`]).
+    RingQuery,
+    /// The answer: the answerer's whole ring, or `None` for "no ring".
+    RingAnswer(Option<IpamUpdate>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,8 +394,9 @@ impl fmt::Display for AllocKey {
 pub enum IpamError {
     #[error("invalid allocation range {0}: {1}")]
     BadRange(String, String),
-    #[error("waiting for the IP allocation ring from reachable peers")]
-    WaitingForRing,
+    /// The reason says what for ([`WaitReason`]).
+    #[error("waiting for the IP allocation ring ({0})")]
+    WaitingForRing(String),
     #[error("waiting for address space from peer {0}")]
     WaitingForSpace(PeerName),
     #[error("range {0} exhausted: no free address here and no reachable peer can give any")]
@@ -404,6 +430,8 @@ pub enum IpamError {
     NoLiveHeir(PeerName),
     #[error("snapshot does not fit: {0}")]
     Snapshot(String),
+    #[error("there is a ring already: {0}")]
+    RingExists(RingId),
 }
 
 fn rmpeer_hint(peers: &[PeerName]) -> String {
@@ -419,7 +447,7 @@ impl IpamError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            IpamError::WaitingForRing | IpamError::WaitingForSpace(_)
+            IpamError::WaitingForRing(_) | IpamError::WaitingForSpace(_)
         )
     }
 }
@@ -427,10 +455,8 @@ impl IpamError {
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
     pub range: Cidr,
-    /// With peers reachable but no ring received, how long to wait before creating one.
-    pub ring_wait: Duration,
-    /// How long a space request or reservation may go unanswered before it is sent again
-    /// (to the next donor, for space).
+    /// How long a space request, reservation or ring query may go unanswered before it is
+    /// sent again (to the next donor, for space).
     pub request_timeout: Duration,
 }
 
@@ -438,7 +464,6 @@ impl IpamConfig {
     pub fn new(range: Cidr) -> Self {
         IpamConfig {
             range,
-            ring_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
         }
     }
@@ -511,8 +536,10 @@ pub struct PendingStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IpamStatus {
     pub range: String,
-    /// `no ring`, `waiting for ring`, `ready`, `waiting for space`.
+    /// `no ring` (about to create one), `waiting for ring`, `ready`, `waiting for space`.
     pub state: &'static str,
+    /// With no ring: exactly what this peer waits for ([`WaitReason`]).
+    pub waiting_for_ring: Option<String>,
     pub ring: Option<String>,
     /// Equal on two peers iff their rings are equal.
     pub ring_hash: String,
@@ -820,7 +847,8 @@ pub struct IpamChannel {
     /// Donors that denied us or did not answer, and when.
     denied: BTreeMap<PeerName, Instant>,
     reserve_sent: BTreeMap<PeerName, Instant>,
-    ring_wait_since: Option<Instant>,
+    /// Whether this peer may create the ring ([`agreement`]).
+    agreement: RingAgreement,
     /// Wall clock at `epoch`, to stamp a new ring.
     epoch: Instant,
     epoch_unix_ms: u64,
@@ -857,7 +885,7 @@ impl IpamChannel {
             waiting: BTreeSet::new(),
             denied: BTreeMap::new(),
             reserve_sent: BTreeMap::new(),
-            ring_wait_since: None,
+            agreement: RingAgreement::new(local),
             epoch: now,
             epoch_unix_ms: unix_ms,
             now,
@@ -951,6 +979,51 @@ impl IpamChannel {
     /// The peers we currently have a route to (supplied by the router).
     pub fn set_reachable(&mut self, peers: impl IntoIterator<Item = PeerName>) {
         self.reachable = peers.into_iter().filter(|p| *p != self.local).collect();
+        self.agreement.set_reachable(&self.reachable);
+    }
+
+    /// The peers this router was told about and their state now (supplied by the router, from
+    /// its connection maker): they decide whether it may create a ring ([`agreement`]).
+    pub fn set_initial_peers(&mut self, peers: Vec<InitialPeer>) {
+        self.agreement.set_initial(peers);
+    }
+
+    /// With no ring: what this peer waits for before it may create one, in words; `None` when
+    /// it has a ring or may create one now.
+    pub fn ring_wait_reason(&self) -> Option<WaitReason> {
+        match (&self.ring, self.agreement.decide()) {
+            (None, Decision::Wait(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// `weft ipam force-ring`: creates a ring now, whatever the agreement says. Refused when
+    /// there is a ring. Safe only if no peer this one was told about can still create a ring
+    /// (they are gone); otherwise two rings form and merge (module docs).
+    pub fn force_ring(&mut self, now: Instant) -> Result<RingId, IpamError> {
+        self.set_now(now);
+        if let Some(id) = self.ring_id() {
+            return Err(IpamError::RingExists(id));
+        }
+        Ok(self.create_ring())
+    }
+
+    /// If `key` holds an orphan that the chunk's owner reported as a duplicate (our ring lost
+    /// a merge and the winner had handed the address out), releases it and allocates another
+    /// one: returns the old address and the outcome of the new allocation (a retryable error
+    /// while space is asked for: call [`IpamChannel::allocate`] again later). For the router's
+    /// bridge address, which only the router uses, so moving it hurts nobody.
+    pub fn reallocate_conflicting(
+        &mut self,
+        key: &AllocKey,
+        now: Instant,
+    ) -> Option<(Ipv4Addr, Result<Ipv4Addr, IpamError>)> {
+        let a = *self.allocs.get(key)?;
+        if !self.conflicts.contains_key(&a) || self.owns_addr(a) {
+            return None;
+        }
+        let old = self.release(key, now)?;
+        Some((old, self.allocate(key, now)))
     }
 
     /// Whether any peer other than us is reachable.
@@ -1072,7 +1145,10 @@ impl IpamChannel {
             });
         }
         if self.ring.is_none() {
-            return Err(IpamError::WaitingForRing);
+            let reason = self
+                .ring_wait_reason()
+                .map_or("no ring yet".to_owned(), |r| r.to_string());
+            return Err(IpamError::WaitingForRing(reason));
         }
         match self.owner_of(addr) {
             Some(owner) if owner == self.local => {}
@@ -1188,6 +1264,10 @@ impl IpamChannel {
             self.pending = None;
         }
         if self.ring.is_none() {
+            self.ask_for_ring();
+            if self.agreement.decide() == Decision::Create {
+                self.create_ring();
+            }
             return;
         }
         self.adopt_custodial();
@@ -1250,7 +1330,7 @@ impl IpamChannel {
             &self.ring,
             self.pending.is_some() || !self.waiting.is_empty(),
         ) {
-            (None, _) if self.ring_wait_since.is_some() => "waiting for ring",
+            (None, _) if self.ring_wait_reason().is_some() => "waiting for ring",
             (None, _) => "no ring",
             (Some(_), true) => "waiting for space",
             (Some(_), false) => "ready",
@@ -1258,6 +1338,7 @@ impl IpamChannel {
         IpamStatus {
             range: self.config.range.to_string(),
             state,
+            waiting_for_ring: self.ring_wait_reason().map(|r| r.to_string()),
             ring: self.ring.as_ref().map(|r| r.id.to_string()),
             ring_hash: format!("{:016x}", self.digest_hash()),
             owners: owners.into_values().collect(),
@@ -1379,14 +1460,33 @@ impl IpamChannel {
         }
     }
 
-    /// No ring: create one now, or wait for one from the reachable peers.
+    /// No ring: create one now if the agreement allows it, or wait for one.
     fn bootstrap(&mut self) -> Result<(), IpamError> {
-        if !self.reachable.is_empty() {
-            let since = *self.ring_wait_since.get_or_insert(self.now);
-            if self.now.saturating_duration_since(since) < self.config.ring_wait {
-                return Err(IpamError::WaitingForRing);
+        match self.agreement.decide() {
+            Decision::Create => {
+                self.create_ring();
+                Ok(())
+            }
+            Decision::Wait(reason) => {
+                self.ask_for_ring();
+                Err(IpamError::WaitingForRing(reason.to_string()))
             }
         }
+    }
+
+    /// Queues a [`IpamMsg::RingQuery`] to each reachable peer that has not answered one.
+    fn ask_for_ring(&mut self) {
+        let query = wire::encode(&IpamMsg::RingQuery);
+        for peer in self
+            .agreement
+            .queries(self.now, self.config.request_timeout)
+        {
+            self.unicasts.push((peer, query.clone()));
+        }
+    }
+
+    /// Genesis: a ring owning the whole range, stamped with the wall clock.
+    fn create_ring(&mut self) -> RingId {
         let elapsed = self.now.saturating_duration_since(self.epoch).as_millis();
         let id = RingId {
             created_ms: self
@@ -1403,12 +1503,11 @@ impl IpamChannel {
             })
             .collect();
         self.ring = Some(Ring { id, entries });
-        self.ring_wait_since = None;
         self.unannounced.extend(0..self.geo.chunks);
         for i in 0..self.geo.chunks {
             self.refresh(i);
         }
-        Ok(())
+        id
     }
 
     fn is_used(&self, a: u32) -> bool {
@@ -1690,7 +1789,6 @@ impl IpamChannel {
             self.pending = None;
             self.denied.clear();
             self.reserve_sent.clear();
-            self.ring_wait_since = None;
         }
         let mut improved: BTreeMap<u32, Entry> = BTreeMap::new();
         let mut reclaimed = BTreeSet::new();
@@ -1908,7 +2006,9 @@ pub fn decode_msg(bytes: &[u8]) -> Result<IpamMsg, ChannelError> {
         IpamMsg::Reserved {
             addrs, conflicts, ..
         } => addrs.len() > MAX_ADDRS_PER_MSG || conflicts.len() > MAX_ADDRS_PER_MSG,
-        IpamMsg::Donation(update) => update.entries.len() > 2 * MAX_CHUNKS,
+        IpamMsg::Donation(update) | IpamMsg::RingAnswer(Some(update)) => {
+            update.entries.len() > 2 * MAX_CHUNKS
+        }
         IpamMsg::View { view, .. } => {
             view.validate()?;
             false
@@ -2196,6 +2296,25 @@ impl GossipChannel for IpamChannel {
                 self.on_unreserve(src, ring, addrs);
                 None
             }
+            IpamMsg::RingQuery => {
+                // A peer allowed to create the ring does so before it answers, so that it never
+                // tells anyone "no ring" while it may make one at any moment.
+                if self.ring.is_none() && self.agreement.decide() == Decision::Create {
+                    self.create_ring();
+                }
+                Some(IpamMsg::RingAnswer(
+                    self.ring.as_ref().map(|r| self.ring_update(r)),
+                ))
+            }
+            IpamMsg::RingAnswer(Some(update)) => {
+                self.validate(&update)?;
+                self.merge_update(update, false);
+                None
+            }
+            IpamMsg::RingAnswer(None) => {
+                self.agreement.answered_ringless(src);
+                None
+            }
             IpamMsg::ViewRequest { id } => Some(IpamMsg::View {
                 id,
                 view: self.view(),
@@ -2246,10 +2365,7 @@ mod tests {
     }
 
     fn config(range: &str) -> IpamConfig {
-        IpamConfig {
-            ring_wait: Duration::ZERO,
-            ..IpamConfig::new(cidr(range))
-        }
+        IpamConfig::new(cidr(range))
     }
 
     fn peer(n: u64, range: &str, t: Instant) -> IpamChannel {
@@ -2420,23 +2536,49 @@ mod tests {
     }
 
     #[test]
-    fn with_peers_reachable_a_ringless_peer_waits_before_creating_a_ring() {
+    fn a_peer_told_about_others_waits_for_them_and_creates_only_with_the_smallest_name() {
         let t = Instant::now();
         let mut a = IpamChannel::new(IpamConfig::new(cidr("10.0.0.0/24")), name(1), 1, t, 1_000);
-        a.set_reachable([name(2)]);
-        assert_eq!(a.allocate(&key(1), t), Err(IpamError::WaitingForRing));
-        assert!(IpamError::WaitingForRing.is_retryable());
-        assert_eq!(a.status(t).state, "waiting for ring");
+        a.set_initial_peers(vec![InitialPeer::unreached(
+            "10.0.0.2:6783",
+            "handshake timed out",
+        )]);
+        let err = a.allocate(&key(1), t).unwrap_err();
+        assert!(err.is_retryable());
         assert_eq!(
-            a.allocate(&key(1), t + 4 * SEC),
-            Err(IpamError::WaitingForRing)
+            err.to_string(),
+            "waiting for the IP allocation ring (no ring yet: 0 of 1 initial peers reachable: \
+             10.0.0.2:6783 (handshake timed out))"
         );
-        // Nobody sent a ring in time: create one.
-        assert!(a.allocate(&key(1), t + 5 * SEC).is_ok());
+        assert_eq!(a.status(t).state, "waiting for ring");
+        // Time alone changes nothing: there is no timer.
+        a.tick(t + 3600 * SEC);
+        assert!(a.allocate(&key(1), t + 3600 * SEC).is_err());
+        assert_eq!(a.ring_id(), None);
+        // Reached, but it has not said whether it has a ring: ask it.
+        a.set_initial_peers(vec![InitialPeer::reached("10.0.0.2:6783", name(2))]);
+        a.set_reachable([name(2)]);
+        a.tick(t + 3601 * SEC);
+        let (_, sent) = drain(&mut a);
+        assert_eq!(sent, vec![(name(2), wire::encode(&IpamMsg::RingQuery))]);
+        assert!(
+            a.status(t).waiting_for_ring.unwrap().contains("asking 1 reachable peer"),
+        );
+        // It has none, and our name is smaller: create.
+        let none = wire::encode(&IpamMsg::RingAnswer(None));
+        a.on_unicast(name(2), &none).unwrap();
+        assert_eq!(a.ring_wait_reason(), None);
+        let t2 = t + 3602 * SEC;
+        assert!(a.allocate(&key(1), t2).is_ok());
+        assert_eq!(a.ring_id().unwrap().genesis, name(1));
         assert_eq!(
             a.ring_id().unwrap().created_ms,
-            6_000,
+            1_000 + 3_602_000,
             "stamped by wall clock"
+        );
+        assert_eq!(
+            a.force_ring(t2),
+            Err(IpamError::RingExists(a.ring_id().unwrap()))
         );
     }
 

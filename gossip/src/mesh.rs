@@ -257,6 +257,11 @@ impl Mesh {
         self.maker.direct_targets()
     }
 
+    /// The peer a target address led to when it was last connected (or found to be us).
+    pub fn target_peer(&self, address: &str) -> Option<PeerName> {
+        self.target_peer.get(address).copied()
+    }
+
     /// Checks a handshaken connection against the rules and, if it passes, adds it.
     pub fn register(
         &mut self,

@@ -837,6 +837,7 @@ fn mac_claims_spread_move_withdraw_and_reach_late_joiners() {
 // the router (here, these helpers) keeps a clone. After every event the router supplies
 // reachability from the routes, takes the channel's outbox and publishes / unicasts it.
 
+use weft_gossip::ipam::agreement::initial_peers;
 use weft_gossip::ipam::{AllocKey, IPAM_CHANNEL, IpamChannel, IpamConfig, IpamError, SharedIpam};
 
 fn host_ipam(sim: &mut Sim, node: usize) -> SharedIpam {
@@ -859,6 +860,9 @@ fn pump_ipam(sim: &mut Sim, ipams: &[SharedIpam]) {
             }
             let reachable = sim.meshes[node].routes().reachable(LinkSet::All);
             ipam.lock().set_reachable(reachable);
+            let mesh = &sim.meshes[node];
+            let initial = initial_peers(mesh.name(), &mesh.targets(sim.now), |a| mesh.target_peer(a));
+            ipam.lock().set_initial_peers(initial);
             let out = ipam.lock().take_outbox();
             let mut actions = Vec::new();
             if let Some(update) = out.publish {
@@ -907,7 +911,7 @@ fn allocate(
         pump_ipam(sim, ipams);
         advance_ipam(sim, ipams, Duration::from_secs(1));
     }
-    Err(IpamError::WaitingForRing)
+    Err(IpamError::WaitingForRing("still waiting".into()))
 }
 
 fn ring_hash(ipam: &SharedIpam) -> String {
