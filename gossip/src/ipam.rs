@@ -349,8 +349,11 @@ pub enum IpamMsg {
     /// "Do you have a ring?", from a ring-less peer deciding whether it may create one
     /// ([`agreement`]).
     RingQuery,
-    /// The answer: the answerer's whole ring, or `None` for "no ring".
-    RingAnswer(Option<IpamUpdate>),
+    /// The answer: the answerer's range, and its whole ring or `None` for "no ring".
+    RingAnswer {
+        range: Cidr,
+        ring: Option<IpamUpdate>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -2006,7 +2009,10 @@ pub fn decode_msg(bytes: &[u8]) -> Result<IpamMsg, ChannelError> {
         IpamMsg::Reserved {
             addrs, conflicts, ..
         } => addrs.len() > MAX_ADDRS_PER_MSG || conflicts.len() > MAX_ADDRS_PER_MSG,
-        IpamMsg::Donation(update) | IpamMsg::RingAnswer(Some(update)) => {
+        IpamMsg::Donation(update)
+        | IpamMsg::RingAnswer {
+            ring: Some(update), ..
+        } => {
             update.entries.len() > 2 * MAX_CHUNKS
         }
         IpamMsg::View { view, .. } => {
@@ -2302,16 +2308,25 @@ impl GossipChannel for IpamChannel {
                 if self.ring.is_none() && self.agreement.decide() == Decision::Create {
                     self.create_ring();
                 }
-                Some(IpamMsg::RingAnswer(
-                    self.ring.as_ref().map(|r| self.ring_update(r)),
-                ))
+                Some(IpamMsg::RingAnswer {
+                    range: self.config.range,
+                    ring: self.ring.as_ref().map(|r| self.ring_update(r)),
+                })
             }
-            IpamMsg::RingAnswer(Some(update)) => {
+            IpamMsg::RingAnswer { range, .. } if range != self.config.range => {
+                // Misconfigured, but not ours to wait for: its rings never merge with ours.
+                self.agreement.answered_foreign(src);
+                self.incompatible = self.incompatible.saturating_add(1);
+                None
+            }
+            IpamMsg::RingAnswer {
+                ring: Some(update), ..
+            } => {
                 self.validate(&update)?;
                 self.merge_update(update, false);
                 None
             }
-            IpamMsg::RingAnswer(None) => {
+            IpamMsg::RingAnswer { ring: None, .. } => {
                 self.agreement.answered_ringless(src);
                 None
             }
@@ -2565,7 +2580,10 @@ mod tests {
             a.status(t).waiting_for_ring.unwrap().contains("asking 1 reachable peer"),
         );
         // It has none, and our name is smaller: create.
-        let none = wire::encode(&IpamMsg::RingAnswer(None));
+        let none = wire::encode(&IpamMsg::RingAnswer {
+            range: cidr("10.0.0.0/24"),
+            ring: None,
+        });
         a.on_unicast(name(2), &none).unwrap();
         assert_eq!(a.ring_wait_reason(), None);
         let t2 = t + 3602 * SEC;

@@ -47,6 +47,7 @@ pub async fn serve(
         .route("/ping", post(ping))
         .route("/rmpeer", post(rmpeer))
         .route("/ipam/check", get(ipam_check))
+        .route("/ipam/force-ring", post(ipam_force_ring))
         .with_state(Api { events, metrics });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
@@ -210,6 +211,20 @@ async fn ipam_check(
     }
     match ask(&api, |reply| ApiRequest::IpamCheck { reply }).await {
         Some(report) => axum::Json(report).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn ipam_force_ring(
+    State(api): State<Api>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(refused) = refuse_remote(client) {
+        return refused;
+    }
+    match ask(&api, |reply| ApiRequest::ForceRing { reply }).await {
+        Some(Ok(done)) => format!("{done}\n").into_response(),
+        Some(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         None => unavailable(),
     }
 }

@@ -174,7 +174,9 @@ pub struct RmpeerArgs {
 #[derive(Debug, Args)]
 pub struct IpamArgs {
     /// `status`: this router's view of the ring and its allocations; `check`: ask every
-    /// reachable peer for its view and say where they differ (exit 1 if they do).
+    /// reachable peer for its view and say where they differ (exit 1 if they do);
+    /// `force-ring`: create the ring now although the initial peers were not reached (only when
+    /// they are gone for good: a peer told about them that still runs could create another).
     #[arg(value_enum, default_value = "status")]
     pub what: IpamWhat,
     /// Print JSON instead of text.
@@ -219,6 +221,7 @@ pub struct InstallCniArgs {
 pub enum IpamWhat {
     Status,
     Check,
+    ForceRing,
 }
 
 /// Reads the mesh password: the file wins over `WEFT_PASSWORD`. Trailing newlines are not part

@@ -41,7 +41,19 @@ pub fn attach(port: &str, bridge: &str, mtu: u16) -> io::Result<()> {
     ])
 }
 
-/// Sets `address` on `device`, replacing the same address with another prefix length.
-pub fn set_address(device: &str, address: weft_cni::ip::IpNet) -> io::Result<()> {
-    ip(&["addr", "replace", &address.to_string(), "dev", device])
+/// Sets `address` on `device`, replacing the same address with another prefix length, then
+/// removes `replaced` (an address given up) if it is there.
+pub fn set_address(
+    device: &str,
+    address: weft_cni::ip::IpNet,
+    replaced: Option<weft_cni::ip::IpNet>,
+) -> io::Result<()> {
+    ip(&["addr", "replace", &address.to_string(), "dev", device])?;
+    if let Some(old) = replaced
+        && old != address
+    {
+        // Already gone is fine: the address must not stay, not must be removed by us.
+        let _ = ip(&["addr", "del", &old.to_string(), "dev", device]);
+    }
+    Ok(())
 }

@@ -3,7 +3,9 @@
 //! which wait for address space.
 //!
 //! Everything runs on the router actor, once per event, in [`IpamHost::step`]:
-//! 1. timed channel work ([`IpamChannel::tick`]) and the gateway address;
+//! 1. timed channel work ([`IpamChannel::tick`]) and the gateway address (none while there is no
+//!    agreed ring: see `weft_gossip::ipam::agreement`; a new one if a ring merge made it a
+//!    duplicate);
 //! 2. waiting ADDs are tried again (a donation or the ring may have just arrived);
 //! 3. the channel's outbox is taken, the snapshot is **persisted if it changed**, and only then
 //!    are ADD answers given; the router passes the outbox to the mesh and sends everything the
@@ -24,8 +26,8 @@ use weft_cni::protocol::{
 };
 use weft_gossip::PeerName;
 use weft_gossip::ipam::{
-    AllocKey, Cidr, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus, Outbox,
-    SharedIpam, compare_views,
+    AllocKey, Cidr, InitialPeer, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus,
+    Outbox, SharedIpam, compare_views,
 };
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
@@ -41,9 +43,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long an ADD may wait for the ring or for space before it fails with "try again later".
 /// The plugin waits 60 s for an answer.
 pub const ADD_WAIT: Duration = Duration::from_secs(30);
-/// A router told about peers waits this long for them before it may create a ring of its own,
-/// so nodes that join one at a time receive the ring instead of making one that must merge.
-const JOIN_GRACE: Duration = Duration::from_secs(3);
 /// How long after a hard failure (no space at all, the kernel refusing the address) the bridge
 /// address is tried again.
 const GATEWAY_RETRY: Duration = Duration::from_secs(5);
@@ -146,8 +145,9 @@ pub struct BridgeInfo {
     pub mtu: u32,
 }
 
-/// Sets an address on the bridge (the real one drives the kernel; tests record).
-pub type SetAddress = Box<dyn FnMut(&str, IpNet) -> std::io::Result<()> + Send>;
+/// Sets an address on the bridge, removing the one it replaces if any (the real one drives the
+/// kernel; tests record).
+pub type SetAddress = Box<dyn FnMut(&str, IpNet, Option<IpNet>) -> std::io::Result<()> + Send>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IpamCounters {
@@ -157,6 +157,8 @@ pub struct IpamCounters {
     pub released: u64,
     pub gc_released: u64,
     pub persist_failures: u64,
+    /// Bridge addresses given up because a ring merge made them duplicates.
+    pub gateway_moves: u64,
 }
 
 pub struct IpamHost {
@@ -168,6 +170,11 @@ pub struct IpamHost {
     /// The bridge's address, once allocated, and whether it is on the bridge.
     gateway: Option<Ipv4Addr>,
     gateway_applied: bool,
+    /// A bridge address given up (a duplicate after a ring merge), removed from the bridge
+    /// once the new one is set.
+    stale_gateway: Option<Ipv4Addr>,
+    /// The last such move, in words, for the report.
+    gateway_moved: Option<String>,
     /// Not before this instant after a hard failure (see [`IpamHost::ensure_gateway`]).
     gateway_retry_at: Instant,
     pending: Vec<PendingAdd>,
@@ -175,7 +182,6 @@ pub struct IpamHost {
     /// The snapshot last written.
     saved: Vec<u8>,
     next_tick: Instant,
-    hold_until: Instant,
     pub counters: IpamCounters,
 }
 
@@ -229,13 +235,11 @@ pub fn open_channel(
 }
 
 impl IpamHost {
-    /// `has_targets`: the router was told about peers to join (see [`JOIN_GRACE`]).
     pub fn new(
         channel: SharedIpam,
         store: Arc<Store>,
         bridge: Option<BridgeInfo>,
         set_address: SetAddress,
-        has_targets: bool,
         now: Instant,
     ) -> Self {
         let range = channel.lock().range();
@@ -248,12 +252,13 @@ impl IpamHost {
             set_address,
             gateway: None,
             gateway_applied: false,
+            stale_gateway: None,
+            gateway_moved: None,
             gateway_retry_at: now,
             pending: Vec::new(),
             check: None,
             saved,
             next_tick: now,
-            hold_until: if has_targets { now + JOIN_GRACE } else { now },
             counters: IpamCounters::default(),
         }
     }
@@ -265,6 +270,33 @@ impl IpamHost {
     /// The peers the mesh can reach now (call when routes change).
     pub fn set_reachable(&mut self, peers: Vec<PeerName>) {
         self.channel.lock().set_reachable(peers);
+    }
+
+    /// Whether there is no ring yet, so the agreement needs the initial peers.
+    pub fn needs_ring(&self) -> bool {
+        self.channel.lock().ring_id().is_none()
+    }
+
+    /// The peers this router was told about and their state now.
+    pub fn set_initial_peers(&mut self, peers: Vec<InitialPeer>) {
+        self.channel.lock().set_initial_peers(peers);
+    }
+
+    /// `weft ipam force-ring`: creates a ring now, for when the initial peers are gone for good.
+    pub fn force_ring(&mut self, now: Instant) -> Result<String, String> {
+        let mut channel = self.channel.lock();
+        let waited_for = channel.ring_wait_reason().map(|r| r.to_string());
+        let id = channel.force_ring(now).map_err(|e| e.to_string())?;
+        tracing::warn!(ring = %id, waited_for = waited_for.as_deref().unwrap_or(""), "IPAM ring forced by the operator");
+        Ok(format!("created ring {id}"))
+    }
+
+    /// What the router waits for before it has a ring, in words.
+    fn ring_wait(&self) -> Option<String> {
+        self.channel
+            .lock()
+            .ring_wait_reason()
+            .map(|r| r.to_string())
     }
 
     /// When [`IpamHost::step`] must run next even without an event.
@@ -326,10 +358,6 @@ impl IpamHost {
         self.bridge
             .as_ref()
             .map(|b| AllocKey::new(GATEWAY_CONTAINER, b.name.clone()))
-    }
-
-    fn may_allocate(&self, now: Instant) -> bool {
-        now >= self.hold_until || self.channel.lock().any_reachable()
     }
 
     fn allocation(&self, addr: Ipv4Addr) -> Result<Allocation, CniFailure> {
@@ -409,7 +437,10 @@ impl IpamHost {
             return Err(no_datapath());
         }
         if self.gateway.is_none() {
-            return not_ready(format!("IPAM: {}", self.channel.lock().status(now).state));
+            let why = self
+                .ring_wait()
+                .unwrap_or_else(|| self.channel.lock().status(now).state.to_owned());
+            return not_ready(format!("IPAM: {why}"));
         }
         if !self.channel.lock().has_free_space() {
             return not_ready(format!(
@@ -454,11 +485,10 @@ impl IpamHost {
             self.next_tick = now + TICK;
             dirty = true;
         }
-        if self.bridge.is_some()
-            && !self.gateway_applied
-            && self.may_allocate(now)
-            && now >= self.gateway_retry_at
-        {
+        if self.move_duplicate_gateway(now) {
+            dirty = true;
+        }
+        if self.bridge.is_some() && !self.gateway_applied && now >= self.gateway_retry_at {
             self.ensure_gateway(now);
             dirty = true;
         }
@@ -513,6 +543,35 @@ impl IpamHost {
         }
     }
 
+    /// If a ring merge made the bridge's address a duplicate (the winner handed it out), gives
+    /// it up and takes a new one from our own space (or waits for space); the old address
+    /// leaves the bridge once the new one is on it. Returns whether anything changed.
+    fn move_duplicate_gateway(&mut self, now: Instant) -> bool {
+        let (Some(key), Some(_)) = (self.gateway_key(), self.gateway) else {
+            return false;
+        };
+        let Some((old, new)) = self.channel.lock().reallocate_conflicting(&key, now) else {
+            return false;
+        };
+        self.counters.gateway_moves += 1;
+        if self.gateway_applied {
+            self.stale_gateway = Some(old);
+        }
+        self.gateway_applied = false;
+        self.gateway = new.as_ref().ok().copied();
+        let note = match &new {
+            Ok(addr) => format!(
+                "bridge address {old} was also handed out by the ring that won a merge; moved to {addr}"
+            ),
+            Err(e) => format!(
+                "bridge address {old} was also handed out by the ring that won a merge; waiting for a new one ({e})"
+            ),
+        };
+        tracing::warn!(%old, new = ?new.as_ref().ok(), "{note}");
+        self.gateway_moved = Some(note);
+        true
+    }
+
     /// Allocates the bridge's address and sets it. A failure other than waiting for the ring or
     /// for space is retried after [`GATEWAY_RETRY`], not on every event.
     fn ensure_gateway(&mut self, now: Instant) {
@@ -536,10 +595,14 @@ impl IpamHost {
             let Some(net) = IpNet::new(IpAddr::V4(addr), self.range.prefix) else {
                 return;
             };
-            match (self.set_address)(&bridge.name, net) {
+            let stale = self
+                .stale_gateway
+                .and_then(|old| IpNet::new(IpAddr::V4(old), self.range.prefix));
+            match (self.set_address)(&bridge.name, net, stale) {
                 Ok(()) => {
                     tracing::info!(bridge = %bridge.name, address = %net, "bridge address set");
                     self.gateway_applied = true;
+                    self.stale_gateway = None;
                 }
                 Err(e) => {
                     tracing::warn!(bridge = %bridge.name, error = %e, "cannot set the bridge address (retrying)");
@@ -555,14 +618,15 @@ impl IpamHost {
         now: Instant,
     ) -> Vec<(Reply<Allocation>, AllocKey, Result<Allocation, CniFailure>)> {
         let mut answers = Vec::new();
-        let allowed = self.may_allocate(now);
+        let ring_wait = self.ring_wait();
         for mut p in std::mem::take(&mut self.pending) {
             if p.reply.is_closed() {
                 // The plugin gave up (and will retry or DEL): stop asking for space for it.
                 self.channel.lock().cancel(&p.key);
                 continue;
             }
-            let result = if !allowed {
+            let result = if let Some(why) = &ring_wait {
+                p.waiting_for = format!("the IP allocation ring ({why})");
                 Err(None)
             } else if self.gateway.is_none() {
                 p.waiting_for = "this host's bridge address".to_owned();
@@ -634,12 +698,17 @@ pub struct IpamReport {
     pub range_size: u64,
     /// `no ring`, `waiting for ring`, `ready`, `waiting for space`.
     pub state: String,
+    /// With no ring: exactly what this router waits for (initial peers not reached and why,
+    /// peers that have not answered, or the peer expected to create the ring).
+    pub waiting_for_ring: Option<String>,
     /// The ring's id `(created, genesis peer, uid)`, once there is one.
     pub ring: Option<String>,
     /// Equal on two peers iff their rings are equal.
     pub ring_hash: String,
     /// The bridge's address (the pods' gateway), once allocated.
     pub gateway: Option<String>,
+    /// The last time a ring merge made the bridge's address a duplicate and it was moved.
+    pub gateway_moved: Option<String>,
     pub owners: Vec<OwnerReport>,
     /// Addresses in chunks reclaimed and not adopted yet.
     pub unowned: u64,
@@ -709,9 +778,11 @@ impl IpamReport {
             range: status.range,
             range_size: host.range.size(),
             state: status.state.to_owned(),
+            waiting_for_ring: status.waiting_for_ring,
             ring: status.ring,
             ring_hash: status.ring_hash,
             gateway: host.gateway.map(|g| g.to_string()),
+            gateway_moved: host.gateway_moved.clone(),
             owners: status
                 .owners
                 .into_iter()
@@ -789,24 +860,34 @@ mod tests {
             }
         }
 
-        fn host(&self, range: &str, has_targets: bool, now: Instant) -> IpamHost {
+        /// `told`: the router was told about a peer (10.0.0.9:6783, not reached).
+        fn host(&self, range: &str, told: bool, now: Instant) -> IpamHost {
             let channel =
                 open_channel(&self.store, range.parse().unwrap(), local(), 7, now).unwrap();
             let set = self.set.clone();
-            IpamHost::new(
+            let mut host = IpamHost::new(
                 SharedIpam::new(channel),
                 self.store.clone(),
                 Some(BridgeInfo {
                     name: "weft".into(),
                     mtu: 1414,
                 }),
-                Box::new(move |dev: &str, net: IpNet| {
+                Box::new(move |dev: &str, net: IpNet, old: Option<IpNet>| {
                     set.lock().unwrap().push((dev.to_owned(), net.to_string()));
+                    if let Some(old) = old {
+                        set.lock().unwrap().push((dev.to_owned(), format!("-{old}")));
+                    }
                     Ok(())
                 }),
-                has_targets,
                 now,
-            )
+            );
+            if told {
+                host.set_initial_peers(vec![InitialPeer::unreached(
+                    "10.0.0.9:6783",
+                    "connection refused",
+                )]);
+            }
+            host
         }
     }
 
@@ -937,26 +1018,36 @@ mod tests {
     }
 
     #[test]
-    fn an_add_waits_for_the_ring_and_is_answered_by_its_deadline() {
+    fn an_add_waits_for_the_ring_and_fails_with_code_11_saying_what_it_waits_for() {
         let f = Fixture::new("wait");
         let now = Instant::now();
+        // Told about 10.0.0.9:6783, which is not reached: no ring, no bridge address.
         let mut host = f.host("10.32.0.0/12", true, now);
-        // A reachable peer that never sends a ring: the channel waits for it.
-        host.set_reachable(vec![PeerName::from_bytes([2, 0, 0, 0, 0, 9])]);
         let (answer, mut rx) = add(&mut host, "c1", now);
         assert!(answer.is_none(), "the ADD waits");
-        assert!(host.status_check(now).is_err());
+        let why = "no ring yet: 0 of 1 initial peers reachable: 10.0.0.9:6783 (connection refused)";
+        let status = host.status_check(now).unwrap_err();
+        assert_eq!(status.body.code, code::NOT_AVAILABLE);
+        assert_eq!(status.body.details, format!("IPAM: {why}"));
+        let report = host.report(&topology(), now);
+        assert_eq!(report.state, "waiting for ring");
+        assert_eq!(report.waiting_for_ring.as_deref(), Some(why));
+        assert_eq!(report.gateway, None);
         host.step(now + Duration::from_secs(2), true);
         assert!(rx.try_recv().is_err(), "still waiting");
-        // Past the ADD's deadline it is answered either way: served from the ring this peer
-        // made once its wait for one was over, or "try again later".
         let later = now + ADD_WAIT + Duration::from_secs(1);
         host.step(later, true);
-        match rx.try_recv() {
-            Ok(Ok(_)) => {} // the ring was created after its wait: served
-            Ok(Err(f)) => assert_eq!(f.body.code, code::TRY_AGAIN_LATER),
-            Err(e) => panic!("no answer after the deadline: {e}"),
-        }
+        let failure = rx.try_recv().unwrap().unwrap_err();
+        assert_eq!(failure.body.code, code::TRY_AGAIN_LATER);
+        assert!(failure.body.details.contains(why), "{}", failure.body.details);
+        assert!(f.set.lock().unwrap().is_empty(), "no address on the bridge");
+        // The operator forces a ring: the bridge gets its address and ADDs are served.
+        assert!(host.force_ring(later).unwrap().starts_with("created ring"));
+        assert!(host.force_ring(later).unwrap_err().contains("there is a ring already"));
+        let (answer, _rx) = add(&mut host, "c2", later);
+        answer.unwrap().unwrap();
+        assert_eq!(f.set.lock().unwrap().len(), 1);
+        assert!(host.status_check(later).is_ok());
     }
 
     #[test]
@@ -974,7 +1065,7 @@ mod tests {
                 name: "weft".into(),
                 mtu: 1414,
             }),
-            Box::new(move |_: &str, _: IpNet| {
+            Box::new(move |_: &str, _: IpNet, _: Option<IpNet>| {
                 let mut n = seen.lock().unwrap();
                 *n += 1;
                 if *n == 1 {
@@ -983,7 +1074,6 @@ mod tests {
                     Ok(())
                 }
             }),
-            false,
             now,
         );
         host.step(now, false);
@@ -1044,8 +1134,7 @@ mod tests {
             SharedIpam::new(channel),
             f.store.clone(),
             None,
-            Box::new(|_: &str, _: IpNet| Ok(())),
-            false,
+            Box::new(|_: &str, _: IpNet, _: Option<IpNet>| Ok(())),
             now,
         );
         let (answer, _rx) = add(&mut host, "c1", now);

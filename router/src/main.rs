@@ -113,6 +113,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            IpamWhat::ForceRing => {
+                let body = client::request(args.status_addr, "POST", "/ipam/force-ring")?;
+                print!("{body}");
+                Ok(())
+            }
         },
         Command::InstallCni(args) => install::run(&args),
     }
@@ -268,7 +273,6 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             store.clone(),
             bridge,
             Box::new(hostnet::set_address),
-            !targets.is_empty(),
             Instant::now(),
         );
         let router = Router::new(

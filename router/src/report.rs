@@ -376,6 +376,9 @@ pub fn render_ipam(r: &Report) -> String {
         ipam.range, ipam.range_size
     );
     let _ = writeln!(s, "state     {}", ipam.state);
+    if let Some(why) = &ipam.waiting_for_ring {
+        let _ = writeln!(s, "waiting   {why}");
+    }
     let _ = writeln!(s, "ring      {}", ipam.ring.as_deref().unwrap_or("none"));
     let _ = writeln!(s, "ring hash {}", ipam.ring_hash);
     let _ = writeln!(
@@ -383,6 +386,9 @@ pub fn render_ipam(r: &Report) -> String {
         "gateway   {}",
         ipam.gateway.as_deref().unwrap_or("none yet")
     );
+    if let Some(moved) = &ipam.gateway_moved {
+        let _ = writeln!(s, "          {moved}");
+    }
     let _ = writeln!(
         s,
         "allocated {} here ({} orphans, {} reserved for peers, {} ADDs waiting)",

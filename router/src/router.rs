@@ -12,6 +12,7 @@ use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcRespon
 use weft_gossip::PeerName;
 use weft_gossip::handshake::Role;
 use weft_gossip::ipam::IPAM_CHANNEL;
+use weft_gossip::ipam::agreement::initial_peers;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
 use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
@@ -104,6 +105,10 @@ pub enum ApiRequest {
     Rmpeer {
         peer: String,
         force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `weft ipam force-ring`: create the IPAM ring without the initial peers.
+    ForceRing {
         reply: oneshot::Sender<Result<String, String>>,
     },
 }
@@ -329,6 +334,13 @@ impl Router {
 
     /// IPAM's step, then its outbox into the mesh (see `ipam`).
     fn ipam_step(&mut self, now: Instant, touched: bool, out: &mut Vec<Action>) {
+        if self.ipam.needs_ring() {
+            // Whether a ring may be created depends on the peers we were told about.
+            let initial = initial_peers(self.mesh.name(), &self.mesh.targets(now), |a| {
+                self.mesh.target_peer(a)
+            });
+            self.ipam.set_initial_peers(initial);
+        }
         let outbox = self.ipam.step(now, touched);
         self.ipam.finish_check(self.mesh.topology(), now);
         if let Some(update) = outbox.publish
@@ -462,6 +474,9 @@ impl Router {
             ApiRequest::Rmpeer { peer, force, reply } => {
                 let _ = reply.send(self.rmpeer(&peer, force, now));
             }
+            ApiRequest::ForceRing { reply } => {
+                let _ = reply.send(self.ipam.force_ring(now));
+            }
         }
     }
 
@@ -543,7 +558,9 @@ impl Router {
 /// channel (merged by the mesh while it handles the event).
 fn touches_ipam(event: &Event) -> bool {
     match event {
-        Event::Cni(_) | Event::Api(ApiRequest::Rmpeer { .. }) => true,
+        Event::Cni(_)
+        | Event::Api(ApiRequest::Rmpeer { .. })
+        | Event::Api(ApiRequest::ForceRing { .. }) => true,
         Event::Message { msg, .. } => matches!(
             msg,
             ControlMsg::Gossip { channel, .. }

@@ -6,7 +6,8 @@
 //! - (b) every initial peer is reached (connected, so its peer name is known, and routed),
 //!   every reachable peer has answered a [`RingQuery`](super::IpamMsg::RingQuery) with "no
 //!   ring" since it last became reachable, and this router's name is the smallest among itself
-//!   and every reachable peer.
+//!   and every reachable peer. (A peer that answers with another allocation range takes no
+//!   part: its rings never merge with ours.)
 //!
 //! Every other ring-less router waits. A peer that has a ring answers a query with the ring
 //! itself (and gossip hands it to every new neighbour), so a waiting router gets the ring as
@@ -167,6 +168,9 @@ pub struct RingAgreement {
     reachable: BTreeSet<PeerName>,
     /// Reachable peers that answered "no ring" since they last became reachable.
     ringless: BTreeSet<PeerName>,
+    /// Reachable peers that answered with another allocation range: their rings can never be
+    /// ours, so they take no part (a misconfiguration that `weft ipam check` names).
+    foreign: BTreeSet<PeerName>,
     /// Queries in flight: to whom, sent when.
     asked: BTreeMap<PeerName, Instant>,
 }
@@ -178,6 +182,7 @@ impl RingAgreement {
             initial: Vec::new(),
             reachable: BTreeSet::new(),
             ringless: BTreeSet::new(),
+            foreign: BTreeSet::new(),
             asked: BTreeMap::new(),
         }
     }
@@ -200,6 +205,7 @@ impl RingAgreement {
             .filter(|p| *p != self.local)
             .collect();
         self.ringless.retain(|p| reachable.contains(p));
+        self.foreign.retain(|p| reachable.contains(p));
         self.asked.retain(|p, _| reachable.contains(p));
     }
 
@@ -211,13 +217,27 @@ impl RingAgreement {
         }
     }
 
+    /// `peer` answered with another allocation range. Ignored unless it is reachable.
+    pub fn answered_foreign(&mut self, peer: PeerName) {
+        self.asked.remove(&peer);
+        if self.reachable.contains(&peer) {
+            self.foreign.insert(peer);
+        }
+    }
+
+    /// The reachable peers of our range: all but those that answered with another range.
+    fn participants(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.reachable
+            .iter()
+            .copied()
+            .filter(|p| !self.foreign.contains(p))
+    }
+
     /// The reachable peers to ask now: those that have not answered and were not asked in the
     /// last `resend`. Records them as asked at `now`.
     pub fn queries(&mut self, now: Instant, resend: Duration) -> Vec<PeerName> {
         let due: Vec<PeerName> = self
-            .reachable
-            .iter()
-            .copied()
+            .participants()
             .filter(|p| !self.ringless.contains(p))
             .filter(|p| {
                 self.asked
@@ -259,17 +279,15 @@ impl RingAgreement {
             });
         }
         let unanswered: Vec<PeerName> = self
-            .reachable
-            .iter()
-            .copied()
+            .participants()
             .filter(|p| !self.ringless.contains(p))
             .collect();
         if !unanswered.is_empty() {
             return Decision::Wait(WaitReason::Unanswered(unanswered));
         }
-        match self.reachable.first() {
-            Some(smaller) if *smaller < self.local => {
-                Decision::Wait(WaitReason::SmallerPeer(*smaller))
+        match self.participants().next() {
+            Some(smaller) if smaller < self.local => {
+                Decision::Wait(WaitReason::SmallerPeer(smaller))
             }
             _ => Decision::Create,
         }

@@ -632,14 +632,23 @@ fn a_query_is_answered_with_the_ring_or_none() {
     let answer = a.on_unicast(name(2), &query).unwrap();
     assert_eq!(
         answer,
-        vec![(name(2), wire::encode(&IpamMsg::RingAnswer(None)))],
+        vec![(
+            name(2),
+            wire::encode(&IpamMsg::RingAnswer {
+                range: RANGE.parse().unwrap(),
+                ring: None
+            })
+        )],
         "no ring, and not allowed to make one"
     );
     // A peer allowed to create creates before answering, so it never says "no ring" while
     // it could make one at any moment.
     let mut lone = IpamChannel::new(config(), name(3), 3, t, 1_000);
     let answer = lone.on_unicast(name(2), &query).unwrap();
-    let IpamMsg::RingAnswer(Some(ring)) = crate::ipam::decode_msg(&answer[0].1).unwrap() else {
+    let IpamMsg::RingAnswer {
+        ring: Some(ring), ..
+    } = crate::ipam::decode_msg(&answer[0].1).unwrap()
+    else {
         panic!("expected the ring");
     };
     assert_eq!(Some(ring.ring), lone.ring_id());
@@ -650,6 +659,17 @@ fn a_query_is_answered_with_the_ring_or_none() {
     b.on_unicast(name(3), &answer[0].1).unwrap();
     assert_eq!(b.ring_id(), lone.ring_id());
     assert!(b.allocate(&gateway(), t).is_err(), "b owns nothing yet: asks for space");
+    // A peer of another range takes no part: c need not wait for it.
+    let mut c = IpamChannel::new(config(), name(4), 4, t, 1_000);
+    c.set_initial_peers(vec![InitialPeer::reached("y:1", name(1))]);
+    c.set_reachable([name(1)]);
+    let foreign = wire::encode(&IpamMsg::RingAnswer {
+        range: "10.9.0.0/16".parse().unwrap(),
+        ring: None,
+    });
+    assert!(c.ring_wait_reason().is_some());
+    c.on_unicast(name(1), &foreign).unwrap();
+    assert_eq!(c.ring_wait_reason(), None);
 }
 
 /// A router restarted with its persisted ring uses it at once, its initial peers all down.
