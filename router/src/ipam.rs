@@ -267,9 +267,12 @@ impl IpamHost {
         &self.channel
     }
 
-    /// The peers the mesh can reach now (call when routes change).
-    pub fn set_reachable(&mut self, peers: Vec<PeerName>) {
+    /// The peers the mesh can reach now (call when routes change). A bridge address that
+    /// failed for want of a reachable donor is tried again at once: a host that just joined
+    /// has the ring before it has the routes to the owners of the space.
+    pub fn set_reachable(&mut self, peers: Vec<PeerName>, now: Instant) {
         self.channel.lock().set_reachable(peers);
+        self.gateway_retry_at = self.gateway_retry_at.min(now);
     }
 
     /// Whether there is no ring yet, so the agreement needs the initial peers.
@@ -1090,7 +1093,7 @@ mod tests {
         let f = Fixture::new("delwait");
         let now = Instant::now();
         let mut host = f.host("10.32.0.0/12", true, now);
-        host.set_reachable(vec![PeerName::from_bytes([2, 0, 0, 0, 0, 9])]);
+        host.set_reachable(vec![PeerName::from_bytes([2, 0, 0, 0, 0, 9])], now);
         let (answer, mut rx) = add(&mut host, "c1", now);
         assert!(answer.is_none(), "the ADD waits for the ring");
         host.del(&attachment("c1"), now);

@@ -244,7 +244,7 @@ impl Router {
                     dataplane.set_routes(self.mesh.routes().clone());
                 }
                 self.ipam
-                    .set_reachable(self.mesh.routes().reachable(LinkSet::All));
+                    .set_reachable(self.mesh.routes().reachable(LinkSet::All), now);
             }
             // Persists IPAM state before anything queued in `out` is sent.
             self.ipam_step(now, ipam_touched, &mut out);
