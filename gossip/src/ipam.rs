@@ -2012,9 +2012,7 @@ pub fn decode_msg(bytes: &[u8]) -> Result<IpamMsg, ChannelError> {
         IpamMsg::Donation(update)
         | IpamMsg::RingAnswer {
             ring: Some(update), ..
-        } => {
-            update.entries.len() > 2 * MAX_CHUNKS
-        }
+        } => update.entries.len() > 2 * MAX_CHUNKS,
         IpamMsg::View { view, .. } => {
             view.validate()?;
             false
@@ -2577,7 +2575,10 @@ mod tests {
         let (_, sent) = drain(&mut a);
         assert_eq!(sent, vec![(name(2), wire::encode(&IpamMsg::RingQuery))]);
         assert!(
-            a.status(t).waiting_for_ring.unwrap().contains("asking 1 reachable peer"),
+            a.status(t)
+                .waiting_for_ring
+                .unwrap()
+                .contains("asking 1 reachable peer"),
         );
         // It has none, and our name is smaller: create.
         let none = wire::encode(&IpamMsg::RingAnswer {

@@ -861,7 +861,8 @@ fn pump_ipam(sim: &mut Sim, ipams: &[SharedIpam]) {
             let reachable = sim.meshes[node].routes().reachable(LinkSet::All);
             ipam.lock().set_reachable(reachable);
             let mesh = &sim.meshes[node];
-            let initial = initial_peers(mesh.name(), &mesh.targets(sim.now), |a| mesh.target_peer(a));
+            let initial =
+                initial_peers(mesh.name(), &mesh.targets(sim.now), |a| mesh.target_peer(a));
             ipam.lock().set_initial_peers(initial);
             let out = ipam.lock().take_outbox();
             let mut actions = Vec::new();

@@ -878,7 +878,9 @@ mod tests {
                 Box::new(move |dev: &str, net: IpNet, old: Option<IpNet>| {
                     set.lock().unwrap().push((dev.to_owned(), net.to_string()));
                     if let Some(old) = old {
-                        set.lock().unwrap().push((dev.to_owned(), format!("-{old}")));
+                        set.lock()
+                            .unwrap()
+                            .push((dev.to_owned(), format!("-{old}")));
                     }
                     Ok(())
                 }),
@@ -1042,11 +1044,19 @@ mod tests {
         host.step(later, true);
         let failure = rx.try_recv().unwrap().unwrap_err();
         assert_eq!(failure.body.code, code::TRY_AGAIN_LATER);
-        assert!(failure.body.details.contains(why), "{}", failure.body.details);
+        assert!(
+            failure.body.details.contains(why),
+            "{}",
+            failure.body.details
+        );
         assert!(f.set.lock().unwrap().is_empty(), "no address on the bridge");
         // The operator forces a ring: the bridge gets its address and ADDs are served.
         assert!(host.force_ring(later).unwrap().starts_with("created ring"));
-        assert!(host.force_ring(later).unwrap_err().contains("there is a ring already"));
+        assert!(
+            host.force_ring(later)
+                .unwrap_err()
+                .contains("there is a ring already")
+        );
         let (answer, _rx) = add(&mut host, "c2", later);
         answer.unwrap().unwrap();
         assert_eq!(f.set.lock().unwrap().len(), 1);

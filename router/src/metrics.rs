@@ -96,6 +96,10 @@ pub struct IpamMetrics {
     pub adds: Family<ResultLabels, Counter>,
     pub released: Family<ReasonLabels, Counter>,
     pub persist_failures: Counter,
+    /// 1 while there is no agreed ring (see `weft ipam`): no bridge address, ADDs wait.
+    pub waiting_for_ring: Gauge,
+    /// Bridge addresses moved because a ring merge made them duplicates.
+    pub gateway_moves: Counter,
     /// Plugin requests the router could not decode (counted where they arrive).
     pub rejected_requests: Counter,
 }
@@ -278,6 +282,16 @@ impl Metrics {
             "Failed writes of the IPAM state (each failed the ADDs it carried)",
             i.persist_failures.clone(),
         );
+        registry.register(
+            "ipam_waiting_for_ring",
+            "1 while this router has no IPAM ring and may not create one yet (weft ipam says why)",
+            i.waiting_for_ring.clone(),
+        );
+        registry.register(
+            "ipam_gateway_moves",
+            "Bridge addresses moved because a ring merge made them duplicates",
+            i.gateway_moves.clone(),
+        );
         registry
     }
 
@@ -375,6 +389,9 @@ impl Metrics {
             c.gc_released,
         );
         mirror(&i.persist_failures, c.persist_failures);
+        i.waiting_for_ring
+            .set(i64::from(ipam.waiting_for_ring.is_some()));
+        mirror(&i.gateway_moves, c.gateway_moves);
     }
 
     fn observe_datapath(&self, report: &Report, dp: &crate::dataplane::DatapathReport) {

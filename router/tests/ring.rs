@@ -29,12 +29,7 @@ fn cni_request(
     body: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
     let answer = UnixHttp
-        .request(
-            &net.cni_socket(i),
-            method,
-            path,
-            body.map(str::as_bytes),
-        )
+        .request(&net.cni_socket(i), method, path, body.map(str::as_bytes))
         .map_err(|e| anyhow::anyhow!("{path}: {e:?}"))?;
     let value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     Ok((answer.status, value))
@@ -78,7 +73,9 @@ fn a_router_told_about_an_absent_peer_waits_says_why_and_forms_a_ring_only_when_
         let out = net.weft(1, &["ipam"])?;
         ensure!(
             out.contains("waiting for ring")
-                && out.contains(&format!("no ring yet: 0 of 1 initial peers reachable: {absent} (")),
+                && out.contains(&format!(
+                    "no ring yet: 0 of 1 initial peers reachable: {absent} ("
+                )),
             "weft ipam:\n{out}"
         );
         Ok(true)
@@ -132,7 +129,10 @@ fn a_router_told_about_an_absent_peer_waits_says_why_and_forms_a_ring_only_when_
         "the bridge carries the gateway {gateway}"
     );
     let (status, body) = add(&net, 1, "served")?;
-    ensure!(status == 200 && body["address"].is_string(), "ADD: {status} {body}");
+    ensure!(
+        status == 200 && body["address"].is_string(),
+        "ADD: {status} {body}"
+    );
     let again = net.weft_output(1, &["ipam", "force-ring"])?;
     ensure!(
         !again.success() && again.stderr.contains("there is a ring already"),

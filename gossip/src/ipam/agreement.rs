@@ -265,9 +265,10 @@ impl RingAgreement {
                 {
                     None
                 }
-                InitialPeerState::Reached(name) => {
-                    Some((p.address.clone(), format!("connected to {name}, no route yet")))
-                }
+                InitialPeerState::Reached(name) => Some((
+                    p.address.clone(),
+                    format!("connected to {name}, no route yet"),
+                )),
                 InitialPeerState::Unreached(why) => Some((p.address.clone(), why.clone())),
             })
             .collect();

@@ -98,12 +98,27 @@ fn initial_peers_come_from_the_direct_targets() {
     };
     let targets = vec![
         target("a:1", TargetSource::Direct, "connected", None),
-        target("b:1", TargetSource::Direct, "retrying", Some("handshake timed out")),
+        target(
+            "b:1",
+            TargetSource::Direct,
+            "retrying",
+            Some("handshake timed out"),
+        ),
         target("c:1", TargetSource::Discovered, "retrying", Some("refused")),
-        target("me:1", TargetSource::Direct, "failed", Some("cannot connect to ourself")),
+        target(
+            "me:1",
+            TargetSource::Direct,
+            "failed",
+            Some("cannot connect to ourself"),
+        ),
         target("d:1", TargetSource::Direct, "waiting", None),
         // Led to peer 4 once, but the connection is down now.
-        target("e:1", TargetSource::Direct, "retrying", Some("connection reset")),
+        target(
+            "e:1",
+            TargetSource::Direct,
+            "retrying",
+            Some("connection reset"),
+        ),
     ];
     let peer_of = |a: &str| match a {
         "a:1" => Some(name(2)),
@@ -292,7 +307,8 @@ impl Sim {
                     // Gossip floods: pass on what was new.
                     for j in self.component(dst) {
                         if j != dst && j != src {
-                            self.queue.push_back((dst, j, Msg::Gossip(improved.clone())));
+                            self.queue
+                                .push_back((dst, j, Msg::Gossip(improved.clone())));
                         }
                     }
                 }
@@ -407,7 +423,11 @@ fn arb_op() -> impl Strategy<Value = Op> {
 fn arb_told() -> impl Strategy<Value = Vec<BTreeSet<usize>>> {
     (2..=5usize).prop_flat_map(|n| {
         prop_oneof![
-            Just((0..n).map(|i| (0..n).filter(|j| *j != i).collect()).collect()),
+            Just(
+                (0..n)
+                    .map(|i| (0..n).filter(|j| *j != i).collect())
+                    .collect()
+            ),
             proptest::collection::vec(proptest::collection::btree_set(0..n, 0..n), n).prop_map(
                 |told: Vec<BTreeSet<usize>>| told
                     .into_iter()
@@ -493,7 +513,11 @@ fn hosts_joining_one_at_a_time_never_wait_and_never_split() {
         sim.alloc(i);
         assert_eq!(sim.p(i).ring_id(), None);
         assert!(
-            sim.p(i).ring_wait_reason().unwrap().to_string().contains("0 of")
+            sim.p(i)
+                .ring_wait_reason()
+                .unwrap()
+                .to_string()
+                .contains("0 of")
         );
         for j in i + 1..n {
             sim.link(i, j);
@@ -503,11 +527,18 @@ fn hosts_joining_one_at_a_time_never_wait_and_never_split() {
         sim.tick(i);
         assert_eq!(sim.p(i).ring_id(), None, "host {i} waits for the answers");
         sim.deliver_all();
-        assert_eq!(sim.p(i).ring_id(), Some(ring), "host {i} got the ring on connecting");
+        assert_eq!(
+            sim.p(i).ring_id(),
+            Some(ring),
+            "host {i} got the ring on connecting"
+        );
         sim.alloc(i);
         sim.deliver_all();
         sim.alloc(i);
-        assert!(sim.p(i).address_of(&gateway()).is_some(), "host {i} has space");
+        assert!(
+            sim.p(i).address_of(&gateway()).is_some(),
+            "host {i} has space"
+        );
     }
     assert_eq!(sim.creators(), vec![n - 1]);
 }
@@ -517,7 +548,9 @@ fn hosts_joining_one_at_a_time_never_wait_and_never_split() {
 #[test]
 fn hosts_booted_together_form_one_ring_even_with_a_late_starter() {
     for late in 0..3 {
-        let told = (0..3).map(|i| (0..3).filter(|j| *j != i).collect()).collect();
+        let told = (0..3)
+            .map(|i| (0..3).filter(|j| *j != i).collect())
+            .collect();
         let mut sim = Sim::new(told);
         for i in (0..3).filter(|i| *i != late) {
             sim.start(i);
@@ -535,16 +568,26 @@ fn hosts_booted_together_form_one_ring_even_with_a_late_starter() {
             }
             sim.deliver_all();
         }
-        assert!(sim.creators().is_empty(), "nobody creates while {late} is missing");
+        assert!(
+            sim.creators().is_empty(),
+            "nobody creates while {late} is missing"
+        );
         let waiting = (0..3).find(|i| *i != late).unwrap();
         let reason = sim.p(waiting).ring_wait_reason().unwrap().to_string();
-        assert!(reason.contains("1 of 2 initial peers reachable"), "{reason}");
+        assert!(
+            reason.contains("1 of 2 initial peers reachable"),
+            "{reason}"
+        );
         sim.start(late);
         sim.heal();
         assert_eq!(sim.creators(), vec![0], "the smallest name creates");
         assert_eq!(sim.rings().len(), 1);
         let gateways: BTreeSet<_> = (0..3).map(|i| sim.p(i).address_of(&gateway())).collect();
-        assert_eq!(gateways.len(), 3, "three distinct bridge addresses: {gateways:?}");
+        assert_eq!(
+            gateways.len(),
+            3,
+            "three distinct bridge addresses: {gateways:?}"
+        );
         assert!(gateways.iter().all(Option::is_some));
     }
 }
@@ -658,7 +701,10 @@ fn a_query_is_answered_with_the_ring_or_none() {
     b.set_reachable([name(3)]);
     b.on_unicast(name(3), &answer[0].1).unwrap();
     assert_eq!(b.ring_id(), lone.ring_id());
-    assert!(b.allocate(&gateway(), t).is_err(), "b owns nothing yet: asks for space");
+    assert!(
+        b.allocate(&gateway(), t).is_err(),
+        "b owns nothing yet: asks for space"
+    );
     // A peer of another range takes no part: c need not wait for it.
     let mut c = IpamChannel::new(config(), name(4), 4, t, 1_000);
     c.set_initial_peers(vec![InitialPeer::reached("y:1", name(1))]);
