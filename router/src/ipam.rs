@@ -1113,6 +1113,107 @@ mod tests {
         assert_eq!(host.report(&topology(), now).waiting_adds, 0);
     }
 
+    /// Delivers what `from` must send (its step's outbox) to `to`, and `to`'s answers back,
+    /// the way the mesh would between two connected routers.
+    fn exchange(from: &mut IpamHost, to: &mut IpamHost, now: Instant) {
+        use weft_gossip::channel::GossipChannel;
+        let (a, b) = (
+            from.channel().lock().local_name(),
+            to.channel().lock().local_name(),
+        );
+        let out = from.step(now, true);
+        if let Some(update) = out.publish {
+            let _ = to.channel().lock().merge(a, &update);
+        }
+        for (dst, payload) in out.unicasts {
+            if dst != b {
+                continue;
+            }
+            let replies = to.channel().lock().on_unicast(a, &payload).unwrap();
+            for (_, reply) in replies {
+                from.channel().lock().on_unicast(b, &reply).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_bridge_address_duplicated_by_a_ring_merge_moves_to_a_new_one() {
+        use weft_gossip::channel::GossipChannel;
+        let winner = Fixture::new("merge-a");
+        let loser = Fixture::new("merge-b");
+        let now = Instant::now();
+        let mut a = winner.host("10.32.0.0/12", false, now);
+        a.step(now, true);
+        std::thread::sleep(Duration::from_millis(5));
+        // b was told about a peer it cannot reach; its operator forces a ring.
+        let b_name = PeerName::from_bytes([2, 0, 0, 0, 0, 2]);
+        let channel = open_channel(
+            &loser.store,
+            "10.32.0.0/12".parse().unwrap(),
+            b_name,
+            8,
+            now,
+        )
+        .unwrap();
+        let set = loser.set.clone();
+        let mut b = IpamHost::new(
+            SharedIpam::new(channel),
+            loser.store.clone(),
+            Some(BridgeInfo {
+                name: "weft".into(),
+                mtu: 1414,
+            }),
+            Box::new(move |_: &str, net: IpNet, old: Option<IpNet>| {
+                set.lock().unwrap().push((
+                    net.to_string(),
+                    old.map(|o| o.to_string()).unwrap_or_default(),
+                ));
+                Ok(())
+            }),
+            now,
+        );
+        b.set_initial_peers(vec![InitialPeer::unreached("10.0.0.1:6783", "refused")]);
+        b.step(now, true);
+        assert_eq!(b.report(&topology(), now).gateway, None);
+        b.force_ring(now).unwrap();
+        b.step(now, true);
+        let gw_a = a.report(&topology(), now).gateway.unwrap();
+        let gw_b = b.report(&topology(), now).gateway.unwrap();
+        assert_eq!(gw_a, gw_b, "two rings, one first address");
+        // They meet: a's older ring wins, b's bridge address is an orphan held by a too.
+        a.set_reachable(vec![b_name], now);
+        b.set_reachable(vec![local()], now);
+        for part in a.channel().lock().full_state(1 << 16) {
+            b.channel().lock().merge(local(), &part).unwrap();
+        }
+        let mut t = now;
+        for _ in 0..6 {
+            t += Duration::from_secs(6);
+            exchange(&mut b, &mut a, t);
+            exchange(&mut a, &mut b, t);
+        }
+        let report = b.report(&topology(), t);
+        let moved = report.gateway.clone().unwrap();
+        assert_ne!(moved, gw_a, "b's bridge has a new address");
+        assert_eq!(
+            a.report(&topology(), t).gateway.unwrap(),
+            gw_a,
+            "a keeps its own"
+        );
+        assert_eq!(report.counters.gateway_moves, 1);
+        assert!(
+            report.gateway_moved.unwrap().contains(&gw_b),
+            "the report says what moved"
+        );
+        assert_eq!(
+            *loser.set.lock().unwrap().last().unwrap(),
+            (format!("{moved}/12"), format!("{gw_b}/12")),
+            "the new address is set and the duplicate removed from the bridge"
+        );
+        assert!(report.conflicts.is_empty());
+        assert!(a.report(&topology(), t).conflicts.is_empty());
+    }
+
     #[test]
     fn a_reopened_store_keeps_every_allocation_and_refuses_another_range() {
         let f = Fixture::new("reopen");
