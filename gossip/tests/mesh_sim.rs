@@ -904,6 +904,8 @@ fn allocate(
 ) -> Result<Ipv4Addr, IpamError> {
     let key = AllocKey::new(key, "eth0");
     for _ in 0..20 {
+        // Like the router's step: reachability and initial peers first.
+        pump_ipam(sim, ipams);
         let now = sim.now;
         match ipams[node].lock().allocate(&key, now) {
             Err(e) if e.is_retryable() => {}
@@ -1045,5 +1047,45 @@ fn ipam_over_the_mesh_joins_asks_partitions_heals_and_reclaims() {
     for k in 0..40 {
         allocate(&mut sim, &ipams, 2, &format!("after-{k}")).unwrap();
     }
+    assert_no_duplicates(&sim, &ipams);
+}
+
+/// Three nodes booted together, each told about the other two, one of them late: with the real
+/// mesh and connection maker deciding who counts as reached, nobody creates a ring while the
+/// late one is missing (and says so), then exactly one ring forms, made by the smallest name.
+#[test]
+fn ipam_nodes_booted_together_with_a_late_one_agree_on_one_ring() {
+    let mut sim = Sim::new(3);
+    let mut ipams: Vec<SharedIpam> = (0..3).map(|node| host_ipam(&mut sim, node)).collect();
+    sim.kill(2);
+    sim.tell(0, &[1, 2]);
+    sim.tell(1, &[0, 2]);
+    sim.run_until("0 and 1 are connected", |s| {
+        s.meshes[0].topology().len() == 2 && s.meshes[1].topology().len() == 2
+    });
+    for node in [0, 1] {
+        let waited = allocate(&mut sim, &ipams, node, "early").unwrap_err();
+        assert!(matches!(waited, IpamError::WaitingForRing(_)), "{waited}");
+        let reason = ipams[node].lock().ring_wait_reason().unwrap().to_string();
+        assert!(
+            reason.starts_with("no ring yet: 1 of 2 initial peers reachable: ")
+                && reason.contains(&addr(2).to_string()),
+            "{reason}"
+        );
+        assert_eq!(ipams[node].lock().ring_id(), None);
+    }
+    sim.add_node(2);
+    ipams[2] = host_ipam(&mut sim, 2);
+    sim.tell(2, &[0, 1]);
+    sim.run_until("full mesh", Sim::full_mesh);
+    let mut addresses = BTreeSet::new();
+    for node in 0..3 {
+        addresses.insert(allocate(&mut sim, &ipams, node, "pod").unwrap());
+    }
+    assert_eq!(addresses.len(), 3);
+    let rings: BTreeSet<_> = ipams.iter().map(|i| i.lock().ring_id()).collect();
+    assert_eq!(rings.len(), 1, "{rings:?}");
+    let ring = rings.into_iter().next().flatten().unwrap();
+    assert_eq!(ring.genesis, name(0), "the smallest name created it");
     assert_no_duplicates(&sim, &ipams);
 }

@@ -186,6 +186,12 @@ impl Router {
         }
         let mut out = Vec::new();
         mesh.add_direct(&initial_targets, now, &mut out);
+        // Before anything can ask IPAM for an address: a router told about peers must not look
+        // like a lone host even for one step.
+        let mut ipam = ipam;
+        ipam.set_initial_peers(initial_peers(mesh.name(), &mesh.targets(now), |a| {
+            mesh.target_peer(a)
+        }));
         let metrics = params.metrics.clone();
         let mut router = Router {
             mesh,
