@@ -34,7 +34,12 @@
 //!
 //! A router whose initial peers are gone for good waits until an operator forces a ring
 //! (`weft ipam force-ring`), which is safe when no other peer it was told about can still
-//! create one, i.e. when they are really gone.
+//! create one, i.e. when they are really gone. The initial peers are the router's
+//! operator-named targets as they are *now*: `weft forget` of a dead seed has the same effect
+//! and the same caveat.
+//!
+//! A router is never "lone" by accident: the router hands the initial peers over before its
+//! first step, and a channel told nothing is taken to be lone.
 //!
 //! This module keeps the state the rule needs (initial peers, reachable peers, answers, queries
 //! in flight) and decides; [`super::IpamChannel`] sends the queries and creates the ring.
