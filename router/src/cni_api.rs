@@ -26,7 +26,9 @@ use crate::metrics::Metrics;
 use crate::router::{CniRequest, Event};
 
 /// Binds the socket with mode 0600. A socket file left by a router that died is replaced; one
-/// that a live router still answers on is not.
+/// that a live router still answers on is not. The socket's directory is created (0700) if
+/// missing, and refused unless root owns it and nobody else can write it: whoever can write it
+/// could swap the socket and hand pods addresses (the plugin checks the same).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -35,6 +37,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    weft_cni::socket_dir::check_path(path)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
