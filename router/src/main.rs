@@ -4,6 +4,8 @@ mod api;
 mod client;
 mod cni_api;
 mod config;
+mod http_admission;
+mod http_server;
 mod conn;
 mod dataplane;
 mod hostnet;
@@ -14,7 +16,10 @@ mod metrics;
 mod nat;
 mod report;
 mod router;
+mod status_guard;
 mod store;
+mod sys;
+mod targets;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -151,16 +156,27 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut targets: Vec<String> = args
+    let peers: Vec<String> = args
         .peers
         .iter()
         .map(|p| config::with_default_port(p.trim(), args.port))
         .collect();
-    for persisted in store.targets()? {
-        if !targets.contains(&persisted) {
-            targets.push(persisted);
-        }
+    let (targets, left_out) =
+        targets::at_start(peers, store.targets()?, targets::MAX_DIRECT_TARGETS);
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            cap = targets::MAX_DIRECT_TARGETS,
+            "more persisted connect targets than the cap: the rest are not dialled (weft forget some)"
+        );
     }
+    let open_files_limit = match sys::raise_open_files_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit");
+            None
+        }
+    };
     tracing::info!(
         name = %identity.name,
         nickname = %identity.nickname,
@@ -168,6 +184,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         encryption = password.is_some(),
         port = args.port,
         peers = ?targets,
+        open_files_limit,
         "starting weft router"
     );
 
@@ -213,6 +230,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             port: args.port,
             conn_limit: args.conn_limit,
             mesh_id: args.mesh_id.clone(),
+            open_files_limit,
         };
         let ipam_channel = SharedIpam::new(ipam::open_channel(
             &store,

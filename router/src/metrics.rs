@@ -100,10 +100,94 @@ pub struct IpamMetrics {
     pub rejected_requests: Counter,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// The HTTP listeners (`listener` = `status` or `cni`): connection caps, deadlines and the
+/// status endpoint's request guard.
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<ListenerReasonLabels, Counter>,
+    pub connections_timed_out: Family<ListenerReasonLabels, Counter>,
+    pub requests_refused: Family<ListenerReasonLabels, Counter>,
+    /// `weft connect` requests refused because the persisted targets are at their cap.
+    pub connect_targets_refused: Counter,
+}
+
+impl HttpMetrics {
+    pub fn open(&self, listener: &'static str) -> Gauge {
+        self.connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// Counts a refused connection; returns how many this listener has refused for `reason`.
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .connections_refused
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    /// Counts a connection or request ended by a deadline.
+    pub fn timed_out(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .connections_timed_out
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    /// Counts a request refused by the status endpoint's guard.
+    pub fn request_refused(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .requests_refused
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_connections_open",
+            "Connections open on each HTTP listener (status endpoint, CNI socket)",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at accept: a cap was reached (local_limit, remote_limit, per_source_limit) or accept failed (accept_error)",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "Connections closed by a deadline (header: no complete request head in time, idle keep-alive included; lifetime: the whole-connection deadline) and requests answered 503/504 by the request deadline (request)",
+            self.connections_timed_out.clone(),
+        );
+        registry.register(
+            "http_requests_refused",
+            "Requests the status endpoint refused: foreign Host (host), foreign Origin (origin), a change without the X-Weft-Client header (client_header) or from another host (remote)",
+            self.requests_refused.clone(),
+        );
+        registry.register(
+            "connect_targets_refused",
+            "weft connect requests refused because the persisted connect targets are at their cap",
+            self.connect_targets_refused.clone(),
+        );
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub datapath: DatapathMetrics,
     pub ipam: IpamMetrics,
+    pub http: HttpMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -278,6 +362,7 @@ impl Metrics {
             "Failed writes of the IPAM state (each failed the ADDs it carried)",
             i.persist_failures.clone(),
         );
+        self.http.register(&mut registry);
         registry
     }
 

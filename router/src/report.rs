@@ -34,6 +34,9 @@ pub struct Report {
     pub mesh_id: String,
     pub port: u16,
     pub conn_limit: usize,
+    /// The open files limit the router runs with (raised to the hard limit at start).
+    #[serde(default)]
+    pub open_files_limit: Option<u64>,
     /// Every peer in the topology, this one included, sorted by name.
     pub peers: Vec<PeerReport>,
     /// This peer's connections: established ones, targets being dialled or retried, and recent
@@ -244,6 +247,7 @@ pub fn build(
         mesh_id: info.mesh_id.clone(),
         port: info.port,
         conn_limit: info.conn_limit,
+        open_files_limit: info.open_files_limit,
         peers,
         connections,
         routes,

@@ -81,9 +81,10 @@ pub enum CniRequest {
 }
 
 pub enum ApiRequest {
+    /// `weft connect`: refused (with the reason) when the direct targets would pass their cap.
     Connect {
         hosts: Vec<String>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Forget {
         hosts: Vec<String>,
@@ -123,6 +124,8 @@ pub struct RouterInfo {
     pub port: u16,
     pub conn_limit: usize,
     pub mesh_id: String,
+    /// The open files limit (`RLIMIT_NOFILE`) after raising it at start.
+    pub open_files_limit: Option<u64>,
 }
 
 /// What the router runs besides the mesh: the data plane (whose MAC channel the mesh hosts) and
@@ -408,9 +411,16 @@ impl Router {
                     .iter()
                     .map(|h| crate::config::with_default_port(h, self.info.port))
                     .collect();
-                self.mesh.add_direct(&hosts, now, out);
-                self.mesh.tick(now, out);
-                let _ = reply.send(());
+                let admitted = crate::targets::admit(
+                    &self.mesh.direct_targets(),
+                    &hosts,
+                    crate::targets::MAX_DIRECT_TARGETS,
+                );
+                if admitted.is_ok() {
+                    self.mesh.add_direct(&hosts, now, out);
+                    self.mesh.tick(now, out);
+                }
+                let _ = reply.send(admitted);
             }
             ApiRequest::Forget { hosts, reply } => {
                 let known = hosts
