@@ -10,11 +10,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{self, CniError};
-use crate::socket_dir::{self, UnsafeSocketDir};
 use crate::protocol::{
     AddRequest, Allocation, Attachment, ErrorBody, GcRequest, GcResponse, PATH_ADD, PATH_CHECK,
     PATH_DEL, PATH_GC, PATH_STATUS, Status,
 };
+use crate::socket_dir::{self, UnsafeSocketDir};
 
 /// How long the plugin waits for the router's answer (an allocation may wait for IPAM consensus).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);

@@ -35,8 +35,12 @@ impl DirFacts {
 pub enum Unsafe {
     Symlink,
     NotADirectory,
-    NotRootOwned { uid: u32 },
-    Writable { mode: u32 },
+    NotRootOwned {
+        uid: u32,
+    },
+    Writable {
+        mode: u32,
+    },
     /// The directory could not be inspected.
     Unreadable(String),
 }
@@ -127,8 +131,20 @@ mod tests {
     #[test]
     fn a_private_root_directory_is_trusted() {
         assert_eq!(check(ROOT_DIR), Ok(()));
-        assert_eq!(check(DirFacts { mode: 0o700, ..ROOT_DIR }), Ok(()));
-        assert_eq!(check(DirFacts { mode: 0o1755, ..ROOT_DIR }), Ok(()));
+        assert_eq!(
+            check(DirFacts {
+                mode: 0o700,
+                ..ROOT_DIR
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            check(DirFacts {
+                mode: 0o1755,
+                ..ROOT_DIR
+            }),
+            Ok(())
+        );
     }
 
     #[test]
@@ -173,7 +189,10 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("/tmp/x") && text.contains("0777") && text.contains("chmod"));
         assert_eq!(dir_of(Path::new("cni.sock")), PathBuf::from("."));
-        assert_eq!(dir_of(Path::new("/run/weft/cni.sock")), PathBuf::from("/run/weft"));
+        assert_eq!(
+            dir_of(Path::new("/run/weft/cni.sock")),
+            PathBuf::from("/run/weft")
+        );
     }
 
     #[test]
@@ -195,7 +214,10 @@ mod tests {
         );
         let link = base.join("link");
         std::os::unix::fs::symlink(&open, &link).unwrap();
-        assert_eq!(check_path(&link.join("cni.sock")).unwrap_err().why, Unsafe::Symlink);
+        assert_eq!(
+            check_path(&link.join("cni.sock")).unwrap_err().why,
+            Unsafe::Symlink
+        );
         let missing = check_path(&base.join("missing/cni.sock")).unwrap_err();
         assert!(matches!(missing.why, Unsafe::Unreadable(_)), "{missing}");
         std::fs::remove_dir_all(&base).unwrap();

@@ -150,7 +150,10 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     match status_guard::decide(guard.bound, &facts) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
-            let n = guard.metrics.http.request_refused("status", refusal.label());
+            let n = guard
+                .metrics
+                .http
+                .request_refused("status", refusal.label());
             if n.is_power_of_two() {
                 tracing::warn!(reason = refusal.label(), %peer, count = n, "refused status endpoint requests");
             }
@@ -217,10 +220,7 @@ fn hosts(q: &PeerQuery) -> Vec<String> {
     q.peer.split(',').map(str::to_owned).collect()
 }
 
-async fn connect(
-    State(api): State<Api>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
+async fn connect(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Connect {
         hosts: hosts(&q),
         reply,
@@ -236,10 +236,7 @@ async fn connect(
     }
 }
 
-async fn forget(
-    State(api): State<Api>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
+async fn forget(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     let hosts = hosts(&q);
     let Some(known) = ask(&api, |reply| ApiRequest::Forget {
         hosts: hosts.clone(),
@@ -270,10 +267,7 @@ struct RmpeerQuery {
     force: bool,
 }
 
-async fn rmpeer(
-    State(api): State<Api>,
-    Query(q): Query<RmpeerQuery>,
-) -> Response {
+async fn rmpeer(State(api): State<Api>, Query(q): Query<RmpeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Rmpeer {
         peer: q.peer,
         force: q.force,
@@ -294,10 +288,7 @@ async fn ipam_check(State(api): State<Api>) -> Response {
     }
 }
 
-async fn ping(
-    State(api): State<Api>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
+async fn ping(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Ping {
         peer: q.peer,
         reply,

@@ -50,19 +50,19 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The local pool is full.
-    LocalLimit,
+    LocalPool,
     /// The remote pool is full.
-    RemoteLimit,
+    RemotePool,
     /// This remote source has its share open already.
-    PerSourceLimit,
+    SourceShare,
 }
 
 impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
-            Self::LocalLimit => "local_limit",
-            Self::RemoteLimit => "remote_limit",
-            Self::PerSourceLimit => "per_source_limit",
+            Self::LocalPool => "local_limit",
+            Self::RemotePool => "remote_limit",
+            Self::SourceShare => "per_source_limit",
         }
     }
 }
@@ -91,17 +91,17 @@ impl Admission {
         match source {
             Source::Local => {
                 if self.local >= self.limits.local {
-                    return Err(Refusal::LocalLimit);
+                    return Err(Refusal::LocalPool);
                 }
                 self.local += 1;
             }
             Source::Remote(ip) => {
                 let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
                 if from_source >= self.limits.remote_per_source {
-                    return Err(Refusal::PerSourceLimit);
+                    return Err(Refusal::SourceShare);
                 }
                 if self.remote >= self.limits.remote_total {
-                    return Err(Refusal::RemoteLimit);
+                    return Err(Refusal::RemotePool);
                 }
                 self.remote += 1;
                 *self.per_source.entry(ip).or_insert(0) += 1;
@@ -152,7 +152,10 @@ mod tests {
     fn sources() {
         assert_eq!(Source::of("127.0.0.1".parse().unwrap()), Source::Local);
         assert_eq!(Source::of("::1".parse().unwrap()), Source::Local);
-        assert_eq!(Source::of("::ffff:127.0.0.1".parse().unwrap()), Source::Local);
+        assert_eq!(
+            Source::of("::ffff:127.0.0.1".parse().unwrap()),
+            Source::Local
+        );
         assert_eq!(Source::of("::ffff:10.0.0.1".parse().unwrap()), remote(1));
         assert_eq!(Source::of("10.0.0.1".parse().unwrap()), remote(1));
     }
@@ -162,13 +165,13 @@ mod tests {
         let mut a = Admission::new(LIMITS);
         assert_eq!(a.admit(remote(1)), Ok(()));
         assert_eq!(a.admit(remote(1)), Ok(()));
-        assert_eq!(a.admit(remote(1)), Err(Refusal::PerSourceLimit));
+        assert_eq!(a.admit(remote(1)), Err(Refusal::SourceShare));
         assert_eq!(a.admit(remote(2)), Ok(()));
-        assert_eq!(a.admit(remote(3)), Err(Refusal::RemoteLimit));
+        assert_eq!(a.admit(remote(3)), Err(Refusal::RemotePool));
         // The remote pool is full; this host still gets in.
         assert_eq!(a.admit(Source::Local), Ok(()));
         assert_eq!(a.admit(Source::Local), Ok(()));
-        assert_eq!(a.admit(Source::Local), Err(Refusal::LocalLimit));
+        assert_eq!(a.admit(Source::Local), Err(Refusal::LocalPool));
         assert_eq!(a.open(), 5);
         a.release(remote(1));
         assert_eq!(a.admit(remote(3)), Ok(()));
@@ -190,11 +193,11 @@ mod tests {
                     let before_remote = open.iter().filter(|s| **s != Source::Local).count();
                     match a.admit(source) {
                         Ok(()) => open.push(source),
-                        Err(Refusal::LocalLimit) => prop_assert_eq!(before_source, LIMITS.local),
-                        Err(Refusal::PerSourceLimit) => {
+                        Err(Refusal::LocalPool) => prop_assert_eq!(before_source, LIMITS.local),
+                        Err(Refusal::SourceShare) => {
                             prop_assert_eq!(before_source, LIMITS.remote_per_source)
                         }
-                        Err(Refusal::RemoteLimit) => {
+                        Err(Refusal::RemotePool) => {
                             prop_assert_eq!(before_remote, LIMITS.remote_total)
                         }
                     }

@@ -50,16 +50,19 @@ pub struct ListenerConfig {
     pub refused: &'static [u8],
 }
 
+/// An accepted connection, where it comes from, and the peer's address for TCP.
+pub type Accepted<Io> = (Io, Source, Option<SocketAddr>);
+
 /// A listener the loop can accept from.
 pub trait Accept: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The next connection, where it comes from, and the peer's address for TCP.
-    fn accept_conn(&self) -> BoxFuture<'_, io::Result<(Self::Io, Source, Option<SocketAddr>)>>;
+    /// The next connection.
+    fn accept_conn(&self) -> BoxFuture<'_, io::Result<Accepted<Self::Io>>>;
 }
 
 impl Accept for TcpListener {
     type Io = tokio::net::TcpStream;
-    fn accept_conn(&self) -> BoxFuture<'_, io::Result<(Self::Io, Source, Option<SocketAddr>)>> {
+    fn accept_conn(&self) -> BoxFuture<'_, io::Result<Accepted<Self::Io>>> {
         async move {
             let (stream, peer) = self.accept().await?;
             Ok((stream, Source::of(peer.ip()), Some(peer)))
@@ -70,7 +73,7 @@ impl Accept for TcpListener {
 
 impl Accept for UnixListener {
     type Io = tokio::net::UnixStream;
-    fn accept_conn(&self) -> BoxFuture<'_, io::Result<(Self::Io, Source, Option<SocketAddr>)>> {
+    fn accept_conn(&self) -> BoxFuture<'_, io::Result<Accepted<Self::Io>>> {
         async move {
             let (stream, _) = self.accept().await?;
             Ok((stream, Source::Local, None))
@@ -116,7 +119,12 @@ pub async fn serve<L: Accept>(
                 .http
                 .connection_refused(config.name, refusal.label());
             if n.is_power_of_two() {
-                tracing::warn!(listener = config.name, reason = refusal.label(), count = n, "refusing connections: too many open");
+                tracing::warn!(
+                    listener = config.name,
+                    reason = refusal.label(),
+                    count = n,
+                    "refusing connections: too many open"
+                );
             }
             refuse(io, config.refused);
             continue;
@@ -207,7 +215,12 @@ async fn serve_connection<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let n = metrics.http.timed_out(name, reason);
     if n.is_power_of_two() {
-        tracing::info!(listener = name, reason, count = n, "closed connections at their deadline");
+        tracing::info!(
+            listener = name,
+            reason,
+            count = n,
+            "closed connections at their deadline"
+        );
     }
 }
 

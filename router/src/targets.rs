@@ -46,7 +46,9 @@ mod tests {
     use super::*;
 
     fn addrs(range: std::ops::Range<u32>) -> Vec<String> {
-        range.map(|i| format!("10.9.{}.{}:6783", i / 256, i % 256)).collect()
+        range
+            .map(|i| format!("10.9.{}.{}:6783", i / 256, i % 256))
+            .collect()
     }
 
     #[test]
@@ -59,7 +61,10 @@ mod tests {
         again.extend(addrs(250..256));
         assert_eq!(admit(&existing, &again, 256), Ok(()));
         let err = admit(&existing, &addrs(250..257), 256).unwrap_err();
-        assert!(err.contains("257") && err.contains("256") && err.contains("forget"), "{err}");
+        assert!(
+            err.contains("257") && err.contains("256") && err.contains("forget"),
+            "{err}"
+        );
     }
 
     #[test]
