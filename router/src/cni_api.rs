@@ -84,7 +84,7 @@ pub const LISTENER: ListenerConfig = ListenerConfig {
     request_timeout: Duration::from_secs(55),
     lifetime: Duration::from_secs(90),
     timed_out: request_timed_out,
-    refused: http_server::refused_answer(),
+    refused: http_server::refused_cni_answer(),
 };
 
 /// Not a CNI error body on purpose: the plugin reads it as "no usable answer" and cleans up

@@ -17,7 +17,8 @@ use std::net::IpAddr;
 pub enum Source {
     /// Loopback TCP or a unix socket: this host.
     Local,
-    /// Another host.
+    /// Another host: its IPv4 address, or its IPv6 /64 (one host usually has a whole /64, so
+    /// counting single IPv6 addresses would let it take the remote pool alone).
     Remote(IpAddr),
 }
 
@@ -27,10 +28,13 @@ impl Source {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        if ip.is_loopback() {
-            Self::Local
-        } else {
-            Self::Remote(ip)
+        match ip {
+            _ if ip.is_loopback() => Self::Local,
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Self::Remote(IpAddr::V6(prefix.into()))
+            }
+            v4 => Self::Remote(v4),
         }
     }
 }
@@ -158,6 +162,10 @@ mod tests {
         );
         assert_eq!(Source::of("::ffff:10.0.0.1".parse().unwrap()), remote(1));
         assert_eq!(Source::of("10.0.0.1".parse().unwrap()), remote(1));
+        let slash64 = Source::Remote("fd00:1:2:3::".parse().unwrap());
+        assert_eq!(Source::of("fd00:1:2:3::1".parse().unwrap()), slash64);
+        assert_eq!(Source::of("fd00:1:2:3:ffff::9".parse().unwrap()), slash64);
+        assert_ne!(Source::of("fd00:1:2:4::1".parse().unwrap()), slash64);
     }
 
     #[test]

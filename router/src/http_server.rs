@@ -229,6 +229,12 @@ pub const fn refused_answer() -> &'static [u8] {
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 57\r\nconnection: close\r\n\r\ntoo many connections to the weft router; try again later\n"
 }
 
+/// The same for the CNI socket: a CNI error body with code 11 (try again later), which the
+/// plugin passes on as is (nothing was allocated: the request was never read).
+pub const fn refused_cni_answer() -> &'static [u8] {
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"code\":11,\"msg\":\"the weft router has too many CNI connections open; try again later\"}"
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -237,5 +243,16 @@ mod tests {
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 "));
         assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+    }
+
+    #[test]
+    fn the_cni_refusal_is_a_cni_error_the_plugin_reads() {
+        let answer = weft_cni::client::parse_response(super::refused_cni_answer()).unwrap();
+        assert_eq!(answer.status, 503);
+        let error: weft_cni::protocol::ErrorBody = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(error.code, weft_cni::error::TRY_AGAIN_LATER);
+        let raw = std::str::from_utf8(super::refused_cni_answer()).unwrap();
+        let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(raw.contains(&format!("content-length: {}\r\n", body.len())));
     }
 }
