@@ -3,7 +3,7 @@
 //! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
 //! the address and names it in `Host`; requests that change something (`/connect`, `/forget`,
 //! `/ping`, `/rmpeer`, `/ipam/check`, and any non-GET request) are served only to the local CLI.
-//! The rules are [`crate::status_guard`]; [`guard`] applies them to every route as a layer, so
+//! The rules are [`crate::status_guard`]; [`guard_request`] applies them to every route as a layer, so
 //! a new route is guarded by where it is added (`reads` or `controls`), not by its handler.
 //! Connections are served by [`crate::http_server`] (caps and deadlines).
 
