@@ -1,5 +1,6 @@
 //! `weft`: the router daemon (`weft router`) and the operator's CLI (`weft status`, …).
 
+mod admission;
 mod api;
 mod client;
 mod cni_api;
@@ -10,6 +11,8 @@ mod hostnet;
 mod identity;
 mod install;
 mod ipam;
+mod log_limit;
+mod mesh_port;
 mod metrics;
 mod nat;
 mod report;
@@ -200,6 +203,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             events: events_tx.clone(),
             metrics: metrics.clone(),
             next_key: 1.into(),
+            mesh_port: mesh_port::MeshPort::new(admission::AdmissionLimits::default()),
         };
         let mesh_config = MeshConfig {
             name: identity.name,
