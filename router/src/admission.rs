@@ -8,9 +8,10 @@
 //!   `weft connect` targets), so a flood from unknown addresses cannot take the slots known
 //!   peers need;
 //! - when the share of unknown addresses is full, a newcomer whose address holds fewer pending
-//!   connections than the biggest holder evicts that holder's oldest one. A legitimate handshake
-//!   takes milliseconds, so the oldest pending connections are idle ones; an attacker with a few
-//!   addresses cannot keep a new peer with one connection out.
+//!   connections than the biggest holder evicts that holder's oldest one, preferring connections
+//!   that have not sent their hello yet. A legitimate peer sends its hello at once and finishes
+//!   in a round trip or two, so an attacker holding idle connections from many addresses cannot
+//!   keep a new peer out: its connections are the ones evicted.
 //!
 //! Refused connections are closed at once and counted, by reason; connections that miss their
 //! deadlines (see `conn`) are counted here too, so that `/report` and `/metrics` show one set of
@@ -104,6 +105,8 @@ pub enum Decision {
 struct Pending {
     source: IpAddr,
     known: bool,
+    /// The peer's hello arrived: evicted only when no silent connection can be.
+    progressed: bool,
 }
 
 /// What the mesh port's admission reports in `/report` (`mesh_admission`).
@@ -194,7 +197,14 @@ impl Admission {
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.pending.insert(ticket, Pending { source, known });
+        self.pending.insert(
+            ticket,
+            Pending {
+                source,
+                known,
+                progressed: false,
+            },
+        );
         *self.by_source.entry(source).or_default() += 1;
         if !known {
             self.pending_unknown += 1;
@@ -203,13 +213,20 @@ impl Admission {
         Decision::Admit { ticket, evicted }
     }
 
-    /// The oldest pending unknown connection of the source holding the most of them, if that
-    /// source holds more than `held` (what the newcomer's source holds).
+    /// A pending unknown connection whose source holds more than `held` (what the newcomer's
+    /// source holds): one that has not sent its hello if there is one, else any; of those, the
+    /// busiest source's oldest.
     fn eviction_victim(&self, held: usize) -> Option<Ticket> {
+        [false, true]
+            .into_iter()
+            .find_map(|progressed| self.busiest_oldest(progressed, held))
+    }
+
+    fn busiest_oldest(&self, progressed: bool, held: usize) -> Option<Ticket> {
         let mut best: Option<(usize, Ticket)> = None;
         // Oldest first, so on equal counts the first one seen (the oldest) stays chosen.
         for (&ticket, p) in &self.pending {
-            if p.known {
+            if p.known || p.progressed != progressed {
                 continue;
             }
             let count = self.by_source.get(&p.source).copied().unwrap_or(0);
@@ -219,6 +236,13 @@ impl Admission {
         }
         best.filter(|&(count, _)| held == usize::MAX || count > held)
             .map(|(_, ticket)| ticket)
+    }
+
+    /// The connection's peer sent its hello: it is evicted only after silent ones.
+    pub fn progressed(&mut self, ticket: Ticket) {
+        if let Some(p) = self.pending.get_mut(&ticket) {
+            p.progressed = true;
+        }
     }
 
     /// Ends a pending connection (handshake done, failed, timed out or evicted). Unknown or
@@ -411,6 +435,28 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_sent_their_hello_are_evicted_after_silent_ones() {
+        let mut a = Admission::new(limits(4, 4, 0));
+        let newcomer = ticket(&a.admit(ip(9)));
+        a.progressed(newcomer);
+        let mut silent = Vec::new();
+        for n in 1..=3 {
+            silent.push(ticket(&a.admit(ip(n))));
+        }
+        // Everyone holds one: a fresh address evicts the oldest silent one, never the newcomer
+        // whose hello arrived, although it is the oldest.
+        for (round, n) in (20..23).enumerate() {
+            match a.admit(ip(n)) {
+                Decision::Admit {
+                    evicted: Some(victim),
+                    ..
+                } => assert_eq!(victim, silent[round]),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn ipv4_mapped_addresses_count_as_their_ipv4_address() {
         let mut a = Admission::new(limits(1, 8, 0));
         ticket(&a.admit(ip(1)));
@@ -435,12 +481,14 @@ mod tests {
     enum Op {
         Admit(u8),
         Release(usize),
+        Progress(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => (0u8..12).prop_map(Op::Admit),
             1 => (0usize..64).prop_map(Op::Release),
+            1 => (0usize..64).prop_map(Op::Progress),
         ]
     }
 
@@ -492,6 +540,11 @@ mod tests {
                                 }
                             }
                             Decision::Refuse(other) => prop_assert!(false, "{:?}", other),
+                        }
+                    }
+                    Op::Progress(i) => {
+                        if !live.is_empty() {
+                            a.progressed(live[i % live.len()]);
                         }
                     }
                     Op::Release(i) => {

@@ -174,6 +174,8 @@ pub async fn run(
         conn_id: weft_crypto::random_u64(),
         ..params.local.clone()
     };
+    let mut pass = pass;
+    let evicted = pass.as_mut().and_then(Pass::take_evicted);
     let handshake = handshake(
         role,
         &params,
@@ -181,12 +183,12 @@ pub async fn run(
         &mut reader,
         &mut write_half,
         started,
+        pass.as_ref(),
     );
-    let mut pass = pass;
-    let outcome = match pass.as_mut() {
-        Some(pass) => tokio::select! {
+    let outcome = match evicted {
+        Some(mut evicted) => tokio::select! {
             done = handshake => done,
-            Ok(()) = &mut pass.evicted => Err(ConnError::Evicted),
+            Ok(()) = &mut evicted => Err(ConnError::Evicted),
         },
         None => handshake.await,
     };
@@ -314,6 +316,7 @@ async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
     started: Instant,
+    pass: Option<&Pass>,
 ) -> Result<(Features, weft_gossip::handshake::SecureChannel), ConnError> {
     let limits = params.mesh_port.limits();
     let (mut hs, hello) = Handshake::new(role, params.password.clone(), local);
@@ -322,6 +325,9 @@ async fn handshake(
         let mut remote_hello = [0u8; HELLO_LEN];
         reader.read_exact(&mut remote_hello).await?;
         let intro = hs.on_hello(&remote_hello)?;
+        if let Some(pass) = pass {
+            pass.hello_received();
+        }
         write_frame(writer, &intro).await?;
         read_frame(reader).await
     };

@@ -43,8 +43,8 @@ pub struct MeshPort {
 pub struct Pass {
     port: Arc<MeshPort>,
     ticket: Ticket,
-    /// Fires when a newcomer took this connection's slot.
-    pub evicted: oneshot::Receiver<()>,
+    /// Fires when a newcomer took this connection's slot (taken by the connection task).
+    evicted: Option<oneshot::Receiver<()>>,
     pub accepted: Instant,
 }
 
@@ -53,6 +53,18 @@ impl Drop for Pass {
         let mut state = self.port.lock();
         state.admission.release(self.ticket);
         state.evictions.remove(&self.ticket);
+    }
+}
+
+impl Pass {
+    /// What fires when a newcomer took this connection's slot (once; then `None`).
+    pub fn take_evicted(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.evicted.take()
+    }
+
+    /// The peer's hello arrived: this connection is evicted only after silent ones.
+    pub fn hello_received(&self) {
+        self.port.lock().admission.progressed(self.ticket);
     }
 }
 
@@ -106,7 +118,7 @@ impl MeshPort {
                 Ok(Pass {
                     port: self.clone(),
                     ticket,
-                    evicted: rx,
+                    evicted: Some(rx),
                     accepted: Instant::now(),
                 })
             }
