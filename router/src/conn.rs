@@ -56,7 +56,7 @@ enum ConnError {
     Wire(#[from] WireError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("no hello and intro within {0:?} (intro deadline)")]
+    #[error("timed out waiting for the hello and intro ({0:?} intro deadline)")]
     IntroTimeout(Duration),
     #[error("handshake timed out")]
     Timeout,

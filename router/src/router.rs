@@ -534,8 +534,8 @@ impl Router {
     }
 
     /// Tells the mesh port which addresses the mesh knows: every address in the gossiped
-    /// topology (where peers accept connections) and the `--peers` / `weft connect` targets
-    /// given as addresses. They keep reserved admission slots during a flood.
+    /// topology (where peers accept connections) and the dial targets (`--peers`, `weft
+    /// connect`, discovered) given as addresses. They keep reserved admission slots during a flood.
     fn update_known_addresses(&self) {
         let mut known: HashSet<IpAddr> = self
             .mesh
@@ -544,10 +544,12 @@ impl Router {
             .flat_map(|p| p.connections.values())
             .filter_map(|c| c.remote_addr.map(|a| a.ip()))
             .collect();
-        known.extend(self.mesh.direct_targets().iter().filter_map(|t| {
-            t.parse::<SocketAddr>()
+        // Direct targets and those discovered by gossip; host names are not resolved here.
+        known.extend(self.mesh.targets(Instant::now()).iter().filter_map(|t| {
+            t.address
+                .parse::<SocketAddr>()
                 .map(|a| a.ip())
-                .or_else(|_| t.parse::<IpAddr>())
+                .or_else(|_| t.address.parse::<IpAddr>())
                 .ok()
         }));
         self.params.mesh_port.set_known(known);

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, ensure};
+use weft_tests::cni::{self, ContainerNs, conflist, weft_plugin};
 use weft_tests::{HostId, Net, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -154,11 +155,52 @@ fn gateways_distinct(net: &Net, hosts: &[HostId]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// No two allocations on `hosts` (bridges and pods) share an address.
+fn allocations_distinct(net: &Net, hosts: &[HostId]) -> anyhow::Result<usize> {
+    let mut seen = BTreeMap::new();
+    for &i in hosts {
+        for a in net.ipam_allocations(i)? {
+            if let Some((other, id)) = seen.insert(a.address, (i, a.container_id.clone())) {
+                anyhow::bail!(
+                    "{} is held by {id} on host{other} and by {} on host{i}",
+                    a.address,
+                    a.container_id
+                );
+            }
+        }
+    }
+    Ok(seen.len())
+}
+
+/// Two pods through `weft-cni` on each of `hosts` (their containers are returned: dropping one
+/// removes its namespace).
+fn add_pods(net: &Net, hosts: &[HostId]) -> anyhow::Result<Vec<ContainerNs>> {
+    let plugin = cni::plugin_binary(WEFT.as_ref())?;
+    let mut containers = Vec::new();
+    for &i in hosts {
+        let host = net.cni_host(i, &plugin)?;
+        host.write_conflist(&conflist("weft", "1.0.0", &[weft_plugin(&host.socket)]))?;
+        for _ in 0..2 {
+            let container = ContainerNs::new(net)?;
+            host.add("weft", &container, None)
+                .with_context(|| format!("ADD on host{i}"))?;
+            containers.push(container);
+        }
+    }
+    Ok(containers)
+}
+
 /// The flood, a new host joining through the flooded router, and what host1 counted and
 /// logged. `sources` are extra addresses the attacker floods from (none: its own address only).
 fn flood_while_a_new_host_joins(sources: usize) -> anyhow::Result<()> {
     // host4: the attacker (no router); host5: the newcomer, told only host1's address.
     let net = Net::new(WEFT, 5)?;
+    if sources == 0 {
+        // The CNI clients and plugin (for pods) are ready before the flood starts: preparing
+        // them may take a while on a cold machine.
+        cni::clients()?;
+        cni::plugin_binary(WEFT.as_ref())?;
+    }
     start_mesh_of_three(&net)?;
     let mut source_list = Vec::new();
     for k in 0..sources {
@@ -179,7 +221,7 @@ fn flood_while_a_new_host_joins(sources: usize) -> anyhow::Result<()> {
             &target,
             MESH_PORT,
             "300",
-            "120",
+            "600",
             "1000",
             &source_list.join(","),
         ],
@@ -218,6 +260,32 @@ fn flood_while_a_new_host_joins(sources: usize) -> anyhow::Result<()> {
     net.wait_until("no two bridges share an address", SETTLE, || {
         gateways_distinct(&net, &[1, 2, 3, 5])
     })?;
+    // Pods on the flooded router and on the newcomer, added during the flood: no address twice.
+    let _pods = if sources == 0 {
+        let pods = add_pods(&net, &[1, 5])?;
+        let held = allocations_distinct(&net, &[1, 2, 3, 5])?;
+        eprintln!("{held} addresses allocated (4 bridges, 4 pods), all distinct");
+        ensure!(
+            held == 8,
+            "{held} allocations, expected 4 bridges and 4 pods"
+        );
+        pods
+    } else {
+        // The mesh's addresses are known to host1 (they keep reserved slots), and a known peer
+        // that restarts during the flood rejoins.
+        let admission = net.report_json(1)?["mesh_admission"].clone();
+        ensure!(
+            admission["known_addresses"].as_u64() >= Some(3),
+            "host1 knows too few addresses: {admission}"
+        );
+        net.restart(2)?;
+        net.wait_until(
+            "host2, restarted during the flood, rejoins the full mesh",
+            SETTLE,
+            || net.check_full_mesh(&[1, 2, 3, 5]),
+        )?;
+        Vec::new()
+    };
     let (opened, closed) = flood_progress(&flood.stdout());
     ensure!(
         closed > 0,
