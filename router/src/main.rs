@@ -1,5 +1,6 @@
 //! `weft`: the router daemon (`weft router`) and the operator's CLI (`weft status`, …).
 
+mod admission;
 mod api;
 mod client;
 mod cni_api;
@@ -12,6 +13,8 @@ mod http_server;
 mod identity;
 mod install;
 mod ipam;
+mod log_limit;
+mod mesh_port;
 mod metrics;
 mod nat;
 mod report;
@@ -217,6 +220,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             events: events_tx.clone(),
             metrics: metrics.clone(),
             next_key: 1.into(),
+            mesh_port: mesh_port::MeshPort::new(admission::AdmissionLimits::default()),
         };
         let mesh_config = MeshConfig {
             name: identity.name,

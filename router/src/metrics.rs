@@ -196,6 +196,17 @@ pub struct Metrics {
     pub gossip_bytes: Family<GossipLabels, Counter>,
     pub frames_rejected: Counter,
     pub send_queue_drops: Counter,
+    pub admission: AdmissionMetrics,
+}
+
+/// The mesh port's admission of unauthenticated connections, mirrored from the report at
+/// scrape time.
+#[derive(Default)]
+pub struct AdmissionMetrics {
+    pub refused: Family<ReasonLabels, Counter>,
+    pub admitted: Counter,
+    pub pending: Gauge,
+    pub pending_known: Gauge,
 }
 
 const CONNECTION_STATES: [&str; 5] = ["established", "connecting", "waiting", "retrying", "failed"];
@@ -257,6 +268,27 @@ impl Metrics {
             "send_queue_drops",
             "Messages dropped because a peer's send queue was full (anti-entropy repairs them)",
             self.send_queue_drops.clone(),
+        );
+        let a = &self.admission;
+        registry.register(
+            "mesh_admission_refused",
+            "Unauthenticated mesh connections refused or cut before their handshake ended, by reason (per_source, total, evicted, intro_timeout, handshake_timeout)",
+            a.refused.clone(),
+        );
+        registry.register(
+            "mesh_admission_admitted",
+            "Mesh connections admitted to a handshake",
+            a.admitted.clone(),
+        );
+        registry.register(
+            "mesh_admission_pending",
+            "Mesh connections in their handshake now",
+            a.pending.clone(),
+        );
+        registry.register(
+            "mesh_admission_pending_known",
+            "Mesh connections in their handshake now from addresses the mesh knows",
+            a.pending_known.clone(),
         );
         let d = &self.datapath;
         registry.register(
@@ -415,9 +447,23 @@ impl Metrics {
         if let Some(dp) = &report.datapath {
             self.observe_datapath(report, dp);
         }
+        self.observe_admission(&report.mesh_admission);
         if let Some(ipam) = &report.ipam {
             self.observe_ipam(ipam);
         }
+    }
+
+    fn observe_admission(&self, r: &crate::admission::AdmissionReport) {
+        let a = &self.admission;
+        for refusal in crate::admission::Refusal::ALL {
+            let reason = refusal.label();
+            let value = r.refused.get(reason).copied().unwrap_or(0);
+            mirror(&a.refused.get_or_create(&ReasonLabels { reason }), value);
+        }
+        mirror(&a.admitted, r.admitted);
+        a.pending.set(i64::try_from(r.pending).unwrap_or(i64::MAX));
+        a.pending_known
+            .set(i64::try_from(r.pending_known).unwrap_or(i64::MAX));
     }
 
     fn observe_ipam(&self, ipam: &crate::ipam::IpamReport) {

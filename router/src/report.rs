@@ -50,6 +50,9 @@ pub struct Report {
     /// IP address management: the ring as this peer sees it, and its allocations.
     #[serde(default)]
     pub ipam: Option<IpamReport>,
+    /// The mesh port's admission of unauthenticated connections: limits, pending, refusals.
+    #[serde(default)]
+    pub mesh_admission: crate::admission::AdmissionReport,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,6 +261,7 @@ pub fn build(
         },
         datapath,
         ipam: Some(ipam),
+        mesh_admission: Default::default(),
     }
 }
 

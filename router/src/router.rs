@@ -1,8 +1,8 @@
 //! The router actor: one task owns the [`Mesh`] state machine and carries out its actions.
 //! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 use weft_gossip::PeerName;
-use weft_gossip::handshake::Role;
 use weft_gossip::ipam::IPAM_CHANNEL;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
 use weft_gossip::maker::Retry;
@@ -205,7 +204,8 @@ impl Router {
 
     /// Accepts connections and runs the actor until the process ends.
     pub async fn run(mut self, listener: TcpListener) {
-        tokio::spawn(accept_loop(listener, self.params.clone()));
+        tokio::spawn(crate::mesh_port::accept_loop(listener, self.params.clone()));
+        self.update_known_addresses();
         loop {
             let mut wake = self.mesh.next_wakeup();
             if let Some(deadline) = self.pings.values().map(|p| p.sent + PING_TIMEOUT).min() {
@@ -225,6 +225,7 @@ impl Router {
             match event {
                 Some(event) => self.handle(event, now, &mut out),
                 None => {
+                    self.update_known_addresses();
                     if let Some(dataplane) = &self.dataplane {
                         // `prune_tombstones` moves the channel's clock to `now` itself.
                         dataplane
@@ -243,6 +244,7 @@ impl Router {
                 }
                 self.ipam
                     .set_reachable(self.mesh.routes().reachable(LinkSet::All));
+                self.update_known_addresses();
             }
             // Persists IPAM state before anything queued in `out` is sent.
             self.ipam_step(now, ipam_touched, &mut out);
@@ -462,9 +464,9 @@ impl Router {
                     .map(Dataplane::links)
                     .unwrap_or_default();
                 let ipam = self.ipam.report(self.mesh.topology(), now);
-                let _ = reply.send(report::build(
-                    &self.mesh, &self.info, datapath, links, ipam, now,
-                ));
+                let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
+                report.mesh_admission = self.params.mesh_port.report();
+                let _ = reply.send(report);
             }
             ApiRequest::IpamCheck { reply } => {
                 self.ipam.start_check(weft_crypto::random_u64(), reply, now);
@@ -532,12 +534,35 @@ impl Router {
                     }
                 }
                 Action::TargetsChanged => {
+                    self.update_known_addresses();
                     if let Err(e) = self.store.set_targets(&self.mesh.direct_targets()) {
                         tracing::warn!(error = %e, "cannot persist peer list");
                     }
                 }
             }
         }
+    }
+
+    /// Tells the mesh port which addresses the mesh knows: every address in the gossiped
+    /// topology (where peers accept connections) and the dial targets (`--peers`, `weft
+    /// connect`, discovered) given as addresses. They keep reserved admission slots during a flood.
+    fn update_known_addresses(&self) {
+        let mut known: HashSet<IpAddr> = self
+            .mesh
+            .topology()
+            .peers()
+            .flat_map(|p| p.connections.values())
+            .filter_map(|c| c.remote_addr.map(|a| a.ip()))
+            .collect();
+        // Direct targets and those discovered by gossip; host names are not resolved here.
+        known.extend(self.mesh.targets(Instant::now()).iter().filter_map(|t| {
+            t.address
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| t.address.parse::<IpAddr>())
+                .ok()
+        }));
+        self.params.mesh_port.set_known(known);
     }
 
     fn sync_metrics(&mut self) {
@@ -561,38 +586,5 @@ fn touches_ipam(event: &Event) -> bool {
                 | ControlMsg::Unicast { channel, .. } if *channel == IPAM_CHANNEL
         ),
         _ => false,
-    }
-}
-
-/// At most this many inbound connections may be in their handshake at once; more wait in the
-/// kernel's backlog, so a flood of connections cannot pile up tasks and memory.
-const MAX_PENDING_HANDSHAKES: usize = 64;
-
-async fn accept_loop(listener: TcpListener, params: Arc<ConnParams>) {
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let key = params.new_key();
-                tokio::spawn(conn::run(
-                    stream,
-                    Role::Listener,
-                    None,
-                    key,
-                    params.clone(),
-                    Some(permit),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        if params.events.is_closed() {
-            return;
-        }
     }
 }
