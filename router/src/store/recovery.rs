@@ -1,0 +1,456 @@
+//! What to do with the state store at start-up: use it, create it, refuse to start, or rebuild
+//! it (from the last-good copy, or from nothing). A pure function of what was found on disk
+//! and whether the operator asked for recovery; the store module does the I/O.
+//!
+//! The rules:
+//! - No store and no copy: the first start, the store is created.
+//! - A healthy store is used. Its last-good copy is rewritten when it is missing, damaged or
+//!   stale. A store that holds *less* than its copy (no peer name, no IPAM snapshot while the
+//!   copy has them) is not healthy: the copy is only ever written after the store, so the file
+//!   was replaced or rolled back, and it is treated as damaged.
+//! - An empty, corrupt or unreadable store, or a missing store beside a copy, stops start-up
+//!   with an error that names the file and the recovery command. Nothing is discarded without
+//!   the operator asking.
+//! - Asked to recover (`weft store recover`, `weft router --recover-store`): the damaged file
+//!   is moved aside and the store rebuilt from the copy when it is intact, or from nothing when
+//!   it is not — said loudly, since allocations are then lost.
+//! - A store another process holds is never touched.
+
+use serde::{Deserialize, Serialize};
+
+use super::lastgood::{Content, CopyState};
+
+/// What was found at the store's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreState {
+    /// No file: never created, or moved away.
+    Absent,
+    /// A file of zero bytes.
+    Empty,
+    /// Another process holds it (another router with the same data directory).
+    InUse,
+    /// Opening or reading failed with an I/O error: not known to be damage (a full disk, a
+    /// permission) but not usable either.
+    IoFailed(String),
+    /// redb refused it as corrupt, or panicked reading it.
+    Corrupt(String),
+    Healthy(Content),
+}
+
+/// Start normally, or recover a damaged store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Start,
+    Recover,
+}
+
+/// Where a rebuilt store's content comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    LastGoodCopy,
+    Nothing,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::LastGoodCopy => "last-good copy",
+            Source::Nothing => "nothing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Use the store. `rewrite_copy`: why the last-good copy must be written again.
+    /// `note`: worth saying (at info level, or warn when the copy was damaged).
+    Use {
+        content: Content,
+        rewrite_copy: Option<String>,
+        note: Option<String>,
+    },
+    /// Create an empty store (`note`: worth saying, e.g. nothing to recover).
+    Create { note: Option<String> },
+    /// Stop start-up with this error.
+    Refuse(String),
+    /// Move the damaged file aside (when there is one) and write `content` into a new store.
+    Rebuild {
+        move_aside: bool,
+        content: Content,
+        source: Source,
+        /// Why the store was rebuilt (what was wrong with it).
+        reason: String,
+    },
+}
+
+/// The names the messages use.
+#[derive(Debug, Clone)]
+pub struct Names<'a> {
+    pub store: &'a str,
+    pub copy: &'a str,
+    pub data_dir: &'a str,
+}
+
+impl Names<'_> {
+    fn command(&self) -> String {
+        format!(
+            "`weft store recover --data-dir {}` with the router stopped (or start the router once with --recover-store, WEFT_RECOVER_STORE=true)",
+            self.data_dir
+        )
+    }
+
+    /// What recovery would do, given the copy.
+    fn remedy(&self, copy: &CopyState) -> String {
+        match copy {
+            CopyState::Intact(_) => format!(
+                "The last-good copy {} is intact: {} moves the damaged file aside and rebuilds the store from it, keeping the peer name and every allocation.",
+                self.copy,
+                self.command()
+            ),
+            CopyState::Damaged(why) => format!(
+                "The last-good copy {} is damaged too ({why}): {} moves the damaged file aside and starts with an EMPTY store (the allocations on this host are lost).",
+                self.copy,
+                self.command()
+            ),
+            CopyState::Absent => format!(
+                "There is no last-good copy ({}): {} moves the damaged file aside and starts with an EMPTY store (the allocations on this host are lost).",
+                self.copy,
+                self.command()
+            ),
+        }
+    }
+}
+
+/// Why a store that opened must still be treated as damaged: it holds less than its copy.
+fn contradiction(store: &Content, copy: &CopyState) -> Option<String> {
+    let CopyState::Intact(copy) = copy else {
+        return None;
+    };
+    if store.peer_name.is_none() && copy.peer_name.is_some() {
+        return Some("it holds no peer name, but its last-good copy does (the file was replaced or rolled back)".to_owned());
+    }
+    if store.ipam_snapshot.is_none() && copy.ipam_snapshot.is_some() {
+        return Some("it holds no IPAM state, but its last-good copy does (the file was replaced or rolled back)".to_owned());
+    }
+    None
+}
+
+fn rebuild(move_aside: bool, copy: CopyState, reason: String) -> Decision {
+    let (content, source) = match copy {
+        CopyState::Intact(content) => (content, Source::LastGoodCopy),
+        CopyState::Absent | CopyState::Damaged(_) => (Content::default(), Source::Nothing),
+    };
+    Decision::Rebuild {
+        move_aside,
+        content,
+        source,
+        reason,
+    }
+}
+
+pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>) -> Decision {
+    let store = match store {
+        StoreState::Healthy(content) => match contradiction(&content, &copy) {
+            Some(why) => StoreState::Corrupt(why),
+            None => StoreState::Healthy(content),
+        },
+        other => other,
+    };
+    let recover = mode == Mode::Recover;
+    match store {
+        StoreState::InUse => Decision::Refuse(format!(
+            "the state store {} is in use by another process (another weft router with the same --data-dir?); it is left alone",
+            names.store
+        )),
+        StoreState::Healthy(content) => {
+            let rewrite_copy = match &copy {
+                CopyState::Intact(c) if *c == content => None,
+                CopyState::Intact(_) => Some("it is older than the store".to_owned()),
+                CopyState::Absent => Some("there is none yet".to_owned()),
+                CopyState::Damaged(why) => Some(format!("it was damaged ({why})")),
+            };
+            let note = match (&copy, recover) {
+                (_, true) => Some(format!(
+                    "the state store {} is healthy: nothing to recover",
+                    names.store
+                )),
+                (CopyState::Damaged(why), false) => Some(format!(
+                    "the last-good copy {} was damaged ({why}); it is written again from the healthy store",
+                    names.copy
+                )),
+                _ => None,
+            };
+            Decision::Use {
+                content,
+                rewrite_copy,
+                note,
+            }
+        }
+        StoreState::Absent => match (&copy, recover) {
+            (CopyState::Absent, _) => Decision::Create {
+                note: recover.then(|| {
+                    format!(
+                        "there is no state store {} yet: nothing to recover",
+                        names.store
+                    )
+                }),
+            },
+            (_, true) => rebuild(
+                false,
+                copy,
+                format!("the state store {} was missing", names.store),
+            ),
+            (_, false) => Decision::Refuse(format!(
+                "the state store {} is missing, but the data directory holds a last-good copy: this router had state that is gone. Start-up stopped so that its peer name and allocations are not silently replaced. {}",
+                names.store,
+                names.remedy(&copy)
+            )),
+        },
+        StoreState::Empty | StoreState::Corrupt(_) | StoreState::IoFailed(_) if recover => {
+            let reason = match &store {
+                StoreState::Empty => "it was empty (0 bytes)".to_owned(),
+                StoreState::Corrupt(why) => format!("it was corrupt: {why}"),
+                StoreState::IoFailed(why) => format!("it could not be read: {why}"),
+                _ => String::new(),
+            };
+            rebuild(true, copy, format!("the state store {}: {reason}", names.store))
+        }
+        StoreState::Empty => Decision::Refuse(format!(
+            "the state store {} is empty (0 bytes): the peer name and IP allocations it held are gone from it. Start-up stopped so they are not silently replaced. {}",
+            names.store,
+            names.remedy(&copy)
+        )),
+        StoreState::Corrupt(why) => Decision::Refuse(format!(
+            "the state store {} is corrupt ({why}). Start-up stopped so this router's peer name and allocations are not silently replaced. {}",
+            names.store,
+            names.remedy(&copy)
+        )),
+        StoreState::IoFailed(why) => Decision::Refuse(format!(
+            "cannot open the state store {}: {why}. This is an I/O error, not known damage: fix the disk (space, permissions, device) and start again. If the file itself is damaged: {}",
+            names.store,
+            names.remedy(&copy)
+        )),
+    }
+}
+
+/// What is said about a rebuild, in the log and on the recover command's output.
+pub fn rebuild_message(source: Source, content: &Content, reason: &str, aside: Option<&str>) -> String {
+    let aside = aside
+        .map(|a| format!(" The damaged file was moved to {a}."))
+        .unwrap_or_default();
+    match source {
+        Source::LastGoodCopy => format!(
+            "the state store was rebuilt from the last-good copy: {reason}.{aside} Kept: peer name {}, IPAM state {}, {} dial targets.",
+            content
+                .peer_name
+                .map(|n| weft_gossip::PeerName::from_bytes(n).to_string())
+                .unwrap_or_else(|| "(none)".to_owned()),
+            content
+                .ipam_snapshot
+                .as_ref()
+                .map(|s| format!("of {} bytes", s.len()))
+                .unwrap_or_else(|| "(none yet)".to_owned()),
+            content.targets.len()
+        ),
+        Source::Nothing => format!(
+            "THE STATE STORE STARTS EMPTY: {reason}, and there was no intact last-good copy.{aside} This router's IP allocations are lost and its peer name is derived again: pods on this host may hold addresses the ring no longer knows (restart them), and if the peer name changed, reclaim the old one's space with `weft rmpeer` on another peer."
+        ),
+    }
+}
+
+/// A recovery, kept in the rebuilt store and shown in `/report` (`store.recovered_from`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    /// Where the damaged file was moved, if there was one.
+    pub damaged_file: Option<String>,
+    /// `last-good-copy` or `nothing`.
+    pub source: Source,
+    /// What was wrong with the store.
+    pub reason: String,
+    /// When (seconds since the Unix epoch).
+    pub at_unix_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: Names<'static> = Names {
+        store: "/d/weft.redb",
+        copy: "/d/weft.lastgood",
+        data_dir: "/d",
+    };
+
+    fn full() -> Content {
+        Content {
+            peer_name: Some([2, 0, 0, 0, 0, 1]),
+            targets: vec!["10.0.0.1:6783".into()],
+            ipam_snapshot: Some(vec![1, 2, 3]),
+        }
+    }
+
+    fn damaged_states() -> Vec<StoreState> {
+        vec![
+            StoreState::Empty,
+            StoreState::Corrupt("unreachable code".into()),
+            StoreState::IoFailed("Input/output error".into()),
+        ]
+    }
+
+    fn copies() -> Vec<CopyState> {
+        vec![
+            CopyState::Absent,
+            CopyState::Damaged("checksum mismatch".into()),
+            CopyState::Intact(full()),
+        ]
+    }
+
+    #[test]
+    fn the_first_start_creates_the_store() {
+        for mode in [Mode::Start, Mode::Recover] {
+            let d = decide(StoreState::Absent, CopyState::Absent, mode, &NAMES);
+            assert!(matches!(d, Decision::Create { .. }), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_store_stops_start_up_naming_the_file_and_the_command() {
+        for store in damaged_states() {
+            for copy in copies() {
+                let Decision::Refuse(msg) = decide(store.clone(), copy.clone(), Mode::Start, &NAMES)
+                else {
+                    panic!("{store:?} {copy:?} must refuse");
+                };
+                assert!(msg.contains("/d/weft.redb"), "{msg}");
+                assert!(msg.contains("weft store recover --data-dir /d"), "{msg}");
+                assert!(msg.contains("--recover-store"), "{msg}");
+                match copy {
+                    CopyState::Intact(_) => assert!(msg.contains("keeping the peer name"), "{msg}"),
+                    _ => assert!(msg.contains("EMPTY"), "{msg}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recovery_trusts_an_intact_copy_and_otherwise_starts_from_nothing() {
+        for store in damaged_states() {
+            let d = decide(store.clone(), CopyState::Intact(full()), Mode::Recover, &NAMES);
+            assert_eq!(
+                d,
+                Decision::Rebuild {
+                    move_aside: true,
+                    content: full(),
+                    source: Source::LastGoodCopy,
+                    reason: match &d {
+                        Decision::Rebuild { reason, .. } => reason.clone(),
+                        _ => unreachable!(),
+                    },
+                }
+            );
+            for copy in [CopyState::Absent, CopyState::Damaged("x".into())] {
+                let d = decide(store.clone(), copy, Mode::Recover, &NAMES);
+                assert!(
+                    matches!(
+                        &d,
+                        Decision::Rebuild { move_aside: true, source: Source::Nothing, content, .. }
+                            if content.is_empty()
+                    ),
+                    "{d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_store_beside_a_copy_is_damage_not_a_first_start() {
+        for copy in [CopyState::Intact(full()), CopyState::Damaged("x".into())] {
+            let d = decide(StoreState::Absent, copy.clone(), Mode::Start, &NAMES);
+            assert!(matches!(&d, Decision::Refuse(m) if m.contains("missing")), "{d:?}");
+            let d = decide(StoreState::Absent, copy, Mode::Recover, &NAMES);
+            assert!(matches!(d, Decision::Rebuild { move_aside: false, .. }), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_store_holding_less_than_its_copy_is_damaged() {
+        let mut replaced = full();
+        replaced.peer_name = None;
+        let d = decide(
+            StoreState::Healthy(replaced),
+            CopyState::Intact(full()),
+            Mode::Start,
+            &NAMES,
+        );
+        assert!(matches!(&d, Decision::Refuse(m) if m.contains("no peer name")), "{d:?}");
+        let mut rolled_back = full();
+        rolled_back.ipam_snapshot = None;
+        let d = decide(
+            StoreState::Healthy(rolled_back),
+            CopyState::Intact(full()),
+            Mode::Recover,
+            &NAMES,
+        );
+        assert!(
+            matches!(&d, Decision::Rebuild { source: Source::LastGoodCopy, content, .. } if *content == full()),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_healthy_store_is_used_and_its_copy_kept_current() {
+        let use_of = |copy| decide(StoreState::Healthy(full()), copy, Mode::Start, &NAMES);
+        assert_eq!(
+            use_of(CopyState::Intact(full())),
+            Decision::Use {
+                content: full(),
+                rewrite_copy: None,
+                note: None
+            }
+        );
+        let mut older = full();
+        older.ipam_snapshot = Some(vec![1]);
+        for copy in [
+            CopyState::Absent,
+            CopyState::Damaged("x".into()),
+            CopyState::Intact(older),
+        ] {
+            assert!(
+                matches!(use_of(copy.clone()), Decision::Use { rewrite_copy: Some(_), .. }),
+                "{copy:?}"
+            );
+        }
+        // The store is newer than its copy (the copy is written after the store): the store
+        // wins even if it holds fewer targets.
+        let mut fewer = full();
+        fewer.targets.clear();
+        assert!(matches!(
+            decide(StoreState::Healthy(fewer.clone()), CopyState::Intact(full()), Mode::Start, &NAMES),
+            Decision::Use { content, rewrite_copy: Some(_), .. } if content == fewer
+        ));
+        // Asked to recover a healthy store: it is used as it is, and that is said.
+        assert!(matches!(
+            decide(StoreState::Healthy(full()), CopyState::Intact(full()), Mode::Recover, &NAMES),
+            Decision::Use { note: Some(n), .. } if n.contains("nothing to recover")
+        ));
+    }
+
+    #[test]
+    fn a_store_in_use_is_never_touched() {
+        for mode in [Mode::Start, Mode::Recover] {
+            for copy in copies() {
+                let d = decide(StoreState::InUse, copy, mode, &NAMES);
+                assert!(matches!(&d, Decision::Refuse(m) if m.contains("in use")), "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn starting_from_nothing_is_said_loudly() {
+        let msg = rebuild_message(Source::Nothing, &Content::default(), "it was empty", Some("/d/x"));
+        assert!(msg.contains("STARTS EMPTY") && msg.contains("/d/x"), "{msg}");
+        let msg = rebuild_message(Source::LastGoodCopy, &full(), "it was empty", None);
+        assert!(msg.contains("02:00:00:00:00:01") && msg.contains("1 dial targets"), "{msg}");
+    }
+}

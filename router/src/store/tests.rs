@@ -1,0 +1,155 @@
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("weft-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.0.join(FILE_NAME)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A store holding a name, targets and a snapshot of `snapshot_len` bytes.
+fn filled(dir: &Dir, snapshot_len: usize) -> Content {
+    let store = Store::open(&dir.0).unwrap();
+    store.set_peer_name([2, 0, 0, 0, 0, 9]).unwrap();
+    store.set_targets(&["a:1".into(), "b:2".into()]).unwrap();
+    let snapshot: Vec<u8> = (0..snapshot_len).map(|i| (i * 7) as u8).collect();
+    store.set_ipam_snapshot(&snapshot).unwrap();
+    let content = store.lock().content().clone();
+    content
+}
+
+#[test]
+fn state_survives_reopening() {
+    let dir = Dir::new("reopen");
+    {
+        let store = Store::open(&dir.0).unwrap();
+        assert_eq!(store.peer_name().unwrap(), None);
+        store.set_peer_name([2, 0, 0, 0, 0, 9]).unwrap();
+        store.set_targets(&["a:1".into(), "b:2".into()]).unwrap();
+        store.set_targets(&["b:2".into(), "c:3".into()]).unwrap();
+        assert_eq!(store.ipam_snapshot().unwrap(), None);
+        store.set_ipam_snapshot(b"one").unwrap();
+        store.set_ipam_snapshot(b"two").unwrap();
+    }
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(store.peer_name().unwrap(), Some([2, 0, 0, 0, 0, 9]));
+    assert_eq!(
+        store.targets().unwrap(),
+        vec!["b:2".to_owned(), "c:3".to_owned()]
+    );
+    assert_eq!(store.ipam_snapshot().unwrap().as_deref(), Some(&b"two"[..]));
+    assert!(store.recovered_from().is_none());
+    assert_eq!(
+        lastgood::read(&dir.0),
+        CopyState::Intact(store.lock().content().clone()),
+        "the last-good copy follows every write"
+    );
+}
+
+#[test]
+fn a_second_router_on_the_same_directory_is_refused() {
+    let dir = Dir::new("inuse");
+    let _first = Store::open(&dir.0).unwrap();
+    let err = Store::open(&dir.0).err().unwrap();
+    assert!(err.0.contains("in use"), "{err}");
+    let err = Store::open_with(&dir.0, Mode::Recover).err().unwrap();
+    assert!(err.0.contains("in use"), "{err}");
+}
+
+#[test]
+fn a_truncated_store_is_refused_and_rebuilt_from_the_last_good_copy() {
+    let dir = Dir::new("truncated");
+    let before = filled(&dir, 3000);
+    std::fs::write(dir.store(), b"").unwrap();
+    let err = Store::open(&dir.0).err().unwrap();
+    assert!(
+        err.0.contains("is empty") && err.0.contains(&dir.store().display().to_string()),
+        "{err}"
+    );
+    assert!(err.0.contains("weft store recover"), "{err}");
+    // Refusing changed nothing: the empty file is still there, no new identity was made.
+    assert_eq!(std::fs::metadata(dir.store()).unwrap().len(), 0);
+
+    let store = Store::open_with(&dir.0, Mode::Recover).unwrap();
+    assert_eq!(*store.lock().content(), before);
+    let record = store.recovered_from().unwrap().clone();
+    assert_eq!(record.source, Source::LastGoodCopy);
+    let aside = PathBuf::from(record.damaged_file.clone().unwrap());
+    assert_eq!(std::fs::metadata(&aside).unwrap().len(), 0, "the damaged file, kept");
+    drop(store);
+    // The next normal start uses the rebuilt store, and still reports the recovery.
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(*store.lock().content(), before);
+    assert_eq!(store.report(Instant::now()).recovered_from, Some(record));
+}
+
+#[test]
+fn random_bytes_in_the_middle_are_an_error_not_a_panic() {
+    let dir = Dir::new("corrupt");
+    let before = filled(&dir, 200_000);
+    let len = std::fs::metadata(dir.store()).unwrap().len() as usize;
+    let mut bytes = std::fs::read(dir.store()).unwrap();
+    let start = len / 2 - 8192;
+    for (i, b) in bytes[start..start + 16384].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(17);
+    }
+    std::fs::write(dir.store(), &bytes).unwrap();
+    let err = Store::open(&dir.0).err().unwrap();
+    assert!(err.0.contains("corrupt"), "{err}");
+    let store = Store::open_with(&dir.0, Mode::Recover).unwrap();
+    assert_eq!(*store.lock().content(), before);
+}
+
+#[test]
+fn with_the_copy_damaged_too_recovery_starts_empty_and_says_so() {
+    let dir = Dir::new("both");
+    filled(&dir, 100);
+    std::fs::write(dir.store(), b"").unwrap();
+    let copy = lastgood::path_in(&dir.0);
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&copy, bytes).unwrap();
+    let err = Store::open(&dir.0).err().unwrap();
+    assert!(err.0.contains("damaged too") && err.0.contains("EMPTY"), "{err}");
+    let store = Store::open_with(&dir.0, Mode::Recover).unwrap();
+    assert!(store.lock().content().is_empty());
+    assert_eq!(store.recovered_from().unwrap().source, Source::Nothing);
+    // A fresh copy replaces the damaged one (which is kept aside).
+    assert_eq!(lastgood::read(&dir.0), CopyState::Intact(Content::default()));
+}
+
+#[test]
+fn a_deleted_store_beside_its_copy_is_not_a_first_start() {
+    let dir = Dir::new("deleted");
+    let before = filled(&dir, 100);
+    std::fs::remove_file(dir.store()).unwrap();
+    let err = Store::open(&dir.0).err().unwrap();
+    assert!(err.0.contains("missing"), "{err}");
+    let store = Store::open_with(&dir.0, Mode::Recover).unwrap();
+    assert_eq!(*store.lock().content(), before);
+    assert_eq!(store.recovered_from().unwrap().damaged_file, None);
+}
+
+#[test]
+fn a_store_from_before_the_copy_existed_gets_one() {
+    let dir = Dir::new("upgrade");
+    let before = filled(&dir, 100);
+    std::fs::remove_file(lastgood::path_in(&dir.0)).unwrap();
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(*store.lock().content(), before);
+    assert_eq!(lastgood::read(&dir.0), CopyState::Intact(before));
+}
