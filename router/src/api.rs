@@ -1,7 +1,7 @@
 //! The local status and control endpoint (`127.0.0.1:6784` by default).
 //!
-//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
-//! the address; requests that change something (`/connect`, `/forget`, `/ping`, `/rmpeer`) are refused
+//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`, `/livez`) are served to anyone who can
+//! reach the address; requests that change something (`/connect`, `/forget`, `/ping`, `/rmpeer`) are refused
 //! unless they come from loopback, even when the endpoint is bound to a wider address.
 
 use std::net::SocketAddr;
@@ -18,20 +18,24 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::report::{self, Report};
 use crate::router::{ApiRequest, Event};
+use crate::store::StoreHealth;
 
 #[derive(Clone)]
 struct Api {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
 ) {
     let app = HttpRouter::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/report", get(report_json))
         .route("/status", get(|s| text(s, report::render_summary)))
         .route("/status/peers", get(|s| text(s, report::render_peers)))
@@ -47,10 +51,27 @@ pub async fn serve(
         .route("/ping", post(ping))
         .route("/rmpeer", post(rmpeer))
         .route("/ipam/check", get(ipam_check))
-        .with_state(Api { events, metrics });
+        .with_state(Api {
+            events,
+            metrics,
+            store,
+        });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "status endpoint stopped");
+    }
+}
+
+/// Ready: 503 with the reason while the state store cannot persist (ADDs are refused then), so a
+/// readiness probe takes the node out of service; `/livez` stays ok (restarting would not help).
+async fn healthz(State(api): State<Api>) -> Response {
+    match api.store.failing() {
+        None => "ok\n".into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("persistence failing: {error}\n"),
+        )
+            .into_response(),
     }
 }
 

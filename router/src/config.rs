@@ -38,6 +38,8 @@ pub enum Command {
     Rmpeer(RmpeerArgs),
     /// IP address management: this router's view, or every peer's compared.
     Ipam(IpamArgs),
+    /// The router's state store (`weft.redb` in the data directory), with the router stopped.
+    Store(StoreArgs),
     /// Install the `weft-cni` plugin and its network config on this node (the DaemonSet's init
     /// container runs this).
     InstallCni(InstallCniArgs),
@@ -64,9 +66,16 @@ pub struct RouterArgs {
     /// Maximum number of peer connections (0 = unlimited).
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
     pub conn_limit: usize,
-    /// Directory for persisted state (peer name, peers to resume).
+    /// Directory for persisted state (peer name, peers to resume, IPAM): `weft.redb` and its
+    /// last-good copy `weft.lastgood`.
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
     pub data_dir: PathBuf,
+    /// If the state store is damaged (empty, corrupt, unreadable or missing beside its
+    /// last-good copy), move it aside and rebuild it from the last-good copy, or start empty
+    /// when that is damaged too; then start. A healthy store is used as it is. Without this
+    /// flag a damaged store stops start-up (exit code 3).
+    #[arg(long, env = "WEFT_RECOVER_STORE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub recover_store: bool,
     /// File holding the mesh password (e.g. a mounted Kubernetes Secret). `WEFT_PASSWORD`
     /// works too. With a password every connection is authenticated and encrypted.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
@@ -182,6 +191,23 @@ pub struct IpamArgs {
     pub json: bool,
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// `recover`: if the store is damaged, move it aside (`weft.redb.damaged-<unix time>`) and
+    /// rebuild it from the last-good copy, or start empty when that is damaged too (said
+    /// loudly). A healthy store is left as it is.
+    #[arg(value_enum)]
+    pub what: StoreWhat,
+    /// The router's data directory.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreWhat {
+    Recover,
 }
 
 #[derive(Debug, Args)]

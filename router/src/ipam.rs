@@ -408,6 +408,14 @@ impl IpamHost {
         if self.bridge.is_none() {
             return Err(no_datapath());
         }
+        if let Some(error) = self.store.persistence_failing() {
+            return Err(CniFailure::new(
+                503,
+                code::NOT_AVAILABLE,
+                "weft cannot persist its IPAM state",
+                format!("persistence failing: {error}"),
+            ));
+        }
         if self.gateway.is_none() {
             return not_ready(format!("IPAM: {}", self.channel.lock().status(now).state));
         }
@@ -498,6 +506,12 @@ impl IpamHost {
     fn persist(&mut self) -> Result<(), String> {
         let bytes = self.channel.lock().snapshot().to_bytes();
         if bytes == self.saved {
+            // On disk already. While the store fails, this is the probe whose success clears
+            // the failure (the store re-opens the database first when it must); its failure
+            // is the store's to count and log.
+            if self.store.persistence_failing().is_some() {
+                let _ = self.store.set_ipam_snapshot(&bytes);
+            }
             return Ok(());
         }
         match self.store.set_ipam_snapshot(&bytes) {

@@ -17,6 +17,7 @@ use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::dataplane::{DatapathReport, LinkReport};
 use crate::ipam::{IpamCheckReport, IpamReport};
 use crate::router::RouterInfo;
+use crate::store::StoreReport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -47,6 +48,9 @@ pub struct Report {
     /// IP address management: the ring as this peer sees it, and its allocations.
     #[serde(default)]
     pub ipam: Option<IpamReport>,
+    /// The state store: whether it persists, failures and re-opens, and its last recovery.
+    #[serde(default)]
+    pub store: Option<StoreReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +258,7 @@ pub fn build(
         },
         datapath,
         ipam: Some(ipam),
+        store: None,
     }
 }
 
@@ -328,6 +333,23 @@ pub fn render_summary(r: &Report) -> String {
                     ipam.unreachable_owners.len()
                 )
             }
+        );
+    }
+    if let Some(store) = &r.store {
+        let _ = writeln!(
+            s,
+            "          Store: persistence {}{}{}",
+            store.persistence,
+            store
+                .error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            store
+                .recovered_from
+                .as_ref()
+                .map(|rec| format!(", recovered from {} ({})", rec.source.as_str(), rec.reason))
+                .unwrap_or_default()
         );
     }
     s

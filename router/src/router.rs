@@ -452,9 +452,9 @@ impl Router {
                     .map(Dataplane::links)
                     .unwrap_or_default();
                 let ipam = self.ipam.report(self.mesh.topology(), now);
-                let _ = reply.send(report::build(
-                    &self.mesh, &self.info, datapath, links, ipam, now,
-                ));
+                let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
+                report.store = Some(self.store.report(now));
+                let _ = reply.send(report);
             }
             ApiRequest::IpamCheck { reply } => {
                 self.ipam.start_check(weft_crypto::random_u64(), reply, now);

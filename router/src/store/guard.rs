@@ -58,7 +58,9 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     result.map_err(|_| {
         format!(
             "panic inside the store: {}",
-            message.flatten().unwrap_or_else(|| "(no message)".to_owned())
+            message
+                .flatten()
+                .unwrap_or_else(|| "(no message)".to_owned())
         )
     })
 }

@@ -6,7 +6,8 @@
 //! directory) and carries a checksum, so a torn or damaged copy is detected, never trusted.
 //!
 //! Layout: `WEFTLG01` | payload length (u64 LE) | BLAKE2b-256 of the payload | payload.
-//! Payload: flags (bit 0: peer name, bit 1: IPAM snapshot) | peer name (6 bytes, if set) |
+//! Payload: generation (u64 LE) | flags (bit 0: peer name, bit 1: IPAM snapshot) | peer name
+//! (6 bytes, if set) |
 //! target count (u32 LE), each target as length (u32 LE) + UTF-8 | snapshot length (u64 LE) +
 //! bytes (if set).
 
@@ -28,9 +29,20 @@ pub struct Content {
 }
 
 impl Content {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.peer_name.is_none() && self.ipam_snapshot.is_none() && self.targets.is_empty()
     }
+}
+
+/// Content and its generation: the number of the store's commit that wrote it. The store
+/// counts its commits and the copy carries the count of the commit it copies, so a store that
+/// went back in time (a torn last commit that redb silently rolled back, an older file put in
+/// its place) is told from a copy that is merely behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub generation: u64,
+    pub content: Content,
 }
 
 /// What was found where the copy should be.
@@ -39,7 +51,7 @@ pub enum CopyState {
     Absent,
     /// Present but not trustworthy: why.
     Damaged(String),
-    Intact(Content),
+    Intact(Saved),
 }
 
 pub fn path_in(dir: &Path) -> PathBuf {
@@ -50,10 +62,12 @@ fn checksum(payload: &[u8]) -> [u8; 32] {
     weft_crypto::hash(&[b"weft last-good copy", payload])
 }
 
-pub fn encode(content: &Content) -> Vec<u8> {
+pub fn encode(saved: &Saved) -> Vec<u8> {
+    let content = &saved.content;
     let mut payload = Vec::new();
-    let flags = u8::from(content.peer_name.is_some())
-        | (u8::from(content.ipam_snapshot.is_some()) << 1);
+    payload.extend_from_slice(&saved.generation.to_le_bytes());
+    let flags =
+        u8::from(content.peer_name.is_some()) | (u8::from(content.ipam_snapshot.is_some()) << 1);
     payload.push(flags);
     if let Some(name) = content.peer_name {
         payload.extend_from_slice(&name);
@@ -100,7 +114,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Content, String> {
+pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
     if bytes.len() < HEADER {
         return Err(format!("{} bytes, shorter than its header", bytes.len()));
     }
@@ -121,6 +135,7 @@ pub fn decode(bytes: &[u8]) -> Result<Content, String> {
         return Err("checksum mismatch".to_owned());
     }
     let mut r = Reader(payload);
+    let generation = r.u64()?;
     let flags = r.take(1)?[0];
     if flags & !0b11 != 0 {
         return Err(format!("unknown flags {flags:#x}"));
@@ -148,10 +163,13 @@ pub fn decode(bytes: &[u8]) -> Result<Content, String> {
     if !r.0.is_empty() {
         return Err(format!("{} trailing bytes", r.0.len()));
     }
-    Ok(Content {
-        peer_name,
-        targets,
-        ipam_snapshot,
+    Ok(Saved {
+        generation,
+        content: Content {
+            peer_name,
+            targets,
+            ipam_snapshot,
+        },
     })
 }
 
@@ -169,12 +187,12 @@ pub fn read(dir: &Path) -> CopyState {
 }
 
 /// Writes the copy atomically: a crash or a full disk leaves the previous copy or this one.
-pub fn write(dir: &Path, content: &Content) -> std::io::Result<()> {
+pub fn write(dir: &Path, saved: &Saved) -> std::io::Result<()> {
     let path = path_in(dir);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&encode(content))?;
+        file.write_all(&encode(saved))?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, &path)?;
@@ -196,17 +214,20 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn sample() -> Content {
-        Content {
-            peer_name: Some([2, 0, 0, 0, 0, 9]),
-            targets: vec!["10.0.0.1:6783".into(), "node-b:6783".into()],
-            ipam_snapshot: Some((0..=255u8).cycle().take(5000).collect()),
+    fn sample() -> Saved {
+        Saved {
+            generation: 41,
+            content: Content {
+                peer_name: Some([2, 0, 0, 0, 0, 9]),
+                targets: vec!["10.0.0.1:6783".into(), "node-b:6783".into()],
+                ipam_snapshot: Some((0..=255u8).cycle().take(5000).collect()),
+            },
         }
     }
 
     #[test]
     fn contents_round_trip() {
-        for content in [sample(), Content::default()] {
+        for content in [sample(), Saved::default()] {
             assert_eq!(decode(&encode(&content)).unwrap(), content);
         }
     }
@@ -234,7 +255,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&dir), CopyState::Absent);
-        write(&dir, &Content::default()).unwrap();
+        write(&dir, &Saved::default()).unwrap();
         write(&dir, &sample()).unwrap();
         assert_eq!(read(&dir), CopyState::Intact(sample()));
         assert!(!dir.join(format!("{FILE_NAME}.tmp")).exists());

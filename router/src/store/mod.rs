@@ -27,7 +27,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use lastgood::{Content, CopyState};
+use lastgood::{Content, CopyState, Saved};
 use persistence::{Backend, CommitError, Writer};
 pub use recovery::Mode;
 use recovery::{Decision, Names, RecoveryRecord, Source, StoreState};
@@ -38,6 +38,8 @@ const TARGETS: TableDefinition<&str, ()> = TableDefinition::new("targets");
 const IPAM: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam");
 const PEER_NAME: &str = "peer_name";
 const RECOVERED_FROM: &str = "recovered_from";
+/// The number of commits (see [`Saved`]), u64 LE.
+const GENERATION: &str = "generation";
 const IPAM_SNAPSHOT: &str = "snapshot";
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,9 +104,9 @@ struct RedbBackend {
     path: PathBuf,
     db: Option<Database>,
     /// What the database holds (committed).
-    in_db: Content,
-    /// What the last-good copy holds, when known to equal something.
-    in_copy: Option<Content>,
+    in_db: Saved,
+    /// What the last-good copy holds, when known.
+    in_copy: Option<Saved>,
 }
 
 impl Backend for RedbBackend {
@@ -117,10 +119,8 @@ impl Backend for RedbBackend {
         match open_verified(&self.path) {
             Ok(db) => {
                 // What a commit that failed part-way left is what the file holds now.
-                let content = guard::catch(|| read_content(&db))
-                    .map_err(|p| p)?
-                    .map_err(|e| e.to_string())?;
-                self.in_db = content.0;
+                let (saved, _) = guard::catch(|| read_content(&db))?.map_err(|e| e.to_string())?;
+                self.in_db = saved;
                 self.db = Some(db);
                 Ok(())
             }
@@ -132,14 +132,17 @@ impl Backend for RedbBackend {
         self.db = None;
     }
 
-    fn commit(&mut self, wanted: &Content) -> Result<(), CommitError> {
-        if self.in_db != *wanted {
+    fn commit(&mut self, wanted: &Content, force: bool) -> Result<(), CommitError> {
+        if force || self.in_db.content != *wanted {
             let db = self.db.as_ref().ok_or_else(|| CommitError {
                 message: "the store is closed".to_owned(),
                 reopen: true,
             })?;
             let in_db = &self.in_db;
-            let result = match guard::catch(|| write_content(db, in_db, wanted, None)) {
+            let generation = in_db.generation + 1;
+            let result = match guard::catch(|| {
+                write_content(db, &in_db.content, wanted, generation, None)
+            }) {
                 Ok(result) => result.map_err(|e| e.to_string()),
                 Err(panic) => Err(panic),
             };
@@ -151,17 +154,20 @@ impl Backend for RedbBackend {
                     reopen: true,
                 });
             }
-            self.in_db = wanted.clone();
+            self.in_db = Saved {
+                generation,
+                content: wanted.clone(),
+            };
         }
-        if self.in_copy.as_ref() != Some(wanted) {
-            lastgood::write(&self.dir, wanted).map_err(|e| CommitError {
+        if force || self.in_copy.as_ref() != Some(&self.in_db) {
+            lastgood::write(&self.dir, &self.in_db).map_err(|e| CommitError {
                 message: format!(
                     "cannot write the last-good copy {}: {e}",
                     lastgood::path_in(&self.dir).display()
                 ),
                 reopen: false,
             })?;
-            self.in_copy = Some(wanted.clone());
+            self.in_copy = Some(self.in_db.clone());
         }
         Ok(())
     }
@@ -191,9 +197,9 @@ fn open_verified(path: &Path) -> Result<Database, StoreState> {
         {
             Err(StoreState::IoFailed(e.to_string()))
         }
-        Ok(Err(DatabaseError::Storage(StorageError::PreviousIo))) => {
-            Err(StoreState::IoFailed("an I/O error while opening".to_owned()))
-        }
+        Ok(Err(DatabaseError::Storage(StorageError::PreviousIo))) => Err(StoreState::IoFailed(
+            "an I/O error while opening".to_owned(),
+        )),
         Ok(Err(e)) => Err(StoreState::Corrupt(text(e))),
     }
 }
@@ -208,13 +214,17 @@ fn missing_is_none<T>(result: Result<T, TableError>) -> Result<Option<T>, redb::
 }
 
 /// Everything the database holds, and the recovery record if it has one.
-fn read_content(db: &Database) -> Result<(Content, Option<RecoveryRecord>), redb::Error> {
+fn read_content(db: &Database) -> Result<(Saved, Option<RecoveryRecord>), redb::Error> {
     let tx = db.begin_read()?;
     let mut content = Content::default();
+    let mut generation = 0;
     let mut record = None;
     if let Some(meta) = missing_is_none(tx.open_table(META))? {
         if let Some(v) = meta.get(PEER_NAME)? {
             content.peer_name = <[u8; 6]>::try_from(v.value()).ok();
+        }
+        if let Some(v) = meta.get(GENERATION)? {
+            generation = <[u8; 8]>::try_from(v.value()).map_or(0, u64::from_le_bytes);
         }
         if let Some(v) = meta.get(RECOVERED_FROM)? {
             record = serde_json::from_slice(v.value()).ok();
@@ -228,20 +238,28 @@ fn read_content(db: &Database) -> Result<(Content, Option<RecoveryRecord>), redb
     if let Some(ipam) = missing_is_none(tx.open_table(IPAM))? {
         content.ipam_snapshot = ipam.get(IPAM_SNAPSHOT)?.map(|v| v.value().to_vec());
     }
-    Ok((content, record))
+    Ok((
+        Saved {
+            generation,
+            content,
+        },
+        record,
+    ))
 }
 
-/// Writes what differs between `old` and `new` in one transaction (with the recovery record,
-/// when given).
+/// Writes what differs between `old` and `new`, and the commit's generation, in one
+/// transaction (with the recovery record, when given).
 fn write_content(
     db: &Database,
     old: &Content,
     new: &Content,
+    generation: u64,
     record: Option<&RecoveryRecord>,
 ) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
     {
         let mut meta = tx.open_table(META)?;
+        meta.insert(GENERATION, &generation.to_le_bytes()[..])?;
         if old.peer_name != new.peer_name {
             match &new.peer_name {
                 Some(name) => meta.insert(PEER_NAME, &name[..])?,
@@ -279,10 +297,7 @@ fn inspect(path: &Path) -> (StoreState, Option<(Database, Option<RecoveryRecord>
         Ok(meta) => meta,
     };
     if !meta.is_file() {
-        return (
-            StoreState::Corrupt("not a regular file".to_owned()),
-            None,
-        );
+        return (StoreState::Corrupt("not a regular file".to_owned()), None);
     }
     // redb holds an exclusive flock on an open database: a file another router uses is left
     // alone, even when it is empty (redb would not get as far as its lock then).
@@ -302,7 +317,7 @@ fn inspect(path: &Path) -> (StoreState, Option<(Database, Option<RecoveryRecord>
         Err(panic) => (StoreState::Corrupt(panic), None),
         Ok(Err(redb::Error::Io(e))) => (StoreState::IoFailed(e.to_string()), None),
         Ok(Err(e)) => (StoreState::Corrupt(e.to_string()), None),
-        Ok(Ok((content, record))) => (StoreState::Healthy(content.clone()), Some((db, record))),
+        Ok(Ok((saved, record))) => (StoreState::Healthy(saved), Some((db, record))),
     }
 }
 
@@ -311,14 +326,21 @@ fn inspect(path: &Path) -> (StoreState, Option<(Database, Option<RecoveryRecord>
 fn create(
     dir: &Path,
     path: &Path,
-    content: &Content,
+    saved: &Saved,
     record: Option<&RecoveryRecord>,
 ) -> Result<Database, String> {
     let tmp = dir.join(format!("{FILE_NAME}.new"));
     let _ = std::fs::remove_file(&tmp);
     let built = guard::catch(|| -> Result<Database, String> {
         let db = Database::create(&tmp).map_err(text)?;
-        write_content(&db, &Content::default(), content, record).map_err(text)?;
+        write_content(
+            &db,
+            &Content::default(),
+            &saved.content,
+            saved.generation,
+            record,
+        )
+        .map_err(text)?;
         Ok(db)
     })
     .and_then(|r| r);
@@ -333,7 +355,8 @@ fn create(
     std::fs::rename(&tmp, path)
         .and_then(|()| lastgood::sync_dir(dir))
         .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
-    open_verified(path).map_err(|state| format!("cannot open the new {}: {state:?}", path.display()))
+    open_verified(path)
+        .map_err(|state| format!("cannot open the new {}: {state:?}", path.display()))
 }
 
 /// Renames `path` to `path.damaged-<unix seconds>`; returns the new name.
@@ -356,10 +379,13 @@ pub struct Store {
     writer: Mutex<Writer<RedbBackend>>,
     health: Arc<StoreHealth>,
     recovered_from: Option<RecoveryRecord>,
+    /// What opening it did, in words.
+    opened: String,
 }
 
 impl Store {
     /// Opens the store in `dir` for a normal start (see [`Store::open_with`]).
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Self, OpenRefused> {
         Self::open_with(dir, Mode::Start)
     }
@@ -386,10 +412,10 @@ impl Store {
             data_dir: &dir_name,
         };
         let decision = recovery::decide(state, copy.clone(), mode, &names);
-        let (db, content, in_copy, recovered_from) = match decision {
+        let (db, saved, in_copy, recovered_from, opened) = match decision {
             Decision::Refuse(message) => return Err(OpenRefused(message)),
             Decision::Use {
-                content,
+                saved,
                 rewrite_copy,
                 note,
             } => {
@@ -404,21 +430,24 @@ impl Store {
                 if let Some(why) = &rewrite_copy {
                     tracing::info!(copy = %copy_name, reason = %why, "writing the last-good copy");
                 }
-                let in_copy = rewrite_copy.is_none().then(|| content.clone());
-                (db, content, in_copy, record)
+                let in_copy = rewrite_copy.is_none().then(|| saved.clone());
+                let opened =
+                    note.unwrap_or_else(|| format!("the state store {store_name} is healthy"));
+                (db, saved, in_copy, record, opened)
             }
             Decision::Create { note } => {
                 if let Some(note) = note {
                     tracing::info!(store = %store_name, "{note}");
                 }
                 drop(db);
-                let db = create(dir, &path, &Content::default(), None).map_err(OpenRefused)?;
+                let db = create(dir, &path, &Saved::default(), None).map_err(OpenRefused)?;
                 tracing::info!(store = %store_name, "state store created");
-                (db, Content::default(), None, None)
+                let opened = format!("the state store {store_name} was created");
+                (db, Saved::default(), None, None, opened)
             }
             Decision::Rebuild {
                 move_aside: aside,
-                content,
+                saved,
                 source,
                 reason,
             } => {
@@ -438,10 +467,10 @@ impl Store {
                     reason: reason.clone(),
                     at_unix_secs: unix_secs(),
                 };
-                let db = create(dir, &path, &content, Some(&record)).map_err(OpenRefused)?;
+                let db = create(dir, &path, &saved, Some(&record)).map_err(OpenRefused)?;
                 let message = recovery::rebuild_message(
                     source,
-                    &content,
+                    &saved.content,
                     &reason,
                     record.damaged_file.as_deref(),
                 );
@@ -449,23 +478,24 @@ impl Store {
                     Source::LastGoodCopy => tracing::warn!(store = %store_name, "{message}"),
                     Source::Nothing => tracing::error!(store = %store_name, "{message}"),
                 }
-                let in_copy = (source == Source::LastGoodCopy).then(|| content.clone());
-                (db, content, in_copy, Some(record))
+                let in_copy = (source == Source::LastGoodCopy).then(|| saved.clone());
+                (db, saved, in_copy, Some(record), message)
             }
         };
         let backend = RedbBackend {
             dir: dir.to_owned(),
             path: path.clone(),
             db: Some(db),
-            in_db: content.clone(),
+            in_db: saved.clone(),
             in_copy,
         };
         let store = Store {
             path,
             copy_path,
-            writer: Mutex::new(Writer::new(backend, content, Instant::now())),
+            writer: Mutex::new(Writer::new(backend, saved.content, Instant::now())),
             health: Arc::default(),
             recovered_from,
+            opened,
         };
         // Brings the last-good copy up to date; a failure (a full disk) is reported by the
         // store's health like any failed write, and retried with the next write.
@@ -480,8 +510,7 @@ impl Store {
     fn write(&self, change: impl FnOnce(&mut Content)) -> Result<(), StoreError> {
         let mut writer = self.lock();
         let result = writer.update(change, Instant::now());
-        self.health
-            .set(writer.failing().map(|f| f.error.clone()));
+        self.health.set(writer.failing().map(|f| f.error.clone()));
         result.map_err(|e| StoreError(format!("persistence failing: {e}")))
     }
 
@@ -509,6 +538,11 @@ impl Store {
             reopen_failures: writer.counters.reopen_failures,
             recovered_from: self.recovered_from.clone(),
         }
+    }
+
+    /// What opening the store did: used as it was, created, or rebuilt (and from what).
+    pub fn opened(&self) -> &str {
+        &self.opened
     }
 
     pub fn recovered_from(&self) -> Option<&RecoveryRecord> {

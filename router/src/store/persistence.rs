@@ -32,7 +32,9 @@ pub trait Backend {
     fn open(&mut self) -> Result<(), String>;
     fn close(&mut self);
     /// Commits `wanted` durably (what changed since the last commit), then the last-good copy.
-    fn commit(&mut self, wanted: &Content) -> Result<(), CommitError>;
+    /// `force`: write both even if nothing changed (while persistence fails, only a real write
+    /// shows that writing works again).
+    fn commit(&mut self, wanted: &Content, force: bool) -> Result<(), CommitError>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,7 +89,11 @@ impl<B: Backend> Writer<B> {
     }
 
     /// Changes the content and commits it.
-    pub fn update(&mut self, change: impl FnOnce(&mut Content), now: Instant) -> Result<(), String> {
+    pub fn update(
+        &mut self,
+        change: impl FnOnce(&mut Content),
+        now: Instant,
+    ) -> Result<(), String> {
         change(&mut self.wanted);
         self.flush(now)
     }
@@ -122,7 +128,7 @@ impl<B: Backend> Writer<B> {
                 }
             }
         }
-        match self.backend.commit(&self.wanted) {
+        match self.backend.commit(&self.wanted, self.failing.is_some()) {
             Ok(()) => {
                 if let Some(f) = self.failing.take() {
                     tracing::info!(
@@ -154,7 +160,10 @@ impl<B: Backend> Writer<B> {
         match &mut self.failing {
             Some(f) => f.error = error.to_owned(),
             None => {
-                tracing::error!(error, "persistence failing: state is kept in memory, ADDs are refused until a write succeeds");
+                tracing::error!(
+                    error,
+                    "persistence failing: state is kept in memory, ADDs are refused until a write succeeds"
+                );
                 self.failing = Some(Failing {
                     since: now,
                     error: error.to_owned(),
@@ -178,6 +187,7 @@ mod tests {
         fail_opens: u32,
         opens: u32,
         committed: Option<Content>,
+        forced: u32,
     }
 
     impl Backend for Fake {
@@ -196,8 +206,9 @@ mod tests {
         fn close(&mut self) {
             self.open = false;
         }
-        fn commit(&mut self, wanted: &Content) -> Result<(), CommitError> {
+        fn commit(&mut self, wanted: &Content, force: bool) -> Result<(), CommitError> {
             assert!(self.open, "commit on a closed database");
+            self.forced += u32::from(force);
             if self.fail_commits > 0 {
                 self.fail_commits -= 1;
                 return Err(CommitError {
@@ -211,14 +222,7 @@ mod tests {
     }
 
     fn writer(fake: Fake, now: Instant) -> Writer<Fake> {
-        Writer::new(
-            Fake {
-                open: true,
-                ..fake
-            },
-            Content::default(),
-            now,
-        )
+        Writer::new(Fake { open: true, ..fake }, Content::default(), now)
     }
 
     fn snapshot(n: u8) -> impl FnOnce(&mut Content) {
@@ -240,6 +244,11 @@ mod tests {
         // Not closed (no re-open needed): the next write is tried at once and carries the first.
         w.update(|c| c.targets = vec!["a:1".into()], t0).unwrap();
         assert!(w.failing().is_none());
+        assert_eq!(
+            w.backend().forced,
+            1,
+            "the write after a failure is a real one"
+        );
         let committed = w.backend().committed.clone().unwrap();
         assert_eq!(committed.ipam_snapshot, Some(vec![1]));
         assert_eq!(committed.targets, vec!["a:1".to_owned()]);

@@ -5,9 +5,10 @@
 //! The rules:
 //! - No store and no copy: the first start, the store is created.
 //! - A healthy store is used. Its last-good copy is rewritten when it is missing, damaged or
-//!   stale. A store that holds *less* than its copy (no peer name, no IPAM snapshot while the
-//!   copy has them) is not healthy: the copy is only ever written after the store, so the file
-//!   was replaced or rolled back, and it is treated as damaged.
+//!   behind. A store *behind* its copy (an older generation: the copy is only ever written after
+//!   the store's commit, so the store lost a commit — redb falls back to the previous commit
+//!   when the last one is damaged — or an older file was put in its place) or differing from a
+//!   copy of the same generation is not healthy: it is treated as damaged.
 //! - An empty, corrupt or unreadable store, or a missing store beside a copy, stops start-up
 //!   with an error that names the file and the recovery command. Nothing is discarded without
 //!   the operator asking.
@@ -18,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::lastgood::{Content, CopyState};
+use super::lastgood::{Content, CopyState, Saved};
 
 /// What was found at the store's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub enum StoreState {
     IoFailed(String),
     /// redb refused it as corrupt, or panicked reading it.
     Corrupt(String),
-    Healthy(Content),
+    Healthy(Saved),
 }
 
 /// Start normally, or recover a damaged store.
@@ -66,7 +67,7 @@ pub enum Decision {
     /// Use the store. `rewrite_copy`: why the last-good copy must be written again.
     /// `note`: worth saying (at info level, or warn when the copy was damaged).
     Use {
-        content: Content,
+        saved: Saved,
         rewrite_copy: Option<String>,
         note: Option<String>,
     },
@@ -77,7 +78,7 @@ pub enum Decision {
     /// Move the damaged file aside (when there is one) and write `content` into a new store.
     Rebuild {
         move_aside: bool,
-        content: Content,
+        saved: Saved,
         source: Source,
         /// Why the store was rebuilt (what was wrong with it).
         reason: String,
@@ -122,28 +123,35 @@ impl Names<'_> {
     }
 }
 
-/// Why a store that opened must still be treated as damaged: it holds less than its copy.
-fn contradiction(store: &Content, copy: &CopyState) -> Option<String> {
+/// Why a store that opened must still be treated as damaged: it is behind its copy, or differs
+/// from a copy of the same generation.
+fn contradiction(store: &Saved, copy: &CopyState) -> Option<String> {
     let CopyState::Intact(copy) = copy else {
         return None;
     };
-    if store.peer_name.is_none() && copy.peer_name.is_some() {
-        return Some("it holds no peer name, but its last-good copy does (the file was replaced or rolled back)".to_owned());
+    if store.generation < copy.generation {
+        return Some(format!(
+            "it went back in time: its last commit is number {}, but its last-good copy holds commit {} (a damaged last commit was rolled back, or an older file was put in its place)",
+            store.generation, copy.generation
+        ));
     }
-    if store.ipam_snapshot.is_none() && copy.ipam_snapshot.is_some() {
-        return Some("it holds no IPAM state, but its last-good copy does (the file was replaced or rolled back)".to_owned());
+    if store.generation == copy.generation && store.content != copy.content {
+        return Some(format!(
+            "it differs from its last-good copy of the same commit ({})",
+            store.generation
+        ));
     }
     None
 }
 
 fn rebuild(move_aside: bool, copy: CopyState, reason: String) -> Decision {
-    let (content, source) = match copy {
-        CopyState::Intact(content) => (content, Source::LastGoodCopy),
-        CopyState::Absent | CopyState::Damaged(_) => (Content::default(), Source::Nothing),
+    let (saved, source) = match copy {
+        CopyState::Intact(saved) => (saved, Source::LastGoodCopy),
+        CopyState::Absent | CopyState::Damaged(_) => (Saved::default(), Source::Nothing),
     };
     Decision::Rebuild {
         move_aside,
-        content,
+        saved,
         source,
         reason,
     }
@@ -151,9 +159,9 @@ fn rebuild(move_aside: bool, copy: CopyState, reason: String) -> Decision {
 
 pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>) -> Decision {
     let store = match store {
-        StoreState::Healthy(content) => match contradiction(&content, &copy) {
+        StoreState::Healthy(saved) => match contradiction(&saved, &copy) {
             Some(why) => StoreState::Corrupt(why),
-            None => StoreState::Healthy(content),
+            None => StoreState::Healthy(saved),
         },
         other => other,
     };
@@ -163,10 +171,10 @@ pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>)
             "the state store {} is in use by another process (another weft router with the same --data-dir?); it is left alone",
             names.store
         )),
-        StoreState::Healthy(content) => {
+        StoreState::Healthy(saved) => {
             let rewrite_copy = match &copy {
-                CopyState::Intact(c) if *c == content => None,
-                CopyState::Intact(_) => Some("it is older than the store".to_owned()),
+                CopyState::Intact(c) if *c == saved => None,
+                CopyState::Intact(_) => Some("it is behind the store".to_owned()),
                 CopyState::Absent => Some("there is none yet".to_owned()),
                 CopyState::Damaged(why) => Some(format!("it was damaged ({why})")),
             };
@@ -182,7 +190,7 @@ pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>)
                 _ => None,
             };
             Decision::Use {
-                content,
+                saved,
                 rewrite_copy,
                 note,
             }
@@ -196,11 +204,7 @@ pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>)
                     )
                 }),
             },
-            (_, true) => rebuild(
-                false,
-                copy,
-                format!("the state store {} was missing", names.store),
-            ),
+            (_, true) => rebuild(false, copy, format!("{} was missing", names.store)),
             (_, false) => Decision::Refuse(format!(
                 "the state store {} is missing, but the data directory holds a last-good copy: this router had state that is gone. Start-up stopped so that its peer name and allocations are not silently replaced. {}",
                 names.store,
@@ -209,12 +213,12 @@ pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>)
         },
         StoreState::Empty | StoreState::Corrupt(_) | StoreState::IoFailed(_) if recover => {
             let reason = match &store {
-                StoreState::Empty => "it was empty (0 bytes)".to_owned(),
-                StoreState::Corrupt(why) => format!("it was corrupt: {why}"),
-                StoreState::IoFailed(why) => format!("it could not be read: {why}"),
+                StoreState::Empty => "was empty (0 bytes)".to_owned(),
+                StoreState::Corrupt(why) => format!("was corrupt ({why})"),
+                StoreState::IoFailed(why) => format!("could not be read ({why})"),
                 _ => String::new(),
             };
-            rebuild(true, copy, format!("the state store {}: {reason}", names.store))
+            rebuild(true, copy, format!("{} {reason}", names.store))
         }
         StoreState::Empty => Decision::Refuse(format!(
             "the state store {} is empty (0 bytes): the peer name and IP allocations it held are gone from it. Start-up stopped so they are not silently replaced. {}",
@@ -235,7 +239,12 @@ pub fn decide(store: StoreState, copy: CopyState, mode: Mode, names: &Names<'_>)
 }
 
 /// What is said about a rebuild, in the log and on the recover command's output.
-pub fn rebuild_message(source: Source, content: &Content, reason: &str, aside: Option<&str>) -> String {
+pub fn rebuild_message(
+    source: Source,
+    content: &Content,
+    reason: &str,
+    aside: Option<&str>,
+) -> String {
     let aside = aside
         .map(|a| format!(" The damaged file was moved to {a}."))
         .unwrap_or_default();
@@ -276,6 +285,13 @@ pub struct RecoveryRecord {
 mod tests {
     use super::*;
 
+    fn saved(generation: u64, content: Content) -> Saved {
+        Saved {
+            generation,
+            content,
+        }
+    }
+
     const NAMES: Names<'static> = Names {
         store: "/d/weft.redb",
         copy: "/d/weft.lastgood",
@@ -302,7 +318,7 @@ mod tests {
         vec![
             CopyState::Absent,
             CopyState::Damaged("checksum mismatch".into()),
-            CopyState::Intact(full()),
+            CopyState::Intact(saved(5, full())),
         ]
     }
 
@@ -318,7 +334,8 @@ mod tests {
     fn a_damaged_store_stops_start_up_naming_the_file_and_the_command() {
         for store in damaged_states() {
             for copy in copies() {
-                let Decision::Refuse(msg) = decide(store.clone(), copy.clone(), Mode::Start, &NAMES)
+                let Decision::Refuse(msg) =
+                    decide(store.clone(), copy.clone(), Mode::Start, &NAMES)
                 else {
                     panic!("{store:?} {copy:?} must refuse");
                 };
@@ -336,12 +353,17 @@ mod tests {
     #[test]
     fn recovery_trusts_an_intact_copy_and_otherwise_starts_from_nothing() {
         for store in damaged_states() {
-            let d = decide(store.clone(), CopyState::Intact(full()), Mode::Recover, &NAMES);
+            let d = decide(
+                store.clone(),
+                CopyState::Intact(saved(5, full())),
+                Mode::Recover,
+                &NAMES,
+            );
             assert_eq!(
                 d,
                 Decision::Rebuild {
                     move_aside: true,
-                    content: full(),
+                    saved: saved(5, full()),
                     source: Source::LastGoodCopy,
                     reason: match &d {
                         Decision::Rebuild { reason, .. } => reason.clone(),
@@ -354,8 +376,8 @@ mod tests {
                 assert!(
                     matches!(
                         &d,
-                        Decision::Rebuild { move_aside: true, source: Source::Nothing, content, .. }
-                            if content.is_empty()
+                        Decision::Rebuild { move_aside: true, source: Source::Nothing, saved, .. }
+                            if saved.content.is_empty() && saved.generation == 0
                     ),
                     "{d:?}"
                 );
@@ -365,73 +387,105 @@ mod tests {
 
     #[test]
     fn a_missing_store_beside_a_copy_is_damage_not_a_first_start() {
-        for copy in [CopyState::Intact(full()), CopyState::Damaged("x".into())] {
+        for copy in [
+            CopyState::Intact(saved(5, full())),
+            CopyState::Damaged("x".into()),
+        ] {
             let d = decide(StoreState::Absent, copy.clone(), Mode::Start, &NAMES);
-            assert!(matches!(&d, Decision::Refuse(m) if m.contains("missing")), "{d:?}");
+            assert!(
+                matches!(&d, Decision::Refuse(m) if m.contains("missing")),
+                "{d:?}"
+            );
             let d = decide(StoreState::Absent, copy, Mode::Recover, &NAMES);
-            assert!(matches!(d, Decision::Rebuild { move_aside: false, .. }), "{d:?}");
+            assert!(
+                matches!(
+                    d,
+                    Decision::Rebuild {
+                        move_aside: false,
+                        ..
+                    }
+                ),
+                "{d:?}"
+            );
         }
     }
 
     #[test]
-    fn a_store_holding_less_than_its_copy_is_damaged() {
-        let mut replaced = full();
-        replaced.peer_name = None;
+    fn a_store_behind_its_copy_is_damaged() {
+        // A replaced file (a new empty database) and a rolled-back last commit alike.
+        for store in [saved(0, Content::default()), saved(4, full())] {
+            let d = decide(
+                StoreState::Healthy(store.clone()),
+                CopyState::Intact(saved(5, full())),
+                Mode::Start,
+                &NAMES,
+            );
+            assert!(
+                matches!(&d, Decision::Refuse(m) if m.contains("went back in time")),
+                "{d:?}"
+            );
+            let d = decide(
+                StoreState::Healthy(store),
+                CopyState::Intact(saved(5, full())),
+                Mode::Recover,
+                &NAMES,
+            );
+            assert!(
+                matches!(&d, Decision::Rebuild { source: Source::LastGoodCopy, saved: s, .. } if *s == saved(5, full())),
+                "{d:?}"
+            );
+        }
+        let mut other = full();
+        other.ipam_snapshot = Some(vec![9]);
         let d = decide(
-            StoreState::Healthy(replaced),
-            CopyState::Intact(full()),
+            StoreState::Healthy(saved(5, other)),
+            CopyState::Intact(saved(5, full())),
             Mode::Start,
             &NAMES,
         );
-        assert!(matches!(&d, Decision::Refuse(m) if m.contains("no peer name")), "{d:?}");
-        let mut rolled_back = full();
-        rolled_back.ipam_snapshot = None;
-        let d = decide(
-            StoreState::Healthy(rolled_back),
-            CopyState::Intact(full()),
-            Mode::Recover,
-            &NAMES,
-        );
         assert!(
-            matches!(&d, Decision::Rebuild { source: Source::LastGoodCopy, content, .. } if *content == full()),
+            matches!(&d, Decision::Refuse(m) if m.contains("differs")),
             "{d:?}"
         );
     }
 
     #[test]
     fn a_healthy_store_is_used_and_its_copy_kept_current() {
-        let use_of = |copy| decide(StoreState::Healthy(full()), copy, Mode::Start, &NAMES);
+        let use_of = |copy| {
+            decide(
+                StoreState::Healthy(saved(5, full())),
+                copy,
+                Mode::Start,
+                &NAMES,
+            )
+        };
         assert_eq!(
-            use_of(CopyState::Intact(full())),
+            use_of(CopyState::Intact(saved(5, full()))),
             Decision::Use {
-                content: full(),
+                saved: saved(5, full()),
                 rewrite_copy: None,
                 note: None
             }
         );
+        // The copy is behind when a crash or a full disk came between the store's commit and
+        // the copy's write: the store wins, whatever it holds.
         let mut older = full();
         older.ipam_snapshot = Some(vec![1]);
+        older.targets.push("gone:1".into());
         for copy in [
             CopyState::Absent,
             CopyState::Damaged("x".into()),
-            CopyState::Intact(older),
+            CopyState::Intact(saved(4, older)),
+            CopyState::Intact(saved(1, Content::default())),
         ] {
             assert!(
-                matches!(use_of(copy.clone()), Decision::Use { rewrite_copy: Some(_), .. }),
+                matches!(use_of(copy.clone()), Decision::Use { rewrite_copy: Some(_), saved: s, .. } if s == saved(5, full())),
                 "{copy:?}"
             );
         }
-        // The store is newer than its copy (the copy is written after the store): the store
-        // wins even if it holds fewer targets.
-        let mut fewer = full();
-        fewer.targets.clear();
-        assert!(matches!(
-            decide(StoreState::Healthy(fewer.clone()), CopyState::Intact(full()), Mode::Start, &NAMES),
-            Decision::Use { content, rewrite_copy: Some(_), .. } if content == fewer
-        ));
         // Asked to recover a healthy store: it is used as it is, and that is said.
         assert!(matches!(
-            decide(StoreState::Healthy(full()), CopyState::Intact(full()), Mode::Recover, &NAMES),
+            decide(StoreState::Healthy(saved(5, full())), CopyState::Intact(saved(5, full())), Mode::Recover, &NAMES),
             Decision::Use { note: Some(n), .. } if n.contains("nothing to recover")
         ));
     }
@@ -441,16 +495,30 @@ mod tests {
         for mode in [Mode::Start, Mode::Recover] {
             for copy in copies() {
                 let d = decide(StoreState::InUse, copy, mode, &NAMES);
-                assert!(matches!(&d, Decision::Refuse(m) if m.contains("in use")), "{d:?}");
+                assert!(
+                    matches!(&d, Decision::Refuse(m) if m.contains("in use")),
+                    "{d:?}"
+                );
             }
         }
     }
 
     #[test]
     fn starting_from_nothing_is_said_loudly() {
-        let msg = rebuild_message(Source::Nothing, &Content::default(), "it was empty", Some("/d/x"));
-        assert!(msg.contains("STARTS EMPTY") && msg.contains("/d/x"), "{msg}");
+        let msg = rebuild_message(
+            Source::Nothing,
+            &Content::default(),
+            "it was empty",
+            Some("/d/x"),
+        );
+        assert!(
+            msg.contains("STARTS EMPTY") && msg.contains("/d/x"),
+            "{msg}"
+        );
         let msg = rebuild_message(Source::LastGoodCopy, &full(), "it was empty", None);
-        assert!(msg.contains("02:00:00:00:00:01") && msg.contains("1 dial targets"), "{msg}");
+        assert!(
+            msg.contains("02:00:00:00:00:01") && msg.contains("1 dial targets"),
+            "{msg}"
+        );
     }
 }
