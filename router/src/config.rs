@@ -74,7 +74,7 @@ pub struct RouterArgs {
     /// last-good copy), move it aside and rebuild it from the last-good copy, or start empty
     /// when that is damaged too; then start. A healthy store is used as it is. Without this
     /// flag a damaged store stops start-up (exit code 3).
-    #[arg(long, env = "WEFT_RECOVER_STORE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "WEFT_RECOVER_STORE")]
     pub recover_store: bool,
     /// File holding the mesh password (e.g. a mounted Kubernetes Secret). `WEFT_PASSWORD`
     /// works too. With a password every connection is authenticated and encrypted.
@@ -292,6 +292,16 @@ mod tests {
         assert_eq!(with_default_port("node-a", 6783), "node-a:6783");
         assert_eq!(with_default_port("node-a:7000", 6783), "node-a:7000");
         assert_eq!(with_default_port("fd00::1", 6783), "[fd00::1]:6783");
+    }
+
+    #[test]
+    fn recover_store_is_a_flag_that_takes_no_value() {
+        let cli = Cli::try_parse_from(["weft", "router", "--recover-store", "10.0.0.1"]).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not the router");
+        };
+        assert!(args.recover_store);
+        assert_eq!(args.peers, vec!["10.0.0.1".to_owned()]);
     }
 
     #[test]

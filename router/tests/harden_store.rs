@@ -147,21 +147,41 @@ fn damaged_store_is_refused_and_recovered(
     net.kill(1)?;
     damage(&store_file(&net))?;
     start_is_refused(&net, expect)?;
-    recovery_keeps_everything(&net, &name, &before)
+    recovery_keeps_everything(&net, Recovery::Command, &name, &before)
 }
 
-/// `weft store recover`, then the router starts with the same name and every allocation.
+/// How the operator recovers.
+#[derive(Clone, Copy)]
+enum Recovery {
+    /// `weft store recover --data-dir …`, then a normal start.
+    Command,
+    /// `weft router --recover-store`.
+    RouterFlag,
+}
+
+/// Recovery, then the router runs with the same name and every allocation.
 fn recovery_keeps_everything(
     net: &Net,
+    how: Recovery,
     name: &str,
     before: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    let said = recover(net)?;
+    let said = match how {
+        Recovery::Command => {
+            let said = recover(net)?;
+            net.start(1, RouterOpts::new())?;
+            said
+        }
+        Recovery::RouterFlag => {
+            let log_before = net.log(1).len();
+            net.start(1, RouterOpts::new().arg("--recover-store"))?;
+            net.log(1)[log_before..].to_owned()
+        }
+    };
     ensure!(
         said.contains("rebuilt from the last-good copy") && said.contains(name),
         "{said}"
     );
-    net.start(1, RouterOpts::new())?;
     wait_for_gateway(net)?;
     let report = net.report_json(1)?;
     ensure!(
@@ -263,7 +283,12 @@ fn garbage_in_the_store_is_an_error_not_a_panic_and_recovers_every_allocation() 
         match net.start(1, RouterOpts::new()) {
             Err(e) => {
                 eprintln!("16 KiB of garbage at {offset} of {len}: start-up refused");
-                check_refusal(&net, &e.to_string(), log_before, "is corrupt")?;
+                let log = check_refusal(&net, &e.to_string(), log_before, "is corrupt")?;
+                let said = log
+                    .lines()
+                    .find(|l| l.contains("ERROR"))
+                    .unwrap_or_default();
+                eprintln!("{said}");
                 refused = true;
                 break;
             }
@@ -283,7 +308,7 @@ fn garbage_in_the_store_is_an_error_not_a_panic_and_recovers_every_allocation() 
         refused,
         "16 windows of 16 KiB of garbage never hit live data"
     );
-    recovery_keeps_everything(&net, &name, &before)
+    recovery_keeps_everything(&net, Recovery::RouterFlag, &name, &before)
 }
 
 #[test]
