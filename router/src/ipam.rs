@@ -470,11 +470,22 @@ impl IpamHost {
             self.ensure_gateway(now);
             dirty = true;
         }
+        // Attachments asked again that hold an address already: it is on disk (an address
+        // whose write failed is released), so a failed write now must not release it.
+        let on_disk: BTreeSet<AllocKey> = {
+            let channel = self.channel.lock();
+            self.pending
+                .iter()
+                .filter(|p| channel.address_of(&p.key).is_some())
+                .map(|p| p.key.clone())
+                .collect()
+        };
         let answers = self.try_pending(now);
         let outbox = self.channel.lock().take_outbox();
         let persisted = if dirty { self.persist() } else { Ok(()) };
         for (reply, key, result) in answers {
             let result = match (result, &persisted) {
+                (Ok(alloc), Err(_)) if on_disk.contains(&key) => Ok(alloc),
                 (Ok(_), Err(e)) => {
                     // Not on disk: a restart could hand the address out again. Undo it.
                     self.channel.lock().release(&key, now);

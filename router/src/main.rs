@@ -122,6 +122,11 @@ fn main() -> anyhow::Result<()> {
             init_tracing("info")?;
             match args.what {
                 StoreWhat::Recover => {
+                    if !args.data_dir.is_dir() {
+                        // A mistyped path must not become a new, empty store.
+                        tracing::error!(data_dir = %args.data_dir.display(), "no such data directory");
+                        std::process::exit(EXIT_STORE_REFUSED);
+                    }
                     let store = open_store(&args.data_dir, store::Mode::Recover);
                     println!("{}", store.opened());
                     Ok(())

@@ -500,6 +500,14 @@ fn after_a_full_disk_adds_work_again_without_a_restart_and_nothing_is_lost() -> 
         code == "503" && body.contains("persistence failing"),
         "/healthz while the disk is full: {code} {body}"
     );
+    // A pod asked again (the runtime retries ADDs) keeps the address it was given: it is on
+    // disk, and a failing write must not release it.
+    let again = add(&net, "before-0")?.map_err(|e| anyhow::anyhow!("ADD again: {e:?}"))?;
+    ensure!(
+        Some(&again) == acknowledged.get("before-0"),
+        "before-0 was given {:?}, asked again while the disk is full: {again}",
+        acknowledged.get("before-0")
+    );
     let report = net.report_json(1)?;
     ensure!(
         report["store"]["persistence"] == "failing",

@@ -115,7 +115,7 @@ impl Backend for RedbBackend {
     }
 
     fn open(&mut self) -> Result<(), String> {
-        self.db = None;
+        self.close();
         match open_verified(&self.path) {
             Ok(db) => {
                 // What a commit that failed part-way left is what the file holds now.
@@ -129,7 +129,12 @@ impl Backend for RedbBackend {
     }
 
     fn close(&mut self) {
-        self.db = None;
+        if let Some(db) = self.db.take() {
+            // Closing flushes: redb may panic there too after damage.
+            if let Err(panic) = guard::catch(move || drop(db)) {
+                tracing::warn!(error = %panic, "closing the state store");
+            }
+        }
     }
 
     fn commit(&mut self, wanted: &Content, force: bool) -> Result<(), CommitError> {

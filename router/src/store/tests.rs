@@ -185,3 +185,92 @@ fn a_store_that_lost_its_last_commit_is_refused_and_rebuilt_from_the_copy() {
     let store = Store::open_with(&dir.0, Mode::Recover).unwrap();
     assert_eq!(*store.lock().content(), after);
 }
+
+/// IPAM on a store whose writes fail (the last-good copy's temp path is a directory, so the
+/// copy cannot be written): ADDs are refused and released, STATUS says why, an address already
+/// on disk is still answered, and the failure clears on the first write that works.
+#[test]
+fn ipam_refuses_adds_while_persistence_fails_and_recovers_by_itself() {
+    use crate::ipam::{BridgeInfo, IpamHost, open_channel};
+    use weft_cni::error as code;
+    use weft_cni::protocol::AddRequest;
+    use weft_gossip::ipam::SharedIpam;
+
+    let dir = Dir::new("ipamfail");
+    let store = Arc::new(Store::open(&dir.0).unwrap());
+    let now = Instant::now();
+    let name = weft_gossip::PeerName::from_bytes([2, 0, 0, 0, 0, 1]);
+    let channel = open_channel(&store, "10.32.0.0/12".parse().unwrap(), name, 7, now).unwrap();
+    let mut host = IpamHost::new(
+        SharedIpam::new(channel),
+        store.clone(),
+        Some(BridgeInfo {
+            name: "weft".into(),
+            mtu: 1414,
+        }),
+        Box::new(|_: &str, _| Ok(())),
+        false,
+        now,
+    );
+    let add = |host: &mut IpamHost, container: &str, at: Instant| {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let request = AddRequest {
+            container_id: container.into(),
+            ifname: "eth0".into(),
+            netns: "/x".into(),
+            pod_namespace: None,
+            pod_name: None,
+            pod_uid: None,
+        };
+        host.add(request, tx, at);
+        host.step(at, true);
+        rx.try_recv().unwrap()
+    };
+    let kept = add(&mut host, "kept", now).unwrap();
+    assert!(host.status_check(now).is_ok());
+
+    let blocker = dir.0.join(format!("{}.tmp", lastgood::FILE_NAME));
+    std::fs::create_dir(&blocker).unwrap();
+    let refused = add(&mut host, "refused", now).unwrap_err();
+    assert_eq!(refused.body.code, code::IO_FAILURE);
+    assert!(
+        refused.body.details.contains("last-good copy"),
+        "{}",
+        refused.body.details
+    );
+    let status = host.status_check(now).unwrap_err();
+    assert_eq!(status.body.code, code::NOT_AVAILABLE);
+    assert!(
+        status.body.details.starts_with("persistence failing"),
+        "{}",
+        status.body.details
+    );
+    assert!(store.health().failing().is_some(), "/healthz sees it");
+    // An attachment whose address is on disk already is answered as before.
+    assert_eq!(add(&mut host, "kept", now).unwrap(), kept);
+    // The refused ADD's address was released, not kept in memory only.
+    let later = now + std::time::Duration::from_secs(2);
+    host.step(later, false);
+    assert!(store.persistence_failing().is_some(), "still failing");
+    let on_disk =
+        weft_gossip::ipam::IpamSnapshot::from_bytes(&store.ipam_snapshot().unwrap().unwrap())
+            .unwrap();
+    assert!(
+        on_disk
+            .allocations
+            .iter()
+            .all(|(k, _)| k.container != "refused")
+    );
+
+    std::fs::remove_dir(&blocker).unwrap();
+    // The next tick's retry is a real write, and it works: no ADD needed to clear it.
+    let much_later = later + std::time::Duration::from_secs(2);
+    host.step(much_later, false);
+    assert!(store.persistence_failing().is_none());
+    assert!(store.health().failing().is_none());
+    assert!(host.status_check(much_later).is_ok());
+    let report = store.report(much_later);
+    assert_eq!(report.persistence, "ok");
+    assert!(report.write_failures >= 2, "{report:?}");
+    assert!(add(&mut host, "after", much_later).is_ok());
+}
