@@ -326,4 +326,67 @@ mod tests {
         assert_eq!(w.backend().opens, 20, "one re-open per MAX_BACKOFF at most");
         assert_eq!(w.failing().map(|f| f.since), Some(t0));
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A write; the backend fails the next `fails` commits (closing on failure when
+        /// `reopen`) and the next `open_fails` re-opens.
+        Write {
+            fails: u32,
+            reopen: bool,
+            open_fails: u32,
+        },
+        Wait(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u32..3, any::<bool>(), 0u32..3).prop_map(|(fails, reopen, open_fails)| Op::Write {
+                fails,
+                reopen,
+                open_fails
+            }),
+            (0u64..3000).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever fails and whenever: a write that returns Ok put everything wanted on disk,
+        /// the failure is reported exactly while the last write failed, and re-opens are never
+        /// closer together than the first backoff.
+        #[test]
+        fn a_successful_write_means_everything_is_on_disk(ops in proptest::collection::vec(op(), 1..40)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut w = writer(Fake::default(), t0);
+            let mut opens_seen = 0;
+            let mut last_open: Option<Instant> = None;
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Wait(ms) => now += Duration::from_millis(ms),
+                    Op::Write { fails, reopen, open_fails } => {
+                        let b = w.backend();
+                        b.fail_commits = fails;
+                        b.needs_reopen = reopen;
+                        b.fail_opens = open_fails;
+                        let result = w.update(|c| c.ipam_snapshot = Some(vec![n as u8]), now);
+                        let opens = w.backend().opens;
+                        if opens > opens_seen {
+                            if let Some(at) = last_open {
+                                proptest::prop_assert!(now >= at + FIRST_BACKOFF);
+                            }
+                            last_open = Some(now);
+                            opens_seen = opens;
+                        }
+                        proptest::prop_assert_eq!(result.is_ok(), w.failing().is_none());
+                        if result.is_ok() {
+                            let wanted = w.content().clone();
+                            proptest::prop_assert_eq!(w.backend().committed.clone(), Some(wanted));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -522,3 +522,119 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn content() -> impl Strategy<Value = Content> {
+        (
+            proptest::option::of(any::<[u8; 6]>()),
+            proptest::collection::vec("[a-c]:[1-3]", 0..3),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
+        )
+            .prop_map(|(peer_name, targets, ipam_snapshot)| Content {
+                peer_name,
+                targets,
+                ipam_snapshot,
+            })
+    }
+
+    fn saved() -> impl Strategy<Value = Saved> {
+        (0u64..4, content()).prop_map(|(generation, content)| Saved {
+            generation,
+            content,
+        })
+    }
+
+    fn store_state() -> impl Strategy<Value = StoreState> {
+        prop_oneof![
+            Just(StoreState::Absent),
+            Just(StoreState::Empty),
+            Just(StoreState::InUse),
+            Just(StoreState::IoFailed("EIO".into())),
+            Just(StoreState::Corrupt("bad page".into())),
+            saved().prop_map(StoreState::Healthy),
+        ]
+    }
+
+    fn copy_state() -> impl Strategy<Value = CopyState> {
+        prop_oneof![
+            Just(CopyState::Absent),
+            Just(CopyState::Damaged("checksum".into())),
+            saved().prop_map(CopyState::Intact),
+        ]
+    }
+
+    const NAMES: Names<'static> = Names {
+        store: "/d/weft.redb",
+        copy: "/d/weft.lastgood",
+        data_dir: "/d",
+    };
+
+    proptest! {
+        /// Whatever is on disk: nothing is discarded without the operator asking, a refusal
+        /// names the file, a store another process holds is never touched, and no decision
+        /// ends up behind an intact copy (which would lose acknowledged allocations).
+        #[test]
+        fn no_decision_loses_what_the_copy_holds(
+            store in store_state(),
+            copy in copy_state(),
+            recover in any::<bool>(),
+        ) {
+            let mode = if recover { Mode::Recover } else { Mode::Start };
+            let decision = decide(store.clone(), copy.clone(), mode, &NAMES);
+            let copy_saved = match &copy {
+                CopyState::Intact(s) => Some(s.clone()),
+                _ => None,
+            };
+            match &decision {
+                Decision::Refuse(message) => {
+                    prop_assert!(message.contains("/d/weft.redb"), "{}", message);
+                }
+                Decision::Create { .. } => {
+                    prop_assert_eq!(&store, &StoreState::Absent);
+                    prop_assert_eq!(&copy, &CopyState::Absent);
+                }
+                Decision::Use { saved, rewrite_copy, .. } => {
+                    prop_assert_eq!(&store, &StoreState::Healthy(saved.clone()));
+                    if let Some(c) = &copy_saved {
+                        prop_assert!(saved.generation >= c.generation);
+                        prop_assert_eq!(rewrite_copy.is_none(), c == saved);
+                    } else {
+                        prop_assert!(rewrite_copy.is_some());
+                    }
+                }
+                Decision::Rebuild { saved, source, move_aside, .. } => {
+                    prop_assert!(recover, "rebuilt without being asked");
+                    prop_assert_ne!(&store, &StoreState::InUse);
+                    prop_assert_eq!(*move_aside, store != StoreState::Absent);
+                    match copy_saved {
+                        Some(c) => {
+                            prop_assert_eq!(*source, Source::LastGoodCopy);
+                            prop_assert_eq!(saved, &c);
+                        }
+                        None => {
+                            prop_assert_eq!(*source, Source::Nothing);
+                            prop_assert_eq!(saved, &Saved::default());
+                        }
+                    }
+                }
+            }
+            if store == StoreState::InUse {
+                prop_assert!(matches!(decision, Decision::Refuse(_)));
+            }
+            // Without recovery asked, only a healthy store or a first start goes on.
+            if !recover && !matches!(decision, Decision::Refuse(_)) {
+                let goes_on = matches!(
+                    (&store, &decision),
+                    (StoreState::Healthy(_), Decision::Use { .. })
+                        | (StoreState::Absent, Decision::Create { .. })
+                );
+                prop_assert!(goes_on, "{:?} {:?}", store, decision);
+            }
+        }
+    }
+}
