@@ -124,7 +124,7 @@ impl Backend for RedbBackend {
                 self.db = Some(db);
                 Ok(())
             }
-            Err(state) => Err(format!("{state:?}")),
+            Err(state) => Err(describe(&state)),
         }
     }
 
@@ -144,7 +144,12 @@ impl Backend for RedbBackend {
                 reopen: true,
             })?;
             let in_db = &self.in_db;
-            let generation = in_db.generation + 1;
+            // Past the copy's too: a re-opened database may have rolled a torn commit back,
+            // and a generation must never name two different contents.
+            let generation = in_db
+                .generation
+                .max(self.in_copy.as_ref().map_or(0, |c| c.generation))
+                + 1;
             let result = match guard::catch(|| {
                 write_content(db, &in_db.content, wanted, generation, None)
             }) {
@@ -175,6 +180,17 @@ impl Backend for RedbBackend {
             self.in_copy = Some(self.in_db.clone());
         }
         Ok(())
+    }
+}
+
+fn describe(state: &StoreState) -> String {
+    match state {
+        StoreState::Absent => "the file is missing".to_owned(),
+        StoreState::Empty => "the file is empty".to_owned(),
+        StoreState::InUse => "another process holds it".to_owned(),
+        StoreState::IoFailed(e) => e.clone(),
+        StoreState::Corrupt(e) => format!("corrupt: {e}"),
+        StoreState::Healthy(_) => "healthy".to_owned(),
     }
 }
 
@@ -360,8 +376,13 @@ fn create(
     std::fs::rename(&tmp, path)
         .and_then(|()| lastgood::sync_dir(dir))
         .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
-    open_verified(path)
-        .map_err(|state| format!("cannot open the new {}: {state:?}", path.display()))
+    open_verified(path).map_err(|state| {
+        format!(
+            "cannot open the new {}: {}",
+            path.display(),
+            describe(&state)
+        )
+    })
 }
 
 /// Renames `path` to `path.damaged-<unix seconds>`; returns the new name.
