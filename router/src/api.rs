@@ -1,6 +1,6 @@
 //! The local status and control endpoint (`127.0.0.1:6784` by default).
 //!
-//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
+//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`, `/livez`) are served to anyone who can reach
 //! the address and names it in `Host`; requests that change something (`/connect`, `/forget`,
 //! `/ping`, `/rmpeer`, `/ipam/check`, and any non-GET request) are served only to the local CLI.
 //! The rules are [`crate::status_guard`]; [`guard_request`] applies them to every route as a layer, so
@@ -51,11 +51,13 @@ fn request_timed_out() -> Response {
     )
         .into_response()
 }
+use crate::store::StoreHealth;
 
 #[derive(Clone)]
 struct Api {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
 }
 
 /// What the guard layer needs: where the endpoint is bound, and what the routes it wraps do.
@@ -74,7 +76,8 @@ fn routes(api: Api, bound: SocketAddr) -> HttpRouter {
         metrics: api.metrics.clone(),
     };
     let reads = HttpRouter::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/report", get(report_json))
         .route("/status", get(|s| text(s, report::render_summary)))
         .route("/status/peers", get(|s| text(s, report::render_peers)))
@@ -111,6 +114,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
 ) {
     let bound = match listener.local_addr() {
         Ok(bound) => bound,
@@ -123,6 +127,7 @@ pub async fn serve(
         Api {
             events,
             metrics: metrics.clone(),
+            store,
         },
         bound,
     );
@@ -160,6 +165,19 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
             let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
             (status, refusal.message()).into_response()
         }
+    }
+}
+
+/// Ready: 503 with the reason while the state store cannot persist (ADDs are refused then), so a
+/// readiness probe takes the node out of service; `/livez` stays ok (restarting would not help).
+async fn healthz(State(api): State<Api>) -> Response {
+    match api.store.failing() {
+        None => "ok\n".into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("persistence failing: {error}\n"),
+        )
+            .into_response(),
     }
 }
 

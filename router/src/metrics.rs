@@ -183,11 +183,20 @@ impl HttpMetrics {
     }
 }
 
+/// The state store's health, mirrored from the report at scrape time.
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub write_failures: Counter,
+    pub reopens: Family<ResultLabels, Counter>,
+    pub persistence_failing: Gauge,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub datapath: DatapathMetrics,
     pub ipam: IpamMetrics,
     pub http: HttpMetrics,
+    pub store: StoreMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -395,6 +404,21 @@ impl Metrics {
             i.persist_failures.clone(),
         );
         self.http.register(&mut registry);
+        registry.register(
+            "store_write_failures",
+            "Writes of the state store that failed (including retries while persistence fails)",
+            self.store.write_failures.clone(),
+        );
+        registry.register(
+            "store_reopens",
+            "Re-opens of the state store after a failed write, by result (ok, failed)",
+            self.store.reopens.clone(),
+        );
+        registry.register(
+            "store_persistence_failing",
+            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /healthz fail)",
+            self.store.persistence_failing.clone(),
+        );
         registry
     }
 
@@ -450,6 +474,20 @@ impl Metrics {
         self.observe_admission(&report.mesh_admission);
         if let Some(ipam) = &report.ipam {
             self.observe_ipam(ipam);
+        }
+        if let Some(store) = &report.store {
+            let m = &self.store;
+            mirror(&m.write_failures, store.write_failures);
+            mirror(
+                &m.reopens.get_or_create(&ResultLabels { result: "ok" }),
+                store.reopens,
+            );
+            mirror(
+                &m.reopens.get_or_create(&ResultLabels { result: "failed" }),
+                store.reopen_failures,
+            );
+            m.persistence_failing
+                .set(i64::from(store.persistence != "ok"));
         }
     }
 

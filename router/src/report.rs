@@ -17,6 +17,7 @@ use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::dataplane::{DatapathReport, LinkReport};
 use crate::ipam::{IpamCheckReport, IpamReport};
 use crate::router::RouterInfo;
+use crate::store::StoreReport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -53,6 +54,9 @@ pub struct Report {
     /// The mesh port's admission of unauthenticated connections: limits, pending, refusals.
     #[serde(default)]
     pub mesh_admission: crate::admission::AdmissionReport,
+    /// The state store: whether it persists, failures and re-opens, and its last recovery.
+    #[serde(default)]
+    pub store: Option<StoreReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +266,7 @@ pub fn build(
         datapath,
         ipam: Some(ipam),
         mesh_admission: Default::default(),
+        store: None,
     }
 }
 
@@ -336,6 +341,23 @@ pub fn render_summary(r: &Report) -> String {
                     ipam.unreachable_owners.len()
                 )
             }
+        );
+    }
+    if let Some(store) = &r.store {
+        let _ = writeln!(
+            s,
+            "          Store: persistence {}{}{}",
+            store.persistence,
+            store
+                .error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            store
+                .recovered_from
+                .as_ref()
+                .map(|rec| format!(", recovered from {} ({})", rec.source.as_str(), rec.reason))
+                .unwrap_or_default()
         );
     }
     s

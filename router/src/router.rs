@@ -466,6 +466,7 @@ impl Router {
                 let ipam = self.ipam.report(self.mesh.topology(), now);
                 let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
                 report.mesh_admission = self.params.mesh_port.report();
+                report.store = Some(self.store.report(now));
                 let _ = reply.send(report);
             }
             ApiRequest::IpamCheck { reply } => {
