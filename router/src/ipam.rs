@@ -343,6 +343,7 @@ impl IpamHost {
             gateway: IpAddr::V4(gateway),
             mtu: bridge.mtu,
             bridge: bridge.name.clone(),
+            mac: None,
         })
     }
 
@@ -824,6 +825,7 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             pod_uid: None,
+            host_veth: None,
         }
     }
 
