@@ -383,6 +383,159 @@ pub struct PortGuardReport {
     pub apply_failures: u64,
 }
 
+/// How often the drop counters are read back from the kernel.
+const COUNTER_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The port guard as the router runs it: the registry, its file, and the kernel's rules. Owned
+/// by the router actor; each change is one `nft` transaction (a few ms) made before the ADD it
+/// belongs to is answered, so no pod ever runs on an unguarded port.
+pub struct PortGuard {
+    /// The table is installed (nftables accepted the ruleset at start).
+    enabled: bool,
+    registry: PortRegistry,
+    path: PathBuf,
+    apply_failures: u64,
+    counts: std::sync::Arc<std::sync::Mutex<SpoofCounts>>,
+}
+
+impl PortGuard {
+    /// Loads the registry from `data_dir`, keeps the ports whose allocation IPAM still holds
+    /// (`allocated` answers for a key), installs the table with them guarded, and starts
+    /// reading the drop counters. A damaged registry is moved aside (ports unguarded until
+    /// their next ADD) and nftables refusing the table disables guarding; both are logged and
+    /// shown in the report, neither stops the router.
+    pub fn start(data_dir: &Path, allocated: impl Fn(&AttachmentKey) -> Option<Ipv4Addr>) -> Self {
+        let path = registry_path(data_dir);
+        let mut registry = load_registry(&path).unwrap_or_else(|e| {
+            let aside = path.with_extension("json.damaged");
+            tracing::error!(error = %e, moved_to = %aside.display(), "cannot read the port guards; ports of existing pods stay unguarded until their next ADD");
+            let _ = std::fs::rename(&path, &aside);
+            PortRegistry::default()
+        });
+        let dropped = registry.retain_allocated(allocated);
+        if !registry.is_empty() {
+            tracing::info!(ports = registry.len(), dropped = dropped.len(), "guarding the bridge ports of existing pods again");
+        }
+        if !dropped.is_empty()
+            && let Err(e) = save_registry(&path, &registry)
+        {
+            tracing::warn!(error = %e, "cannot save the port guards");
+        }
+        let ports: Vec<PortSpec> = registry.iter().map(|(_, port)| port.clone()).collect();
+        let enabled = match apply(&ruleset(&ports)) {
+            Ok(()) => {
+                tracing::info!(ports = ports.len(), "pod bridge ports guarded against spoofing");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the bridge anti-spoofing rules; pods' bridge ports are NOT guarded");
+                false
+            }
+        };
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(SpoofCounts::default()));
+        if enabled {
+            let counts = counts.clone();
+            let _ = std::thread::Builder::new()
+                .name("weft-portguard".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(COUNTER_POLL);
+                        match read_counters() {
+                            Ok(now) => *counts.lock().unwrap_or_else(|e| e.into_inner()) = now,
+                            Err(e) => tracing::debug!(error = %e, "cannot read the anti-spoofing counters"),
+                        }
+                    }
+                });
+        }
+        PortGuard {
+            enabled,
+            registry,
+            path,
+            apply_failures: 0,
+            counts,
+        }
+    }
+
+    /// The guarded ports (to pin their MACs at start).
+    pub fn ports(&self) -> Vec<PortSpec> {
+        self.registry.iter().map(|(_, port)| port.clone()).collect()
+    }
+
+    /// The port recorded for an attachment (a repeated ADD keeps its MAC).
+    pub fn port(&self, key: &AttachmentKey) -> Option<&PortSpec> {
+        self.registry.get(key)
+    }
+
+    /// Guards `port` for `key` and records it durably. Returns the port it replaces. On error
+    /// nothing changed (the caller fails the ADD).
+    pub fn attach(&mut self, key: &AttachmentKey, port: PortSpec) -> Result<Option<PortSpec>, String> {
+        let previous = self.registry.get(key).cloned();
+        if self.enabled
+            && let Err(e) = apply(&attach_script(&port, previous.as_ref()))
+        {
+            self.apply_failures += 1;
+            return Err(e.to_string());
+        }
+        self.registry.insert(key, port.clone());
+        if let Err(e) = save_registry(&self.path, &self.registry) {
+            // Guarded now, but a restart would not know: undo and fail, like an unpersisted
+            // allocation.
+            let restored = match &previous {
+                Some(previous) => {
+                    self.registry.insert(key, previous.clone());
+                    attach_script(previous, Some(&port))
+                }
+                None => {
+                    self.registry.remove(key);
+                    detach_script(&port)
+                }
+            };
+            if self.enabled && !restored.is_empty() {
+                let _ = apply(&restored);
+            }
+            return Err(format!("cannot save {}: {e}", self.path.display()));
+        }
+        Ok(previous)
+    }
+
+    /// Stops guarding the ports whose allocation is gone; returns them (their MACs are
+    /// unpinned by the caller).
+    pub fn detach_unallocated(
+        &mut self,
+        allocated: impl Fn(&AttachmentKey) -> Option<Ipv4Addr>,
+    ) -> Vec<PortSpec> {
+        let dropped: Vec<PortSpec> = self
+            .registry
+            .retain_allocated(allocated)
+            .into_iter()
+            .map(|(_, port)| port)
+            .collect();
+        if dropped.is_empty() {
+            return dropped;
+        }
+        if self.enabled {
+            let script: String = dropped.iter().map(detach_script).collect();
+            if let Err(e) = apply(&script) {
+                self.apply_failures += 1;
+                tracing::warn!(error = %e, "cannot remove the guards of deleted attachments");
+            }
+        }
+        if let Err(e) = save_registry(&self.path, &self.registry) {
+            tracing::warn!(error = %e, "cannot save the port guards");
+        }
+        dropped
+    }
+
+    pub fn report(&self) -> PortGuardReport {
+        PortGuardReport {
+            enabled: self.enabled,
+            ports: self.registry.len(),
+            spoofed: *self.counts.lock().unwrap_or_else(|e| e.into_inner()),
+            apply_failures: self.apply_failures,
+        }
+    }
+}
+
 mod mac_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use weft_datapath::mac::{Mac, format_mac};
