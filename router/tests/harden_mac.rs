@@ -262,3 +262,80 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
     drop((victim, pinger, thief));
     Ok(())
 }
+
+/// Issue 9, finding 7.2: datagrams that fail authentication name a peer in their unauthenticated
+/// header; an attacker on the underlay (host3, no router) forging 200 of them in host2's name
+/// must not make host1's link to host2 look bad. They are counted globally as
+/// `unauthenticated`, the link's drops stay zero and the link stays up.
+#[test]
+fn forged_datagrams_count_as_unauthenticated_not_on_the_link_they_name() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    const MESH_PORT: u16 = 6783;
+    const FORGED: u64 = 200;
+    let net = Net::new(WEFT, 3)?;
+    net.start(1, RouterOpts::new().password(PASSWORD))?;
+    net.start(
+        2,
+        RouterOpts::new()
+            .password(PASSWORD)
+            .peers([net.address(1).to_string()]),
+    )?;
+    net.wait_until("the data path between host1 and host2 is up", SETTLE, || {
+        net.check_data_paths_up(&[1, 2])
+    })?;
+    let host2 = net.report(2)?.name;
+    let name: Vec<u8> = host2
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    let mut forged = Vec::new();
+    for n in 0..FORGED {
+        // kind sealed, host2's name, epoch 0, a counter, a random tag and ciphertext.
+        let mut datagram = vec![0x02];
+        datagram.extend(&name);
+        datagram.extend([0, 0]);
+        datagram.extend((n as u32 + 7).to_be_bytes());
+        let mut noise = [0u8; 16 + 64];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut noise)?;
+        datagram.extend(noise);
+        forged.push(datagram);
+    }
+    let forged: Vec<&[u8]> = forged.iter().map(Vec::as_slice).collect();
+    let to = std::net::SocketAddrV4::new(net.address(1), MESH_PORT);
+    net.send_udp(3, MESH_PORT, to, &forged)?;
+    net.wait_until("host1 counts the forgeries as unauthenticated", SETTLE, || {
+        Ok(u(&datapath(&net, 1)?["drops"]["unauthenticated"]) >= FORGED)
+    })?;
+    let report = net.report_json(1)?;
+    let link = report["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("datapath"))
+        .find(|d| d["peer"] == host2.as_str())
+        .context("host1 has no link to host2")?
+        .clone();
+    println!("host1's link to host2: {link}");
+    ensure!(
+        ["auth", "replay", "malformed"]
+            .iter()
+            .all(|d| u(&link["drops"][d]) == 0),
+        "the forgeries were held against host2's link: {link}"
+    );
+    ensure!(link["health"] == "up", "the link went down: {link}");
+    let metrics = net.metrics(1)?;
+    ensure!(
+        metrics
+            .get("weft_datapath_drops_total{reason=\"unauthenticated\"}")
+            .is_some_and(|v| v >= FORGED as f64),
+        "unauthenticated drops are not in /metrics"
+    );
+    let on_link = format!("weft_datapath_link_drops_total{{peer=\"{host2}\",reason=\"auth\"}}");
+    ensure!(
+        metrics.get(&on_link).unwrap_or(0.0) == 0.0,
+        "{on_link} counts forgeries"
+    );
+    Ok(())
+}
