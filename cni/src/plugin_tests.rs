@@ -166,7 +166,12 @@ fn add_sets_the_mac_the_router_chose_for_the_guarded_port() {
 
 #[test]
 fn add_with_an_unusable_mac_from_the_router_is_101_and_released() {
-    for bad in ["01:00:5e:00:00:01", "00:00:00:00:00:00", "02:ab:cd:00:00", "nonsense"] {
+    for bad in [
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+        "02:ab:cd:00:00",
+        "nonsense",
+    ] {
         let w = World::new();
         w.router.answer(
             "/cni/add",

@@ -134,7 +134,11 @@ mod tests {
             host_veth: Some("vw0123456789".into()),
             ..add
         };
-        assert!(serde_json::to_string(&guarded).unwrap().ends_with(r#","host_veth":"vw0123456789"}"#));
+        assert!(
+            serde_json::to_string(&guarded)
+                .unwrap()
+                .ends_with(r#","host_veth":"vw0123456789"}"#)
+        );
         let old: AddRequest =
             serde_json::from_str(r#"{"container_id":"a","ifname":"eth0","netns":"/n"}"#).unwrap();
         assert_eq!(old.host_veth, None, "an older plugin names no veth");

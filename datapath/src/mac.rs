@@ -210,10 +210,7 @@ impl MacTable {
                 entry.owner != MacOwner::Local || entry.is_expired(now, self.expiry)
             });
         let already_counted = existing.is_some_and(|entry| entry.is_unattached_local());
-        if becomes_local
-            && !already_counted
-            && self.unattached_local >= self.max_unattached_local
-        {
+        if becomes_local && !already_counted && self.unattached_local >= self.max_unattached_local {
             self.local_refusals = self.local_refusals.saturating_add(1);
             return None;
         }
@@ -993,10 +990,7 @@ mod tests {
         table.pin(POD_A, t0);
         assert_eq!(table.unattached_local(), 0);
         // Room again under the cap for an unattached one.
-        assert_eq!(
-            table.learn(POD_B, MacOwner::Local, t0),
-            Some(Learned::New)
-        );
+        assert_eq!(table.learn(POD_B, MacOwner::Local, t0), Some(Learned::New));
         // A remote entry pinned here (the attachment came after gossip said otherwise).
         let pod_c = [0x02, 0, 0, 0, 0, 0xc];
         table.learn(pod_c, MacOwner::Remote(PEER_1), t0);
@@ -1017,7 +1011,10 @@ mod tests {
         }
         // A flood of new source addresses: none learned, each counted.
         for n in 4..=100 {
-            assert_eq!(table.learn([0x02, 0, 0, 0, 0, n], MacOwner::Local, t0), None);
+            assert_eq!(
+                table.learn([0x02, 0, 0, 0, 0, n], MacOwner::Local, t0),
+                None
+            );
         }
         assert_eq!(table.local_refusals(), 97);
         assert_eq!(table.unattached_local(), 3);
@@ -1032,18 +1029,29 @@ mod tests {
         );
         assert!(table.pin(POD_A, t0));
         // A local entry moving away frees its place.
-        table.learn([0x02, 0, 0, 0, 0, 2], MacOwner::Remote(PEER_2), t0 + secs(30));
+        table.learn(
+            [0x02, 0, 0, 0, 0, 2],
+            MacOwner::Remote(PEER_2),
+            t0 + secs(30),
+        );
         assert_eq!(table.unattached_local(), 2);
         assert_eq!(
             table.learn([0x02, 0, 0, 0, 0, 50], MacOwner::Local, t0 + secs(30)),
             Some(Learned::New)
         );
         // Expired entries free theirs once swept.
-        assert_eq!(table.expire(t0 + EXPIRY).len(), 2, "the third local one and the remote one");
+        assert_eq!(
+            table.expire(t0 + EXPIRY).len(),
+            2,
+            "the third local one and the remote one"
+        );
         assert_eq!(table.unattached_local(), 2);
         table.expire(t0 + secs(30) + EXPIRY);
         assert_eq!(table.unattached_local(), 0);
-        assert_eq!(table.lookup(&POD_A, t0 + secs(30) + EXPIRY), Some(MacOwner::Local));
+        assert_eq!(
+            table.lookup(&POD_A, t0 + secs(30) + EXPIRY),
+            Some(MacOwner::Local)
+        );
     }
 
     proptest! {

@@ -437,7 +437,10 @@ impl Metrics {
             ("gossip_rate", g.gossip_rate_limited),
             ("gossip_conflict", g.gossip_conflicts),
         ] {
-            mirror(&d.mac_refusals.get_or_create(&ReasonLabels { reason }), value);
+            mirror(
+                &d.mac_refusals.get_or_create(&ReasonLabels { reason }),
+                value,
+            );
         }
         if let Some(ports) = &dp.port_guard {
             for (kind, value) in ports.spoofed.by_kind() {

@@ -146,7 +146,10 @@ fn elements(port: &PortSpec) -> [(&'static str, String); 5] {
     let ll = port.link_local();
     [
         ("guarded", format!("\"{name}\"")),
-        ("port_mac", format!("\"{name}\" . {}", format_mac(&port.mac))),
+        (
+            "port_mac",
+            format!("\"{name}\" . {}", format_mac(&port.mac)),
+        ),
         ("port_ipv4", format!("\"{name}\" . {}", port.ipv4)),
         ("port_ipv6", format!("\"{name}\" . {ll}")),
         ("port_na", format!("\"{name}\" . 0x{:032x}", u128::from(ll))),
@@ -414,7 +417,11 @@ impl PortGuard {
         });
         let dropped = registry.retain_allocated(allocated);
         if !registry.is_empty() {
-            tracing::info!(ports = registry.len(), dropped = dropped.len(), "guarding the bridge ports of existing pods again");
+            tracing::info!(
+                ports = registry.len(),
+                dropped = dropped.len(),
+                "guarding the bridge ports of existing pods again"
+            );
         }
         if !dropped.is_empty()
             && let Err(e) = save_registry(&path, &registry)
@@ -424,7 +431,10 @@ impl PortGuard {
         let ports: Vec<PortSpec> = registry.iter().map(|(_, port)| port.clone()).collect();
         let enabled = match apply(&ruleset(&ports)) {
             Ok(()) => {
-                tracing::info!(ports = ports.len(), "pod bridge ports guarded against spoofing");
+                tracing::info!(
+                    ports = ports.len(),
+                    "pod bridge ports guarded against spoofing"
+                );
                 true
             }
             Err(e) => {
@@ -468,7 +478,11 @@ impl PortGuard {
 
     /// Guards `port` for `key` and records it durably. Returns the port it replaces. On error
     /// nothing changed (the caller fails the ADD).
-    pub fn attach(&mut self, key: &AttachmentKey, port: PortSpec) -> Result<Option<PortSpec>, String> {
+    pub fn attach(
+        &mut self,
+        key: &AttachmentKey,
+        port: PortSpec,
+    ) -> Result<Option<PortSpec>, String> {
         let previous = self.registry.get(key).cloned();
         if self.enabled
             && let Err(e) = apply(&attach_script(&port, previous.as_ref()))
@@ -578,18 +592,31 @@ mod tests {
 
     #[test]
     fn the_ruleset_replaces_its_own_table_and_guards_every_port_given() {
-        let rules = ruleset(&[port("vw01", 1, [10, 32, 0, 5]), port("vw02", 2, [10, 32, 0, 6])]);
+        let rules = ruleset(&[
+            port("vw01", 1, [10, 32, 0, 5]),
+            port("vw02", 2, [10, 32, 0, 6]),
+        ]);
         assert!(rules.starts_with("table bridge weft {}\ndelete table bridge weft\n"));
         assert!(rules.contains("type filter hook prerouting priority 0; policy accept;"));
         assert!(rules.contains("iifname @guarded jump guard"));
         for kind in KINDS {
-            assert!(rules.contains(&format!("counter spoofed_{kind} {{}}")), "{kind}");
-            assert!(rules.contains(&format!("counter name spoofed_{kind} drop")), "{kind}");
+            assert!(
+                rules.contains(&format!("counter spoofed_{kind} {{}}")),
+                "{kind}"
+            );
+            assert!(
+                rules.contains(&format!("counter name spoofed_{kind} drop")),
+                "{kind}"
+            );
         }
         assert!(rules.contains("add element bridge weft guarded { \"vw01\" }"));
-        assert!(rules.contains("add element bridge weft port_mac { \"vw02\" . 02:aa:00:00:00:02 }"));
+        assert!(
+            rules.contains("add element bridge weft port_mac { \"vw02\" . 02:aa:00:00:00:02 }")
+        );
         assert!(rules.contains("add element bridge weft port_ipv4 { \"vw01\" . 10.32.0.5 }"));
-        assert!(rules.contains("add element bridge weft port_ipv6 { \"vw01\" . fe80::aa:ff:fe00:1 }"));
+        assert!(
+            rules.contains("add element bridge weft port_ipv6 { \"vw01\" . fe80::aa:ff:fe00:1 }")
+        );
         assert!(rules.contains(
             "add element bridge weft port_na { \"vw01\" . 0xfe8000000000000000aa00fffe000001 }"
         ));
@@ -610,7 +637,11 @@ mod tests {
         let new = port("vw01", 9, [10, 32, 0, 7]);
         let attach = attach_script(&new, None);
         assert_eq!(attach.lines().count(), 5);
-        assert!(attach.lines().all(|l| l.starts_with("add element bridge weft ")));
+        assert!(
+            attach
+                .lines()
+                .all(|l| l.starts_with("add element bridge weft "))
+        );
         // A repeated ADD replaces the old port's facts in the same transaction.
         let replace = attach_script(&new, Some(&old));
         let lines: Vec<_> = replace.lines().collect();
@@ -650,8 +681,16 @@ mod tests {
         let mac = attachment_mac([0xff; 6]);
         assert_eq!(mac[0] & 0x03, 0x02, "unicast, locally administered");
         assert_eq!(attachment_mac([1, 0, 0, 0, 0, 0]), [2, 0, 0, 0, 0, 1]);
-        assert_eq!(parse_mac("02:aa:00:00:00:0b"), Some([2, 0xaa, 0, 0, 0, 0xb]));
-        for bad in ["02:aa:00:00:00", "02:aa:00:00:00:0b:0c", "2:aa:00:00:00:0b", "zz:aa:00:00:00:0b"] {
+        assert_eq!(
+            parse_mac("02:aa:00:00:00:0b"),
+            Some([2, 0xaa, 0, 0, 0, 0xb])
+        );
+        for bad in [
+            "02:aa:00:00:00",
+            "02:aa:00:00:00:0b:0c",
+            "2:aa:00:00:00:0b",
+            "zz:aa:00:00:00:0b",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }

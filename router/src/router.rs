@@ -6,15 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
-use std::net::IpAddr;
 use weft_cni::error as code;
+use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 use weft_datapath::mac::Mac;
 use weft_gossip::PeerName;
-use weft_gossip::ipam::AllocKey;
 use weft_gossip::handshake::Role;
+use weft_gossip::ipam::AllocKey;
 use weft_gossip::ipam::IPAM_CHANNEL;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
 use weft_gossip::maker::Retry;
@@ -25,8 +25,8 @@ use weft_gossip::wire::ControlMsg;
 use crate::conn::{self, ConnParams};
 use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
 use crate::ipam::{CniFailure, IpamHost, Reply};
-use crate::portguard::{self, AttachmentKey, PortGuard};
 use crate::metrics::Metrics;
+use crate::portguard::{self, AttachmentKey, PortGuard};
 use crate::report::{self, Report};
 use crate::store::Store;
 
@@ -475,7 +475,10 @@ impl Router {
             Ok(previous) => {
                 if let Some(previous) = previous.filter(|p| p.mac != mac) {
                     dataplane.unpin_mac(&previous.mac);
-                    let change = dataplane.gossip_macs().lock().unpin_local(previous.mac, now);
+                    let change = dataplane
+                        .gossip_macs()
+                        .lock()
+                        .unpin_local(previous.mac, now);
                     self.publish_macs(change, out);
                 }
                 let Some(dataplane) = self.dataplane.as_ref() else {

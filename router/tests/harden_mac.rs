@@ -120,8 +120,21 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
     println!("victim {victim_mac} {victim_ip} on host2, thief {thief_mac} {thief_ip} on host1");
 
     // The victim is reachable before the attack (ARP resolved, MACs learned).
-    let warm = pinger.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &victim_ip.to_string()])?;
-    ensure!(warm.success(), "pinger cannot reach the victim: {}", warm.stdout);
+    let warm = pinger.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &victim_ip.to_string(),
+    ])?;
+    ensure!(
+        warm.success(),
+        "pinger cannot reach the victim: {}",
+        warm.stdout
+    );
 
     // The attack runs while the pinger pings the victim 40 times.
     const ATTACK_SECS: &str = "10";
@@ -143,7 +156,16 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
     )?;
     let pings = net.spawn_in_container(
         &pinger,
-        &["ping", "-c", "40", "-i", "0.2", "-W", "2", &victim_ip.to_string()],
+        &[
+            "ping",
+            "-c",
+            "40",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &victim_ip.to_string(),
+        ],
     )?;
     // host1's MAC table, watched while the attack runs: the victim's MAC is never local.
     let deadline = Instant::now() + Duration::from_secs(9);
@@ -160,15 +182,31 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
     }
     let pings = pings.wait(Duration::from_secs(30))?;
     let sent = attack.wait(Duration::from_secs(30))?;
-    println!("attacker sent {} frames; {samples} samples of host1's MAC table", sent.stdout.trim());
+    println!(
+        "attacker sent {} frames; {samples} samples of host1's MAC table",
+        sent.stdout.trim()
+    );
     ensure!(
         pings.status.success() && pings.stdout.contains(" 0% packet loss"),
         "the victim's traffic was disturbed:\n{}",
         pings.stdout
     );
     // The thief still works as itself.
-    let own = thief.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &victim_ip.to_string()])?;
-    ensure!(own.success(), "the thief's own traffic is blocked: {}", own.stdout);
+    let own = thief.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &victim_ip.to_string(),
+    ])?;
+    ensure!(
+        own.success(),
+        "the thief's own traffic is blocked: {}",
+        own.stdout
+    );
 
     // Every kind of spoofed frame was dropped and counted on host1 (the counters are read
     // from the kernel every 2 s).
@@ -225,18 +263,25 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
     )?;
     let out = rogue_flood.wait(Duration::from_secs(120))?;
     ensure!(out.status.success(), "rogue flood failed: {}", out.stderr);
-    net.wait_until("host1 refuses the unguarded flood beyond its cap", SETTLE, || {
-        let guard = datapath(net, 1)?["mac_guard"].clone();
-        ensure!(
-            u(&guard["unattached_local"]) <= MAX_UNATTACHED_LOCAL,
-            "over the cap: {guard}"
-        );
-        Ok(u(&guard["refused_unattached"]) > 0)
-    })?;
+    net.wait_until(
+        "host1 refuses the unguarded flood beyond its cap",
+        SETTLE,
+        || {
+            let guard = datapath(net, 1)?["mac_guard"].clone();
+            ensure!(
+                u(&guard["unattached_local"]) <= MAX_UNATTACHED_LOCAL,
+                "over the cap: {guard}"
+            );
+            Ok(u(&guard["refused_unattached"]) > 0)
+        },
+    )?;
     // Give gossip time to carry whatever host1 claimed.
     std::thread::sleep(Duration::from_secs(5));
     let dp1 = datapath(net, 1)?;
-    println!("host1 mac_guard after the unguarded flood: {}", dp1["mac_guard"]);
+    println!(
+        "host1 mac_guard after the unguarded flood: {}",
+        dp1["mac_guard"]
+    );
     for i in [2, 3] {
         let gossiped = u(&datapath(net, i)?["gossiped_macs"]);
         println!("host{i} gossiped_macs: {gossiped}");
@@ -253,7 +298,16 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
         "the cap's refusals are not in /metrics"
     );
     // The victim is still fine.
-    let after = pinger.exec(&["ping", "-c", "5", "-i", "0.2", "-W", "2", &victim_ip.to_string()])?;
+    let after = pinger.exec(&[
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &victim_ip.to_string(),
+    ])?;
     ensure!(
         after.success() && after.stdout.contains(" 0% packet loss"),
         "the victim's traffic was disturbed after the floods:\n{}",
@@ -282,9 +336,11 @@ fn forged_datagrams_count_as_unauthenticated_not_on_the_link_they_name() -> anyh
             .password(PASSWORD)
             .peers([net.address(1).to_string()]),
     )?;
-    net.wait_until("the data path between host1 and host2 is up", SETTLE, || {
-        net.check_data_paths_up(&[1, 2])
-    })?;
+    net.wait_until(
+        "the data path between host1 and host2 is up",
+        SETTLE,
+        || net.check_data_paths_up(&[1, 2]),
+    )?;
     let host2 = net.report(2)?.name;
     let name: Vec<u8> = host2
         .split(':')
@@ -305,9 +361,11 @@ fn forged_datagrams_count_as_unauthenticated_not_on_the_link_they_name() -> anyh
     let forged: Vec<&[u8]> = forged.iter().map(Vec::as_slice).collect();
     let to = std::net::SocketAddrV4::new(net.address(1), MESH_PORT);
     net.send_udp(3, MESH_PORT, to, &forged)?;
-    net.wait_until("host1 counts the forgeries as unauthenticated", SETTLE, || {
-        Ok(u(&datapath(&net, 1)?["drops"]["unauthenticated"]) >= FORGED)
-    })?;
+    net.wait_until(
+        "host1 counts the forgeries as unauthenticated",
+        SETTLE,
+        || Ok(u(&datapath(&net, 1)?["drops"]["unauthenticated"]) >= FORGED),
+    )?;
     let report = net.report_json(1)?;
     let link = report["connections"]
         .as_array()
