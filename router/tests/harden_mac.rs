@@ -313,6 +313,46 @@ fn a_pod_cannot_steal_a_mac_or_flood_the_mesh_with_macs() -> anyhow::Result<()> 
         "the victim's traffic was disturbed after the floods:\n{}",
         after.stdout
     );
+
+    // A restarted router guards the ports of its persisted allocations again and pins their
+    // MACs before any new ADD.
+    net.restart(2)?;
+    net.wait_until(
+        "host2 guards the victim's port again after a restart",
+        SETTLE,
+        || {
+            let dp = datapath(net, 2)?;
+            Ok(u(&dp["port_guard"]["ports"]) == 1
+                && u(&dp["mac_guard"]["pinned"]) == 1
+                && local_macs(&dp).contains(&victim_mac))
+        },
+    )?;
+    let set = net.exec(2, &["nft", "list", "set", "bridge", "weft", "port_mac"])?;
+    ensure!(
+        set.contains(&victim_mac),
+        "host2's rules lack the victim's MAC after the restart: {}",
+        set
+    );
+    net.wait_until("the victim answers after host2's restart", SETTLE, || {
+        Ok(pinger
+            .exec(&["ping", "-c", "1", "-W", "1", &victim_ip.to_string()])?
+            .success())
+    })?;
+    // DEL removes the guard and the pin.
+    cluster.hosts[1].del(NET_WEFT, &victim, None)?;
+    let dp = datapath(net, 2)?;
+    ensure!(
+        u(&dp["port_guard"]["ports"]) == 0 && u(&dp["mac_guard"]["pinned"]) == 0,
+        "host2 keeps the guard of a deleted pod: {} {}",
+        dp["port_guard"],
+        dp["mac_guard"]
+    );
+    let set = net.exec(2, &["nft", "list", "set", "bridge", "weft", "port_mac"])?;
+    ensure!(
+        !set.contains(&victim_mac),
+        "host2's rules keep the deleted pod's MAC: {}",
+        set
+    );
     drop((victim, pinger, thief));
     Ok(())
 }
