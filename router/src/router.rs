@@ -405,8 +405,14 @@ impl Router {
         let (ipam_reply, answered) = oneshot::channel();
         self.ipam.add(request, ipam_reply, now);
         let events = self.params.events.clone();
+        let mut reply = reply;
         tokio::spawn(async move {
-            match answered.await {
+            let answer = tokio::select! {
+                answer = answered => answer,
+                // The plugin gave up: dropping `answered` tells IPAM to stop waiting for it.
+                () = reply.closed() => return,
+            };
+            match answer {
                 Ok(Ok(allocation)) => {
                     let guard = CniRequest::Guard {
                         key,
