@@ -218,6 +218,7 @@ weft_row() {
     [[ -x "$weft_router" ]] || { skip weft-cni "no weft router binary ($weft_router); pass --weft-router"; return 0; }
     local bin=$W/weft-bin
     mkdir -p "$bin" "$W/weft"
+    chmod 0755 "$W/weft" # holds the CNI socket: root-owned, writable by root only
     ln -sf "$weft_bin" "$bin/weft-cni"
     local conflist=$W/weft.conflist
     if [[ -n "$weft_conflist" ]]; then

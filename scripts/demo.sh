@@ -170,6 +170,7 @@ log "starting weft router on every host (encryption on; hosts 2..$hosts know onl
 for i in $(seq "$hosts"); do
     ns=${PREFIX}host$i
     mkdir -p "$STATE_DIR/host$i"
+    chmod 0755 "$STATE_DIR/host$i" # holds the CNI socket: root-owned, writable by root only
     peers=""
     ((i == 1)) || peers=$SUBNET.1
     # shellcheck disable=SC2016

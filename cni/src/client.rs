@@ -14,6 +14,7 @@ use crate::protocol::{
     AddRequest, Allocation, Attachment, ErrorBody, GcRequest, GcResponse, PATH_ADD, PATH_CHECK,
     PATH_DEL, PATH_GC, PATH_STATUS, Status,
 };
+use crate::socket_dir::{self, UnsafeSocketDir};
 
 /// How long the plugin waits for the router's answer (an allocation may wait for IPAM consensus).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,6 +37,8 @@ pub enum TransportError {
     Io(io::Error),
     /// Bytes came back that are not an HTTP/1.1 response.
     Malformed(String),
+    /// The socket's directory is not trusted (see [`crate::socket_dir`]): never connected.
+    UnsafeSocketDir(UnsafeSocketDir),
 }
 
 /// Sends one request to the router's socket. The real one is [`UnixHttp`]; unit tests use a fake.
@@ -61,6 +64,7 @@ impl Transport for UnixHttp {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<HttpResponse, TransportError> {
+        socket_dir::check_path(socket).map_err(TransportError::UnsafeSocketDir)?;
         let mut stream = UnixStream::connect(socket).map_err(TransportError::Connect)?;
         stream
             .set_read_timeout(Some(IO_TIMEOUT))
@@ -176,6 +180,8 @@ pub enum RouterError {
     Refused(CniError),
     /// The router answered something the plugin cannot read.
     Protocol(String),
+    /// The socket's directory is not trusted: the plugin did not connect.
+    UnsafeSocketDir(UnsafeSocketDir),
 }
 
 impl RouterError {
@@ -190,6 +196,7 @@ impl RouterError {
                 "the weft router gave an answer the plugin cannot read",
                 details,
             ),
+            Self::UnsafeSocketDir(e) => CniError::new(error::UNSAFE_SOCKET_DIR, e.to_string(), ""),
         }
     }
 }
@@ -226,6 +233,7 @@ impl RouterClient<'_> {
             Err(TransportError::Malformed(e)) => {
                 return Err(RouterError::Protocol(format!("{method} {path}: {e}")));
             }
+            Err(TransportError::UnsafeSocketDir(e)) => return Err(RouterError::UnsafeSocketDir(e)),
         };
         if (200..300).contains(&resp.status) {
             let body = if resp.body.iter().all(u8::is_ascii_whitespace) {
@@ -308,5 +316,31 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_socket_in_an_untrusted_directory_is_never_connected() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("weft-cni-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = dir.join("cni.sock");
+        // A listener someone else put there: the plugin must not talk to it.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let client = RouterClient {
+            transport: &UnixHttp,
+            socket: &socket,
+        };
+        let err = client.status().unwrap_err();
+        assert!(matches!(err, RouterError::UnsafeSocketDir(_)), "{err:?}");
+        let cni = err.into_cni(error::NOT_AVAILABLE);
+        assert_eq!(cni.code, error::UNSAFE_SOCKET_DIR);
+        assert!(
+            cni.msg.contains(&dir.display().to_string()) && cni.msg.contains("writable"),
+            "{}",
+            cni.msg
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,6 +36,9 @@ pub const ALREADY_ATTACHED: u32 = 104;
 /// 105: weft-specific (from the router): no address available: the range is exhausted, or
 /// all its free space is owned by unreachable peers (the message names `weft rmpeer`).
 pub const NO_ADDRESSES: u32 = 105;
+/// 106: weft-specific: the router's socket is in a directory that someone other than root could
+/// write (or a symlink): the plugin does not talk to it.
+pub const UNSAFE_SOCKET_DIR: u32 = 106;
 
 /// A CNI error: `{"cniVersion","code","msg","details"}` on stdout and a non-zero exit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! - [`config`]: the `CNI_*` environment and the network configuration.
 //! - [`result`]: results in each supported version's format.
 //! - [`client`]: the hand-written HTTP/1.1 client over the router's unix socket.
+//! - [`socket_dir`]: whether the socket's directory can be trusted (both ends check it).
 //! - [`delegate`]: running a delegated IPAM plugin.
 //! - [`hostnet`]: the kernel edge as a trait; [`netlink`] is the real one, [`sys`] its unsafe bits.
 //! - [`plugin`]: the verbs.
@@ -18,6 +19,7 @@ pub mod netlink;
 pub mod plugin;
 pub mod protocol;
 pub mod result;
+pub mod socket_dir;
 pub mod sys;
 
 #[cfg(test)]

@@ -298,7 +298,9 @@ impl Verb<'_> {
         };
         let alloc = match self.router().add(&req) {
             Ok(a) => a,
-            Err(e @ RouterError::Refused(_)) => return Err(e.into_cni(error::TRY_AGAIN_LATER)),
+            Err(e @ (RouterError::Refused(_) | RouterError::UnsafeSocketDir(_))) => {
+                return Err(e.into_cni(error::TRY_AGAIN_LATER));
+            }
             Err(e) => {
                 // The request may have reached the router: do not leave an allocation behind.
                 let _ = self.router().del(&attachment);

@@ -1,37 +1,83 @@
 //! The local status and control endpoint (`127.0.0.1:6784` by default).
 //!
-//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`) are served to anyone who can reach
-//! the address; requests that change something (`/connect`, `/forget`, `/ping`, `/rmpeer`) are refused
-//! unless they come from loopback, even when the endpoint is bound to a wider address.
+//! Reads (`/status…`, `/report`, `/metrics`, `/healthz`, `/livez`) are served to anyone who can reach
+//! the address and names it in `Host`; requests that change something (`/connect`, `/forget`,
+//! `/ping`, `/rmpeer`, `/ipam/check`, and any non-GET request) are served only to the local CLI.
+//! The rules are [`crate::status_guard`]; [`guard_request`] applies them to every route as a layer, so
+//! a new route is guarded by where it is added (`reads` or `controls`), not by its handler.
+//! Connections are served by [`crate::http_server`] (caps and deadlines).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router as HttpRouter;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::http_admission::Limits;
+use crate::http_server::{self, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::report::{self, Report};
 use crate::router::{ApiRequest, Event};
+use crate::status_guard::{self, Access, CLIENT_HEADER, RequestFacts};
+
+/// Connection caps and deadlines of the status endpoint. Local clients (the CLI) have a pool
+/// of their own; remote scrapers share the rest, at most 16 connections each.
+pub const LISTENER: ListenerConfig = ListenerConfig {
+    name: "status",
+    limits: Limits {
+        local: 64,
+        remote_total: 256,
+        remote_per_source: 16,
+    },
+    header_timeout: Duration::from_secs(10),
+    // The slowest request (`weft ping`, `weft ipam check`) waits a few seconds for peers.
+    request_timeout: Duration::from_secs(30),
+    lifetime: Duration::from_secs(120),
+    timed_out: request_timed_out,
+    refused: http_server::refused_answer(),
+};
+
+fn request_timed_out() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the weft router did not answer in time\n",
+    )
+        .into_response()
+}
+use crate::store::StoreHealth;
 
 #[derive(Clone)]
 struct Api {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    events: mpsc::Sender<Event>,
+/// What the guard layer needs: where the endpoint is bound, and what the routes it wraps do.
+#[derive(Clone)]
+struct Guard {
+    bound: SocketAddr,
+    access: Access,
     metrics: Arc<Metrics>,
-) {
-    let app = HttpRouter::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Every route of the endpoint, each behind the guard.
+fn routes(api: Api, bound: SocketAddr) -> HttpRouter {
+    let guard = |access| Guard {
+        bound,
+        access,
+        metrics: api.metrics.clone(),
+    };
+    let reads = HttpRouter::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/report", get(report_json))
         .route("/status", get(|s| text(s, report::render_summary)))
         .route("/status/peers", get(|s| text(s, report::render_peers)))
@@ -41,16 +87,97 @@ pub async fn serve(
         )
         .route("/status/routes", get(|s| text(s, report::render_routes)))
         .route("/status/ipam", get(|s| text(s, report::render_ipam)))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text));
+    // Changes, and reads that make other peers work (ipam check).
+    let controls = HttpRouter::new()
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/ping", post(ping))
         .route("/rmpeer", post(rmpeer))
         .route("/ipam/check", get(ipam_check))
-        .with_state(Api { events, metrics });
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "status endpoint stopped");
+        .route_layer(middleware::from_fn_with_state(
+            guard(Access::Control),
+            guard_request,
+        ));
+    // The outer layer sees every request, unknown paths included; it treats any non-GET
+    // request as a change.
+    reads
+        .merge(controls)
+        .with_state(api.clone())
+        .layer(middleware::from_fn_with_state(
+            guard(Access::Read),
+            guard_request,
+        ))
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+    store: Arc<StoreHealth>,
+) {
+    let bound = match listener.local_addr() {
+        Ok(bound) => bound,
+        Err(e) => {
+            tracing::error!(error = %e, "status endpoint has no address");
+            return;
+        }
+    };
+    let app = routes(
+        Api {
+            events,
+            metrics: metrics.clone(),
+            store,
+        },
+        bound,
+    );
+    http_server::serve(listener, app, LISTENER, metrics).await;
+}
+
+/// The guard layer: refuses the request, with the reason, unless [`status_guard::decide`]
+/// allows it.
+async fn guard_request(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // Without a peer address (never, through http_server) the request counts as remote.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let facts = RequestFacts {
+        peer,
+        safe_method: matches!(*request.method(), Method::GET | Method::HEAD),
+        access: guard.access,
+        host: text(header::HOST.as_str()),
+        origin: text(header::ORIGIN.as_str()),
+        client_header: headers.contains_key(CLIENT_HEADER),
+    };
+    match status_guard::decide(guard.bound, &facts) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let n = guard
+                .metrics
+                .http
+                .request_refused("status", refusal.label());
+            if n.is_power_of_two() {
+                tracing::warn!(reason = refusal.label(), %peer, count = n, "refused status endpoint requests");
+            }
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+            (status, refusal.message()).into_response()
+        }
+    }
+}
+
+/// Ready: 503 with the reason while the state store cannot persist (ADDs are refused then), so a
+/// readiness probe takes the node out of service; `/livez` stays ok (restarting would not help).
+async fn healthz(State(api): State<Api>) -> Response {
+    match api.store.failing() {
+        None => "ok\n".into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("persistence failing: {error}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -107,48 +234,27 @@ struct PeerQuery {
     peer: String,
 }
 
-/// Refuses a request that changes something unless it comes from this host.
-fn refuse_remote(client: SocketAddr) -> Option<Response> {
-    (!client.ip().is_loopback()).then(|| {
-        (
-            StatusCode::FORBIDDEN,
-            "this operation is only available from the local host\n",
-        )
-            .into_response()
-    })
-}
-
 fn hosts(q: &PeerQuery) -> Vec<String> {
     q.peer.split(',').map(str::to_owned).collect()
 }
 
-async fn connect(
-    State(api): State<Api>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
-    if let Some(refused) = refuse_remote(client) {
-        return refused;
-    }
+async fn connect(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Connect {
         hosts: hosts(&q),
         reply,
     })
     .await
     {
-        Some(()) => "ok\n".into_response(),
+        Some(Ok(())) => "ok\n".into_response(),
+        Some(Err(refused)) => {
+            api.metrics.http.connect_targets_refused.inc();
+            (StatusCode::CONFLICT, format!("{refused}\n")).into_response()
+        }
         None => unavailable(),
     }
 }
 
-async fn forget(
-    State(api): State<Api>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
-    if let Some(refused) = refuse_remote(client) {
-        return refused;
-    }
+async fn forget(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     let hosts = hosts(&q);
     let Some(known) = ask(&api, |reply| ApiRequest::Forget {
         hosts: hosts.clone(),
@@ -179,14 +285,7 @@ struct RmpeerQuery {
     force: bool,
 }
 
-async fn rmpeer(
-    State(api): State<Api>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Query(q): Query<RmpeerQuery>,
-) -> Response {
-    if let Some(refused) = refuse_remote(client) {
-        return refused;
-    }
+async fn rmpeer(State(api): State<Api>, Query(q): Query<RmpeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Rmpeer {
         peer: q.peer,
         force: q.force,
@@ -200,28 +299,14 @@ async fn rmpeer(
     }
 }
 
-async fn ipam_check(
-    State(api): State<Api>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-) -> Response {
-    // It makes every reachable peer answer: not for remote callers.
-    if let Some(refused) = refuse_remote(client) {
-        return refused;
-    }
+async fn ipam_check(State(api): State<Api>) -> Response {
     match ask(&api, |reply| ApiRequest::IpamCheck { reply }).await {
         Some(report) => axum::Json(report).into_response(),
         None => unavailable(),
     }
 }
 
-async fn ping(
-    State(api): State<Api>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Query(q): Query<PeerQuery>,
-) -> Response {
-    if let Some(refused) = refuse_remote(client) {
-        return refused;
-    }
+async fn ping(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
     match ask(&api, |reply| ApiRequest::Ping {
         peer: q.peer,
         reply,

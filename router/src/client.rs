@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+// Every request carries it: it proves to the endpoint that the request comes from this CLI, not
+// from a web page (a browser cannot send a custom header cross-site without a preflight).
+use crate::status_guard::CLIENT_HEADER;
+
 /// Sends a request and returns the body of a 2xx answer; other answers become errors carrying
 /// the body, which the endpoint writes as a human-readable reason.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
@@ -15,7 +19,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Str
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{CLIENT_HEADER}: cli\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

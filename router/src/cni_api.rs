@@ -6,6 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router as HttpRouter;
@@ -21,12 +22,16 @@ use tokio::sync::{mpsc, oneshot};
 use weft_cni::error as code;
 use weft_cni::protocol::{PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC, PATH_STATUS};
 
+use crate::http_admission::Limits;
+use crate::http_server::{self, ListenerConfig};
 use crate::ipam::{CniFailure, Reply};
 use crate::metrics::Metrics;
 use crate::router::{CniRequest, Event};
 
 /// Binds the socket with mode 0600. A socket file left by a router that died is replaced; one
-/// that a live router still answers on is not.
+/// that a live router still answers on is not. The socket's directory is created (0700) if
+/// missing, and refused unless root owns it and nobody else can write it: whoever can write it
+/// could swap the socket and hand pods addresses (the plugin checks the same).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -35,6 +40,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    weft_cni::socket_dir::check_path(path)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
@@ -63,6 +69,34 @@ struct Cni {
     metrics: Arc<Metrics>,
 }
 
+/// Connection caps and deadlines of the CNI socket. Only root can connect, so all clients are
+/// local; the cap and the deadlines keep a stuck or buggy client from holding descriptors, and
+/// the socket's own pool keeps it serving ADDs whatever happens on the status port.
+pub const LISTENER: ListenerConfig = ListenerConfig {
+    name: "cni",
+    limits: Limits {
+        local: 128,
+        remote_total: 0,
+        remote_per_source: 0,
+    },
+    header_timeout: Duration::from_secs(10),
+    // An ADD may wait up to ipam::ADD_WAIT for the ring; the plugin gives up after 60 s.
+    request_timeout: Duration::from_secs(55),
+    lifetime: Duration::from_secs(90),
+    timed_out: request_timed_out,
+    refused: http_server::refused_cni_answer(),
+};
+
+/// Not a CNI error body on purpose: the plugin reads it as "no usable answer" and cleans up
+/// with a DEL, since the router may still have allocated.
+fn request_timed_out() -> Response {
+    (
+        StatusCode::GATEWAY_TIMEOUT,
+        "the weft router did not answer the CNI request in time\n",
+    )
+        .into_response()
+}
+
 pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
     let app = HttpRouter::new()
         .route(PATH_ADD, post(add))
@@ -70,10 +104,11 @@ pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, metrics:
         .route(PATH_CHECK, post(check))
         .route(PATH_STATUS, get(status))
         .route(PATH_GC, post(gc))
-        .with_state(Cni { events, metrics });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "CNI endpoint stopped");
-    }
+        .with_state(Cni {
+            events,
+            metrics: metrics.clone(),
+        });
+    http_server::serve(listener, app, LISTENER, metrics).await;
 }
 
 fn failure_response(f: CniFailure) -> Response {

@@ -38,6 +38,8 @@ pub enum Command {
     Rmpeer(RmpeerArgs),
     /// IP address management: this router's view, or every peer's compared.
     Ipam(IpamArgs),
+    /// The router's state store (`weft.redb` in the data directory), with the router stopped.
+    Store(StoreArgs),
     /// Install the `weft-cni` plugin and its network config on this node (the DaemonSet's init
     /// container runs this).
     InstallCni(InstallCniArgs),
@@ -64,9 +66,16 @@ pub struct RouterArgs {
     /// Maximum number of peer connections (0 = unlimited).
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
     pub conn_limit: usize,
-    /// Directory for persisted state (peer name, peers to resume).
+    /// Directory for persisted state (peer name, peers to resume, IPAM): `weft.redb` and its
+    /// last-good copy `weft.lastgood`.
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
     pub data_dir: PathBuf,
+    /// If the state store is damaged (empty, corrupt, unreadable or missing beside its
+    /// last-good copy), move it aside and rebuild it from the last-good copy, or start empty
+    /// when that is damaged too; then start. A healthy store is used as it is. Without this
+    /// flag a damaged store stops start-up (exit code 3).
+    #[arg(long, env = "WEFT_RECOVER_STORE")]
+    pub recover_store: bool,
     /// File holding the mesh password (e.g. a mounted Kubernetes Secret). `WEFT_PASSWORD`
     /// works too. With a password every connection is authenticated and encrypted.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
@@ -185,6 +194,23 @@ pub struct IpamArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// `recover`: if the store is damaged, move it aside (`weft.redb.damaged-<unix time>`) and
+    /// rebuild it from the last-good copy, or start empty when that is damaged too (said
+    /// loudly). A healthy store is left as it is.
+    #[arg(value_enum)]
+    pub what: StoreWhat,
+    /// The router's data directory.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreWhat {
+    Recover,
+}
+
+#[derive(Debug, Args)]
 pub struct InstallCniArgs {
     /// The plugin binary to install (default: `weft-cni` next to this `weft` executable).
     #[arg(long)]
@@ -266,6 +292,16 @@ mod tests {
         assert_eq!(with_default_port("node-a", 6783), "node-a:6783");
         assert_eq!(with_default_port("node-a:7000", 6783), "node-a:7000");
         assert_eq!(with_default_port("fd00::1", 6783), "[fd00::1]:6783");
+    }
+
+    #[test]
+    fn recover_store_is_a_flag_that_takes_no_value() {
+        let cli = Cli::try_parse_from(["weft", "router", "--recover-store", "10.0.0.1"]).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not the router");
+        };
+        assert!(args.recover_store);
+        assert_eq!(args.peers, vec!["10.0.0.1".to_owned()]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -17,12 +17,13 @@ use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{ConnKey, NewConnection};
 use weft_gossip::wire::{self, ControlMsg, FRAME_HEADER_LEN, Features, HELLO_LEN, WireError};
 
+use crate::admission::Refusal;
+use crate::mesh_port::{MeshPort, Pass};
 use crate::metrics::Metrics;
 use crate::router::Event;
 
 /// Label of the sleeve's key schedules within a session.
 const SLEEVE_KEYS: &str = "weft sleeve";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue of messages from the actor to one connection. Beyond it, gossip is dropped and
 /// anti-entropy repairs the gap; the actor never waits for a slow peer.
@@ -36,6 +37,8 @@ pub struct ConnParams {
     pub events: mpsc::Sender<Event>,
     pub metrics: Arc<Metrics>,
     pub next_key: AtomicU64,
+    /// Admission of inbound connections, their deadlines and the rate limit on their warnings.
+    pub mesh_port: Arc<MeshPort>,
 }
 
 impl ConnParams {
@@ -53,8 +56,12 @@ enum ConnError {
     Wire(#[from] WireError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("timed out waiting for the hello and intro ({0:?} intro deadline)")]
+    IntroTimeout(Duration),
     #[error("handshake timed out")]
     Timeout,
+    #[error("evicted: a connection from a less busy address took its slot")]
+    Evicted,
 }
 
 impl ConnError {
@@ -69,7 +76,20 @@ impl ConnError {
             }
             ConnError::Handshake(_) | ConnError::Wire(_) => "protocol",
             ConnError::Io(_) => "io",
-            ConnError::Timeout => "timeout",
+            // One label for both deadlines, as before they were split; the admission counters
+            // tell them apart.
+            ConnError::IntroTimeout(_) | ConnError::Timeout => "timeout",
+            ConnError::Evicted => "evicted",
+        }
+    }
+
+    /// The admission refusal this failure counts as, if any.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ConnError::IntroTimeout(_) => Some(Refusal::IntroTimeout),
+            ConnError::Timeout => Some(Refusal::HandshakeTimeout),
+            // Counted when the eviction was decided.
+            _ => None,
         }
     }
 }
@@ -140,8 +160,9 @@ pub async fn run(
     target: Option<String>,
     key: ConnKey,
     params: Arc<ConnParams>,
-    handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pass: Option<Pass>,
 ) {
+    let started = pass.as_ref().map_or_else(Instant::now, |p| p.accepted);
     let _ = stream.set_nodelay(true);
     let remote = match stream.peer_addr() {
         Ok(addr) => addr,
@@ -153,21 +174,53 @@ pub async fn run(
         conn_id: weft_crypto::random_u64(),
         ..params.local.clone()
     };
-    let handshake = handshake(role, &params, local.clone(), &mut reader, &mut write_half);
-    let (features, channel) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
+    let mut pass = pass;
+    let evicted = pass.as_mut().and_then(Pass::take_evicted);
+    let handshake = handshake(
+        role,
+        &params,
+        local.clone(),
+        &mut reader,
+        &mut write_half,
+        started,
+        pass.as_ref(),
+    );
+    let outcome = match evicted {
+        Some(mut evicted) => tokio::select! {
+            done = handshake => done,
+            Ok(()) = &mut evicted => Err(ConnError::Evicted),
+        },
+        None => handshake.await,
+    };
+    drop(pass);
+    let (features, channel) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
             let label = e.label();
-            tracing::warn!(%remote, target = target.as_deref(), error = %e, "handshake failed");
+            if role == Role::Listener
+                && let Some(refusal) = e.refusal()
+            {
+                params.mesh_port.count(refusal);
+            }
+            let role_label = match role {
+                Role::Dialer => "outbound",
+                Role::Listener => "inbound",
+            };
+            params
+                .mesh_port
+                .log_limited((role_label, label), |summary| {
+                    tracing::warn!(
+                        %remote,
+                        target = target.as_deref(),
+                        error = %e,
+                        earlier = summary.as_ref().map(tracing::field::display),
+                        "handshake failed"
+                    );
+                });
             return report_failure(&params, target, Some(remote), e.to_string(), label).await;
-        }
-        Err(_) => {
-            let e = ConnError::Timeout;
-            return report_failure(&params, target, Some(remote), e.to_string(), e.label()).await;
         }
     };
 
-    drop(handshake_permit);
     // The sleeve seals each direction with its own key schedule from this session.
     let link_keys = params.password.as_ref().map(|_| {
         let from_dialer = role == Role::Dialer;
@@ -206,8 +259,10 @@ pub async fn run(
         Ok(Err(reason)) => {
             // Tell the peer why, so its status shows more than a closed socket.
             let goodbye = wire::encode(&ControlMsg::Goodbye { reason });
-            let _ = write_frame(&mut write_half, &sealer.seal(&goodbye)).await;
-            let _ = write_half.shutdown().await;
+            let sealed = sealer.seal(&goodbye);
+            let _ =
+                tokio::time::timeout(params.heartbeat, write_frame(&mut write_half, &sealed)).await;
+            let _ = tokio::time::timeout(params.heartbeat, write_half.shutdown()).await;
             return;
         }
         Err(_) => return,
@@ -215,6 +270,9 @@ pub async fn run(
     let mut reader_task = tokio::spawn(read_loop(reader, opener, key, params.clone()));
     let mut heartbeat = tokio::time::interval(params.heartbeat);
     heartbeat.tick().await;
+    // A peer that stops reading would block a write forever (and keep the fd): a write gets as
+    // long as the peer may stay silent.
+    let write_deadline = params.heartbeat * 3;
     let reason = loop {
         let msg = tokio::select! {
             msg = rx.recv() => match msg {
@@ -227,8 +285,15 @@ pub async fn run(
         let plain = wire::encode(&msg);
         params.metrics.message_sent(&msg, plain.len());
         let sealed = sealer.seal(&plain);
-        if let Err(e) = write_frame(&mut write_half, &sealed).await {
-            break format!("write failed: {e}");
+        match tokio::time::timeout(write_deadline, write_frame(&mut write_half, &sealed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break format!("write failed: {e}"),
+            Err(_) => {
+                break format!(
+                    "write blocked for {}s: the peer does not read",
+                    write_deadline.as_secs_f64()
+                );
+            }
         }
         if let ControlMsg::Goodbye { reason } = msg {
             break reason;
@@ -236,28 +301,48 @@ pub async fn run(
         heartbeat.reset();
     };
     reader_task.abort();
-    let _ = write_half.shutdown().await;
+    let _ = tokio::time::timeout(params.heartbeat, write_half.shutdown()).await;
     let _ = params.events.send(Event::Closed { key, reason }).await;
 }
 
+/// Runs the handshake within the mesh port's deadlines, counted from `started` (accept or
+/// connect): the plaintext hello and intro by the intro deadline, everything by the handshake
+/// deadline. Whole phases are timed, not single reads, so a peer trickling a byte at a time is
+/// cut like a silent one.
 async fn handshake(
     role: Role,
     params: &ConnParams,
     local: Features,
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
+    started: Instant,
+    pass: Option<&Pass>,
 ) -> Result<(Features, weft_gossip::handshake::SecureChannel), ConnError> {
+    let limits = params.mesh_port.limits();
     let (mut hs, hello) = Handshake::new(role, params.password.clone(), local);
-    writer.write_all(&hello).await?;
-    let mut remote_hello = [0u8; HELLO_LEN];
-    reader.read_exact(&mut remote_hello).await?;
-    let intro = hs.on_hello(&remote_hello)?;
-    write_frame(writer, &intro).await?;
-    let remote_intro = read_frame(reader).await?;
-    let sealed = hs.on_intro(&remote_intro)?;
-    write_frame(writer, &sealed).await?;
-    let remote_sealed = read_frame(reader).await?;
-    Ok(hs.on_features(&remote_sealed)?)
+    let intro = async {
+        writer.write_all(&hello).await?;
+        let mut remote_hello = [0u8; HELLO_LEN];
+        reader.read_exact(&mut remote_hello).await?;
+        let intro = hs.on_hello(&remote_hello)?;
+        if let Some(pass) = pass {
+            pass.hello_received();
+        }
+        write_frame(writer, &intro).await?;
+        read_frame(reader).await
+    };
+    let remote_intro = tokio::time::timeout_at((started + limits.intro_deadline).into(), intro)
+        .await
+        .map_err(|_| ConnError::IntroTimeout(limits.intro_deadline))??;
+    let rest = async {
+        let sealed = hs.on_intro(&remote_intro)?;
+        write_frame(writer, &sealed).await?;
+        let remote_sealed = read_frame(reader).await?;
+        Ok(hs.on_features(&remote_sealed)?)
+    };
+    tokio::time::timeout_at((started + limits.handshake_deadline).into(), rest)
+        .await
+        .map_err(|_| ConnError::Timeout)?
 }
 
 /// Reads, opens and forwards frames until the connection fails; returns why.

@@ -67,7 +67,9 @@ pub fn resolve(
             derive_name(&machine_id, &hostname)
         }
     };
-    store.set_peer_name(name.to_bytes())?;
+    if store.peer_name()? != Some(name.to_bytes()) {
+        store.set_peer_name(name.to_bytes())?;
+    }
     Ok(Identity {
         name,
         nickname: nickname.unwrap_or(hostname),

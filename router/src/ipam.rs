@@ -409,6 +409,14 @@ impl IpamHost {
         if self.bridge.is_none() {
             return Err(no_datapath());
         }
+        if let Some(error) = self.store.persistence_failing() {
+            return Err(CniFailure::new(
+                503,
+                code::NOT_AVAILABLE,
+                "weft cannot persist its IPAM state",
+                format!("persistence failing: {error}"),
+            ));
+        }
         if self.gateway.is_none() {
             return not_ready(format!("IPAM: {}", self.channel.lock().status(now).state));
         }
@@ -463,11 +471,22 @@ impl IpamHost {
             self.ensure_gateway(now);
             dirty = true;
         }
+        // Attachments asked again that hold an address already: it is on disk (an address
+        // whose write failed is released), so a failed write now must not release it.
+        let on_disk: BTreeSet<AllocKey> = {
+            let channel = self.channel.lock();
+            self.pending
+                .iter()
+                .filter(|p| channel.address_of(&p.key).is_some())
+                .map(|p| p.key.clone())
+                .collect()
+        };
         let answers = self.try_pending(now);
         let outbox = self.channel.lock().take_outbox();
         let persisted = if dirty { self.persist() } else { Ok(()) };
         for (reply, key, result) in answers {
             let result = match (result, &persisted) {
+                (Ok(alloc), Err(_)) if on_disk.contains(&key) => Ok(alloc),
                 (Ok(_), Err(e)) => {
                     // Not on disk: a restart could hand the address out again. Undo it.
                     self.channel.lock().release(&key, now);
@@ -499,6 +518,12 @@ impl IpamHost {
     fn persist(&mut self) -> Result<(), String> {
         let bytes = self.channel.lock().snapshot().to_bytes();
         if bytes == self.saved {
+            // On disk already. While the store fails, this is the probe whose success clears
+            // the failure (the store re-opens the database first when it must); its failure
+            // is the store's to count and log.
+            if self.store.persistence_failing().is_some() {
+                let _ = self.store.set_ipam_snapshot(&bytes);
+            }
             return Ok(());
         }
         match self.store.set_ipam_snapshot(&bytes) {

@@ -1,5 +1,6 @@
 //! `weft`: the router daemon (`weft router`) and the operator's CLI (`weft status`, …).
 
+mod admission;
 mod api;
 mod client;
 mod cni_api;
@@ -7,15 +8,22 @@ mod config;
 mod conn;
 mod dataplane;
 mod hostnet;
+mod http_admission;
+mod http_server;
 mod identity;
 mod install;
 mod ipam;
+mod log_limit;
+mod mesh_port;
 mod metrics;
 mod nat;
 mod portguard;
 mod report;
 mod router;
+mod status_guard;
 mod store;
+mod sys;
+mod targets;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -32,12 +40,16 @@ use weft_gossip::mesh::MeshConfig;
 use weft_gossip::routes::Routes;
 use weft_gossip::wire::Features;
 
-use crate::config::{Cli, Command, DatapathChoice, IpamWhat, RouterArgs, StatusWhat};
+use crate::config::{Cli, Command, DatapathChoice, IpamWhat, RouterArgs, StatusWhat, StoreWhat};
 use crate::conn::ConnParams;
 use crate::metrics::Metrics;
 use crate::report::Report;
 use crate::router::{Event, Planes, Router, RouterInfo};
 use crate::store::Store;
+
+/// The exit code of `weft router` and `weft store` when the state store cannot be used (damaged,
+/// in use, unreadable): start-up stops instead of making a new identity.
+const EXIT_STORE_REFUSED: i32 = 3;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -115,7 +127,46 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Store(args) => {
+            init_tracing("info")?;
+            match args.what {
+                StoreWhat::Recover => {
+                    if !args.data_dir.is_dir() {
+                        // A mistyped path must not become a new, empty store.
+                        tracing::error!(data_dir = %args.data_dir.display(), "no such data directory");
+                        std::process::exit(EXIT_STORE_REFUSED);
+                    }
+                    let store = open_store(&args.data_dir, store::Mode::Recover);
+                    println!("{}", store.opened());
+                    Ok(())
+                }
+            }
+        }
         Command::InstallCni(args) => install::run(&args),
+    }
+}
+
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .context("invalid --log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// Opens the state store, or ends the process with [`EXIT_STORE_REFUSED`] and an error that
+/// names the file and what to do.
+fn open_store(data_dir: &std::path::Path, mode: store::Mode) -> Store {
+    match Store::open_with(data_dir, mode) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(data_dir = %data_dir.display(), "cannot use the state store: {e}");
+            std::process::exit(EXIT_STORE_REFUSED);
+        }
     }
 }
 
@@ -127,18 +178,33 @@ fn post_targets(args: &config::TargetArgs, path: &str) -> anyhow::Result<()> {
 }
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
-        .context("invalid --log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing(&args.log_level)?;
 
     let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
     let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
-    let store = Arc::new(Store::open(&args.data_dir)?);
+    let store_mode = if args.recover_store {
+        store::Mode::Recover
+    } else {
+        store::Mode::Start
+    };
+    let store = Arc::new(open_store(&args.data_dir, store_mode));
+    if let Some(record) = store.recovered_from() {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(record.at_unix_secs);
+        let damaged_file = record.damaged_file.as_deref().unwrap_or("(none)");
+        match record.source {
+            store::recovery::Source::LastGoodCopy => tracing::info!(
+                reason = %record.reason, damaged_file, ago_secs = ago,
+                "this state store was rebuilt from its last-good copy"
+            ),
+            store::recovery::Source::Nothing => tracing::warn!(
+                reason = %record.reason, damaged_file, ago_secs = ago,
+                "this state store was rebuilt from nothing: the allocations made before were lost"
+            ),
+        }
+    }
     let identity = identity::resolve(
         args.name,
         args.nickname.clone(),
@@ -152,16 +218,27 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut targets: Vec<String> = args
+    let peers: Vec<String> = args
         .peers
         .iter()
         .map(|p| config::with_default_port(p.trim(), args.port))
         .collect();
-    for persisted in store.targets()? {
-        if !targets.contains(&persisted) {
-            targets.push(persisted);
-        }
+    let (targets, left_out) =
+        targets::at_start(peers, store.targets()?, targets::MAX_DIRECT_TARGETS);
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            cap = targets::MAX_DIRECT_TARGETS,
+            "more persisted connect targets than the cap: the rest are not dialled (weft forget some)"
+        );
     }
+    let open_files_limit = match sys::raise_open_files_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit");
+            None
+        }
+    };
     tracing::info!(
         name = %identity.name,
         nickname = %identity.nickname,
@@ -169,6 +246,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         encryption = password.is_some(),
         port = args.port,
         peers = ?targets,
+        open_files_limit,
         "starting weft router"
     );
 
@@ -201,6 +279,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             events: events_tx.clone(),
             metrics: metrics.clone(),
             next_key: 1.into(),
+            mesh_port: mesh_port::MeshPort::new(admission::AdmissionLimits::default()),
         };
         let mesh_config = MeshConfig {
             name: identity.name,
@@ -214,6 +293,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             port: args.port,
             conn_limit: args.conn_limit,
             mesh_id: args.mesh_id.clone(),
+            open_files_limit,
         };
         let ipam_channel = SharedIpam::new(ipam::open_channel(
             &store,
@@ -282,6 +362,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             !targets.is_empty(),
             Instant::now(),
         );
+        let store_health = store.health();
         let router = Router::new(
             mesh_config,
             params,
@@ -300,7 +381,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             events_tx.clone(),
             metrics.clone(),
         ));
-        tokio::spawn(api::serve(status_listener, events_tx, metrics));
+        tokio::spawn(api::serve(status_listener, events_tx, metrics, store_health));
         tokio::select! {
             _ = router.run(listener) => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -113,10 +113,103 @@ pub struct IpamMetrics {
     pub rejected_requests: Counter,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// The HTTP listeners (`listener` = `status` or `cni`): connection caps, deadlines and the
+/// status endpoint's request guard.
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<ListenerReasonLabels, Counter>,
+    pub connections_timed_out: Family<ListenerReasonLabels, Counter>,
+    pub requests_refused: Family<ListenerReasonLabels, Counter>,
+    /// `weft connect` requests refused because the persisted targets are at their cap.
+    pub connect_targets_refused: Counter,
+}
+
+impl HttpMetrics {
+    pub fn open(&self, listener: &'static str) -> Gauge {
+        self.connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// Counts a refused connection; returns how many this listener has refused for `reason`.
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .connections_refused
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    /// Counts a connection or request ended by a deadline.
+    pub fn timed_out(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .connections_timed_out
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    /// Counts a request refused by the status endpoint's guard.
+    pub fn request_refused(&self, listener: &'static str, reason: &'static str) -> u64 {
+        let counter = self
+            .requests_refused
+            .get_or_create(&ListenerReasonLabels { listener, reason });
+        counter.inc() + 1
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_connections_open",
+            "Connections open on each HTTP listener (status endpoint, CNI socket)",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at accept: a cap was reached (local_limit, remote_limit, per_source_limit) or accept failed (accept_error)",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "Connections closed by a deadline (header: no complete request head in time, idle keep-alive included; lifetime: the whole-connection deadline) and requests answered 503/504 by the request deadline (request)",
+            self.connections_timed_out.clone(),
+        );
+        registry.register(
+            "http_requests_refused",
+            "Requests the status endpoint refused: foreign Host (host), foreign Origin (origin), a change without the X-Weft-Client header (client_header) or from another host (remote)",
+            self.requests_refused.clone(),
+        );
+        registry.register(
+            "connect_targets_refused",
+            "weft connect requests refused because the persisted connect targets are at their cap",
+            self.connect_targets_refused.clone(),
+        );
+    }
+}
+
+/// The state store's health, mirrored from the report at scrape time.
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub write_failures: Counter,
+    pub reopens: Family<ResultLabels, Counter>,
+    pub persistence_failing: Gauge,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub datapath: DatapathMetrics,
     pub ipam: IpamMetrics,
+    pub http: HttpMetrics,
+    pub store: StoreMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -125,6 +218,17 @@ pub struct Metrics {
     pub gossip_bytes: Family<GossipLabels, Counter>,
     pub frames_rejected: Counter,
     pub send_queue_drops: Counter,
+    pub admission: AdmissionMetrics,
+}
+
+/// The mesh port's admission of unauthenticated connections, mirrored from the report at
+/// scrape time.
+#[derive(Default)]
+pub struct AdmissionMetrics {
+    pub refused: Family<ReasonLabels, Counter>,
+    pub admitted: Counter,
+    pub pending: Gauge,
+    pub pending_known: Gauge,
 }
 
 const CONNECTION_STATES: [&str; 5] = ["established", "connecting", "waiting", "retrying", "failed"];
@@ -186,6 +290,27 @@ impl Metrics {
             "send_queue_drops",
             "Messages dropped because a peer's send queue was full (anti-entropy repairs them)",
             self.send_queue_drops.clone(),
+        );
+        let a = &self.admission;
+        registry.register(
+            "mesh_admission_refused",
+            "Unauthenticated mesh connections refused or cut before their handshake ended, by reason (per_source, total, evicted, intro_timeout, handshake_timeout)",
+            a.refused.clone(),
+        );
+        registry.register(
+            "mesh_admission_admitted",
+            "Mesh connections admitted to a handshake",
+            a.admitted.clone(),
+        );
+        registry.register(
+            "mesh_admission_pending",
+            "Mesh connections in their handshake now",
+            a.pending.clone(),
+        );
+        registry.register(
+            "mesh_admission_pending_known",
+            "Mesh connections in their handshake now from addresses the mesh knows",
+            a.pending_known.clone(),
         );
         let d = &self.datapath;
         registry.register(
@@ -316,6 +441,22 @@ impl Metrics {
             "Failed writes of the IPAM state (each failed the ADDs it carried)",
             i.persist_failures.clone(),
         );
+        self.http.register(&mut registry);
+        registry.register(
+            "store_write_failures",
+            "Writes of the state store that failed (including retries while persistence fails)",
+            self.store.write_failures.clone(),
+        );
+        registry.register(
+            "store_reopens",
+            "Re-opens of the state store after a failed write, by result (ok, failed)",
+            self.store.reopens.clone(),
+        );
+        registry.register(
+            "store_persistence_failing",
+            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /healthz fail)",
+            self.store.persistence_failing.clone(),
+        );
         registry
     }
 
@@ -368,9 +509,37 @@ impl Metrics {
         if let Some(dp) = &report.datapath {
             self.observe_datapath(report, dp);
         }
+        self.observe_admission(&report.mesh_admission);
         if let Some(ipam) = &report.ipam {
             self.observe_ipam(ipam);
         }
+        if let Some(store) = &report.store {
+            let m = &self.store;
+            mirror(&m.write_failures, store.write_failures);
+            mirror(
+                &m.reopens.get_or_create(&ResultLabels { result: "ok" }),
+                store.reopens,
+            );
+            mirror(
+                &m.reopens.get_or_create(&ResultLabels { result: "failed" }),
+                store.reopen_failures,
+            );
+            m.persistence_failing
+                .set(i64::from(store.persistence != "ok"));
+        }
+    }
+
+    fn observe_admission(&self, r: &crate::admission::AdmissionReport) {
+        let a = &self.admission;
+        for refusal in crate::admission::Refusal::ALL {
+            let reason = refusal.label();
+            let value = r.refused.get(reason).copied().unwrap_or(0);
+            mirror(&a.refused.get_or_create(&ReasonLabels { reason }), value);
+        }
+        mirror(&a.admitted, r.admitted);
+        a.pending.set(i64::try_from(r.pending).unwrap_or(i64::MAX));
+        a.pending_known
+            .set(i64::try_from(r.pending_known).unwrap_or(i64::MAX));
     }
 
     fn observe_ipam(&self, ipam: &crate::ipam::IpamReport) {

@@ -17,6 +17,7 @@ use weft_gossip::wire::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::dataplane::{DatapathReport, LinkReport};
 use crate::ipam::{IpamCheckReport, IpamReport};
 use crate::router::RouterInfo;
+use crate::store::StoreReport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -34,6 +35,9 @@ pub struct Report {
     pub mesh_id: String,
     pub port: u16,
     pub conn_limit: usize,
+    /// The open files limit the router runs with (raised to the hard limit at start).
+    #[serde(default)]
+    pub open_files_limit: Option<u64>,
     /// Every peer in the topology, this one included, sorted by name.
     pub peers: Vec<PeerReport>,
     /// This peer's connections: established ones, targets being dialled or retried, and recent
@@ -47,6 +51,12 @@ pub struct Report {
     /// IP address management: the ring as this peer sees it, and its allocations.
     #[serde(default)]
     pub ipam: Option<IpamReport>,
+    /// The mesh port's admission of unauthenticated connections: limits, pending, refusals.
+    #[serde(default)]
+    pub mesh_admission: crate::admission::AdmissionReport,
+    /// The state store: whether it persists, failures and re-opens, and its last recovery.
+    #[serde(default)]
+    pub store: Option<StoreReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +254,7 @@ pub fn build(
         mesh_id: info.mesh_id.clone(),
         port: info.port,
         conn_limit: info.conn_limit,
+        open_files_limit: info.open_files_limit,
         peers,
         connections,
         routes,
@@ -254,6 +265,8 @@ pub fn build(
         },
         datapath,
         ipam: Some(ipam),
+        mesh_admission: Default::default(),
+        store: None,
     }
 }
 
@@ -328,6 +341,23 @@ pub fn render_summary(r: &Report) -> String {
                     ipam.unreachable_owners.len()
                 )
             }
+        );
+    }
+    if let Some(store) = &r.store {
+        let _ = writeln!(
+            s,
+            "          Store: persistence {}{}{}",
+            store.persistence,
+            store
+                .error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            store
+                .recovered_from
+                .as_ref()
+                .map(|rec| format!(", recovered from {} ({})", rec.source.as_str(), rec.reason))
+                .unwrap_or_default()
         );
     }
     s

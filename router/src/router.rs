@@ -1,19 +1,17 @@
 //! The router actor: one task owns the [`Mesh`] state machine and carries out its actions.
 //! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::net::IpAddr;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use weft_cni::error as code;
 use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
 use weft_datapath::mac::Mac;
 use weft_gossip::PeerName;
-use weft_gossip::handshake::Role;
 use weft_gossip::ipam::AllocKey;
 use weft_gossip::ipam::IPAM_CHANNEL;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
@@ -95,9 +93,10 @@ pub enum CniRequest {
 }
 
 pub enum ApiRequest {
+    /// `weft connect`: refused (with the reason) when the direct targets would pass their cap.
     Connect {
         hosts: Vec<String>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Forget {
         hosts: Vec<String>,
@@ -137,6 +136,8 @@ pub struct RouterInfo {
     pub port: u16,
     pub conn_limit: usize,
     pub mesh_id: String,
+    /// The open files limit (`RLIMIT_NOFILE`) after raising it at start.
+    pub open_files_limit: Option<u64>,
 }
 
 /// What the router runs besides the mesh: the data plane (whose MAC channel the mesh hosts) and
@@ -234,7 +235,8 @@ impl Router {
 
     /// Accepts connections and runs the actor until the process ends.
     pub async fn run(mut self, listener: TcpListener) {
-        tokio::spawn(accept_loop(listener, self.params.clone()));
+        tokio::spawn(crate::mesh_port::accept_loop(listener, self.params.clone()));
+        self.update_known_addresses();
         loop {
             let mut wake = self.mesh.next_wakeup();
             if let Some(deadline) = self.pings.values().map(|p| p.sent + PING_TIMEOUT).min() {
@@ -254,6 +256,7 @@ impl Router {
             match event {
                 Some(event) => self.handle(event, now, &mut out),
                 None => {
+                    self.update_known_addresses();
                     if let Some(dataplane) = &self.dataplane {
                         // `prune_tombstones` moves the channel's clock to `now` itself.
                         dataplane
@@ -272,6 +275,7 @@ impl Router {
                 }
                 self.ipam
                     .set_reachable(self.mesh.routes().reachable(LinkSet::All));
+                self.update_known_addresses();
             }
             // Persists IPAM state before anything queued in `out` is sent.
             self.ipam_step(now, ipam_touched, &mut out);
@@ -612,9 +616,16 @@ impl Router {
                     .iter()
                     .map(|h| crate::config::with_default_port(h, self.info.port))
                     .collect();
-                self.mesh.add_direct(&hosts, now, out);
-                self.mesh.tick(now, out);
-                let _ = reply.send(());
+                let admitted = crate::targets::admit(
+                    &self.mesh.direct_targets(),
+                    &hosts,
+                    crate::targets::MAX_DIRECT_TARGETS,
+                );
+                if admitted.is_ok() {
+                    self.mesh.add_direct(&hosts, now, out);
+                    self.mesh.tick(now, out);
+                }
+                let _ = reply.send(admitted);
             }
             ApiRequest::Forget { hosts, reply } => {
                 let known = hosts
@@ -659,9 +670,10 @@ impl Router {
                     .map(Dataplane::links)
                     .unwrap_or_default();
                 let ipam = self.ipam.report(self.mesh.topology(), now);
-                let _ = reply.send(report::build(
-                    &self.mesh, &self.info, datapath, links, ipam, now,
-                ));
+                let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
+                report.mesh_admission = self.params.mesh_port.report();
+                report.store = Some(self.store.report(now));
+                let _ = reply.send(report);
             }
             ApiRequest::IpamCheck { reply } => {
                 self.ipam.start_check(weft_crypto::random_u64(), reply, now);
@@ -729,12 +741,35 @@ impl Router {
                     }
                 }
                 Action::TargetsChanged => {
+                    self.update_known_addresses();
                     if let Err(e) = self.store.set_targets(&self.mesh.direct_targets()) {
                         tracing::warn!(error = %e, "cannot persist peer list");
                     }
                 }
             }
         }
+    }
+
+    /// Tells the mesh port which addresses the mesh knows: every address in the gossiped
+    /// topology (where peers accept connections) and the dial targets (`--peers`, `weft
+    /// connect`, discovered) given as addresses. They keep reserved admission slots during a flood.
+    fn update_known_addresses(&self) {
+        let mut known: HashSet<IpAddr> = self
+            .mesh
+            .topology()
+            .peers()
+            .flat_map(|p| p.connections.values())
+            .filter_map(|c| c.remote_addr.map(|a| a.ip()))
+            .collect();
+        // Direct targets and those discovered by gossip; host names are not resolved here.
+        known.extend(self.mesh.targets(Instant::now()).iter().filter_map(|t| {
+            t.address
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| t.address.parse::<IpAddr>())
+                .ok()
+        }));
+        self.params.mesh_port.set_known(known);
     }
 
     fn sync_metrics(&mut self) {
@@ -758,38 +793,5 @@ fn touches_ipam(event: &Event) -> bool {
                 | ControlMsg::Unicast { channel, .. } if *channel == IPAM_CHANNEL
         ),
         _ => false,
-    }
-}
-
-/// At most this many inbound connections may be in their handshake at once; more wait in the
-/// kernel's backlog, so a flood of connections cannot pile up tasks and memory.
-const MAX_PENDING_HANDSHAKES: usize = 64;
-
-async fn accept_loop(listener: TcpListener, params: Arc<ConnParams>) {
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let key = params.new_key();
-                tokio::spawn(conn::run(
-                    stream,
-                    Role::Listener,
-                    None,
-                    key,
-                    params.clone(),
-                    Some(permit),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        if params.events.is_closed() {
-            return;
-        }
     }
 }

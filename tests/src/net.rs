@@ -1,6 +1,7 @@
 //! Hosts as network namespaces on one virtual switch, and commands run inside them.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -101,6 +102,9 @@ impl Net {
         let switch_port = format!("v{id}");
         let dir = self.dir.join(format!("host{id}"));
         std::fs::create_dir_all(&dir)?;
+        // The router's CNI socket lives here: both ends refuse a directory others could write,
+        // whatever the umask.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         add_namespace(&ns)?;
         let address = Ipv4Addr::new(
             SUBNET_PREFIX[0],
