@@ -324,14 +324,16 @@ pub fn load_registry(path: &Path) -> io::Result<PortRegistry> {
     }
 }
 
-/// Writes the registry atomically and durably (temporary file, fsync, rename).
+/// Writes the registry atomically (temporary file, rename), so a router crash leaves the old
+/// or the new file whole. Not fsynced: what it describes, the pods' veths, does not survive the
+/// power loss that could lose the write (network namespaces end with the machine), and an fsync
+/// would cost every ADD a disk flush.
 pub fn save_registry(path: &Path, registry: &PortRegistry) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(registry).map_err(io::Error::other)?;
     {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
-        file.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }
@@ -476,7 +478,8 @@ impl PortGuard {
         self.registry.get(key)
     }
 
-    /// Guards `port` for `key` and records it durably. Returns the port it replaces. On error
+    /// Guards `port` for `key` and records it (see [`save_registry`]). Returns the port it
+    /// replaces. On error
     /// nothing changed (the caller fails the ADD).
     pub fn attach(
         &mut self,
