@@ -479,8 +479,7 @@ impl PortGuard {
     }
 
     /// Guards `port` for `key` and records it (see [`save_registry`]). Returns the port it
-    /// replaces. On error
-    /// nothing changed (the caller fails the ADD).
+    /// replaces. On error nothing changed (the caller fails the ADD).
     pub fn attach(
         &mut self,
         key: &AttachmentKey,
