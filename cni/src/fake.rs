@@ -87,7 +87,10 @@ impl HostNet for FakeNet {
             return Err(CniError::kernel("create veth", "EEXIST"));
         }
         let host_mac = self.mac();
-        let container_mac = self.mac();
+        let container_mac = match req.mac {
+            Some(mac) => crate::netlink::format_mac(mac),
+            None => self.mac(),
+        };
         self.host_links.borrow_mut().insert(
             req.host_name.clone(),
             (

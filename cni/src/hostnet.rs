@@ -18,6 +18,9 @@ pub struct VethRequest {
     pub bridge: String,
     pub mtu: u32,
     pub hairpin: bool,
+    /// The MAC the container end must have (the router's choice, for its port guard); the
+    /// kernel picks one when `None`.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// What ADD created.

@@ -445,6 +445,9 @@ impl HostNet for Netlink {
             .push(LinkAttribute::IfName(req.ifname.clone()));
         peer.attributes.push(LinkAttribute::Mtu(req.mtu));
         peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        if let Some(mac) = req.mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         let mut host = LinkMessage::default();
         host.attributes
             .push(LinkAttribute::IfName(req.host_name.clone()));

@@ -42,6 +42,17 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_VETH_PREFIX}{:010x}", h & 0xff_ffff_ffff)
 }
 
+/// `aa:bb:cc:dd:ee:ff`, if it is a unicast address (the router's choice for a pod).
+fn parse_unicast_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2)?;
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
+}
+
 /// Runs one plugin call.
 pub fn run(env: &CniEnv, stdin: &[u8], deps: &Deps<'_>) -> Outcome {
     // Errors are written in the config's version when it is one we speak.
@@ -139,6 +150,8 @@ fn version_lt(a: &str, b: &str) -> bool {
 #[derive(Debug, Clone)]
 struct Plan {
     ips: Vec<(IpNet, Option<IpAddr>)>,
+    /// The pod's MAC, when the router chose one (it guards the port for it).
+    mac: Option<[u8; 6]>,
     routes: Vec<RouteSpec>,
     mtu: u32,
     bridge: String,
@@ -232,7 +245,7 @@ impl Verb<'_> {
         }
         // 1. The address.
         let plan = match self.cfg.ipam_type {
-            None => self.plan_from_router(cid, ifname, netns)?,
+            None => self.plan_from_router(cid, ifname, netns, &host_name)?,
             Some(_) => self.plan_from_delegate()?,
         };
         // 2. The interfaces; on failure undo everything, the allocation included.
@@ -263,7 +276,13 @@ impl Verb<'_> {
         }
     }
 
-    fn plan_from_router(&self, cid: &str, ifname: &str, netns: &str) -> Result<Plan, CniError> {
+    fn plan_from_router(
+        &self,
+        cid: &str,
+        ifname: &str,
+        netns: &str,
+        host_name: &str,
+    ) -> Result<Plan, CniError> {
         let req = AddRequest {
             container_id: cid.to_string(),
             ifname: ifname.to_string(),
@@ -271,6 +290,7 @@ impl Verb<'_> {
             pod_namespace: self.arg("K8S_POD_NAMESPACE"),
             pod_name: self.arg("K8S_POD_NAME"),
             pod_uid: self.arg("K8S_POD_UID"),
+            host_veth: Some(host_name.to_string()),
         };
         let attachment = Attachment {
             container_id: cid.into(),
@@ -308,8 +328,14 @@ impl Verb<'_> {
         if let Err(why) = config::valid_ifname(&bridge) {
             return bad(format!("bridge {bridge:?} {why}"));
         }
+        let mac = match alloc.mac.as_deref().map(parse_unicast_mac) {
+            None => None,
+            Some(Some(mac)) => Some(mac),
+            Some(None) => return bad(format!("mac {:?}", alloc.mac.unwrap_or_default())),
+        };
         Ok(Plan {
             ips: vec![(alloc.address, Some(alloc.gateway))],
+            mac,
             routes: gateway_routes(alloc.address, alloc.gateway),
             mtu: self.cfg.mtu.unwrap_or(alloc.mtu),
             bridge,
@@ -366,6 +392,7 @@ impl Verb<'_> {
             }
             Ok(Plan {
                 ips,
+                mac: None,
                 routes,
                 mtu: self.cfg.mtu.unwrap_or(bridge_mtu),
                 bridge: self.cfg.bridge.clone(),
@@ -397,6 +424,7 @@ impl Verb<'_> {
             bridge: plan.bridge.clone(),
             mtu: plan.mtu,
             hairpin: self.cfg.hairpin,
+            mac: plan.mac,
         })?;
         let addrs: Vec<IpNet> = plan.ips.iter().map(|(a, _)| *a).collect();
         net.configure_container(netns, ifname, &addrs, &plan.routes)?;

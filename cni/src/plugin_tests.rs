@@ -114,7 +114,8 @@ fn add_with_router_ipam() {
     assert_eq!(
         reqs[0].2,
         json!({"container_id": "c0ffee", "ifname": "eth0", "netns": NETNS,
-               "pod_namespace": "default", "pod_name": "web-0", "pod_uid": "u1"})
+               "pod_namespace": "default", "pod_name": "web-0", "pod_uid": "u1",
+               "host_veth": host()})
     );
     assert_eq!(
         w.net.ops(),
@@ -141,6 +142,48 @@ fn add_with_router_ipam() {
     let iface = &w.net.ifaces.borrow()[&(NETNS.to_string(), "eth0".to_string())];
     assert!(iface.up);
     assert_eq!(iface.addrs[0].to_string(), "10.32.0.5/12");
+}
+
+#[test]
+fn add_sets_the_mac_the_router_chose_for_the_guarded_port() {
+    let w = World::new();
+    w.router.answer(
+        "/cni/add",
+        200,
+        json!({"address": "10.32.0.5/12", "gateway": "10.32.0.1", "mtu": 1414,
+               "bridge": "weft", "mac": "02:ab:cd:00:00:07"}),
+    );
+    let out = ok(w.verb("ADD", &conf("1.1.0"))).unwrap();
+    assert_eq!(out["interfaces"][1]["mac"], "02:ab:cd:00:00:07");
+    assert!(w.net.calls.borrow()[3].contains("mac: Some([2, 171, 205, 0, 0, 7])"));
+    let iface = &w.net.ifaces.borrow()[&(NETNS.to_string(), "eth0".to_string())];
+    assert_eq!(iface.mac, "02:ab:cd:00:00:07");
+    // Without a MAC (an older router) the kernel picks one, as before.
+    let w = World::new();
+    ok(w.verb("ADD", &conf("1.1.0")));
+    assert!(w.net.calls.borrow()[3].contains("mac: None"));
+}
+
+#[test]
+fn add_with_an_unusable_mac_from_the_router_is_101_and_released() {
+    for bad in [
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+        "02:ab:cd:00:00",
+        "nonsense",
+    ] {
+        let w = World::new();
+        w.router.answer(
+            "/cni/add",
+            200,
+            json!({"address": "10.32.0.5/12", "gateway": "10.32.0.1", "mtu": 1414,
+                   "bridge": "weft", "mac": bad}),
+        );
+        let o = w.verb("ADD", &conf("1.1.0"));
+        assert_eq!(err(&o).code, crate::error::ROUTER_PROTOCOL, "{bad}");
+        assert_eq!(w.router.paths(), ["/cni/add", "/cni/del"], "{bad}");
+        assert!(w.net.ops().iter().all(|op| op != "create_veth"), "{bad}");
+    }
 }
 
 #[test]

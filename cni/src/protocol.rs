@@ -9,6 +9,12 @@
 //! | `GET /cni/status` | — | 200 [`Status`] `{"ready":true}`; 503 + [`ErrorBody`] code 50 |
 //! | `POST /cni/gc` | [`GcRequest`] | 200 [`GcResponse`] |
 //!
+//! Port guarding: a plugin that names the host end of the pod's veth in
+//! [`AddRequest::host_veth`] gets [`Allocation::mac`], the MAC the router chose for the pod,
+//! and sets it on the pod's interface; the router guards that bridge port (frames, ARP and
+//! neighbour discovery from the pod must carry this MAC and the allocated address) before it
+//! answers. Either field absent (an older plugin or router) means no guard, as before.
+//!
 //! Any 4xx/5xx carries an [`ErrorBody`] whose `code` is a CNI error code (e.g. 11 "try again
 //! later" while IPAM is not ready), which the plugin passes on to the runtime as is.
 
@@ -39,6 +45,10 @@ pub struct AddRequest {
     pub pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The host end of the pod's veth (the bridge port), which the plugin creates after the
+    /// answer: the router guards it for the pod's MAC and address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth: Option<String>,
 }
 
 /// One attachment: the body of `del` and `check`, and an entry of [`GcRequest::valid`].
@@ -60,6 +70,10 @@ pub struct Allocation {
     pub mtu: u32,
     /// The bridge the host end joins.
     pub bridge: String,
+    /// The MAC the pod's interface must have (`aa:bb:cc:dd:ee:ff`), when the request named
+    /// its `host_veth`: the only source MAC its bridge port lets through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// `GET /cni/status` success body.
@@ -103,6 +117,7 @@ mod tests {
             pod_namespace: Some("default".into()),
             pod_name: None,
             pod_uid: None,
+            host_veth: None,
         };
         assert_eq!(
             serde_json::to_string(&add).unwrap(),
@@ -114,6 +129,19 @@ mod tests {
         .unwrap();
         assert_eq!(alloc.address.to_string(), "10.32.0.5/12");
         assert_eq!(alloc.gateway.to_string(), "10.32.0.1");
+        assert_eq!(alloc.mac, None, "an older router sends no MAC");
+        let guarded = AddRequest {
+            host_veth: Some("vw0123456789".into()),
+            ..add
+        };
+        assert!(
+            serde_json::to_string(&guarded)
+                .unwrap()
+                .ends_with(r#","host_veth":"vw0123456789"}"#)
+        );
+        let old: AddRequest =
+            serde_json::from_str(r#"{"container_id":"a","ifname":"eth0","netns":"/n"}"#).unwrap();
+        assert_eq!(old.host_veth, None, "an older plugin names no veth");
         let err: ErrorBody = serde_json::from_str(r#"{"code":11,"msg":"ipam not ready"}"#).unwrap();
         assert_eq!(err.details, "");
         assert!(

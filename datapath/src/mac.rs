@@ -26,6 +26,22 @@
 //! local entry is not reported to the caller, unlike an expired one; with 65536 local MACs a
 //! host has bigger problems than a stale gossip entry.
 //!
+//! # Attachments are pinned; other local addresses are capped
+//!
+//! A pod attached by the CNI plugin has a MAC the router chose and knows. The router **pins**
+//! it ([`MacTable::pin`]): a pinned entry is local, never expires, is never evicted, and data
+//! cannot take it over — a frame from the mesh carrying a pinned MAC as its source (another
+//! host's pod spoofing it) is not learned and is counted ([`MacTable::conflicts`]).
+//!
+//! Every other local address is learned from data, and the TAP cannot tell which bridge port a
+//! frame came in on (the bridge hands the TAP frames, not ports). So instead of a per-port
+//! limit the table caps the local addresses that are *not* attachments
+//! ([`MacTable::with_limits`], [`DEFAULT_MAX_UNATTACHED_LOCAL`]): beyond the cap a new local
+//! address (or one moving here) is not learned, and so not gossiped, and is counted
+//! ([`MacTable::local_refusals`]). Frames to such an address are flooded, not lost. Attached
+//! pods are guarded at their bridge port (the router's nftables rules), so a pod flooding
+//! random source MACs is stopped there; the cap bounds what other bridge ports can do.
+//!
 //! Finding the least recently seen entry costs amortised O(1): each learn appends its MAC to a
 //! recency queue of its owner class, or renews the MAC's record in place when that record is
 //! the queue's newest (a pod refreshed by frame after frame); records made stale by a later
@@ -47,6 +63,11 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(5 * 60);
 /// Entries a table holds unless built with [`MacTable::with_max_entries`]: far more pods than
 /// a mesh has, and a few MiB at most.
 pub const DEFAULT_MAX_ENTRIES: usize = 65536;
+
+/// Local addresses that are not CNI attachments a table holds unless built with
+/// [`MacTable::with_limits`]: the bridge's own, pods attached by other means (an older
+/// plugin, hand-made veths), far fewer than a MAC flood.
+pub const DEFAULT_MAX_UNATTACHED_LOCAL: usize = 256;
 
 /// Where the owner of a MAC address is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,18 +94,26 @@ struct Entry {
     owner: MacOwner,
     last_seen: Instant,
     /// When this entry was last learned, in [`MacTable::learn`] calls; matches exactly one
-    /// live record in the recency queue of the owner's class.
+    /// live record in the recency queue of the owner's class (none for a pinned entry).
     touch: u64,
+    /// A CNI attachment's MAC ([`MacTable::pin`]): local, never expires, never evicted, never
+    /// taken over by data.
+    pinned: bool,
 }
 
 impl Entry {
+    /// Counts toward the cap on local addresses that are not attachments.
+    fn is_unattached_local(&self) -> bool {
+        self.owner == MacOwner::Local && !self.pinned
+    }
+
     /// Saturating, so a `now` older than the entry (out-of-order callers) means age zero.
     fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_seen)
     }
 
     fn is_expired(&self, now: Instant, expiry: Duration) -> bool {
-        self.age(now) >= expiry
+        !self.pinned && self.age(now) >= expiry
     }
 }
 
@@ -102,6 +131,12 @@ pub struct MacTable {
     next_touch: u64,
     evictions: u64,
     refusals: u64,
+    /// Cap on local entries that are not pinned, and how many there are (expired ones
+    /// included until swept).
+    max_unattached_local: usize,
+    unattached_local: usize,
+    local_refusals: u64,
+    conflicts: u64,
 }
 
 impl Default for MacTable {
@@ -120,6 +155,12 @@ impl MacTable {
     /// An empty table holding at most `max_entries` (at least 1) entries; see the module
     /// documentation for what gives way when it is full.
     pub fn with_max_entries(expiry: Duration, max_entries: usize) -> Self {
+        Self::with_limits(expiry, max_entries, DEFAULT_MAX_UNATTACHED_LOCAL)
+    }
+
+    /// An empty table holding at most `max_entries` (at least 1) entries, of which at most
+    /// `max_unattached_local` are local and not pinned (see the module documentation).
+    pub fn with_limits(expiry: Duration, max_entries: usize, max_unattached_local: usize) -> Self {
         Self {
             entries: HashMap::new(),
             expiry,
@@ -130,6 +171,10 @@ impl MacTable {
             next_touch: 0,
             evictions: 0,
             refusals: 0,
+            max_unattached_local,
+            unattached_local: 0,
+            local_refusals: 0,
+            conflicts: 0,
         }
     }
 
@@ -146,7 +191,29 @@ impl MacTable {
             owner,
             last_seen: now,
             touch,
+            pinned: false,
         };
+        let existing = self.entries.get(&mac).copied();
+        if let Some(entry) = existing.filter(|entry| entry.pinned) {
+            // An attachment's MAC: its own frames refresh nothing that matters (it never
+            // expires); anyone else's are a conflict, never learned.
+            if owner == MacOwner::Local {
+                return Some(Learned::Refreshed);
+            }
+            debug_assert!(entry.owner == MacOwner::Local);
+            self.conflicts = self.conflicts.saturating_add(1);
+            return None;
+        }
+        // A new local address, or one moving here, needs room under the unattached cap.
+        let becomes_local = owner == MacOwner::Local
+            && existing.is_none_or(|entry| {
+                entry.owner != MacOwner::Local || entry.is_expired(now, self.expiry)
+            });
+        let already_counted = existing.is_some_and(|entry| entry.is_unattached_local());
+        if becomes_local && !already_counted && self.unattached_local >= self.max_unattached_local {
+            self.local_refusals = self.local_refusals.saturating_add(1);
+            return None;
+        }
         // The entry's live recency record, which `record` may reuse.
         let previous = self.entries.get(&mac).map(|entry| entry.touch);
         let learned = match self.entries.get_mut(&mac) {
@@ -176,6 +243,12 @@ impl MacTable {
                 Learned::New
             }
         };
+        let now_counted = fresh.is_unattached_local();
+        match (already_counted, now_counted) {
+            (false, true) => self.unattached_local += 1,
+            (true, false) => self.unattached_local = self.unattached_local.saturating_sub(1),
+            _ => {}
+        }
         // 2^64 learns never happen; wrapping keeps even that from panicking.
         self.next_touch = touch.wrapping_add(1);
         self.record(mac, owner, touch, previous);
@@ -213,16 +286,70 @@ impl MacTable {
     /// table holds only local entries and the newcomer is remote).
     fn make_room_for(&mut self, owner: MacOwner) -> bool {
         if let Some(mac) = pop_least_recent(&mut self.remote_order, &self.entries) {
-            self.entries.remove(&mac);
+            self.remove(&mac);
         } else if owner == MacOwner::Local
             && let Some(mac) = pop_least_recent(&mut self.local_order, &self.entries)
         {
-            self.entries.remove(&mac);
+            self.remove(&mac);
         } else {
             return false;
         }
         self.evictions = self.evictions.saturating_add(1);
         true
+    }
+
+    /// Removes one entry, keeping the unattached count.
+    fn remove(&mut self, mac: &Mac) -> Option<Entry> {
+        let entry = self.entries.remove(mac)?;
+        if entry.is_unattached_local() {
+            self.unattached_local = self.unattached_local.saturating_sub(1);
+        }
+        Some(entry)
+    }
+
+    /// `mac` belongs to a pod the CNI plugin attached here: it is local from now on, whatever
+    /// data or gossip say, until [`MacTable::unpin`]. Pins take room like any entry (evicting
+    /// as a local newcomer would) but are never refused: there is one per attachment.
+    /// Group and zero addresses cannot be pinned (false).
+    pub fn pin(&mut self, mac: Mac, now: Instant) -> bool {
+        if is_multicast(&mac) || mac == [0; 6] {
+            return false;
+        }
+        let touch = self.next_touch;
+        self.next_touch = touch.wrapping_add(1);
+        let pinned = Entry {
+            owner: MacOwner::Local,
+            last_seen: now,
+            touch,
+            pinned: true,
+        };
+        if self.remove(&mac).is_none() && self.entries.len() >= self.max_entries {
+            self.make_room_for(MacOwner::Local);
+        }
+        self.entries.insert(mac, pinned);
+        true
+    }
+
+    /// The attachment of `mac` is gone: its entry goes (whatever it was). Returns whether the
+    /// entry was pinned.
+    pub fn unpin(&mut self, mac: &Mac) -> bool {
+        match self.entries.get(mac) {
+            Some(entry) if entry.pinned => {
+                self.entries.remove(mac);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `mac` is pinned.
+    pub fn is_pinned(&self, mac: &Mac) -> bool {
+        self.entries.get(mac).is_some_and(|entry| entry.pinned)
+    }
+
+    /// Pinned entries.
+    pub fn pinned(&self) -> usize {
+        self.entries.values().filter(|entry| entry.pinned).count()
     }
 
     /// The owner of `mac`, unless unknown or expired.
@@ -238,13 +365,16 @@ impl MacTable {
     pub fn expire(&mut self, now: Instant) -> Vec<(Mac, MacOwner)> {
         let mut expired = Vec::new();
         let expiry = self.expiry;
+        let mut unattached_gone = 0;
         self.entries.retain(|mac, entry| {
             let alive = !entry.is_expired(now, expiry);
             if !alive {
                 expired.push((*mac, entry.owner));
+                unattached_gone += usize::from(entry.is_unattached_local());
             }
             alive
         });
+        self.unattached_local = self.unattached_local.saturating_sub(unattached_gone);
         expired.sort_unstable_by_key(|(mac, _)| *mac);
         expired
     }
@@ -297,6 +427,26 @@ impl MacTable {
     /// evict.
     pub fn refusals(&self) -> u64 {
         self.refusals
+    }
+
+    /// The most local entries that are not pinned.
+    pub fn max_unattached_local(&self) -> usize {
+        self.max_unattached_local
+    }
+
+    /// Local entries that are not pinned (expired ones included until swept).
+    pub fn unattached_local(&self) -> usize {
+        self.unattached_local
+    }
+
+    /// How many new local addresses were not learned because the unattached cap was reached.
+    pub fn local_refusals(&self) -> u64 {
+        self.local_refusals
+    }
+
+    /// How many frames from the mesh carried a pinned (attached here) MAC as their source.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 }
 
@@ -792,5 +942,152 @@ mod tests {
         table.learn(POD_B, MacOwner::Remote(PEER_1), t0);
         assert_eq!(table.len(), 1);
         assert_eq!(table.lookup(&POD_B, t0), Some(MacOwner::Remote(PEER_1)));
+    }
+
+    #[test]
+    fn a_pinned_mac_is_never_taken_over_by_data_expiry_or_eviction() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_max_entries(EXPIRY, 2);
+        assert!(table.pin(POD_A, t0));
+        assert!(table.is_pinned(&POD_A));
+        // Another host's pod sending with the attached MAC: not learned, counted.
+        assert_eq!(table.learn(POD_A, MacOwner::Remote(PEER_1), t0), None);
+        assert_eq!(table.conflicts(), 1);
+        assert_eq!(table.lookup(&POD_A, t0), Some(MacOwner::Local));
+        // Its own frames are fine; they change nothing.
+        assert_eq!(
+            table.learn(POD_A, MacOwner::Local, t0),
+            Some(Learned::Refreshed)
+        );
+        // Never expires.
+        let later = t0 + EXPIRY * 10;
+        assert!(table.expire(later).is_empty());
+        assert_eq!(table.lookup(&POD_A, later), Some(MacOwner::Local));
+        // Never evicted: a full table of a pin and a local entry makes room for a local
+        // newcomer by evicting the unpinned one.
+        table.learn(POD_B, MacOwner::Local, later);
+        let pod_c = [0x02, 0, 0, 0, 0, 0xc];
+        assert_eq!(
+            table.learn(pod_c, MacOwner::Local, later),
+            Some(Learned::New)
+        );
+        assert_eq!(table.lookup(&POD_A, later), Some(MacOwner::Local));
+        assert_eq!(table.lookup(&POD_B, later), None);
+        assert_eq!(table.pinned(), 1);
+        // Unpinning removes it.
+        assert!(table.unpin(&POD_A));
+        assert!(!table.unpin(&POD_A));
+        assert_eq!(table.lookup(&POD_A, later), None);
+        assert!(!table.pin([0xff; 6], t0));
+    }
+
+    #[test]
+    fn pinning_takes_over_a_learned_entry_and_uncounts_it() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_limits(EXPIRY, 16, 1);
+        table.learn(POD_A, MacOwner::Local, t0);
+        assert_eq!(table.unattached_local(), 1);
+        table.pin(POD_A, t0);
+        assert_eq!(table.unattached_local(), 0);
+        // Room again under the cap for an unattached one.
+        assert_eq!(table.learn(POD_B, MacOwner::Local, t0), Some(Learned::New));
+        // A remote entry pinned here (the attachment came after gossip said otherwise).
+        let pod_c = [0x02, 0, 0, 0, 0, 0xc];
+        table.learn(pod_c, MacOwner::Remote(PEER_1), t0);
+        table.pin(pod_c, t0);
+        assert_eq!(table.lookup(&pod_c, t0), Some(MacOwner::Local));
+        assert_eq!(table.unattached_local(), 1);
+    }
+
+    #[test]
+    fn unattached_local_macs_are_capped_and_the_cap_frees_on_expiry() {
+        let t0 = Instant::now();
+        let mut table = MacTable::with_limits(EXPIRY, 1000, 3);
+        for n in 1..=3 {
+            assert_eq!(
+                table.learn([0x02, 0, 0, 0, 0, n], MacOwner::Local, t0),
+                Some(Learned::New)
+            );
+        }
+        // A flood of new source addresses: none learned, each counted.
+        for n in 4..=100 {
+            assert_eq!(
+                table.learn([0x02, 0, 0, 0, 0, n], MacOwner::Local, t0),
+                None
+            );
+        }
+        assert_eq!(table.local_refusals(), 97);
+        assert_eq!(table.unattached_local(), 3);
+        // A remote MAC moving here counts as new here: refused too.
+        table.learn(POD_B, MacOwner::Remote(PEER_1), t0);
+        assert_eq!(table.learn(POD_B, MacOwner::Local, t0), None);
+        assert_eq!(table.lookup(&POD_B, t0), Some(MacOwner::Remote(PEER_1)));
+        // Known ones are still refreshed; pins are never refused.
+        assert_eq!(
+            table.learn([0x02, 0, 0, 0, 0, 1], MacOwner::Local, t0 + secs(30)),
+            Some(Learned::Refreshed)
+        );
+        assert!(table.pin(POD_A, t0));
+        // A local entry moving away frees its place.
+        table.learn(
+            [0x02, 0, 0, 0, 0, 2],
+            MacOwner::Remote(PEER_2),
+            t0 + secs(30),
+        );
+        assert_eq!(table.unattached_local(), 2);
+        assert_eq!(
+            table.learn([0x02, 0, 0, 0, 0, 50], MacOwner::Local, t0 + secs(30)),
+            Some(Learned::New)
+        );
+        // Expired entries free theirs once swept.
+        assert_eq!(
+            table.expire(t0 + EXPIRY).len(),
+            2,
+            "the third local one and the remote one"
+        );
+        assert_eq!(table.unattached_local(), 2);
+        table.expire(t0 + secs(30) + EXPIRY);
+        assert_eq!(table.unattached_local(), 0);
+        assert_eq!(
+            table.lookup(&POD_A, t0 + secs(30) + EXPIRY),
+            Some(MacOwner::Local)
+        );
+    }
+
+    proptest! {
+        /// Whatever mix of learning, pinning, unpinning and expiry: the unattached count is
+        /// exactly the local unpinned entries, never above the cap, and pins are never lost
+        /// or moved until unpinned.
+        #[test]
+        fn pins_hold_and_the_unattached_count_is_exact(
+            ops in prop::collection::vec((0usize..8, 0u8..5, 0u64..40), 0..120),
+            cap in 0usize..4,
+        ) {
+            let mut now = Instant::now();
+            let mut table = MacTable::with_limits(EXPIRY, 6, cap);
+            let mut pins = std::collections::BTreeSet::new();
+            for (mac, op, after) in ops {
+                now += Duration::from_secs(after);
+                let mac = [0x02, 0, 0, 0, 0, mac as u8];
+                match op {
+                    0 => { table.learn(mac, MacOwner::Local, now); }
+                    1 => { table.learn(mac, MacOwner::Remote(PEER_1), now); }
+                    2 => { table.pin(mac, now); pins.insert(mac); }
+                    3 => { table.unpin(&mac); pins.remove(&mac); }
+                    _ => { table.expire(now); }
+                }
+                let counted = table
+                    .entries
+                    .values()
+                    .filter(|e| e.owner == MacOwner::Local && !e.pinned)
+                    .count();
+                prop_assert_eq!(table.unattached_local(), counted);
+                prop_assert!(counted <= cap);
+                for pin in &pins {
+                    prop_assert_eq!(table.lookup(pin, now), Some(MacOwner::Local));
+                    prop_assert!(table.is_pinned(pin));
+                }
+            }
+        }
     }
 }

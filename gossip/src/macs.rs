@@ -32,6 +32,21 @@
 //! stays order-independent. The correction is part of what the merge reports as improved,
 //! so it spreads like any news (see the caveat on relays below).
 //!
+//! # Attachments are pinned; learned MACs are rate-limited
+//! MACs of pods the CNI plugin attached here are **pinned** ([`MacChannel::pin_local`]): they
+//! are ours until [`MacChannel::unpin_local`], and a live claim of another peer for one (a pod
+//! elsewhere spoofing it, or a hostile peer) is merged as our own claim one version higher,
+//! counted in [`MacChannel::conflicts`]. Like the authority rule this depends only on the claim
+//! and the pinned set, so merging stays order-independent; two peers pinning one MAC (which
+//! honest routers, choosing attachment MACs at random, never do) would outbid each other once
+//! per claim received.
+//!
+//! Other local MACs come from data, which a pod controls: new ones are claimed at most
+//! [`CLAIM_RATE`] per second after a burst of [`CLAIM_BURST`] (a token bucket on the clock we
+//! are given); a claim over the budget is not made and is counted
+//! ([`MacChannel::rate_limited`]), so a pod flooding source addresses cannot make this peer
+//! fill every other peer's store. Such a MAC is still reached by flooding.
+//!
 //! # Tombstones, pruning and resurrection
 //! Tombstones are needed only to beat the stale live claim they withdraw. They are kept out of
 //! the digest and the digest hash (which describe live claims only), and out of the full state
@@ -109,6 +124,11 @@ pub const MAX_ENTRIES: usize = 32_768;
 /// A reasonable time to keep tombstones: many gossip intervals, so a missed withdrawal is
 /// repaired by anti-entropy long before the tombstone is dropped.
 pub const DEFAULT_TOMBSTONE_KEEP: Duration = Duration::from_secs(10 * 60);
+
+/// New learned (not pinned) local MACs claimed per second, on average.
+pub const CLAIM_RATE: u32 = 20;
+/// New learned local MACs that may be claimed at once before [`CLAIM_RATE`] applies.
+pub const CLAIM_BURST: u32 = 100;
 
 /// Largest encoding of one `(Mac, Claim)`: 6 bytes of MAC, two varint `u64`s, a bool.
 const CLAIM_MAX_LEN: usize = 6 + 10 + 10 + 1;
@@ -249,10 +269,17 @@ pub struct MacChannel {
     claims: BTreeMap<Mac, Entry>,
     /// MACs the local router says are here: the truth our own claims are checked against.
     mine: BTreeSet<Mac>,
+    /// Of `mine`, the MACs of CNI attachments: never given up to another peer's claim.
+    pinned: BTreeSet<Mac>,
     max_entries: usize,
     /// The latest time we were given; stamps entries merged from the network.
     now: Instant,
     refused: u64,
+    /// Token bucket for claims of learned MACs: tokens, and when it was last refilled.
+    claim_tokens: f64,
+    claim_refilled: Instant,
+    rate_limited: u64,
+    conflicts: u64,
 }
 
 impl MacChannel {
@@ -263,10 +290,65 @@ impl MacChannel {
             local,
             claims: BTreeMap::new(),
             mine: BTreeSet::new(),
+            pinned: BTreeSet::new(),
             max_entries: max_entries.min(MAX_ENTRIES),
             now,
             refused: 0,
+            claim_tokens: f64::from(CLAIM_BURST),
+            claim_refilled: now,
+            rate_limited: 0,
+            conflicts: 0,
         }
+    }
+
+    /// Takes a token for a claim of a learned MAC, if the bucket has one.
+    fn take_claim_token(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.claim_refilled);
+        self.claim_refilled = self.claim_refilled.max(now);
+        self.claim_tokens = (self.claim_tokens + elapsed.as_secs_f64() * f64::from(CLAIM_RATE))
+            .min(f64::from(CLAIM_BURST));
+        if self.claim_tokens >= 1.0 {
+            self.claim_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A CNI attachment's MAC: ours until [`MacChannel::unpin_local`], whatever other peers
+    /// claim (see the module docs). Returns the update to publish if this changes anything.
+    /// Never refused for room or rate: there is one per attachment.
+    pub fn pin_local(&mut self, mac: Mac, now: Instant) -> Option<Vec<u8>> {
+        self.set_now(now);
+        if !is_claimable(&mac) {
+            return None;
+        }
+        self.mine.insert(mac);
+        self.pinned.insert(mac);
+        let claim = self.new_claim(&mac)?;
+        encode_update(vec![(mac, claim)])
+    }
+
+    /// The attachment of `mac` is gone: withdraws our claim (the tombstone to publish, if we
+    /// held it).
+    pub fn unpin_local(&mut self, mac: Mac, now: Instant) -> Option<Vec<u8>> {
+        self.pinned.remove(&mac);
+        self.withdraw_local(mac, now)
+    }
+
+    /// Whether `mac` is pinned here.
+    pub fn is_pinned(&self, mac: &Mac) -> bool {
+        self.pinned.contains(mac)
+    }
+
+    /// Claims of learned MACs not made because they came faster than [`CLAIM_RATE`].
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited
+    }
+
+    /// Live claims of other peers for MACs pinned here, answered with our own.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 
     pub fn local_name(&self) -> PeerName {
@@ -292,6 +374,10 @@ impl MacChannel {
                 self.refused = self.refused.saturating_add(1);
                 return None;
             }
+            if !self.take_claim_token(now) {
+                self.rate_limited = self.rate_limited.saturating_add(1);
+                return None;
+            }
             self.mine.insert(mac);
         }
         let claim = self.new_claim(&mac)?;
@@ -302,6 +388,10 @@ impl MacChannel {
     /// `None` if we do not currently own it (it moved, or was never claimed).
     pub fn withdraw_local(&mut self, mac: Mac, now: Instant) -> Option<Vec<u8>> {
         self.set_now(now);
+        if self.pinned.contains(&mac) {
+            // An attachment's MAC goes only with the attachment (`unpin_local`).
+            return None;
+        }
         self.mine.remove(&mac);
         let current = self.claims.get(&mac)?.claim;
         (current.live && current.owner == self.local)
@@ -405,6 +495,18 @@ impl MacChannel {
     /// they are.
     fn vet(&self, mac: &Mac, claim: Claim) -> Claim {
         if claim.owner != self.local {
+            if self.pinned.contains(mac) {
+                // Another peer claims an attachment of ours (or withdraws its claim, which
+                // must not withdraw ours): ours again, one higher.
+                let ours = Claim {
+                    version: claim.version.saturating_add(1),
+                    owner: self.local,
+                    live: true,
+                };
+                if ours.supersedes(&claim) {
+                    return ours;
+                }
+            }
             return claim;
         }
         match (self.mine.contains(mac), claim.live) {
@@ -433,6 +535,9 @@ impl MacChannel {
         if let Some(entry) = self.claims.get_mut(&mac) {
             if !claim.supersedes(&entry.claim) {
                 return None;
+            }
+            if incoming.live && incoming.owner != self.local && claim.owner == self.local {
+                self.conflicts = self.conflicts.saturating_add(1);
             }
             entry.claim = claim;
             entry.changed_at = self.now;
@@ -1269,6 +1374,104 @@ mod tests {
             let _ = a.reassert_local(t);
             a.peers_gone(&[name(1)]);
             let _ = a.prune_tombstones(t, Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn a_pinned_mac_is_claimed_back_from_any_other_peer_and_counted() {
+        let t = Instant::now();
+        let (mut a, mut b, mut c) = (replica(1, t), replica(2, t), replica(3, t));
+        let pinned = publish(&mut a, |ch| ch.pin_local(mac(1), t));
+        for peer in [&mut b, &mut c] {
+            peer.merge(name(1), &pinned).unwrap();
+        }
+        // b's router learned the MAC from a spoofing pod and claims it, one higher.
+        let stolen = publish(&mut b, |ch| ch.claim_local(mac(1), t));
+        assert_eq!(claims_of(&stolen), vec![(mac(1), claim(2, 2, true))]);
+        c.merge(name(2), &stolen).unwrap();
+        assert_eq!(c.owner(&mac(1)), Some(name(2)));
+        // a answers with its own claim, higher still, and that is what it stores and spreads.
+        let answer = a.merge(name(2), &stolen).unwrap().expect("a correction");
+        assert_eq!(claims_of(&answer), vec![(mac(1), claim(3, 1, true))]);
+        assert_eq!(a.conflicts(), 1);
+        assert_eq!(a.owner(&mac(1)), Some(name(1)));
+        for peer in [&mut b, &mut c] {
+            peer.merge(name(1), &answer).unwrap();
+            assert_eq!(peer.owner(&mac(1)), Some(name(1)));
+        }
+        // Expiry in the datapath never withdraws a pin; unpinning does.
+        assert_eq!(a.withdraw_local(mac(1), t), None);
+        assert!(a.is_pinned(&mac(1)));
+        let gone = publish(&mut a, |ch| ch.unpin_local(mac(1), t));
+        assert_eq!(claims_of(&gone), vec![(mac(1), claim(3, 1, false))]);
+        assert!(!a.is_pinned(&mac(1)));
+        // Once unpinned, another peer's claim is accepted as usual.
+        let again = publish(&mut b, |ch| ch.claim_local(mac(1), t));
+        assert_eq!(a.merge(name(2), &again).unwrap(), Some(again.clone()));
+        assert_eq!(a.conflicts(), 1);
+    }
+
+    #[test]
+    fn new_learned_macs_are_claimed_at_a_bounded_rate_and_pins_are_not() {
+        let t = Instant::now();
+        let mut a = replica(1, t);
+        let mut claimed = 0;
+        for n in 0..5_000u32 {
+            let [_, _, x, y] = n.to_be_bytes();
+            if a.claim_local([0x02, 0, 0, 1, x, y], t).is_some() {
+                claimed += 1;
+            }
+        }
+        assert_eq!(claimed, CLAIM_BURST);
+        assert_eq!(a.rate_limited(), 5_000 - u64::from(CLAIM_BURST));
+        // A pin is claimed whatever the budget.
+        assert!(a.pin_local(mac(7), t).is_some());
+        // Known MACs take no token; a second later the budget has grown by the rate.
+        a.claim_local([0x02, 0, 0, 1, 0, 0], t);
+        assert_eq!(a.rate_limited(), 5_000 - u64::from(CLAIM_BURST));
+        let later = t + Duration::from_secs(1);
+        let mut more = 0;
+        for n in 10_000..11_000u32 {
+            let [_, _, x, y] = n.to_be_bytes();
+            if a.claim_local([0x02, 0, 0, 2, x, y], later).is_some() {
+                more += 1;
+            }
+        }
+        assert_eq!(more, CLAIM_RATE);
+    }
+
+    proptest! {
+        /// Merging stays order-independent with pins: two replicas of the pinning peer that
+        /// receive the same claims in different orders end equal.
+        #[test]
+        fn merging_with_pins_is_order_independent(
+            claims in prop::collection::vec((0u8..4, 1u64..6, 1u64..4, any::<bool>()), 0..12),
+            seed in any::<u64>(),
+        ) {
+            let t = Instant::now();
+            let mut x = replica(1, t);
+            let mut y = replica(1, t);
+            for ch in [&mut x, &mut y] {
+                let pinned = ch.pin_local(mac(0), t).unwrap();
+                ch.merge(name(1), &pinned).unwrap();
+            }
+            let updates: Vec<Vec<u8>> = claims
+                .iter()
+                .map(|(m, v, o, live)| update(&[(mac(*m), claim(*v, *o + 1, *live))]))
+                .collect();
+            for u in &updates {
+                x.merge(name(2), u).unwrap();
+            }
+            let mut shuffled = updates.clone();
+            let n = shuffled.len();
+            if n > 1 {
+                shuffled.rotate_left((seed as usize) % n);
+            }
+            for u in shuffled.iter().rev() {
+                y.merge(name(2), u).unwrap();
+            }
+            prop_assert_eq!(snapshot(&x), snapshot(&y));
+            prop_assert_eq!(x.owner(&mac(0)), Some(name(1)));
         }
     }
 }

@@ -118,6 +118,8 @@ struct Counters {
     drop_replay: AtomicU64,
     drop_malformed: AtomicU64,
     drop_unknown_sender: AtomicU64,
+    /// Datagrams that failed before authentication (forgeries may name any peer).
+    drop_unauthenticated: AtomicU64,
     drop_incomplete: AtomicU64,
     icmp_too_big: AtomicU64,
     send_errors: AtomicU64,
@@ -152,6 +154,28 @@ pub struct DatapathReport {
     pub mac_table: Vec<MacReport>,
     /// Live claims in the MAC-to-peer gossip channel (all hosts' pods).
     pub gossiped_macs: usize,
+    /// What keeps pods from claiming MACs that are not theirs.
+    pub mac_guard: MacGuardReport,
+    /// The bridge-port anti-spoofing rules (filled in by the router; None without them).
+    pub port_guard: Option<crate::portguard::PortGuardReport>,
+}
+
+/// Pinned attachment MACs, the cap on other local MACs, and what they refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MacGuardReport {
+    /// MACs of CNI attachments: local whatever data or gossip say.
+    pub pinned: usize,
+    /// Local MACs learned from data that are not attachments, and their cap.
+    pub unattached_local: usize,
+    pub max_unattached_local: usize,
+    /// New local MACs not learned (nor gossiped) because the cap was reached.
+    pub refused_unattached: u64,
+    /// Frames from the mesh whose source was a MAC pinned here (not learned).
+    pub conflicts: u64,
+    /// Claims of learned local MACs not gossiped because they came too fast.
+    pub gossip_rate_limited: u64,
+    /// Other peers' claims for MACs pinned here, answered with our own.
+    pub gossip_conflicts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +195,9 @@ pub struct DropsReport {
     pub replay: u64,
     pub malformed: u64,
     pub unknown_sender: u64,
+    /// Datagrams that failed before authentication (bad tag, stale epoch, malformed header):
+    /// counted here only, never on the link their header names, which a forger chooses.
+    pub unauthenticated: u64,
     /// Super-segments given up because a piece never came.
     pub incomplete: u64,
     /// Of the `too_big` drops, those answered with ICMP "fragmentation needed" / "packet too
@@ -184,8 +211,9 @@ pub struct DropsReport {
 impl DropsReport {
     /// The drops by reason, named as the `reason` label of the drop metric. Not in it:
     /// `too_big_answered`, which counts some of the `too_big` drops again.
-    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         [
+            ("unauthenticated", self.unauthenticated),
             ("no_route", self.no_route),
             ("too_big", self.too_big),
             ("auth", self.auth),
@@ -301,6 +329,8 @@ pub struct LinkReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkDropsReport {
+    /// Always 0 since datagrams failing authentication are counted globally
+    /// (`datapath.drops.unauthenticated`); kept because report fields are never removed.
     pub auth: u64,
     pub replay: u64,
     pub malformed: u64,
@@ -510,6 +540,17 @@ impl Dataplane {
         &self.shared.gossip_macs
     }
 
+    /// `mac` belongs to a CNI attachment here: local in the MAC table whatever data says
+    /// (see `weft_datapath::mac`). The caller claims it in gossip.
+    pub fn pin_mac(&self, mac: Mac) {
+        lock(&self.shared.macs).pin(mac, Instant::now());
+    }
+
+    /// The attachment of `mac` is gone.
+    pub fn unpin_mac(&self, mac: &Mac) {
+        lock(&self.shared.macs).unpin(mac);
+    }
+
     /// The bridge pods attach to.
     pub fn bridge(&self) -> &str {
         &self.shared.bridge
@@ -597,8 +638,24 @@ impl Dataplane {
         // Locks are taken one at a time, in statements of their own: a guard inside the struct
         // literal below would live to its end.
         let links = read(&s.links).len();
-        let mac_entries = lock(&s.macs).entries(Instant::now());
-        let gossiped_macs = s.gossip_macs.lock().len();
+        let (mac_entries, mut mac_guard) = {
+            let macs = lock(&s.macs);
+            let guard = MacGuardReport {
+                pinned: macs.pinned(),
+                unattached_local: macs.unattached_local(),
+                max_unattached_local: macs.max_unattached_local(),
+                refused_unattached: macs.local_refusals(),
+                conflicts: macs.conflicts(),
+                ..MacGuardReport::default()
+            };
+            (macs.entries(Instant::now()), guard)
+        };
+        let gossiped_macs = {
+            let gossip = s.gossip_macs.lock();
+            mac_guard.gossip_rate_limited = gossip.rate_limited();
+            mac_guard.gossip_conflicts = gossip.conflicts();
+            gossip.live_entries().len()
+        };
         DatapathReport {
             kind: "sleeve".into(),
             bridge: s.bridge.clone(),
@@ -627,6 +684,8 @@ impl Dataplane {
                 })
                 .collect(),
             gossiped_macs,
+            mac_guard,
+            port_guard: None,
             drops: DropsReport {
                 no_route: get(&c.drop_no_route),
                 too_big: get(&c.drop_too_big),
@@ -634,6 +693,7 @@ impl Dataplane {
                 replay: get(&c.drop_replay),
                 malformed: get(&c.drop_malformed),
                 unknown_sender: get(&c.drop_unknown_sender),
+                unauthenticated: get(&c.drop_unauthenticated),
                 incomplete: get(&c.drop_incomplete),
                 too_big_answered: get(&c.icmp_too_big),
                 send_errors: get(&c.send_errors),
@@ -1060,17 +1120,22 @@ fn receive(
     let len = datagram.len();
     let frames = match lock(&link.decap).decapsulate(datagram) {
         Ok(frames) => frames,
-        Err(DecapError::Authentication) => {
-            bump(&link.counters.drop_auth);
-            return bump(&counters.drop_auth);
-        }
-        Err(DecapError::Replay(_)) => {
-            bump(&link.counters.drop_replay);
-            return bump(&counters.drop_replay);
-        }
-        Err(_) => {
-            bump(&link.counters.drop_malformed);
-            return bump(&counters.drop_malformed);
+        Err(e) => {
+            // Only a failure after authentication is the named peer's doing; anything else
+            // may be a forgery naming any peer, so it stays off that peer's link.
+            let authenticated = e.is_authenticated(shared.encrypted);
+            if !authenticated {
+                bump(&counters.drop_unauthenticated);
+            }
+            let (global, on_link) = match e {
+                DecapError::Authentication => (&counters.drop_auth, &link.counters.drop_auth),
+                DecapError::Replay(_) => (&counters.drop_replay, &link.counters.drop_replay),
+                _ => (&counters.drop_malformed, &link.counters.drop_malformed),
+            };
+            if authenticated {
+                bump(on_link);
+            }
+            return bump(global);
         }
     };
     let now = Instant::now();

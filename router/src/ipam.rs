@@ -374,6 +374,7 @@ impl IpamHost {
             gateway: IpAddr::V4(gateway),
             mtu: bridge.mtu,
             bridge: bridge.name.clone(),
+            mac: None,
         })
     }
 
@@ -935,6 +936,7 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             pod_uid: None,
+            host_veth: None,
         }
     }
 

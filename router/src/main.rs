@@ -17,6 +17,7 @@ mod log_limit;
 mod mesh_port;
 mod metrics;
 mod nat;
+mod portguard;
 mod report;
 mod router;
 mod status_guard;
@@ -348,6 +349,16 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             name: dataplane.bridge().to_owned(),
             mtu: u32::from(dataplane.mtu()),
         });
+        // The bridge-port guards of the attachments IPAM still holds, installed again.
+        let ports = dataplane.as_ref().map(|_| {
+            let channel = ipam_channel.clone();
+            portguard::PortGuard::start(&args.data_dir, |(container, ifname)| {
+                channel.lock().address_of(&weft_gossip::ipam::AllocKey::new(
+                    container.clone(),
+                    ifname.clone(),
+                ))
+            })
+        });
         let ipam = ipam::IpamHost::new(
             ipam_channel,
             store.clone(),
@@ -363,7 +374,11 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             store,
             info,
             targets,
-            Planes { dataplane, ipam },
+            Planes {
+                dataplane,
+                ipam,
+                ports,
+            },
         );
         tokio::spawn(cni_api::serve(
             cni_listener,

@@ -27,6 +27,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: &'static str,
 }
@@ -62,6 +67,14 @@ pub struct DatapathMetrics {
     pub link_bytes: Family<PeerDirectionLabels, Counter>,
     pub link_datagrams: Family<PeerDirectionLabels, Counter>,
     pub link_drops: Family<PeerReasonLabels, Counter>,
+    /// Frames from guarded pod ports dropped by the anti-spoofing rules, by kind.
+    pub pod_spoofed: Family<KindLabels, Counter>,
+    pub port_guard_failures: Counter,
+    pub guarded_ports: Gauge,
+    pub macs_pinned: Gauge,
+    /// MACs not learned or claimed, by reason (`unattached_cap`, `conflict`, `gossip_rate`,
+    /// `gossip_conflict`).
+    pub mac_refusals: Family<ReasonLabels, Counter>,
 }
 
 /// Moves a mirrored counter up to `value` (counters only grow; the source's do too).
@@ -355,6 +368,31 @@ impl Metrics {
             "Datagrams from each peer dropped, by reason",
             d.link_drops.clone(),
         );
+        registry.register(
+            "pod_spoofed_frames",
+            "Frames from pods' bridge ports dropped because they carried another MAC or address, by kind (mac, arp, nd, ip, ethertype)",
+            d.pod_spoofed.clone(),
+        );
+        registry.register(
+            "port_guard_failures",
+            "nftables transactions of the bridge-port guard that failed (each failed its ADD)",
+            d.port_guard_failures.clone(),
+        );
+        registry.register(
+            "port_guard_ports",
+            "Pod bridge ports guarded against spoofing",
+            d.guarded_ports.clone(),
+        );
+        registry.register(
+            "datapath_macs_pinned",
+            "MACs of CNI attachments pinned as local in the MAC table",
+            d.macs_pinned.clone(),
+        );
+        registry.register(
+            "datapath_mac_refusals",
+            "MACs not learned or not gossiped, by reason: unattached_cap (too many local MACs that are not attachments), conflict (a frame from the mesh with an attachment's MAC), gossip_rate (new local MACs claimed too fast), gossip_conflict (another peer claimed an attachment's MAC)",
+            d.mac_refusals.clone(),
+        );
         let i = &self.ipam;
         registry.register(
             "ipam_range_addresses",
@@ -577,6 +615,26 @@ impl Metrics {
             mirror(&d.drops.get_or_create(&ReasonLabels { reason }), value);
         }
         d.macs.set(dp.macs as i64);
+        let g = &dp.mac_guard;
+        d.macs_pinned.set(g.pinned as i64);
+        for (reason, value) in [
+            ("unattached_cap", g.refused_unattached),
+            ("conflict", g.conflicts),
+            ("gossip_rate", g.gossip_rate_limited),
+            ("gossip_conflict", g.gossip_conflicts),
+        ] {
+            mirror(
+                &d.mac_refusals.get_or_create(&ReasonLabels { reason }),
+                value,
+            );
+        }
+        if let Some(ports) = &dp.port_guard {
+            for (kind, value) in ports.spoofed.by_kind() {
+                mirror(&d.pod_spoofed.get_or_create(&KindLabels { kind }), value);
+            }
+            mirror(&d.port_guard_failures, ports.apply_failures);
+            d.guarded_ports.set(ports.ports as i64);
+        }
         // Links come and go with connections (and a new link counts from zero): per-peer
         // series show the links of now, and Prometheus reads a restart as a counter reset.
         d.link_up.clear();

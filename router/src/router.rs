@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use weft_cni::error as code;
 use weft_cni::protocol::{AddRequest, Allocation, Attachment, GcRequest, GcResponse, Status};
+use weft_datapath::mac::Mac;
 use weft_gossip::PeerName;
+use weft_gossip::ipam::AllocKey;
 use weft_gossip::ipam::IPAM_CHANNEL;
 use weft_gossip::ipam::agreement::initial_peers;
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
@@ -20,8 +23,9 @@ use weft_gossip::wire::ControlMsg;
 
 use crate::conn::{self, ConnParams};
 use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
-use crate::ipam::{IpamHost, Reply};
+use crate::ipam::{CniFailure, IpamHost, Reply};
 use crate::metrics::Metrics;
+use crate::portguard::{self, AttachmentKey, PortGuard};
 use crate::report::{self, Report};
 use crate::store::Store;
 
@@ -77,6 +81,15 @@ pub enum CniRequest {
     Gc {
         request: GcRequest,
         reply: Reply<GcResponse>,
+    },
+    /// Internal: IPAM answered an ADD whose plugin names its veth; guard the port, then
+    /// answer the plugin (see `portguard`).
+    Guard {
+        key: AttachmentKey,
+        host_veth: String,
+        mac: Mac,
+        allocation: Allocation,
+        reply: Reply<Allocation>,
     },
 }
 
@@ -137,6 +150,8 @@ pub struct RouterInfo {
 pub struct Planes {
     pub dataplane: Option<Dataplane>,
     pub ipam: IpamHost,
+    /// The pods' bridge-port guards (with a dataplane).
+    pub ports: Option<PortGuard>,
 }
 
 /// An echo in flight: when it left, to whom, and who waits for the answer.
@@ -160,6 +175,7 @@ pub struct Router {
     /// The mesh routes version last handed to the dataplane and IPAM.
     routes_seen: u64,
     ipam: IpamHost,
+    ports: Option<PortGuard>,
     params: Arc<ConnParams>,
     events: mpsc::Receiver<Event>,
     store: Arc<Store>,
@@ -178,15 +194,29 @@ impl Router {
         store: Arc<Store>,
         info: RouterInfo,
         initial_targets: Vec<String>,
-        Planes { dataplane, ipam }: Planes,
+        Planes {
+            dataplane,
+            ipam,
+            ports,
+        }: Planes,
     ) -> Self {
         let now = Instant::now();
         let mut mesh = Mesh::new(config, now);
         mesh.add_channel(IPAM_CHANNEL, Box::new(ipam.channel().clone()));
+        let mut out = Vec::new();
         if let Some(dataplane) = &dataplane {
             mesh.add_channel(MAC_CHANNEL, Box::new(dataplane.gossip_macs().clone()));
+            // The MACs of attachments guarded before a restart are pinned again.
+            for port in ports.iter().flat_map(PortGuard::ports) {
+                dataplane.pin_mac(port.mac);
+                let change = dataplane.gossip_macs().lock().pin_local(port.mac, now);
+                if let Some(change) = change
+                    && let Err(e) = mesh.publish(MAC_CHANNEL, &change, &mut out)
+                {
+                    tracing::warn!(error = %e, "cannot publish a MAC claim");
+                }
+            }
         }
-        let mut out = Vec::new();
         mesh.add_direct(&initial_targets, now, &mut out);
         // Before anything can ask IPAM for an address: a router told about peers must not look
         // like a lone host even for one step.
@@ -201,6 +231,7 @@ impl Router {
             dataplane,
             routes_seen: 0,
             ipam,
+            ports,
             params: Arc::new(params),
             events,
             store,
@@ -320,15 +351,26 @@ impl Router {
             }
             Event::Api(request) => self.api(request, now, out),
             Event::Dataplane(event) => self.dataplane_event(event, now, out),
-            Event::Cni(request) => self.cni(request, now),
+            Event::Cni(request) => self.cni(request, now, out),
         }
     }
 
-    fn cni(&mut self, request: CniRequest, now: Instant) {
+    fn cni(&mut self, request: CniRequest, now: Instant, out: &mut Vec<Action>) {
         match request {
-            CniRequest::Add { request, reply } => self.ipam.add(request, reply, now),
+            CniRequest::Add { request, reply } => self.add(request, reply, now),
+            CniRequest::Guard {
+                key,
+                host_veth,
+                mac,
+                allocation,
+                reply,
+            } => {
+                let answer = self.guard(key, host_veth, mac, allocation, now, out);
+                let _ = reply.send(answer);
+            }
             CniRequest::Del { attachment, reply } => {
                 self.ipam.del(&attachment, now);
+                self.unguard_released(now, out);
                 let _ = reply.send(Ok(()));
             }
             CniRequest::Check { attachment, reply } => {
@@ -338,8 +380,169 @@ impl Router {
                 let _ = reply.send(self.ipam.status_check(now));
             }
             CniRequest::Gc { request, reply } => {
-                let _ = reply.send(Ok(self.ipam.gc(&request, now)));
+                let answer = self.ipam.gc(&request, now);
+                self.unguard_released(now, out);
+                let _ = reply.send(Ok(answer));
             }
+        }
+    }
+
+    /// `POST /cni/add`. A plugin that names its veth gets a MAC for the pod and a guarded
+    /// port: IPAM's answer comes back as [`CniRequest::Guard`] before the plugin sees it.
+    fn add(&mut self, request: AddRequest, reply: Reply<Allocation>, now: Instant) {
+        let Some(host_veth) = request.host_veth.clone() else {
+            return self.ipam.add(request, reply, now);
+        };
+        if self.ports.is_none() {
+            // No dataplane: IPAM answers that itself.
+            return self.ipam.add(request, reply, now);
+        }
+        if !portguard::valid_port_name(&host_veth) {
+            let _ = reply.send(Err(CniFailure::new(
+                400,
+                code::INVALID_ENV,
+                "invalid host veth name",
+                format!("{host_veth:?} is not an interface name weft can guard"),
+            )));
+            return;
+        }
+        let key: AttachmentKey = (request.container_id.clone(), request.ifname.clone());
+        // A repeated ADD keeps the MAC it was given.
+        let mac = self
+            .ports
+            .as_ref()
+            .and_then(|ports| ports.port(&key))
+            .map(|port| port.mac)
+            .unwrap_or_else(|| {
+                let [a, b, c, d, e, f, ..] = weft_crypto::random_u64().to_le_bytes();
+                portguard::attachment_mac([a, b, c, d, e, f])
+            });
+        let (ipam_reply, answered) = oneshot::channel();
+        self.ipam.add(request, ipam_reply, now);
+        let events = self.params.events.clone();
+        let mut reply = reply;
+        tokio::spawn(async move {
+            let answer = tokio::select! {
+                answer = answered => answer,
+                // The plugin gave up: dropping `answered` tells IPAM to stop waiting for it.
+                () = reply.closed() => return,
+            };
+            match answer {
+                Ok(Ok(allocation)) => {
+                    let guard = CniRequest::Guard {
+                        key,
+                        host_veth,
+                        mac,
+                        allocation,
+                        reply,
+                    };
+                    if let Err(tokio::sync::mpsc::error::SendError(Event::Cni(
+                        CniRequest::Guard { reply, .. },
+                    ))) = events.send(Event::Cni(guard)).await
+                    {
+                        let _ = reply.send(Err(CniFailure::new(
+                            503,
+                            code::TRY_AGAIN_LATER,
+                            "the weft router is shutting down",
+                            "",
+                        )));
+                    }
+                }
+                Ok(Err(failure)) => {
+                    let _ = reply.send(Err(failure));
+                }
+                Err(_) => {}
+            }
+        });
+    }
+
+    /// Guards the port of an ADD IPAM has answered, pins its MAC, and returns the answer for
+    /// the plugin (with the MAC), or a failure after releasing the address.
+    fn guard(
+        &mut self,
+        key: AttachmentKey,
+        host_veth: String,
+        mac: Mac,
+        mut allocation: Allocation,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<Allocation, CniFailure> {
+        let attachment = Attachment {
+            container_id: key.0.clone(),
+            ifname: key.1.clone(),
+        };
+        let IpAddr::V4(ipv4) = allocation.address.addr else {
+            return Ok(allocation);
+        };
+        // A DEL may have come in between: then there is nothing to guard.
+        let held = self.ipam.check(&attachment).ok().map(|a| a.address);
+        if held != Some(allocation.address) {
+            return Err(CniFailure::new(
+                503,
+                code::TRY_AGAIN_LATER,
+                "the attachment was deleted while its ADD was answered",
+                "",
+            ));
+        }
+        let (Some(ports), Some(dataplane)) = (self.ports.as_mut(), self.dataplane.as_ref()) else {
+            return Ok(allocation);
+        };
+        let port = portguard::PortSpec {
+            host_veth,
+            mac,
+            ipv4,
+        };
+        match ports.attach(&key, port) {
+            Ok(previous) => {
+                if let Some(previous) = previous.filter(|p| p.mac != mac) {
+                    dataplane.unpin_mac(&previous.mac);
+                    let change = dataplane
+                        .gossip_macs()
+                        .lock()
+                        .unpin_local(previous.mac, now);
+                    self.publish_macs(change, out);
+                }
+                let Some(dataplane) = self.dataplane.as_ref() else {
+                    return Ok(allocation);
+                };
+                dataplane.pin_mac(mac);
+                let change = dataplane.gossip_macs().lock().pin_local(mac, now);
+                self.publish_macs(change, out);
+                allocation.mac = Some(weft_datapath::mac::format_mac(&mac));
+                tracing::info!(container = %key.0, ifname = %key.1, mac = %weft_datapath::mac::format_mac(&mac), address = %ipv4, "bridge port guarded");
+                Ok(allocation)
+            }
+            Err(e) => {
+                tracing::error!(container = %key.0, ifname = %key.1, error = %e, "cannot guard the bridge port; ADD failed");
+                self.ipam.del(&attachment, now);
+                Err(CniFailure::new(
+                    500,
+                    code::IO_FAILURE,
+                    "weft cannot guard the pod's bridge port",
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Stops guarding the ports of attachments IPAM no longer holds (after a DEL or GC) and
+    /// withdraws their MACs.
+    fn unguard_released(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(ports) = self.ports.as_mut() else {
+            return;
+        };
+        let channel = self.ipam.channel().clone();
+        let released = ports.detach_unallocated(|(container, ifname)| {
+            channel
+                .lock()
+                .address_of(&AllocKey::new(container.clone(), ifname.clone()))
+        });
+        for port in released {
+            let change = self.dataplane.as_ref().and_then(|dataplane| {
+                dataplane.unpin_mac(&port.mac);
+                dataplane.gossip_macs().lock().unpin_local(port.mac, now)
+            });
+            self.publish_macs(change, out);
         }
     }
 
@@ -475,7 +678,10 @@ impl Router {
                 }
             }
             ApiRequest::Report { reply } => {
-                let datapath = self.dataplane.as_ref().map(Dataplane::report);
+                let mut datapath = self.dataplane.as_ref().map(Dataplane::report);
+                if let (Some(datapath), Some(ports)) = (datapath.as_mut(), self.ports.as_ref()) {
+                    datapath.port_guard = Some(ports.report());
+                }
                 let links = self
                     .dataplane
                     .as_ref()

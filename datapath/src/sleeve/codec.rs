@@ -158,6 +158,18 @@ pub enum DecapError {
     SealedOnPlainConnection,
 }
 
+impl DecapError {
+    /// Whether the datagram was proven to come from the peer its header names: only then may
+    /// the failure be held against that peer's link. On a sealed link that is a replay (the
+    /// window is consulted only after authentication) or a malformed frame inside an opened
+    /// datagram; everything else — failed authentication above all — may be a forgery naming
+    /// any peer, and is counted globally as unauthenticated. On a plaintext link (a mesh
+    /// without password) nothing is ever proven.
+    pub fn is_authenticated(&self, sealed: bool) -> bool {
+        sealed && matches!(self, DecapError::Replay(_) | DecapError::MalformedFrame)
+    }
+}
+
 fn nonce(epoch: u16, counter: u32) -> Nonce {
     Nonce::from_counter(
         SLEEVE_NONCE_DOMAIN,
@@ -675,6 +687,29 @@ impl<'a> Iterator for Frames<'a> {
 }
 
 impl FusedIterator for Frames<'_> {}
+
+#[cfg(test)]
+mod authenticated_tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_after_authentication_are_held_against_a_link() {
+        assert!(DecapError::Replay(ReplayError::Duplicate).is_authenticated(true));
+        assert!(DecapError::MalformedFrame.is_authenticated(true));
+        for forged in [
+            DecapError::Authentication,
+            DecapError::Truncated,
+            DecapError::UnknownKind(9),
+            DecapError::WrongSender,
+            DecapError::StaleEpoch,
+            DecapError::PlaintextOnSealedConnection,
+            DecapError::SealedOnPlainConnection,
+        ] {
+            assert!(!forged.is_authenticated(true), "{forged}");
+        }
+        assert!(!DecapError::Replay(ReplayError::Duplicate).is_authenticated(false));
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -220,6 +220,7 @@ fn ipam_refuses_adds_while_persistence_fails_and_recovers_by_itself() {
             pod_namespace: None,
             pod_name: None,
             pod_uid: None,
+            host_veth: None,
         };
         host.add(request, tx, at);
         host.step(at, true);
