@@ -66,3 +66,147 @@ pub fn set_address(device: &str, address: weft_cni::ip::IpNet) -> io::Result<()>
     nl.add_address(index, address.addr, address.prefix, AddressMode::Replace)
         .map_err(ctx(format!("set address {address} on {device}")))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the real kernel, in a network namespace of the test's own (skipped unless root).
+
+    use std::net::IpAddr;
+    use std::process::Command;
+
+    use weft_netlink::netlink_packet_route::link::{
+        InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    };
+    use weft_netlink::{RouteSocket, in_netns, link};
+
+    use super::*;
+
+    /// A named network namespace, deleted on drop.
+    struct Netns(String);
+
+    impl Netns {
+        fn new(tag: &str) -> Self {
+            let name = format!("wh{tag}{}", std::process::id());
+            let ok = Command::new("ip").args(["netns", "add", &name]).status();
+            assert!(ok.is_ok_and(|s| s.success()), "ip netns add {name}");
+            Self(name)
+        }
+
+        fn path(&self) -> String {
+            format!("/var/run/netns/{}", self.0)
+        }
+
+        /// Runs `f` inside the namespace.
+        fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+            in_netns(&self.path(), f)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// A veth pair `name` / `name`p (no dummy module here: veth is what pods use anyway).
+    fn add_veth(name: &str) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(format!("{name}p")));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        RouteSocket::open()?.add_link(m)
+    }
+
+    fn link(name: &str) -> LinkMessage {
+        RouteSocket::open()
+            .and_then(|mut nl| nl.link_by_name(name))
+            .expect("look up")
+            .unwrap_or_else(|| panic!("no link {name}"))
+    }
+
+    fn is_up(l: &LinkMessage) -> bool {
+        l.header
+            .flags
+            .contains(weft_netlink::netlink_packet_route::link::LinkFlags::Up)
+    }
+
+    #[test]
+    fn bridge_is_created_once_and_takes_the_new_mtu_and_its_port() {
+        if !weft_tests::require_root() {
+            return;
+        }
+        let ns = Netns::new("br");
+        ns.run(|| {
+            ensure_bridge("wb0", 1400)?;
+            let b = link("wb0");
+            assert!(link::is_bridge(&b) && is_up(&b));
+            assert_eq!(link::mtu_of(&b), 1400);
+            // Again, as after a restart: the same bridge, the new MTU.
+            ensure_bridge("wb0", 1376)?;
+            let again = link("wb0");
+            assert_eq!(again.header.index, b.header.index);
+            assert_eq!(link::mtu_of(&again), 1376);
+
+            add_veth("wp0")?;
+            attach("wp0", "wb0", 1376)?;
+            let port = link("wp0");
+            assert_eq!(link::master_of(&port), Some(b.header.index));
+            assert_eq!(link::mtu_of(&port), 1376);
+            assert!(is_up(&port));
+            Ok(())
+        })
+        .expect("in the test netns");
+    }
+
+    #[test]
+    fn a_device_that_is_not_a_bridge_is_refused_and_left_alone() {
+        if !weft_tests::require_root() {
+            return;
+        }
+        let ns = Netns::new("nb");
+        ns.run(|| {
+            add_veth("wb1")?;
+            let err = ensure_bridge("wb1", 1400).expect_err("a veth is no bridge");
+            assert!(
+                err.to_string().contains("wb1 exists but is not a bridge"),
+                "{err}"
+            );
+            assert!(!link::is_bridge(&link("wb1")));
+            let err = attach("nosuch", "wb1", 1400).expect_err("no such port");
+            assert_eq!(err.kind(), io::ErrorKind::NotFound);
+            assert!(err.to_string().contains("nosuch"), "{err}");
+            Ok(())
+        })
+        .expect("in the test netns");
+    }
+
+    #[test]
+    fn setting_an_address_twice_replaces_it() {
+        if !weft_tests::require_root() {
+            return;
+        }
+        let ns = Netns::new("ad");
+        ns.run(|| {
+            ensure_bridge("wb2", 1400)?;
+            let net: weft_cni::ip::IpNet = "10.32.0.1/12".parse().expect("net");
+            set_address("wb2", net)?;
+            set_address("wb2", net)?; // `ip addr replace`: no EEXIST
+            let index = link("wb2").header.index;
+            let mut addrs = RouteSocket::open()?.addresses(index)?;
+            addrs.retain(|(ip, _)| ip.is_ipv4()); // the kernel adds a link-local IPv6 one
+            assert_eq!(
+                addrs,
+                vec![("10.32.0.1".parse::<IpAddr>().expect("ip"), 12)]
+            );
+            let err = set_address("nosuch", net).expect_err("no such device");
+            assert_eq!(err.kind(), io::ErrorKind::NotFound);
+            Ok(())
+        })
+        .expect("in the test netns");
+    }
+}
