@@ -3,7 +3,8 @@
 #
 #   bash scripts/image.sh           # build: OCI archive + localhost/weft:<version>
 #   bash scripts/image.sh --check   # check the image the build left: weft --version through the
-#                                   # entrypoint, weft-cni static and answering VERSION, no `ip`
+#                                   # entrypoint, weft-cni static and answering VERSION, nft but
+#                                   # no `ip`, the router starting its bridge in a private netns
 #
 # 1. `weft` (release; links Debian's libsodium) and a static `weft-cni` (glibc, crt-static: it
 #    runs on the node, whatever its glibc) are built on this machine for its architecture.
@@ -67,7 +68,31 @@ check() {
     # glibc's ldd says "statically linked" for a static PIE, "not a dynamic executable" otherwise.
     [[ "$out" == *"not a dynamic executable"* || "$out" == *"statically linked"* ]] ||
         { log "FAIL: weft-cni is dynamically linked"; return 1; }
+    smoke
     log "check: ok ($IMAGE, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes)"
+}
+
+# The router in the image, alone in a network namespace of its own: its bridge, TAP port and
+# gateway address come up with no `ip` binary, and `weft status` answers.
+smoke() {
+    if [[ ! -c /dev/net/tun ]]; then
+        log "no /dev/net/tun here: the router smoke run is skipped"
+        return 0
+    fi
+    local ctr=weft-image-check-$$ i out
+    # shellcheck disable=SC2064 # the name is fixed now
+    trap "podman rm -f $ctr >/dev/null 2>&1 || true; trap - RETURN" RETURN
+    podman run -d --name "$ctr" "${RUN_OPTS[@]:1}" --cap-add NET_ADMIN,NET_RAW \
+        --device /dev/net/tun --tmpfs /var/lib/weft:mode=0700 --tmpfs /run/weft:mode=0755 \
+        -e WEFT_PASSWORD=image-check-only -e WEFT_NAME=02:00:00:00:00:01 "$IMAGE" router >/dev/null
+    for ((i = 0; i < 100; i++)); do
+        podman logs "$ctr" 2>&1 | grep -q 'bridge address set' && break
+        sleep 0.2
+    done
+    out=$(podman exec "$ctr" weft status 2>&1) || { podman logs "$ctr" >&2; log "FAIL: weft status"; return 1; }
+    log "router in the image: $(grep -E 'Datapath|IPAM' <<<"$out" | sed 's/^ *//' | paste -sd ';')"
+    out=$(podman exec "$ctr" sh -c 'ls /sys/class/net/weft/brif')
+    [[ "$out" == weft-tap ]] || { log "FAIL: the TAP is not on the bridge ($out)"; return 1; }
 }
 
 if [[ "${1:-}" == --check ]]; then
