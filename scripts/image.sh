@@ -133,15 +133,19 @@ if [[ -z "$mirror" ]]; then
     fi
 fi
 log "making $BASE_IMAGE with mmdebstrap ($SUITE from $mirror, + $RUNTIME_PACKAGES)"
-mmdebstrap --variant=essential --include="$RUNTIME_PACKAGES" --format=tar \
+if ! mmdebstrap --variant=essential --include="$RUNTIME_PACKAGES" --format=tar \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
-    "$SUITE" - "$mirror" |
-    podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    "$SUITE" - "$mirror" 2>"$OUT/mmdebstrap.log" |
+    podman import --quiet --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null; then
+    tail -n 30 "$OUT/mmdebstrap.log" >&2
+    log "FAIL: making the base (whole log: $OUT/mmdebstrap.log)"
+    exit 1
+fi
 
 # 3. The image, from the same Containerfile anyone else builds with another base.
 log "building $IMAGE on $BASE_IMAGE"
@@ -156,6 +160,6 @@ for id in $old_ids; do
     fi
 done
 rm -f "$ARCHIVE"
-podman save --format oci-archive -o "$ARCHIVE" "$IMAGE"
+podman save --quiet --format oci-archive -o "$ARCHIVE" "$IMAGE"
 log "built $IMAGE and $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
 check
