@@ -3,6 +3,7 @@
 #
 #   bash scripts/deps.sh [EXTRA_PACKAGE...]        # run it
 #   bash scripts/deps.sh --cni-clients [EXTRA...]  # also the real CNI clients (tests/clients/)
+#   bash scripts/deps.sh --image [EXTRA...]        # also what scripts/image.sh builds the image with
 #   source scripts/deps.sh; weft_deps [EXTRA...]   # or source it and call the function
 #   source scripts/deps.sh; weft_deps "${WEFT_CNI_CLIENT_DEPS[@]}"
 #
@@ -42,6 +43,16 @@ WEFT_CNI_CLIENT_DEPS=(
     xz-utils                    # unpacks the cni source tarball
     fping                       # router/tests/cni.rs: every pod pings every other pod at once
     iptables                    # router/tests/cni.rs: checks that portmap's rules are gone
+)
+
+# What scripts/image.sh needs on top: the base image is a Debian rootfs made by mmdebstrap from the
+# package mirror (no registry), imported and built on with buildah, run and checked with podman.
+# shellcheck disable=SC2034
+WEFT_IMAGE_DEPS=(
+    mmdebstrap     # the base image: a minimal bookworm rootfs from Debian packages
+    buildah        # builds the Containerfile on that base, writes the OCI archive
+    podman         # imports the base, runs the image's checks
+    uidmap         # newuidmap/newgidmap, which buildah and podman expect to find
 )
 
 # weft_tools_dir: prints where downloaded and built tools are cached (helm, cnitool, venvs):
@@ -112,6 +123,9 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     if [[ "${1:-}" == --cni-clients ]]; then
         shift
         set -- "${WEFT_CNI_CLIENT_DEPS[@]}" "$@"
+    elif [[ "${1:-}" == --image ]]; then
+        shift
+        set -- "${WEFT_IMAGE_DEPS[@]}" "$@"
     fi
     weft_deps "$@"
 fi

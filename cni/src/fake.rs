@@ -88,7 +88,7 @@ impl HostNet for FakeNet {
         }
         let host_mac = self.mac();
         let container_mac = match req.mac {
-            Some(mac) => crate::netlink::format_mac(mac),
+            Some(mac) => weft_netlink::link::format_mac(mac),
             None => self.mac(),
         };
         self.host_links.borrow_mut().insert(

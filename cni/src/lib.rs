@@ -6,7 +6,8 @@
 //! - [`client`]: the hand-written HTTP/1.1 client over the router's unix socket.
 //! - [`socket_dir`]: whether the socket's directory can be trusted (both ends check it).
 //! - [`delegate`]: running a delegated IPAM plugin.
-//! - [`hostnet`]: the kernel edge as a trait; [`netlink`] is the real one, [`sys`] its unsafe bits.
+//! - [`hostnet`]: the kernel edge as a trait; [`netlink`] is the real one (on the shared
+//!   `weft-netlink` client), [`sys`] its one unsafe bit (the gratuitous ARP).
 //! - [`plugin`]: the verbs.
 
 pub mod client;

@@ -1,33 +1,11 @@
-//! The two things std and the netlink crates do not cover: running code inside another network
-//! namespace (`setns` on a dedicated thread that then exits) and sending a gratuitous ARP from a
-//! raw `AF_PACKET` socket. The only module with `unsafe`: each block is one libc call.
+//! What std and [`weft_netlink`] do not cover: sending a gratuitous ARP from a raw `AF_PACKET`
+//! socket (entering a netns is [`weft_netlink::in_netns`]). The only module with `unsafe`: each
+//! block is one libc call.
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-/// Runs `f` on a fresh thread that first joins the network namespace at `netns`. Sockets `f`
-/// opens stay bound to that namespace after the thread exits, so `f` can hand them back. The
-/// plugin's own threads never change namespace.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let ns = File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns only reads the descriptor, which `ns` keeps open for the call; it
-            // changes the namespace of this thread alone, and the thread exits when `f` returns.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            drop(ns);
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-    })
-}
 
 /// The ARP packet (without the Ethernet header, which the kernel adds for `SOCK_DGRAM`) of a
 /// gratuitous ARP request: sender and target protocol address are both `ip`.

@@ -112,6 +112,17 @@ fn host_with_bridge(gateway_cidr: &str) -> Netns {
     host
 }
 
+/// Where the fake router's sockets go: a root-owned 0755 directory, since the plugin refuses a
+/// socket in a directory others can write (such as /tmp itself).
+fn socket_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("weft-cni-tests");
+    std::fs::create_dir_all(&dir).expect("create the socket directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the socket directory");
+    dir
+}
+
 type Handler = dyn Fn(&str, &str, &Value) -> (u16, Value) + Send + Sync;
 
 /// The router side of the protocol, on a temp unix socket, answering through `handler`.
@@ -124,7 +135,7 @@ struct FakeRouter {
 
 impl FakeRouter {
     fn new(handler: Box<Handler>) -> Self {
-        let socket = std::env::temp_dir().join(format!("{}.sock", unique("weft-cni-test-")));
+        let socket = socket_dir().join(format!("{}.sock", unique("weft-cni-test-")));
         let listener = UnixListener::bind(&socket).expect("bind fake router");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -483,7 +494,7 @@ fn router_down() {
     require_root!();
     let host = host_with_bridge("10.32.0.1/12");
     let pod = Netns::new();
-    let socket = std::env::temp_dir().join(format!("{}.sock", unique("weft-cni-absent-")));
+    let socket = socket_dir().join(format!("{}.sock", unique("weft-cni-absent-")));
     let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft-cni", "socket": socket});
     let r = verb(&host, "ADD", "down", &pod, &conf);
     assert_eq!(r.error_code(), 11);
