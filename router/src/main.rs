@@ -17,6 +17,7 @@ mod log_limit;
 mod mesh_port;
 mod metrics;
 mod nat;
+mod nft;
 mod portguard;
 mod report;
 mod router;

@@ -5,8 +5,7 @@
 //! The ruleset is pure data ([`ruleset`]), applied in one `nft -f` transaction that replaces
 //! weft's own table whole, so re-applying it is idempotent and nothing else is touched.
 
-use std::io::{self, Write};
-use std::process::{Command, Stdio};
+use std::io;
 
 use weft_gossip::ipam::Cidr;
 
@@ -30,24 +29,7 @@ pub fn ruleset(range: Cidr) -> String {
 /// Turns on IPv4 forwarding and installs [`ruleset`]. Needs `CAP_NET_ADMIN`.
 pub fn apply(range: Cidr) -> io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1\n")?;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(ruleset(range).as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    crate::nft::apply(&ruleset(range))
 }
 
 #[cfg(test)]

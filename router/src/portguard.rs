@@ -32,7 +32,6 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 use weft_datapath::mac::{Mac, format_mac};
@@ -338,41 +337,10 @@ pub fn save_registry(path: &Path, registry: &PortRegistry) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Runs one `nft -f -` transaction. Needs `CAP_NET_ADMIN`.
-pub fn apply(script: &str) -> io::Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
 /// Reads the drop counters from the kernel.
 pub fn read_counters() -> io::Result<SpoofCounts> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "counters", "table", "bridge", TABLE])
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    parse_counters(&String::from_utf8_lossy(&out.stdout)).map_err(io::Error::other)
+    let json = crate::nft::list_json(&["list", "counters", "table", "bridge", TABLE])?;
+    parse_counters(&json).map_err(io::Error::other)
 }
 
 /// The port guard as shown in `/report` (`datapath.port_guard`).
@@ -431,7 +399,7 @@ impl PortGuard {
             tracing::warn!(error = %e, "cannot save the port guards");
         }
         let ports: Vec<PortSpec> = registry.iter().map(|(_, port)| port.clone()).collect();
-        let enabled = match apply(&ruleset(&ports)) {
+        let enabled = match crate::nft::apply(&ruleset(&ports)) {
             Ok(()) => {
                 tracing::info!(
                     ports = ports.len(),
@@ -487,7 +455,7 @@ impl PortGuard {
     ) -> Result<Option<PortSpec>, String> {
         let previous = self.registry.get(key).cloned();
         if self.enabled
-            && let Err(e) = apply(&attach_script(&port, previous.as_ref()))
+            && let Err(e) = crate::nft::apply(&attach_script(&port, previous.as_ref()))
         {
             self.apply_failures += 1;
             return Err(e.to_string());
@@ -507,7 +475,7 @@ impl PortGuard {
                 }
             };
             if self.enabled && !restored.is_empty() {
-                let _ = apply(&restored);
+                let _ = crate::nft::apply(&restored);
             }
             return Err(format!("cannot save {}: {e}", self.path.display()));
         }
@@ -531,7 +499,7 @@ impl PortGuard {
         }
         if self.enabled {
             let script: String = dropped.iter().map(detach_script).collect();
-            if let Err(e) = apply(&script) {
+            if let Err(e) = crate::nft::apply(&script) {
                 self.apply_failures += 1;
                 tracing::warn!(error = %e, "cannot remove the guards of deleted attachments");
             }
