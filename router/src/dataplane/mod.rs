@@ -9,8 +9,7 @@
 //! 64 KiB with the kernel's offload header (`sleeve::offload`); they travel in pieces
 //! (`sleeve::fragment`) and reach the destination's TAP whole, so per-packet costs are paid
 //! per 64 KiB. Decisions are the datapath crate's pure functions; this module only wires them
-//! to sockets. Not yet here (see `docs/sleeve.md`): UDP heartbeats, path-MTU discovery, the
-//! MAC gossip channel.
+//! to sockets. The threads are in `threads`, the `/report` types in `report`.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,7 +18,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use weft_datapath::forward::{self, Decision, Routing};
 use weft_datapath::heartbeat::{Health, Liveness, LivenessConfig};
 use weft_datapath::mac::{Learned, Mac, MacOwner, MacTable};
@@ -40,6 +38,13 @@ use weft_gossip::mesh::ConnKey;
 use weft_gossip::routes::{LinkSet, Routes};
 
 use crate::hostnet;
+
+mod report;
+mod threads;
+pub use report::{
+    DatapathReport, DropsReport, LinkDropsReport, LinkReport, MacGuardReport, MacReport,
+};
+use threads::{tap_loop, timer_loop, udp_loop};
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
@@ -126,107 +131,6 @@ struct Counters {
     tap_write_errors: AtomicU64,
 }
 
-/// The dataplane as shown in `/report`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DatapathReport {
-    pub kind: String,
-    pub bridge: String,
-    /// MTU of the bridge and its ports: the largest packet a pod may send.
-    pub mtu: u16,
-    pub encrypted: bool,
-    /// The TAP hands over super-segments and partial checksums (`IFF_VNET_HDR` offloads).
-    pub offloads: bool,
-    pub links: usize,
-    pub macs: usize,
-    /// Ethernet frames (super-segments count once) sent to peers / delivered to the bridge.
-    pub frames_out: u64,
-    pub frames_in: u64,
-    /// UDP datagrams and their bytes, sent / received and authenticated.
-    pub datagrams_out: u64,
-    pub datagrams_in: u64,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub relayed: u64,
-    /// Super-segments put back together from pieces.
-    pub reassembled: u64,
-    pub drops: DropsReport,
-    /// The MAC table: where each pod MAC seen lately lives.
-    pub mac_table: Vec<MacReport>,
-    /// Live claims in the MAC-to-peer gossip channel (all hosts' pods).
-    pub gossiped_macs: usize,
-    /// What keeps pods from claiming MACs that are not theirs.
-    pub mac_guard: MacGuardReport,
-    /// The bridge-port anti-spoofing rules (filled in by the router; None without them).
-    pub port_guard: Option<crate::portguard::PortGuardReport>,
-}
-
-/// Pinned attachment MACs, the cap on other local MACs, and what they refused.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MacGuardReport {
-    /// MACs of CNI attachments: local whatever data or gossip say.
-    pub pinned: usize,
-    /// Local MACs learned from data that are not attachments, and their cap.
-    pub unattached_local: usize,
-    pub max_unattached_local: usize,
-    /// New local MACs not learned (nor gossiped) because the cap was reached.
-    pub refused_unattached: u64,
-    /// Frames from the mesh whose source was a MAC pinned here (not learned).
-    pub conflicts: u64,
-    /// Claims of learned local MACs not gossiped because they came too fast.
-    pub gossip_rate_limited: u64,
-    /// Other peers' claims for MACs pinned here, answered with our own.
-    pub gossip_conflicts: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MacReport {
-    pub mac: String,
-    /// `local`, or the name of the peer the MAC lives behind.
-    pub owner: String,
-    /// Seconds since a frame from the MAC was seen (or gossip said where it is).
-    pub age_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DropsReport {
-    pub no_route: u64,
-    pub too_big: u64,
-    pub auth: u64,
-    pub replay: u64,
-    pub malformed: u64,
-    pub unknown_sender: u64,
-    /// Datagrams that failed before authentication (bad tag, stale epoch, malformed header):
-    /// counted here only, never on the link their header names, which a forger chooses.
-    pub unauthenticated: u64,
-    /// Super-segments given up because a piece never came.
-    pub incomplete: u64,
-    /// Of the `too_big` drops, those answered with ICMP "fragmentation needed" / "packet too
-    /// big" toward the pod.
-    pub too_big_answered: u64,
-    /// Datagrams the kernel refused to send, frames it refused from the TAP.
-    pub send_errors: u64,
-    pub tap_write_errors: u64,
-}
-
-impl DropsReport {
-    /// The drops by reason, named as the `reason` label of the drop metric. Not in it:
-    /// `too_big_answered`, which counts some of the `too_big` drops again.
-    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
-        [
-            ("unauthenticated", self.unauthenticated),
-            ("no_route", self.no_route),
-            ("too_big", self.too_big),
-            ("auth", self.auth),
-            ("replay", self.replay),
-            ("malformed", self.malformed),
-            ("unknown_sender", self.unknown_sender),
-            ("incomplete", self.incomplete),
-            ("send_error", self.send_errors),
-            ("tap_write_error", self.tap_write_errors),
-        ]
-    }
-}
-
 struct PeerLink {
     peer: PeerName,
     conn: ConnKey,
@@ -299,54 +203,6 @@ struct LinkCounters {
     drop_replay: AtomicU64,
     drop_malformed: AtomicU64,
     send_errors: AtomicU64,
-}
-
-/// One link (peer connection) as shown in `/report`, under its connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinkReport {
-    pub peer: String,
-    /// `sleeve`.
-    pub datapath: String,
-    pub encrypted: bool,
-    /// `starting`, `up` or `down`.
-    pub health: String,
-    /// Why the data path is down (or not yet up).
-    pub reason: Option<String>,
-    /// `confirmed`, or `probing` while the path MTU search runs.
-    pub pmtu: String,
-    /// Milliseconds since the last authenticated datagram from the peer.
-    pub heartbeat_age_ms: Option<u64>,
-    /// The largest UDP datagram (IP packet) sent to the peer, and the largest packet a pod can
-    /// send through this link.
-    pub path_mtu: u16,
-    pub overlay_mtu: u16,
-    pub datagrams_out: u64,
-    pub bytes_out: u64,
-    pub datagrams_in: u64,
-    pub bytes_in: u64,
-    pub drops: LinkDropsReport,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinkDropsReport {
-    /// Always 0 since datagrams failing authentication are counted globally
-    /// (`datapath.drops.unauthenticated`); kept because report fields are never removed.
-    pub auth: u64,
-    pub replay: u64,
-    pub malformed: u64,
-    pub send_errors: u64,
-}
-
-impl LinkDropsReport {
-    /// The drops by reason, named as the `reason` label of the per-link drop metric.
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
-        [
-            ("auth", self.auth),
-            ("replay", self.replay),
-            ("malformed", self.malformed),
-            ("send_error", self.send_errors),
-        ]
-    }
 }
 
 /// `gossip::Routes` seen through the datapath's `Routing` trait.
@@ -799,6 +655,16 @@ impl Shared {
     }
 }
 
+/// A frame as read from the TAP, split once.
+#[derive(Clone, Copy)]
+struct TapFrame<'a> {
+    offload: VnetHeader,
+    /// The offload header and the frame, as read.
+    raw: &'a [u8],
+    /// The Ethernet frame after the offload header.
+    frame: &'a [u8],
+}
+
 /// Datagrams being gathered for each next hop by one thread, sent together by `flush`.
 struct Outbox {
     hops: Vec<(PeerId, Arc<PeerLink>, DatagramBatch)>,
@@ -960,354 +826,5 @@ impl Outbox {
             }
         }
         self.used = 0;
-    }
-}
-
-/// Frames from local pods, to the mesh.
-fn tap_loop(shared: &Shared) {
-    let local = shared.local.to_bytes();
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER_LEN];
-    let mut outbox = Outbox::default();
-    loop {
-        match shared.tap.wait_readable(TAP_POLL) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "TAP poll failed; sleeve stops sending");
-                return;
-            }
-        }
-        let routes = shared.routes();
-        for _ in 0..TAP_BATCH_FRAMES {
-            let n = match shared.tap.read_frame(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "TAP read failed; sleeve stops sending");
-                    return;
-                }
-            };
-            from_tap(shared, &routes, local, &buf[..n], &mut outbox);
-            if outbox.queued_bytes() >= TAP_BATCH_BYTES {
-                outbox.flush(shared);
-            }
-        }
-        outbox.flush(shared);
-    }
-}
-
-/// A frame as read from the TAP, split once.
-#[derive(Clone, Copy)]
-struct TapFrame<'a> {
-    offload: VnetHeader,
-    /// The offload header and the frame, as read.
-    raw: &'a [u8],
-    /// The Ethernet frame after the offload header.
-    frame: &'a [u8],
-}
-
-fn from_tap(
-    shared: &Shared,
-    routes: &RouteSnapshot,
-    local: PeerId,
-    raw: &[u8],
-    outbox: &mut Outbox,
-) {
-    let Some((offload, frame)) = VnetHeader::split(raw) else {
-        return;
-    };
-    let (Some(dst_mac), Some(src_mac)) = (mac_at(frame, 0), mac_at(frame, 6)) else {
-        return;
-    };
-    if offload.wire_frame_len(frame.len()) > ETHERNET_HEADER_LEN + usize::from(shared.mtu) {
-        // Larger than the bridge's MTU (a pod configured with a larger one): say so.
-        shared.too_big(frame, usize::from(shared.mtu), &mut outbox.reply);
-        return;
-    }
-    let now = Instant::now();
-    let (learned, owner) = {
-        let mut macs = lock(&shared.macs);
-        let learned = macs.learn(src_mac, MacOwner::Local, now);
-        // Group addresses are never learned, from data or gossip: they are flooded.
-        let owner = if weft_datapath::mac::is_multicast(&dst_mac) {
-            None
-        } else if let Some(owner) = macs.lookup(&dst_mac, now) {
-            Some(owner)
-        } else if let Some(peer) = shared.gossiped_owner(&dst_mac) {
-            // Data has not taught us where this MAC is yet, but gossip has: unicast at once
-            // instead of flooding. A frame from the MAC will correct the entry if it is stale.
-            // (Not learned, when the table refuses it, means still unknown.)
-            let owner = MacOwner::Remote(peer);
-            macs.learn(dst_mac, owner, now).map(|_| owner)
-        } else {
-            None
-        };
-        (learned, owner)
-    };
-    let decision = forward::from_bridge_to(owner, routes);
-    if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
-        (shared.events)(DataplaneEvent::LocalMac(src_mac));
-    }
-    let tap_frame = TapFrame {
-        offload,
-        raw,
-        frame,
-    };
-    match decision {
-        Decision::Unicast { next_hop, dst } => {
-            outbox.push_ethernet(shared, next_hop, local, dst, &tap_frame);
-        }
-        Decision::Flood { hops, .. } => {
-            for hop in hops {
-                outbox.push_ethernet(shared, hop, local, BROADCAST, &tap_frame);
-            }
-        }
-        Decision::Local | Decision::Drop(_) => {}
-    }
-}
-
-/// Datagrams from peers, to local pods and onward.
-fn udp_loop(shared: &Shared) {
-    let mut bufs = vec![vec![0u8; RECV_BUFFER_LEN]; RECV_BATCH];
-    let mut meta = vec![RecvMeta::default(); RECV_BATCH];
-    let mut outbox = Outbox::default();
-    let mut reassembler = Reassembler::default();
-    let mut abandoned = 0;
-    loop {
-        let received = match shared.udp.recv_batch(&mut bufs, &mut meta, None) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // A queued ICMP error for an earlier send surfaces here; it is not fatal.
-                tracing::debug!(error = %e, "UDP receive error");
-                continue;
-            }
-        };
-        let routes = shared.routes();
-        for (buf, meta) in bufs.iter_mut().zip(&meta).take(received) {
-            let segment = meta.segment.unwrap_or(meta.len).max(1);
-            for datagram in buf[..meta.len].chunks_mut(segment) {
-                receive(shared, &routes, datagram, &mut outbox, &mut reassembler);
-            }
-        }
-        outbox.flush(shared);
-        let stats = reassembler.stats();
-        add(
-            &shared.counters.drop_incomplete,
-            (stats.abandoned - abandoned) as usize,
-        );
-        abandoned = stats.abandoned;
-    }
-}
-
-fn receive(
-    shared: &Shared,
-    routes: &RouteSnapshot,
-    datagram: &mut [u8],
-    outbox: &mut Outbox,
-    reassembler: &mut Reassembler,
-) {
-    let counters = &shared.counters;
-    let Ok(sender) = datagram_sender(datagram) else {
-        bump(&counters.drop_malformed);
-        return;
-    };
-    let Some(link) = shared.link(&sender) else {
-        bump(&counters.drop_unknown_sender);
-        return;
-    };
-    let len = datagram.len();
-    let frames = match lock(&link.decap).decapsulate(datagram) {
-        Ok(frames) => frames,
-        Err(e) => {
-            // Only a failure after authentication is the named peer's doing; anything else
-            // may be a forgery naming any peer, so it stays off that peer's link.
-            let authenticated = e.is_authenticated(shared.encrypted);
-            if !authenticated {
-                bump(&counters.drop_unauthenticated);
-            }
-            let (global, on_link) = match e {
-                DecapError::Authentication => (&counters.drop_auth, &link.counters.drop_auth),
-                DecapError::Replay(_) => (&counters.drop_replay, &link.counters.drop_replay),
-                _ => (&counters.drop_malformed, &link.counters.drop_malformed),
-            };
-            if authenticated {
-                bump(on_link);
-            }
-            return bump(global);
-        }
-    };
-    let now = Instant::now();
-    bump(&counters.datagrams_in);
-    add(&counters.bytes_in, len);
-    bump(&link.counters.datagrams_in);
-    add(&link.counters.bytes_in, len);
-    let since_epoch = now.saturating_duration_since(shared.epoch).as_nanos() as u64;
-    link.last_heard.store(since_epoch.max(1), Ordering::Relaxed);
-    for frame in frames {
-        let Ok(frame) = frame else {
-            bump(&counters.drop_malformed);
-            break;
-        };
-        match frame.kind {
-            FrameKind::Ethernet | FrameKind::Offloaded | FrameKind::Fragment => {}
-            FrameKind::Heartbeat => continue,
-            FrameKind::PmtuProbe => {
-                // Acknowledge the size that arrived: the whole IP packet.
-                let size = u16::try_from(len + IPV4_UDP)
-                    .unwrap_or(u16::MAX)
-                    .to_be_bytes();
-                let local = shared.local.to_bytes();
-                outbox.push(shared, sender, FrameKind::PmtuAck, local, sender, &[&size]);
-                continue;
-            }
-            FrameKind::PmtuAck => {
-                if let Some(size) = frame.payload.first_chunk::<2>() {
-                    lock(&link.state)
-                        .pmtu
-                        .on_ack(u16::from_be_bytes(*size), now);
-                }
-                continue;
-            }
-        }
-        let mut relay = |hop| {
-            let parts = [frame.payload];
-            if outbox.push(shared, hop, frame.kind, frame.src, frame.dst, &parts) {
-                bump(&counters.relayed);
-            }
-        };
-        match forward::from_mesh(frame.src, frame.dst, routes) {
-            Decision::Local => deliver_frame(shared, &frame, reassembler, now),
-            Decision::Flood {
-                deliver_locally,
-                hops,
-            } => {
-                if deliver_locally {
-                    deliver_frame(shared, &frame, reassembler, now);
-                }
-                hops.into_iter().for_each(relay);
-            }
-            // No list to build for the common relay case: one hop.
-            Decision::Unicast { next_hop, .. } => relay(next_hop),
-            Decision::Drop(_) => bump(&counters.drop_no_route),
-        }
-    }
-}
-
-/// Delivers one frame addressed to this host (or flooded through it) to the bridge.
-fn deliver_frame(shared: &Shared, frame: &Frame<'_>, reassembler: &mut Reassembler, now: Instant) {
-    let counters = &shared.counters;
-    let learn = |ethernet: &[u8]| {
-        if let Some(src_mac) = mac_at(ethernet, 6) {
-            lock(&shared.macs).learn(src_mac, MacOwner::Remote(frame.src), now);
-        }
-    };
-    match frame.kind {
-        FrameKind::Ethernet => {
-            learn(frame.payload);
-            shared.deliver(&NO_OFFLOAD, frame.payload);
-        }
-        FrameKind::Offloaded => deliver_offloaded(shared, frame.payload, learn),
-        FrameKind::Fragment => {
-            let Ok((header, chunk)) = fragment::parse(frame.payload) else {
-                bump(&counters.drop_malformed);
-                return;
-            };
-            if let Some(whole) = reassembler.insert(frame.src, header, chunk, now) {
-                bump(&counters.reassembled);
-                deliver_offloaded(shared, whole, learn);
-            }
-        }
-        FrameKind::Heartbeat | FrameKind::PmtuProbe | FrameKind::PmtuAck => {}
-    }
-}
-
-/// `raw` is an offload header followed by the Ethernet frame, as the origin's TAP gave it.
-fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
-    if raw.len() < VNET_HDR_LEN + ETHERNET_HEADER_LEN {
-        bump(&shared.counters.drop_malformed);
-        return;
-    }
-    let (header, frame) = raw.split_at(VNET_HDR_LEN);
-    learn(frame);
-    shared.deliver(header, frame);
-}
-
-/// Housekeeping: heartbeats to every peer, the liveness of each link (reported to the router
-/// so that data routes avoid a link whose UDP is dead), MAC expiry.
-fn timer_loop(shared: &Shared) {
-    let local = shared.local.to_bytes();
-    let mut outbox = Outbox::default();
-    let mut next_mac_expiry = Instant::now() + MAC_EXPIRY_EVERY;
-    loop {
-        std::thread::sleep(TIMER_TICK);
-        let now = Instant::now();
-        for link in &shared.all_links() {
-            let mut state = lock(&link.state);
-            // `on_heard` ignores a time it has seen already.
-            let heard = link.last_heard.load(Ordering::Relaxed);
-            if heard != 0 {
-                state
-                    .liveness
-                    .on_heard(shared.epoch + Duration::from_nanos(heard));
-            }
-            let interval = if state.liveness.is_up(now) {
-                HEARTBEAT_INTERVAL
-            } else {
-                HEARTBEAT_INTERVAL_UNCONFIRMED
-            };
-            if state
-                .last_heartbeat
-                .is_none_or(|sent| now.saturating_duration_since(sent) >= interval)
-            {
-                let peer = link.peer.to_bytes();
-                let payload = link.conn.to_be_bytes();
-                if outbox.push(shared, peer, FrameKind::Heartbeat, local, peer, &[&payload]) {
-                    state.liveness.on_sent(now);
-                    state.last_heartbeat = Some(now);
-                }
-            }
-            if let Some(size) = state.pmtu.next_probe(now) {
-                shared.send_probe(link, size, &mut state, now);
-            }
-            if state.pmtu.state().phase == PmtuPhase::Confirmed {
-                state.pmtu_settled = true;
-            }
-            let path_mtu = usize::from(state.pmtu.path_mtu());
-            link.max_datagram
-                .store(path_mtu.saturating_sub(IPV4_UDP), Ordering::Relaxed);
-            let up = state.data_path_up(now);
-            if up != state.reported_up {
-                // The reason is only built when there is a change to report.
-                let (_, reason) = state.data_path(now);
-                state.reported_up = up;
-                drop(state);
-                if up {
-                    tracing::info!(peer = %link.peer, path_mtu, "sleeve data path up");
-                } else {
-                    tracing::warn!(peer = %link.peer, reason = reason.as_deref().unwrap_or(""), "sleeve data path down");
-                }
-                (shared.events)(DataplaneEvent::LinkHealth {
-                    peer: link.peer,
-                    conn: link.conn,
-                    up,
-                    reason,
-                });
-            }
-        }
-        outbox.flush(shared);
-        if now >= next_mac_expiry {
-            next_mac_expiry = now + MAC_EXPIRY_EVERY;
-            let expired = lock(&shared.macs).expire(now);
-            let gone: Vec<Mac> = expired
-                .into_iter()
-                .filter(|(_, owner)| *owner == MacOwner::Local)
-                .map(|(mac, _)| mac)
-                .collect();
-            if !gone.is_empty() {
-                (shared.events)(DataplaneEvent::LocalMacsGone(gone));
-            }
-        }
     }
 }
