@@ -43,7 +43,7 @@ use crate::hostnet;
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
-const TAP_NAME_SUFFIX: &str = "-tap";
+pub const TAP_NAME_SUFFIX: &str = "-tap";
 const RECV_BATCH: usize = 16;
 /// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
 /// first, even if more are queued: enough to amortise the syscalls, little enough to keep
