@@ -366,7 +366,8 @@ pub fn run(args: &ResetArgs) -> anyhow::Result<()> {
         println!("kept {kept}");
     }
     if plan.steps.is_empty() && failures.is_empty() {
-        println!("nothing to remove: weft left nothing on this node");
+        let other = if plan.kept.is_empty() { "" } else { " else" };
+        println!("nothing to remove: weft left nothing{other} on this node");
     }
     if !failures.is_empty() {
         for failure in &failures {

@@ -191,3 +191,61 @@ fn reset_refuses_while_the_router_runs_then_leaves_nothing_and_is_idempotent() -
     drop(pod);
     Ok(())
 }
+
+#[test]
+fn a_foreign_config_and_kept_data_are_left_and_named() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(WEFT, 1)?;
+    let dir = net.host_dir(1);
+    let (conf_dir, bin_dir, data_dir) = (dir.join("net.d"), dir.join("bin"), dir.join("data"));
+    for d in [&conf_dir, &bin_dir, &data_dir] {
+        std::fs::create_dir_all(d)?;
+    }
+    // Another network's config under weft's file name, and a data dir with a store in it.
+    let foreign = br#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"}]}"#;
+    let conflist = conf_dir.join("10-weft.conflist");
+    std::fs::write(&conflist, foreign)?;
+    std::fs::write(data_dir.join("weft.redb"), b"not really a store")?;
+    let path = |p: &Path| p.display().to_string();
+    let (conf, bin, data, socket) = (
+        path(&conf_dir),
+        path(&bin_dir),
+        path(&data_dir),
+        path(&dir.join("cni.sock")),
+    );
+    let out = net.weft_output(
+        1,
+        &[
+            "reset",
+            "--cni-conf-dir",
+            &conf,
+            "--cni-bin-dir",
+            &bin,
+            "--data-dir",
+            &data,
+            "--cni-socket",
+            &socket,
+            "--keep-data",
+        ],
+    )?;
+    ensure!(out.success(), "weft reset: {out:?}");
+    ensure!(
+        out.stdout
+            .contains("does not name the weft-cni plugin, not weft's: left alone")
+            && out.stdout.contains("kept (--keep-data)")
+            && out.stdout.contains("nothing to remove"),
+        "weft reset said:\n{}",
+        out.stdout
+    );
+    ensure!(
+        std::fs::read(&conflist)? == foreign,
+        "the foreign config changed"
+    );
+    ensure!(
+        exists(&data_dir.join("weft.redb")),
+        "--keep-data removed the store"
+    );
+    Ok(())
+}
