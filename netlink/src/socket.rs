@@ -129,6 +129,21 @@ impl RouteSocket {
         }
     }
 
+    /// Every link in the namespace (`ip link show`).
+    pub fn links(&mut self) -> io::Result<Vec<LinkMessage>> {
+        let answers = self.exchange(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// RTM_SETLINK: changes what `m` carries on the link `m.header.index` names.
     pub fn set_link(&mut self, m: LinkMessage) -> io::Result<()> {
         self.exchange(RouteNetlinkMessage::SetLink(m), 0).map(drop)

@@ -43,6 +43,9 @@ pub enum Command {
     /// Install the `weft-cni` plugin and its network config on this node (the DaemonSet's init
     /// container runs this).
     InstallCni(InstallCniArgs),
+    /// Remove what weft put on this node (config, plugin, bridge, TAP, nftables tables, socket,
+    /// data unless --keep-data), with the router stopped.
+    Reset(crate::reset::ResetArgs),
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ mod nat;
 mod nft;
 mod portguard;
 mod report;
+mod reset;
 mod router;
 mod status_guard;
 mod store;
@@ -149,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::InstallCni(args) => install::run(&args),
+        Command::Reset(args) => reset::run(&args),
     }
 }
 

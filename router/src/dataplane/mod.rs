@@ -48,7 +48,7 @@ use threads::{tap_loop, timer_loop, udp_loop};
 
 /// IPv4 + UDP headers around every datagram.
 const IPV4_UDP: usize = 28;
-const TAP_NAME_SUFFIX: &str = "-tap";
+pub const TAP_NAME_SUFFIX: &str = "-tap";
 const RECV_BATCH: usize = 16;
 /// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
 /// first, even if more are queued: enough to amortise the syscalls, little enough to keep
