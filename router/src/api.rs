@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::exposition;
 use crate::http_admission::Limits;
 use crate::http_server::{self, ListenerConfig};
 use crate::metrics::Metrics;
@@ -155,8 +156,9 @@ fn metrics_routes(api: Api, bound: SocketAddr) -> HttpRouter {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(api)
-        .layer(middleware::from_fn_with_state(guard.clone(), read_only))
-        .layer(middleware::from_fn_with_state(guard, guard_request))
+        .layer(middleware::from_fn_with_state(guard.clone(), guard_request))
+        // Outermost: a non-read is refused as such, from this host or another.
+        .layer(middleware::from_fn_with_state(guard, read_only))
 }
 
 /// Serves the metrics listener (`--metrics-addr`).
@@ -357,7 +359,9 @@ async fn text(State(api): State<Api>, render: fn(&Report) -> String) -> Response
     }
 }
 
-async fn metrics_text(State(api): State<Api>) -> Response {
+/// `/metrics`: OpenMetrics for scrapers that ask for it (Prometheus does), the Prometheus text
+/// format otherwise (curl, `promtool check metrics`).
+async fn metrics_text(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
     let Some(report) = fetch_report(&api).await else {
         return unavailable();
     };
@@ -366,14 +370,16 @@ async fn metrics_text(State(api): State<Api>) -> Response {
     if prometheus_client::encoding::text::encode(&mut body, &api.metrics.registry()).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if exposition::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], body).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)],
+            exposition::to_prometheus_text(&body),
+        )
+            .into_response()
+    }
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ mod cni_api;
 mod config;
 mod conn;
 mod dataplane;
+mod exposition;
 mod hostnet;
 mod http_admission;
 mod http_server;

@@ -6,8 +6,11 @@
 //! - `datapath`: the data plane runs and every established connection's link is up (a router
 //!   started with `--datapath none` passes: it is a control plane only, by choice);
 //! - `persistence`: the state store can be written (ADDs are refused while it cannot);
-//! - `peers`: every peer the operator named (`--peers`, `weft connect`) is connected, or the
-//!   check says which are not and why. Addresses that lead back to this router do not count.
+//! - `peers`: says whether every peer the operator named (`--peers`, `weft connect`) is
+//!   connected, and which are not and why. It never makes the node unready: another node being
+//!   down is no reason to take this one out of service (pods here still reach every peer that is
+//!   up), and one dead node would otherwise make every node unready. Addresses that lead back to
+//!   this router do not count.
 //!
 //! Liveness (`/healthz`) is not decided here: it only asks whether the router's event loop
 //! answers, since restarting fixes a wedged loop but none of the above.
@@ -176,8 +179,11 @@ fn peers(report: &Report) -> Check {
         .collect();
     check(
         "peers",
-        false,
-        format!("not connected to {}", missing.join(", ")),
+        true,
+        format!(
+            "not connected to {} (this does not make the node unready)",
+            missing.join(", ")
+        ),
     )
 }
 
