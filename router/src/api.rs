@@ -479,3 +479,74 @@ async fn ping(State(api): State<Api>, Query(q): Query<PeerQuery>) -> Response {
         None => unavailable(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(events: mpsc::Sender<Event>) -> Api {
+        Api {
+            events,
+            metrics: Arc::default(),
+            store: Arc::default(),
+        }
+    }
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn a_router_that_does_not_answer_is_not_alive_and_not_ready() {
+        // The event loop is wedged: it holds its queue and never reads it.
+        let (events, _wedged) = mpsc::channel(8);
+        let alive = healthz(State(api(events.clone()))).await;
+        assert_eq!(alive.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let alive = body_json(alive).await;
+        assert_eq!(alive["alive"], false);
+        assert!(
+            alive["reason"].as_str().unwrap().contains("did not answer"),
+            "{alive}"
+        );
+
+        let ready = readyz(State(api(events))).await;
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready = body_json(ready).await;
+        assert_eq!(ready["ready"], false);
+        assert_eq!(ready["checks"][0]["name"], "router");
+        assert_eq!(ready["checks"][1]["name"], "persistence");
+        assert_eq!(ready["checks"][1]["ok"], true);
+    }
+
+    #[tokio::test]
+    async fn a_router_that_answers_is_alive() {
+        let (events, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Event::Api(ApiRequest::Alive { reply }) = event {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        let alive = healthz(State(api(events))).await;
+        assert_eq!(alive.status(), StatusCode::OK);
+        assert_eq!(body_json(alive).await["alive"], true);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_router_is_not_alive() {
+        let (events, rx) = mpsc::channel(8);
+        drop(rx);
+        let alive = healthz(State(api(events))).await;
+        assert_eq!(alive.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body_json(alive).await["reason"]
+                .as_str()
+                .unwrap()
+                .contains("stopped")
+        );
+    }
+}
