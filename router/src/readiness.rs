@@ -75,8 +75,9 @@ fn ipam(report: &Report) -> Check {
     let Some(ipam) = &report.ipam else {
         return check("ipam", false, "IPAM is not reported by this router".into());
     };
+    // Already phrased as `no ring yet: …` (what the ring agreement waits for).
     if let Some(why) = &ipam.waiting_for_ring {
-        return check("ipam", false, format!("no ring yet: {why}"));
+        return check("ipam", false, why.clone());
     }
     if ipam.state != "ready" {
         return check("ipam", false, format!("{} in {}", ipam.state, ipam.range));

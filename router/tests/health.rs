@@ -54,6 +54,7 @@ fn readiness_waits_for_the_ring_and_status_wait_follows_it() -> anyhow::Result<(
     // Host 2 runs no router: host 1 cannot agree on a ring with it.
     let net = Net::new(WEFT, 2)?;
     net.start(1, opts().peers([net.address(2)]))?;
+    let absent = format!("{}:6783", net.address(2));
     let readyz = "http://127.0.0.1:6784/readyz";
 
     net.wait_until("/readyz says there is no ring yet", SETTLE, || {
@@ -63,9 +64,9 @@ fn readiness_waits_for_the_ring_and_status_wait_follows_it() -> anyhow::Result<(
             code == 503
                 && readiness["ready"] == false
                 && ipam["ok"] == false
-                && ipam["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("no ring yet: ")),
+                && ipam["reason"].as_str().is_some_and(|r| r
+                    .starts_with("no ring yet: 0 of 1 initial peers reachable: ")
+                    && r.contains(&absent)),
             "/readyz: {code} {readiness}"
         );
         Ok(true)
@@ -77,7 +78,7 @@ fn readiness_waits_for_the_ring_and_status_wait_follows_it() -> anyhow::Result<(
     ensure!(
         check(&readiness, "peers")["reason"]
             .as_str()
-            .is_some_and(|r| r.contains(&format!("{}:6783", net.address(2)))),
+            .is_some_and(|r| r.contains(&absent)),
         "the absent peer is named: {code} {readiness}"
     );
 
@@ -92,7 +93,10 @@ fn readiness_waits_for_the_ring_and_status_wait_follows_it() -> anyhow::Result<(
 
     let waited = net.weft_output(1, &["status", "--wait", "--timeout", "3"])?;
     ensure!(
-        !waited.success() && waited.stdout.contains("waiting: ipam: no ring yet: "),
+        !waited.success()
+            && waited.stdout.contains(&format!(
+                "waiting: ipam: no ring yet: 0 of 1 initial peers reachable: {absent}"
+            )),
         "weft status --wait while there is no ring: {waited:?}"
     );
 

@@ -98,13 +98,13 @@ fn no_ring_is_not_ready_and_says_what_it_waits_for() {
     let mut report = ready();
     report["ipam"]["state"] = json!("no ring");
     report["ipam"]["waiting_for_ring"] =
-        json!("initial peers not reached: 10.0.0.9:6783 (refused)");
+        json!("no ring yet: 0 of 1 initial peers reachable: 10.0.0.9:6783 (refused)");
     let readiness = decide_json(report);
     assert!(!readiness.ready);
     assert_eq!(failing_check(&readiness), ["ipam"]);
     assert_eq!(
         readiness.failing(),
-        ["ipam: no ring yet: initial peers not reached: 10.0.0.9:6783 (refused)"]
+        ["ipam: no ring yet: 0 of 1 initial peers reachable: 10.0.0.9:6783 (refused)"]
     );
 }
 
@@ -190,7 +190,8 @@ fn discovered_peers_and_inbound_failures_do_not_block_readiness() {
 #[test]
 fn every_failing_check_is_listed() {
     let mut report = ready();
-    report["ipam"]["waiting_for_ring"] = json!("peer x has not answered");
+    report["ipam"]["waiting_for_ring"] =
+        json!("no ring yet: asking 1 reachable peer whether they have a ring: x");
     report["store"]["persistence"] = json!("failing");
     let readiness = decide_json(report);
     assert_eq!(failing_check(&readiness), ["ipam", "persistence"]);
