@@ -71,26 +71,37 @@ fn check(name: &str, ok: bool, reason: String) -> Check {
     }
 }
 
+/// Why IPAM cannot allocate now, if it cannot: what the ring agreement waits for (`no ring yet:
+/// …`), or the state. Shared with CNI STATUS ([`crate::ipam::IpamHost::status_check`]).
+pub fn ipam_not_ready(waiting_for_ring: Option<&str>, state: &str, range: &str) -> Option<String> {
+    match waiting_for_ring {
+        Some(why) => Some(why.to_owned()),
+        None if state != "ready" => Some(format!("{state} in {range}")),
+        None => None,
+    }
+}
+
+/// Why the state store cannot persist, if it cannot. Shared with CNI STATUS.
+pub fn persistence_not_ready(failing: Option<&str>) -> Option<String> {
+    failing.map(|error| format!("persistence failing: {error}"))
+}
+
 fn ipam(report: &Report) -> Check {
     let Some(ipam) = &report.ipam else {
         return check("ipam", false, "IPAM is not reported by this router".into());
     };
-    // Already phrased as `no ring yet: …` (what the ring agreement waits for).
-    if let Some(why) = &ipam.waiting_for_ring {
-        return check("ipam", false, why.clone());
-    }
-    if ipam.state != "ready" {
-        return check("ipam", false, format!("{} in {}", ipam.state, ipam.range));
-    }
-    check(
-        "ipam",
-        true,
-        format!(
-            "ring {} agreed, {} allocated here",
-            ipam.ring.as_deref().unwrap_or("?"),
-            ipam.allocated
+    match ipam_not_ready(ipam.waiting_for_ring.as_deref(), &ipam.state, &ipam.range) {
+        Some(why) => check("ipam", false, why),
+        None => check(
+            "ipam",
+            true,
+            format!(
+                "ring {} agreed, {} allocated here",
+                ipam.ring.as_deref().unwrap_or("?"),
+                ipam.allocated
+            ),
         ),
-    )
+    }
 }
 
 fn datapath(report: &Report) -> Check {
@@ -131,20 +142,14 @@ fn datapath(report: &Report) -> Check {
 }
 
 fn persistence(report: &Report) -> Check {
-    match &report.store {
-        None => check("persistence", true, "no state store reported".into()),
-        Some(store) if store.persistence == "ok" => {
-            check("persistence", true, format!("writing {}", store.path))
-        }
-        Some(store) => check(
-            "persistence",
-            false,
-            format!(
-                "persistence {}: {}",
-                store.persistence,
-                store.error.as_deref().unwrap_or("no error recorded")
-            ),
-        ),
+    let Some(store) = &report.store else {
+        return check("persistence", true, "no state store reported".into());
+    };
+    let failing =
+        (store.persistence != "ok").then(|| store.error.as_deref().unwrap_or("no error recorded"));
+    match persistence_not_ready(failing) {
+        Some(why) => check("persistence", false, why),
+        None => check("persistence", true, format!("writing {}", store.path)),
     }
 }
 
