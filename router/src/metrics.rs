@@ -484,7 +484,7 @@ impl Metrics {
         );
         registry.register(
             "store_persistence_failing",
-            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /healthz fail)",
+            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /readyz fail)",
             self.store.persistence_failing.clone(),
         );
         registry
