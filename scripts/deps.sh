@@ -25,6 +25,9 @@ WEFT_DEPS=(
     iputils-ping # ping between test hosts
     python3      # JSON checks in scripts
     python3-venv # scripts/check-chart.sh installs kubernetes-validate into a venv
+    # promtool: router/tests/health.rs lints a scrape with `promtool check metrics` (22 MB; the
+    # package also brings Debian's Prometheus server, which systemd hosts start on :9090)
+    prometheus
     # reference plugins in /usr/lib/cni: cni/tests delegate to host-local
     containernetworking-plugins
 )

@@ -14,6 +14,15 @@ use crate::status_guard::CLIENT_HEADER;
 /// Sends a request and returns the body of a 2xx answer; other answers become errors carrying
 /// the body, which the endpoint writes as a human-readable reason.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
+    let (status, body) = request_status(addr, method, path)?;
+    if !(200..300).contains(&status) {
+        bail!("{}", body.trim_end());
+    }
+    Ok(body)
+}
+
+/// Sends a request and returns the answer's status and body, whatever the status.
+pub fn request_status(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot reach the weft router at {addr}; is it running?"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -41,10 +50,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Str
     } else {
         body.to_owned()
     };
-    if !(200..300).contains(&status) {
-        bail!("{}", body.trim_end());
-    }
-    Ok(body)
+    Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> anyhow::Result<String> {

@@ -90,6 +90,11 @@ pub struct RouterArgs {
     /// Status and control HTTP endpoint. Mutating requests are only served to loopback clients.
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+    /// Read-only listener for Prometheus and probes (`/metrics`, `/healthz`, `/readyz` only,
+    /// GET only), e.g. `0.0.0.0:6782`. Empty: off.
+    #[arg(long, env = "WEFT_METRICS_ADDR", value_parser = parse_optional_addr, default_value = "")]
+    // Spelled out so clap takes the parser's `Option` as the value (an empty value is "off").
+    pub metrics_addr: std::option::Option<SocketAddr>,
     /// File with the machine id that seeds the default peer name.
     #[arg(long, env = "WEFT_MACHINE_ID_FILE", default_value = "/etc/machine-id")]
     pub machine_id_file: PathBuf,
@@ -142,8 +147,26 @@ pub struct StatusArgs {
     /// Print JSON (the `/report` document, or its section) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Wait until the router is ready (`/readyz`), printing what it waits for; exit non-zero
+    /// if it is not ready within `--timeout`.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds `--wait` waits.
+    #[arg(long, default_value_t = 300, requires = "wait")]
+    pub timeout: u64,
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+}
+
+/// An address, or nothing for an empty value (the flag's "off").
+fn parse_optional_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("{value:?} is not an address:port: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -308,6 +331,24 @@ mod tests {
         };
         assert!(args.recover_store);
         assert_eq!(args.peers, vec!["10.0.0.1".to_owned()]);
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_given_an_address() {
+        let args = |extra: &[&str]| {
+            let cli = Cli::try_parse_from([&["weft", "router"], extra].concat()).unwrap();
+            let Command::Router(args) = cli.command else {
+                panic!("not the router");
+            };
+            args.metrics_addr
+        };
+        assert_eq!(args(&[]), None);
+        assert_eq!(args(&["--metrics-addr", ""]), None);
+        assert_eq!(
+            args(&["--metrics-addr", "0.0.0.0:6782"]),
+            Some("0.0.0.0:6782".parse().unwrap())
+        );
+        assert!(Cli::try_parse_from(["weft", "router", "--metrics-addr", "nowhere"]).is_err());
     }
 
     #[test]

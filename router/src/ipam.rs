@@ -32,6 +32,7 @@ use weft_gossip::ipam::{
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
 
+use crate::readiness;
 use crate::report::nickname_of;
 use crate::store::Store;
 
@@ -440,18 +441,24 @@ impl IpamHost {
         if self.bridge.is_none() {
             return Err(no_datapath());
         }
-        if let Some(error) = self.store.persistence_failing() {
+        // The same checks, worded the same, as `/readyz` (`crate::readiness`).
+        let failing = self.store.persistence_failing();
+        if let Some(why) = readiness::persistence_not_ready(failing.as_deref()) {
             return Err(CniFailure::new(
                 503,
                 code::NOT_AVAILABLE,
                 "weft cannot persist its IPAM state",
-                format!("persistence failing: {error}"),
+                why,
             ));
         }
         if self.gateway.is_none() {
-            let why = self
-                .ring_wait()
-                .unwrap_or_else(|| self.channel.lock().status(now).state.to_owned());
+            let state = self.channel.lock().status(now).state;
+            let why = readiness::ipam_not_ready(
+                self.ring_wait().as_deref(),
+                state,
+                &self.range.to_string(),
+            )
+            .unwrap_or_else(|| "the bridge has no address yet".to_owned());
             return not_ready(format!("IPAM: {why}"));
         }
         if !self.channel.lock().has_free_space() {

@@ -7,6 +7,7 @@ mod cni_api;
 mod config;
 mod conn;
 mod dataplane;
+mod exposition;
 mod hostnet;
 mod http_admission;
 mod http_server;
@@ -19,6 +20,7 @@ mod metrics;
 mod nat;
 mod nft;
 mod portguard;
+mod readiness;
 mod report;
 mod reset;
 mod router;
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Router(args) => run_router(*args),
+        Command::Status(args) if args.wait => wait_until_ready(&args),
         Command::Status(args) => {
             let body = client::request(args.status_addr, "GET", "/report")?;
             let report: Report =
@@ -271,6 +274,14 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         if !args.status_addr.ip().is_loopback() {
             tracing::warn!(addr = %args.status_addr, "status endpoint is reachable from other hosts (read-only for them)");
         }
+        let metrics_listener = match args.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
 
         let metrics = Arc::new(Metrics::default());
         let (events_tx, events_rx) = mpsc::channel(8192);
@@ -388,6 +399,15 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             events_tx.clone(),
             metrics.clone(),
         ));
+        if let Some(listener) = metrics_listener {
+            tracing::info!(addr = ?args.metrics_addr, "serving /metrics, /healthz and /readyz (read-only)");
+            tokio::spawn(api::serve_metrics(
+                listener,
+                events_tx.clone(),
+                metrics.clone(),
+                store_health.clone(),
+            ));
+        }
         tokio::spawn(api::serve(status_listener, events_tx, metrics, store_health));
         tokio::select! {
             _ = router.run(listener) => {}
@@ -395,6 +415,39 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `weft status --wait`: polls `/readyz` until the router is ready (exit 0) or `--timeout`
+/// passes (exit 1), printing what it waits for whenever that changes.
+fn wait_until_ready(args: &config::StatusArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        let waiting = match client::request_status(args.status_addr, "GET", "/readyz") {
+            Ok((_, body)) => match serde_json::from_str::<readiness::Readiness>(&body) {
+                Ok(r) if r.ready => {
+                    println!("ready");
+                    return Ok(());
+                }
+                Ok(r) => r.failing(),
+                Err(_) => vec![format!("unexpected /readyz answer: {}", body.trim_end())],
+            },
+            Err(e) => vec![format!("{e:#}")],
+        };
+        if last.as_ref() != Some(&waiting) {
+            for line in &waiting {
+                println!("waiting: {line}");
+            }
+            last = Some(waiting);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("weft is not ready after {}s", args.timeout);
+            std::process::exit(1);
+        }
+        std::thread::sleep(
+            Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+        );
+    }
 }
 
 fn positive_secs(value: f64, flag: &str) -> anyhow::Result<Duration> {

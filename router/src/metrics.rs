@@ -118,6 +118,11 @@ pub struct IpamMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: &'static str,
 }
@@ -255,6 +260,17 @@ fn channel_label(msg: &ControlMsg) -> &'static str {
 impl Metrics {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("weft");
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version label says which weft runs",
+            build_info,
+        );
         registry.register(
             "peers",
             "Peers in the topology, this one included",
@@ -468,7 +484,7 @@ impl Metrics {
         );
         registry.register(
             "store_persistence_failing",
-            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /healthz fail)",
+            "1 while the state store cannot persist (ADDs refused, CNI STATUS and /readyz fail)",
             self.store.persistence_failing.clone(),
         );
         registry

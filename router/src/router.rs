@@ -124,6 +124,10 @@ pub enum ApiRequest {
     ForceRing {
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// `/healthz`: the event loop answers (nothing else is looked at).
+    Alive {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -701,6 +705,9 @@ impl Router {
             }
             ApiRequest::ForceRing { reply } => {
                 let _ = reply.send(self.ipam.force_ring(now));
+            }
+            ApiRequest::Alive { reply } => {
+                let _ = reply.send(());
             }
         }
     }

@@ -5,7 +5,7 @@
 //!   `weft store recover` rebuilds it from the last-good copy with the same peer name and every
 //!   allocation.
 //! - With the last-good copy damaged too, recovery starts empty and says so.
-//! - On a 1 MiB data filesystem filled up, ADDs fail cleanly, CNI STATUS, `/healthz` and
+//! - On a 1 MiB data filesystem filled up, ADDs fail cleanly, CNI STATUS, `/readyz` and
 //!   `/report` say persistence fails; once space is freed ADDs work again without a restart and
 //!   every ADD answered before is still held.
 
@@ -400,7 +400,9 @@ fn fill(path: &Path) -> anyhow::Result<u64> {
     Ok(written)
 }
 
-fn healthz(net: &Net) -> anyhow::Result<(String, String)> {
+/// Readiness (`/readyz`): persistence is one of its checks. (`/healthz` is liveness, which a
+/// full disk does not fail: restarting would not help.)
+fn readyz(net: &Net) -> anyhow::Result<(String, String)> {
     let out = net.exec(
         1,
         &[
@@ -410,7 +412,7 @@ fn healthz(net: &Net) -> anyhow::Result<(String, String)> {
             "10",
             "--write-out",
             "\n%{http_code}",
-            "http://127.0.0.1:6784/healthz",
+            "http://127.0.0.1:6784/readyz",
         ],
     )?;
     let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", ""));
@@ -495,10 +497,10 @@ fn after_a_full_disk_adds_work_again_without_a_restart_and_nothing_is_lost() -> 
         status != 200 && body.contains("\"code\":50") && body.contains("persistence failing"),
         "CNI STATUS while the disk is full: {status} {body}"
     );
-    let (code, body) = healthz(&net)?;
+    let (code, body) = readyz(&net)?;
     ensure!(
         code == "503" && body.contains("persistence failing"),
-        "/healthz while the disk is full: {code} {body}"
+        "/readyz while the disk is full: {code} {body}"
     );
     // A pod asked again (the runtime retries ADDs) keeps the address it was given: it is on
     // disk, and a failing write must not release it.
@@ -550,10 +552,10 @@ fn after_a_full_disk_adds_work_again_without_a_restart_and_nothing_is_lost() -> 
         status == 200,
         "CNI STATUS after space was freed: {status} {body}"
     );
-    let (code, body) = healthz(&net)?;
+    let (code, body) = readyz(&net)?;
     ensure!(
         code == "200",
-        "/healthz after space was freed: {code} {body}"
+        "/readyz after space was freed: {code} {body}"
     );
     let report = net.report_json(1)?;
     ensure!(

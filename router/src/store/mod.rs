@@ -51,7 +51,7 @@ pub struct StoreError(String);
 #[error("{0}")]
 pub struct OpenRefused(pub String);
 
-/// What `/healthz` needs to know, without asking the router actor: why persistence fails, if
+/// What `/readyz` needs to know when the router actor does not answer: why persistence fails, if
 /// it does.
 #[derive(Debug, Default)]
 pub struct StoreHealth {
@@ -78,7 +78,7 @@ pub struct StoreReport {
     pub path: String,
     /// The last-good copy beside it.
     pub last_good_copy: String,
-    /// `ok`, or `failing` while writes fail (ADDs are refused, CNI STATUS and `/healthz` say
+    /// `ok`, or `failing` while writes fail (ADDs are refused, CNI STATUS and `/readyz` say
     /// why); it clears when a write succeeds again.
     pub persistence: String,
     /// While failing: the last error and how long ago the failure began.
@@ -540,7 +540,7 @@ impl Store {
         result.map_err(|e| StoreError(format!("persistence failing: {e}")))
     }
 
-    /// Shared with the status endpoint (`/healthz`).
+    /// Shared with the status endpoint (`/readyz`).
     pub fn health(&self) -> Arc<StoreHealth> {
         self.health.clone()
     }

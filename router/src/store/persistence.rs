@@ -1,5 +1,5 @@
 //! Writing the store, and what happens when writing fails: the failure is remembered (so CNI
-//! STATUS, `/healthz` and `/report` can say "persistence failing" while it lasts), a database
+//! STATUS, `/readyz` and `/report` can say "persistence failing" while it lasts), a database
 //! whose write failed is closed and re-opened with backoff (redb refuses every write after an
 //! I/O error until it is re-opened: "Previous I/O error occurred"), and the failure clears when
 //! a write succeeds again.

@@ -245,7 +245,10 @@ fn ipam_refuses_adds_while_persistence_fails_and_recovers_by_itself() {
         "{}",
         status.body.details
     );
-    assert!(store.health().failing().is_some(), "/healthz sees it");
+    assert!(
+        store.health().failing().is_some(),
+        "/readyz sees it when the router does not answer"
+    );
     // An attachment whose address is on disk already is answered as before.
     assert_eq!(add(&mut host, "kept", now).unwrap(), kept);
     // The refused ADD's address was released, not kept in memory only.
