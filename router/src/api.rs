@@ -168,22 +168,12 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     store: Arc<StoreHealth>,
 ) {
-    let bound = match listener.local_addr() {
-        Ok(bound) => bound,
-        Err(e) => {
-            tracing::error!(error = %e, "metrics listener has no address");
-            return;
-        }
+    let api = Api {
+        events,
+        metrics,
+        store,
     };
-    let app = metrics_routes(
-        Api {
-            events,
-            metrics: metrics.clone(),
-            store,
-        },
-        bound,
-    );
-    http_server::serve(listener, app, METRICS_LISTENER, metrics).await;
+    serve_with(listener, api, metrics_routes, METRICS_LISTENER).await;
 }
 
 /// Refuses (405, counted as `method`) every request that is not a GET or HEAD: the metrics
@@ -204,28 +194,37 @@ async fn read_only(State(guard): State<Guard>, request: Request, next: Next) -> 
         .into_response()
 }
 
+/// Serves the status endpoint (`--status-addr`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     store: Arc<StoreHealth>,
 ) {
+    let api = Api {
+        events,
+        metrics,
+        store,
+    };
+    serve_with(listener, api, routes, LISTENER).await;
+}
+
+/// Serves `routes` on `listener` with the caps and deadlines of `config`.
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    routes: fn(Api, SocketAddr) -> HttpRouter,
+    config: ListenerConfig,
+) {
     let bound = match listener.local_addr() {
         Ok(bound) => bound,
         Err(e) => {
-            tracing::error!(error = %e, "status endpoint has no address");
+            tracing::error!(error = %e, listener = config.name, "listener has no address");
             return;
         }
     };
-    let app = routes(
-        Api {
-            events,
-            metrics: metrics.clone(),
-            store,
-        },
-        bound,
-    );
-    http_server::serve(listener, app, LISTENER, metrics).await;
+    let metrics = api.metrics.clone();
+    http_server::serve(listener, routes(api, bound), config, metrics).await;
 }
 
 /// The guard layer: refuses the request, with the reason, unless [`status_guard::decide`]
