@@ -161,21 +161,6 @@ fn metrics_routes(api: Api, bound: SocketAddr) -> HttpRouter {
         .layer(middleware::from_fn_with_state(guard, read_only))
 }
 
-/// Serves the metrics listener (`--metrics-addr`).
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    events: mpsc::Sender<Event>,
-    metrics: Arc<Metrics>,
-    store: Arc<StoreHealth>,
-) {
-    let api = Api {
-        events,
-        metrics,
-        store,
-    };
-    serve_with(listener, api, metrics_routes, METRICS_LISTENER).await;
-}
-
 /// Refuses (405, counted as `method`) every request that is not a GET or HEAD: the metrics
 /// listener changes nothing, whoever asks.
 async fn read_only(State(guard): State<Guard>, request: Request, next: Next) -> Response {
@@ -194,8 +179,18 @@ async fn read_only(State(guard): State<Guard>, request: Request, next: Next) -> 
         .into_response()
 }
 
-/// Serves the status endpoint (`--status-addr`).
+/// The two HTTP listeners this module serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    /// `--status-addr`: status, reports and control (guarded).
+    Status,
+    /// `--metrics-addr`: `/metrics`, `/healthz` and `/readyz` only, read-only.
+    Metrics,
+}
+
+/// Serves `endpoint` on `listener`.
 pub async fn serve(
+    endpoint: Endpoint,
     listener: tokio::net::TcpListener,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
@@ -206,7 +201,10 @@ pub async fn serve(
         metrics,
         store,
     };
-    serve_with(listener, api, routes, LISTENER).await;
+    match endpoint {
+        Endpoint::Status => serve_with(listener, api, routes, LISTENER).await,
+        Endpoint::Metrics => serve_with(listener, api, metrics_routes, METRICS_LISTENER).await,
+    }
 }
 
 /// Serves `routes` on `listener` with the caps and deadlines of `config`.

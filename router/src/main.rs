@@ -401,14 +401,21 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         ));
         if let Some(listener) = metrics_listener {
             tracing::info!(addr = ?args.metrics_addr, "serving /metrics, /healthz and /readyz (read-only)");
-            tokio::spawn(api::serve_metrics(
+            tokio::spawn(api::serve(
+                api::Endpoint::Metrics,
                 listener,
                 events_tx.clone(),
                 metrics.clone(),
                 store_health.clone(),
             ));
         }
-        tokio::spawn(api::serve(status_listener, events_tx, metrics, store_health));
+        tokio::spawn(api::serve(
+            api::Endpoint::Status,
+            status_listener,
+            events_tx,
+            metrics,
+            store_health,
+        ));
         tokio::select! {
             _ = router.run(listener) => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),
