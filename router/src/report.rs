@@ -57,6 +57,45 @@ pub struct Report {
     /// The state store: whether it persists, failures and re-opens, and its last recovery.
     #[serde(default)]
     pub store: Option<StoreReport>,
+    /// The Kubernetes API view (`--kube-peers`): this node, the Nodes the API lists, and the
+    /// reclaim leader. None when the router does not use the API.
+    #[serde(default)]
+    pub kube: Option<KubeReport>,
+}
+
+/// What the router knows from the Kubernetes API (`--kube-peers`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KubeReport {
+    /// This router's Node.
+    pub node_name: String,
+    /// Whether the Node watch is established (listed and watching), else why not.
+    pub watching: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Whether this router holds the reclaim Lease.
+    #[serde(default)]
+    pub leader: bool,
+    /// Every Node the API lists, sorted by name.
+    #[serde(default)]
+    pub nodes: Vec<KubeNodeReport>,
+}
+
+/// One Node as the API lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KubeNodeReport {
+    pub name: String,
+    /// The Node's InternalIP addresses (the peers the router connects to).
+    #[serde(default)]
+    pub internal_ips: Vec<String>,
+    /// The weft peer name the Node's router recorded (annotation), if any.
+    #[serde(default)]
+    pub peer_name: Option<String>,
+    /// The Node's NetworkUnavailable condition: Some(false) once its router's data path is up.
+    #[serde(default)]
+    pub network_unavailable: Option<bool>,
+    /// The Node's Ready condition, as the kubelet reports it.
+    #[serde(default)]
+    pub ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +306,7 @@ pub fn build(
         ipam: Some(ipam),
         mesh_admission: Default::default(),
         store: None,
+        kube: None,
     }
 }
 
