@@ -227,7 +227,8 @@ mod tests {
 
     impl Scratch {
         fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("weft-sysctl-{tag}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("weft-sysctl-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -259,7 +260,10 @@ mod tests {
             BRIDGE_NF_CALL_IPTABLES.name(),
             "net.bridge.bridge-nf-call-iptables"
         );
-        assert_eq!(BRIDGE_NF_CALL_IPTABLES.label(), BRIDGE_NF_CALL_IPTABLES.name());
+        assert_eq!(
+            BRIDGE_NF_CALL_IPTABLES.label(),
+            BRIDGE_NF_CALL_IPTABLES.name()
+        );
     }
 
     #[test]
@@ -284,7 +288,10 @@ mod tests {
         assert!(!ensure(&dir, BRIDGE_NF_CALL_IPTABLES, "1").unwrap());
         let err = ensure_present(&dir, BRIDGE_NF_CALL_IPTABLES, "1").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("net.bridge.bridge-nf-call-iptables=1"), "{msg}");
+        assert!(
+            msg.contains("net.bridge.bridge-nf-call-iptables=1"),
+            "{msg}"
+        );
         assert!(msg.contains("modprobe br_netfilter"), "{msg}");
         assert!(msg.contains("bridgeNfCallIptables: false"), "{msg}");
     }
@@ -314,7 +321,10 @@ mod tests {
         let dir = ProcSysNet::new(&tmp.0);
         let err = ensure(&dir, IP_FORWARD, "1").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("cannot set net.ipv4.ip_forward=1 (through "), "{msg}");
+        assert!(
+            msg.starts_with("cannot set net.ipv4.ip_forward=1 (through "),
+            "{msg}"
+        );
         assert!(msg.contains("ipv4/ip_forward"), "{msg}");
         assert_eq!(err.sysctl, IP_FORWARD);
     }
@@ -339,13 +349,19 @@ mod tests {
         std::fs::create_dir_all(dir.path(BRIDGE_NF_CALL_IPTABLES).parent().unwrap()).unwrap();
         dir.write(BRIDGE_NF_CALL_IPTABLES, "0").unwrap();
         apply_for_router(&dir, true, &unset).unwrap();
-        assert_eq!(dir.read(BRIDGE_NF_CALL_IPTABLES).unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            dir.read(BRIDGE_NF_CALL_IPTABLES).unwrap().as_deref(),
+            Some("1")
+        );
         assert_eq!(value(BRIDGE_NF_CALL_IPTABLES), 0);
 
         // Off: left as it is.
         dir.write(BRIDGE_NF_CALL_IPTABLES, "0").unwrap();
         apply_for_router(&dir, false, &unset).unwrap();
-        assert_eq!(dir.read(BRIDGE_NF_CALL_IPTABLES).unwrap().as_deref(), Some("0"));
+        assert_eq!(
+            dir.read(BRIDGE_NF_CALL_IPTABLES).unwrap().as_deref(),
+            Some("0")
+        );
 
         // No ip_forward at all (not /proc/sys/net): an error, counted.
         let (_empty, nowhere) = dir_with("router-empty", &[]);
