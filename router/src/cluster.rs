@@ -9,7 +9,8 @@
 //!   still gets a line (no weft router there, or not started yet), and so does a peer no Node
 //!   names (a host outside Kubernetes);
 //! - the IPAM ring's owners: a peer that left the mesh but still owns address space is shown,
-//!   since its share is lost until it returns or is removed (`weft rmpeer`).
+//!   since its share is lost until it returns or is removed (`weft rmpeer`);
+//! - the dial targets none of the above accounts for (a named peer that never answered).
 //!
 //! Each line says what this router sees; a remote node's readiness comes from its Node's
 //! `NetworkUnavailable` and `Ready` conditions when the API view exists and is `unknown`
@@ -132,6 +133,25 @@ pub fn build(report: &Report) -> ClusterView {
                 .map(|node| node_only_line(report, node)),
         );
     }
+    // Dial targets no line accounts for: a named peer that never answered, or one that left
+    // the topology (its address is all this router has).
+    let shown: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.connection.as_ref().map(|c| c.address.clone()))
+        .collect();
+    lines.extend(
+        report
+            .connections
+            .iter()
+            .filter(|c| c.direction == "outbound" && c.state != "established")
+            .filter(|c| !shown.contains(&c.address))
+            .filter(|c| {
+                !c.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(readiness::SELF_TARGET))
+            })
+            .map(target_only_line),
+    );
     ClusterView {
         observer: format!("{}({})", report.name, report.nickname),
         kube: report.kube.as_ref().map(|k| KubeSource {
@@ -274,6 +294,25 @@ fn node_only_line(report: &Report, node: &KubeNodeReport) -> NodeLine {
         ready,
         readiness,
         note: Some("no weft peer recorded on this Node (no router, or not started yet)".into()),
+    }
+}
+
+/// A dial target that no peer or Node of the view has.
+fn target_only_line(target: &ConnectionReport) -> NodeLine {
+    NodeLine {
+        peer: None,
+        nickname: None,
+        node: None,
+        reachable: "none".into(),
+        via: None,
+        connection: Some(connection_line(target)),
+        datapath: None,
+        encrypted: None,
+        mtu: None,
+        ipam: None,
+        ready: None,
+        readiness: "unknown (no peer known at this address)".into(),
+        note: Some("a dial target no known peer or Node has".into()),
     }
 }
 
@@ -437,7 +476,12 @@ pub fn render(view: &ClusterView) -> String {
     write_table(&mut s, &rows);
     for n in &view.nodes {
         if let Some(note) = &n.note {
-            let who = n.node.as_deref().or(n.peer.as_deref()).unwrap_or("-");
+            let who = n
+                .node
+                .as_deref()
+                .or(n.peer.as_deref())
+                .or(n.connection.as_ref().map(|c| c.address.as_str()))
+                .unwrap_or("-");
             let _ = writeln!(s, "note: {who}: {note}");
         }
     }

@@ -207,6 +207,33 @@ fn the_json_has_stable_field_names() {
 }
 
 #[test]
+fn a_target_no_node_accounts_for_gets_its_own_line() {
+    let mut report = mesh();
+    let connections = report["connections"].as_array_mut().unwrap();
+    connections.push(json!({"direction": "outbound", "address": "10.0.0.7:6783",
+        "state": "retrying", "reason": "no route to host", "source": "direct"}));
+    connections.push(json!({"direction": "outbound", "address": "10.0.0.1:6783",
+        "state": "failed", "reason": "cannot connect to ourself", "source": "direct"}));
+    let view = view(report);
+    assert_eq!(view.nodes.len(), 5, "the self-dial is not a node");
+    let line = &view.nodes[4];
+    assert_eq!(line.peer, None);
+    assert_eq!(line.reachable, "none");
+    assert_eq!(
+        line.connection.as_ref().map(|c| c.address.as_str()),
+        Some("10.0.0.7:6783")
+    );
+    let text = render(&view);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("-  ")
+                && l.contains("  retrying 10.0.0.7:6783 (no route to host)  ")),
+        "{text}"
+    );
+    assert!(text.ends_with("note: 10.0.0.7:6783: a dial target no known peer or Node has\n"));
+}
+
+#[test]
 fn hosts_of_addresses() {
     assert_eq!(host_of("10.0.0.1:6783"), "10.0.0.1");
     assert_eq!(host_of("[fd00::1]:6783"), "fd00::1");
