@@ -540,4 +540,4 @@ fn write_table(s: &mut String, rows: &[Vec<String>]) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

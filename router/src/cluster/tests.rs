@@ -5,9 +5,9 @@ use serde_json::{Value, json};
 use super::*;
 
 const ONE: &str = "aa:00:00:00:00:01";
-const TWO: &str = "aa:00:00:00:00:02";
+pub(crate) const TWO: &str = "aa:00:00:00:00:02";
 const THREE: &str = "aa:00:00:00:00:03";
-const FOUR: &str = "aa:00:00:00:00:04";
+pub(crate) const FOUR: &str = "aa:00:00:00:00:04";
 
 fn link(health: &str, reason: Value) -> Value {
     json!({
@@ -25,7 +25,7 @@ fn owner(peer: &str, nickname: &str, addresses: u64, reachable: bool) -> Value {
 
 /// Router `one` in a mesh of three: `two` connected (link up), `three` reached through `two`
 /// while its own address refuses, and `four` gone from the mesh but still owning space.
-fn mesh() -> Value {
+pub(crate) fn mesh() -> Value {
     json!({
         "version": "0.1.0", "protocol": [1, 2], "name": ONE, "nickname": "one",
         "uid": 1, "encryption": true, "mesh_id": "weft", "port": 6783, "conn_limit": 100,
