@@ -15,7 +15,8 @@
 //! Not problems: targets dialled for the first time (`waiting`, `connecting` with no failure
 //! yet), links still `starting`, recent inbound failures (anyone who can reach the mesh port
 //! can cause them; they stay listed in `weft status connections`), and Nodes no router has
-//! recorded a peer name on (weft may not run there).
+//! recorded a peer name on (weft may not run there; if this router dials their address and
+//! fails, that dial is a problem as above).
 
 use crate::readiness::SELF_TARGET;
 use crate::report::Report;
