@@ -151,7 +151,18 @@ pub enum DatapathChoice {
     Sleeve,
 }
 
+/// `weft status --help`: the exit codes (`crate::problems` decides them).
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  the report was shown and no connection has failed
+  1  the report was shown and lists failures, one `problem:` line each on stderr: a dial
+     target (named or discovered) retrying or failed, an established connection whose data
+     path is down, or (with the Kubernetes API) a Node whose weft peer is not reachable;
+     with --wait: not ready within --timeout
+  2  no report: the router could not be reached or did not answer with one";
+
 #[derive(Debug, Args)]
+#[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
     /// What to show.
     #[arg(value_enum, default_value = "summary")]
@@ -159,6 +170,11 @@ pub struct StatusArgs {
     /// Print JSON (the `/report` document, or its section) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// One line per node of the cluster, as this router sees it through the mesh and (with
+    /// `--kube-peers`) the Kubernetes API: peer, Node, reachability, connection, data path,
+    /// encryption, MTU, IPAM share and readiness. With `--json`, the same as a document.
+    #[arg(long, conflicts_with = "wait")]
+    pub cluster: bool,
     /// Wait until the router is ready (`/readyz`), printing what it waits for; exit non-zero
     /// if it is not ready within `--timeout`.
     #[arg(long)]

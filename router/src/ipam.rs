@@ -21,9 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use weft_cni::error as code;
 use weft_cni::ip::IpNet;
-use weft_cni::protocol::{
-    AddRequest, Allocation, Attachment, ErrorBody, GcRequest, GcResponse, Status,
-};
+use weft_cni::protocol::{AddRequest, Allocation, Attachment, ErrorBody, GcRequest, GcResponse};
 use weft_gossip::PeerName;
 use weft_gossip::ipam::{
     AllocKey, Cidr, InitialPeer, IpamChannel, IpamConfig, IpamError, IpamSnapshot, IpamStatus,
@@ -32,7 +30,6 @@ use weft_gossip::ipam::{
 use weft_gossip::peer::PeerUid;
 use weft_gossip::topology::Topology;
 
-use crate::readiness;
 use crate::report::nickname_of;
 use crate::store::Store;
 
@@ -428,46 +425,30 @@ impl IpamHost {
         self.allocation(addr)
     }
 
-    /// `GET /cni/status`: ready when an ADD would get an address without waiting long.
-    pub fn status_check(&self, now: Instant) -> Result<Status, CniFailure> {
-        let not_ready = |details: String| {
-            Err(CniFailure::new(
-                503,
-                code::NOT_AVAILABLE,
-                "weft is not ready to add pods",
-                details,
-            ))
-        };
+    /// CNI STATUS as the router answers it ([`readiness::cni_status`]) when IPAM and the state
+    /// store are the only news in the report.
+    #[cfg(test)]
+    pub fn status_check(&self, now: Instant) -> Result<weft_cni::protocol::Status, CniFailure> {
+        use crate::readiness;
+
         if self.bridge.is_none() {
             return Err(no_datapath());
         }
-        // The same checks, worded the same, as `/readyz` (`crate::readiness`).
-        let failing = self.store.persistence_failing();
-        if let Some(why) = readiness::persistence_not_ready(failing.as_deref()) {
-            return Err(CniFailure::new(
-                503,
-                code::NOT_AVAILABLE,
-                "weft cannot persist its IPAM state",
-                why,
-            ));
-        }
-        if self.gateway.is_none() {
-            let state = self.channel.lock().status(now).state;
-            let why = readiness::ipam_not_ready(
-                self.ring_wait().as_deref(),
-                state,
-                &self.range.to_string(),
-            )
-            .unwrap_or_else(|| "the bridge has no address yet".to_owned());
-            return not_ready(format!("IPAM: {why}"));
-        }
-        if !self.channel.lock().has_free_space() {
-            return not_ready(format!(
-                "no free address in {} on this host or on any reachable peer",
-                self.range
-            ));
-        }
-        Ok(Status { ready: true })
+        let topology = Topology::new(weft_gossip::topology::PeerEntry {
+            name: PeerName::from_bytes([0; 6]),
+            nickname: String::new(),
+            uid: 0,
+            version: 1,
+            connections: Default::default(),
+        });
+        let checks = vec![
+            readiness::ipam_check(Some(&self.report(&topology, now)), true),
+            readiness::persistence_check(Some(&self.store.report(now))),
+        ];
+        readiness::cni_answer(&readiness::Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        })
     }
 
     /// `POST /cni/gc`: releases every pod allocation not listed (the gateway stays).
@@ -716,7 +697,7 @@ impl IpamHost {
     }
 }
 
-fn no_datapath() -> CniFailure {
+pub(crate) fn no_datapath() -> CniFailure {
     CniFailure::new(
         503,
         code::NOT_AVAILABLE,
@@ -1053,7 +1034,8 @@ mod tests {
         assert_eq!(status.body.code, code::NOT_AVAILABLE);
         host.del(&attachment("c0"), now);
         host.step(now, true);
-        assert!(host.status_check(now).is_ok());
+        let after = host.status_check(now);
+        assert!(after.is_ok(), "{after:?}");
     }
 
     #[test]
@@ -1067,7 +1049,7 @@ mod tests {
         let why = "no ring yet: 0 of 1 initial peers reachable: 10.0.0.9:6783 (connection refused)";
         let status = host.status_check(now).unwrap_err();
         assert_eq!(status.body.code, code::NOT_AVAILABLE);
-        assert_eq!(status.body.details, format!("IPAM: {why}"));
+        assert_eq!(status.body.details, format!("ipam: {why}"));
         let report = host.report(&topology(), now);
         assert_eq!(report.state, "waiting for ring");
         assert_eq!(report.waiting_for_ring.as_deref(), Some(why));

@@ -3,6 +3,7 @@
 mod admission;
 mod api;
 mod client;
+mod cluster;
 mod cni_api;
 mod config;
 mod conn;
@@ -20,6 +21,7 @@ mod metrics;
 mod nat;
 mod nft;
 mod portguard;
+mod problems;
 mod readiness;
 mod report;
 mod reset;
@@ -61,30 +63,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Router(args) => run_router(*args),
         Command::Status(args) if args.wait => wait_until_ready(&args),
-        Command::Status(args) => {
-            let body = client::request(args.status_addr, "GET", "/report")?;
-            let report: Report =
-                serde_json::from_str(&body).context("unexpected /report document")?;
-            let out = if args.json {
-                let value = serde_json::to_value(&report)?;
-                let section = match args.what {
-                    StatusWhat::Summary => value,
-                    StatusWhat::Peers => value["peers"].clone(),
-                    StatusWhat::Connections => value["connections"].clone(),
-                    StatusWhat::Routes => value["routes"].clone(),
-                };
-                serde_json::to_string_pretty(&section)? + "\n"
-            } else {
-                match args.what {
-                    StatusWhat::Summary => report::render_summary(&report),
-                    StatusWhat::Peers => report::render_peers(&report),
-                    StatusWhat::Connections => report::render_connections(&report),
-                    StatusWhat::Routes => report::render_routes(&report),
-                }
-            };
-            print!("{out}");
-            Ok(())
-        }
+        Command::Status(args) => status(&args),
         Command::Connect(args) => post_targets(&args, "/connect"),
         Command::Forget(args) => post_targets(&args, "/forget"),
         Command::Ping(args) => {
@@ -428,6 +407,57 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `weft status [VIEW] [--cluster] [--json]`: fetches `/report`, prints the view, and exits
+/// with [`problems::EXIT_PROBLEMS`] when the report lists failed connections (on stderr) or
+/// [`problems::EXIT_NO_REPORT`] when there is no report.
+fn status(args: &config::StatusArgs) -> anyhow::Result<()> {
+    let fetched = client::request(args.status_addr, "GET", "/report").and_then(|body| {
+        serde_json::from_str::<Report>(&body).context("unexpected /report document")
+    });
+    let report = match fetched {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("weft status: {e:#}");
+            std::process::exit(problems::EXIT_NO_REPORT);
+        }
+    };
+    let out = if args.cluster {
+        let view = cluster::build(&report);
+        if args.json {
+            serde_json::to_string_pretty(&view)? + "\n"
+        } else {
+            cluster::render(&view)
+        }
+    } else if args.json {
+        let value = serde_json::to_value(&report)?;
+        let section = match args.what {
+            StatusWhat::Summary => value,
+            StatusWhat::Peers => value["peers"].clone(),
+            StatusWhat::Connections => value["connections"].clone(),
+            StatusWhat::Routes => value["routes"].clone(),
+        };
+        serde_json::to_string_pretty(&section)? + "\n"
+    } else {
+        match args.what {
+            StatusWhat::Summary => report::render_summary(&report),
+            StatusWhat::Peers => report::render_peers(&report),
+            StatusWhat::Connections => report::render_connections(&report),
+            StatusWhat::Routes => report::render_routes(&report),
+        }
+    };
+    print!("{out}");
+    let problems = problems::problems(&report);
+    if !problems.is_empty() {
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        for problem in &problems {
+            eprintln!("problem: {problem}");
+        }
+        std::process::exit(problems::EXIT_PROBLEMS);
+    }
+    Ok(())
+}
+
 /// `weft status --wait`: polls `/readyz` until the router is ready (exit 0) or `--timeout`
 /// passes (exit 1), printing what it waits for whenever that changes.
 fn wait_until_ready(args: &config::StatusArgs) -> anyhow::Result<()> {
@@ -453,7 +483,7 @@ fn wait_until_ready(args: &config::StatusArgs) -> anyhow::Result<()> {
         }
         if Instant::now() >= deadline {
             eprintln!("weft is not ready after {}s", args.timeout);
-            std::process::exit(1);
+            std::process::exit(problems::EXIT_PROBLEMS);
         }
         std::thread::sleep(
             Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),

@@ -709,3 +709,46 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::cluster::tests::{FOUR, TWO, mesh};
+
+    /// The samples (not the metadata) that carry `peer="PEER"`.
+    fn series_of(metrics: &Metrics, peer: &str) -> Vec<String> {
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry()).unwrap();
+        let label = format!("peer=\"{peer}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn observe(metrics: &Metrics, report: &serde_json::Value) {
+        metrics.observe(&serde_json::from_value(report.clone()).unwrap());
+    }
+
+    #[test]
+    fn per_peer_series_are_those_of_the_links_and_owners_of_now() {
+        let metrics = Metrics::default();
+        let mut report = mesh();
+        observe(&metrics, &report);
+        // two: a data path link (10 series) and an IPAM share (2); four: a share only.
+        let two = series_of(&metrics, TWO);
+        assert_eq!(two.len(), 12, "{two:#?}");
+        assert_eq!(series_of(&metrics, FOUR).len(), 2);
+
+        // two's connection closes; four's space is reclaimed: their series go with them.
+        report["connections"].as_array_mut().unwrap().remove(0);
+        report["ipam"]["owners"].as_array_mut().unwrap().remove(3);
+        observe(&metrics, &report);
+        let two = series_of(&metrics, TWO);
+        assert_eq!(two.len(), 2, "only its IPAM share is left: {two:#?}");
+        assert!(two.iter().all(|s| s.starts_with("weft_ipam_")), "{two:#?}");
+        assert_eq!(series_of(&metrics, FOUR), Vec::<String>::new());
+    }
+}

@@ -2,7 +2,8 @@
 //! the status report alone, so the probe, the CLI and `/report` can never disagree.
 //!
 //! A node is ready when every check passes:
-//! - `ipam`: IPAM has an agreed ring and free space to allocate from (`ipam.state` is `ready`);
+//! - `ipam`: IPAM has an agreed ring (`ipam.state` is `ready`), the bridge has its address
+//!   (with a data plane), and there is free space on this host or on a reachable peer;
 //! - `datapath`: the data plane runs and every established connection's link is up (a router
 //!   started with `--datapath none` passes: it is a control plane only, by choice);
 //! - `persistence`: the state store can be written (ADDs are refused while it cannot);
@@ -12,12 +13,20 @@
 //!   up), and one dead node would otherwise make every node unready. Addresses that lead back to
 //!   this router do not count.
 //!
+//! CNI STATUS (the plugin's STATUS verb, `GET /cni/status`) answers from the same decision
+//! over the same report ([`cni_status`]): ready exactly when `/readyz` is, except that a router
+//! without a data plane (`--datapath none`) answers that pods cannot attach at all.
+//!
 //! Liveness (`/healthz`) is not decided here: it only asks whether the router's event loop
 //! answers, since restarting fixes a wedged loop but none of the above.
 
 use serde::{Deserialize, Serialize};
+use weft_cni::error as code;
+use weft_cni::protocol::Status;
 
+use crate::ipam::{CniFailure, IpamReport};
 use crate::report::Report;
+use crate::store::StoreReport;
 
 /// One check: its name, whether it passes, and why (also when it passes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,14 +56,14 @@ impl Readiness {
 
 /// The connection maker's reason for a target that is this router itself (gossip's
 /// `cannot connect to ourself`): such a target is never a missing peer.
-const SELF_TARGET: &str = "ourself";
+pub const SELF_TARGET: &str = "ourself";
 
 /// The decision.
 pub fn decide(report: &Report) -> Readiness {
     let checks = vec![
-        ipam(report),
+        ipam_check(report.ipam.as_ref(), report.datapath.is_some()),
         datapath(report),
-        persistence(report),
+        persistence_check(report.store.as_ref()),
         peers(report),
     ];
     Readiness {
@@ -71,27 +80,68 @@ fn check(name: &str, ok: bool, reason: String) -> Check {
     }
 }
 
+/// CNI STATUS: the same decision as `/readyz` ([`decide`]), as the plugin's answer. Without a
+/// data plane pods cannot attach, whatever the rest says.
+pub fn cni_status(report: &Report) -> Result<Status, CniFailure> {
+    if report.datapath.is_none() {
+        return Err(crate::ipam::no_datapath());
+    }
+    cni_answer(&decide(report))
+}
+
+/// A readiness decision as a CNI STATUS answer: not ready is CNI error 50 (`NOT_AVAILABLE`)
+/// with every failing check, worded as `/readyz` words them.
+pub fn cni_answer(readiness: &Readiness) -> Result<Status, CniFailure> {
+    if readiness.ready {
+        return Ok(Status { ready: true });
+    }
+    Err(CniFailure::new(
+        503,
+        code::NOT_AVAILABLE,
+        "weft is not ready to add pods",
+        readiness.failing().join("; "),
+    ))
+}
+
 /// Why IPAM cannot allocate now, if it cannot: what the ring agreement waits for (`no ring yet:
-/// …`), or the state. Shared with CNI STATUS ([`crate::ipam::IpamHost::status_check`]).
+/// …`), or the state.
 pub fn ipam_not_ready(waiting_for_ring: Option<&str>, state: &str, range: &str) -> Option<String> {
     match waiting_for_ring {
         Some(why) => Some(why.to_owned()),
-        None if state != "ready" => Some(format!("{state} in {range}")),
+        // `waiting for space` (an ADD waits, or space was asked for) is not a failure by
+        // itself: whether there is free space decides ([`ipam_check`]).
+        None if state != "ready" && state != "waiting for space" => {
+            Some(format!("{state} in {range}"))
+        }
         None => None,
     }
 }
 
-/// Why the state store cannot persist, if it cannot. Shared with CNI STATUS.
+/// Why the state store cannot persist, if it cannot.
 pub fn persistence_not_ready(failing: Option<&str>) -> Option<String> {
     failing.map(|error| format!("persistence failing: {error}"))
 }
 
-fn ipam(report: &Report) -> Check {
-    let Some(ipam) = &report.ipam else {
+/// The `ipam` check: a ring, the bridge's address when there is a bridge (`bridge`), and free
+/// space here or on a reachable peer (or reclaimed space not adopted yet).
+pub fn ipam_check(ipam: Option<&IpamReport>, bridge: bool) -> Check {
+    let Some(ipam) = ipam else {
         return check("ipam", false, "IPAM is not reported by this router".into());
     };
+    let free = ipam.unowned > 0 || ipam.owners.iter().any(|o| o.reachable && o.free > 0);
     match ipam_not_ready(ipam.waiting_for_ring.as_deref(), &ipam.state, &ipam.range) {
         Some(why) => check("ipam", false, why),
+        None if bridge && ipam.gateway.is_none() => {
+            check("ipam", false, "the bridge has no address yet".into())
+        }
+        None if !free => check(
+            "ipam",
+            false,
+            format!(
+                "no free address in {} on this host or on any reachable peer",
+                ipam.range
+            ),
+        ),
         None => check(
             "ipam",
             true,
@@ -141,8 +191,9 @@ fn datapath(report: &Report) -> Check {
     }
 }
 
-fn persistence(report: &Report) -> Check {
-    let Some(store) = &report.store else {
+/// The `persistence` check: the state store can be written.
+pub fn persistence_check(store: Option<&StoreReport>) -> Check {
+    let Some(store) = store else {
         return check("persistence", true, "no state store reported".into());
     };
     let failing =

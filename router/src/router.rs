@@ -381,7 +381,8 @@ impl Router {
                 let _ = reply.send(self.ipam.check(&attachment));
             }
             CniRequest::Status { reply } => {
-                let _ = reply.send(self.ipam.status_check(now));
+                // The same decision over the same report as `/readyz`.
+                let _ = reply.send(crate::readiness::cni_status(&self.report(now)));
             }
             CniRequest::Gc { request, reply } => {
                 let answer = self.ipam.gc(&request, now);
@@ -682,20 +683,7 @@ impl Router {
                 }
             }
             ApiRequest::Report { reply } => {
-                let mut datapath = self.dataplane.as_ref().map(Dataplane::report);
-                if let (Some(datapath), Some(ports)) = (datapath.as_mut(), self.ports.as_ref()) {
-                    datapath.port_guard = Some(ports.report());
-                }
-                let links = self
-                    .dataplane
-                    .as_ref()
-                    .map(Dataplane::links)
-                    .unwrap_or_default();
-                let ipam = self.ipam.report(self.mesh.topology(), now);
-                let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
-                report.mesh_admission = self.params.mesh_port.report();
-                report.store = Some(self.store.report(now));
-                let _ = reply.send(report);
+                let _ = reply.send(self.report(now));
             }
             ApiRequest::IpamCheck { reply } => {
                 self.ipam.start_check(weft_crypto::random_u64(), reply, now);
@@ -710,6 +698,24 @@ impl Router {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// The status report (`/report`), which `/readyz` and CNI STATUS decide from too.
+    fn report(&self, now: Instant) -> Report {
+        let mut datapath = self.dataplane.as_ref().map(Dataplane::report);
+        if let (Some(datapath), Some(ports)) = (datapath.as_mut(), self.ports.as_ref()) {
+            datapath.port_guard = Some(ports.report());
+        }
+        let links = self
+            .dataplane
+            .as_ref()
+            .map(Dataplane::links)
+            .unwrap_or_default();
+        let ipam = self.ipam.report(self.mesh.topology(), now);
+        let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
+        report.mesh_admission = self.params.mesh_port.report();
+        report.store = Some(self.store.report(now));
+        report
     }
 
     fn expire_pings(&mut self, now: Instant) {

@@ -293,7 +293,7 @@ fn wrong_password_is_refused_and_the_mesh_stays_healthy() -> anyhow::Result<()> 
                     "target {target}: {connection:?}"
                 );
             }
-            let text = net.weft(intruder, &["status", "connections"])?;
+            let text = net.weft_status(intruder, &["connections"])?;
             for &i in &good {
                 let target = mesh_address(&net, i).to_string();
                 ensure!(
@@ -321,7 +321,7 @@ fn wrong_password_is_refused_and_the_mesh_stays_healthy() -> anyhow::Result<()> 
                     "host{i} shows no refused inbound from {intruder_ip}"
                 );
             }
-            let text = net.weft(1, &["status", "connections"])?;
+            let text = net.weft_status(1, &["connections"])?;
             ensure!(
                 text.lines().any(|l| l.starts_with("<-")
                     && l.contains(&intruder_ip)
@@ -591,7 +591,7 @@ fn wait_for_inbound_failure(
                         .is_some_and(|r| r.contains(reason)),
                 "expected a failure mentioning {reason:?}, got {failure:?}"
             );
-            let text = net.weft(victim, &["status", "connections"])?;
+            let text = net.weft_status(victim, &["connections"])?;
             ensure!(
                 text.lines()
                     .any(|l| l.starts_with(&format!("<- {from}")) && l.contains(reason)),

@@ -133,7 +133,7 @@ fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() ->
         reason.contains("no UDP heartbeat"),
         "host1 -> host2: {datapath}"
     );
-    let text = net.weft(1, &["status", "connections"])?;
+    let text = net.weft_status(1, &["connections"])?;
     ensure!(
         text.contains("sleeve: down (no UDP heartbeat"),
         "weft status connections on host1:\n{text}"

@@ -258,16 +258,35 @@ impl Net {
         cmd::run_with_timeout(&mut command, COMMAND_TIMEOUT)
     }
 
+    /// Runs `weft status ARGS` in host `i` and returns what it printed, also when the report
+    /// lists failed connections (exit 1, the problems on stderr); fails when there is no
+    /// report (exit 2) or on any other exit.
+    pub fn weft_status(&self, i: HostId, args: &[&str]) -> anyhow::Result<String> {
+        let argv: Vec<&str> = std::iter::once("status")
+            .chain(args.iter().copied())
+            .collect();
+        let out = self.weft_output(i, &argv)?;
+        match out.status.code() {
+            Some(0 | 1) => Ok(out.stdout),
+            _ => bail!(
+                "host{i}: weft {} failed ({}): {}",
+                argv.join(" "),
+                out.status,
+                out.stderr.trim_end()
+            ),
+        }
+    }
+
     /// Host `i`'s status report (`weft status --json`).
     pub fn report(&self, i: HostId) -> anyhow::Result<Report> {
-        let json = self.weft(i, &["status", "--json"])?;
+        let json = self.weft_status(i, &["--json"])?;
         serde_json::from_str(&json)
             .with_context(|| format!("host{i}: unexpected status document:\n{json}"))
     }
 
     /// Host `i`'s status report as untyped JSON, for fields the typed [`Report`] lacks.
     pub fn report_json(&self, i: HostId) -> anyhow::Result<serde_json::Value> {
-        let json = self.weft(i, &["status", "--json"])?;
+        let json = self.weft_status(i, &["--json"])?;
         serde_json::from_str(&json)
             .with_context(|| format!("host{i}: unexpected status document:\n{json}"))
     }

@@ -82,7 +82,7 @@ impl Net {
             );
             if self.is_running(i) {
                 for view in ["connections", "routes", "peers"] {
-                    match self.weft(i, &["status", view]) {
+                    match self.weft_status(i, &[view]) {
                         Ok(text) => {
                             let _ = write!(out, "--- weft status {view}\n{text}");
                         }

@@ -44,7 +44,9 @@ fn ring() -> Value {
     json!({
         "range": "10.32.0.0/12", "range_size": 1048576, "state": "ready",
         "waiting_for_ring": null, "ring": "(1, aa:00:00:00:00:01, 7)", "ring_hash": "ab",
-        "gateway": "10.32.0.1", "gateway_moved": null, "owners": [], "unowned": 0,
+        "gateway": "10.32.0.1", "gateway_moved": null, "unowned": 0,
+        "owners": [{"peer": "aa:00:00:00:00:01", "nickname": "one", "reachable": true,
+                    "ranges": ["10.32.0.0-10.47.255.255"], "addresses": 1048576, "free": 9}],
         "unreachable_owners": [], "unreachable_fraction": 0.0, "pending": null,
         "waiting_adds": 0, "allocated": 1, "orphans": 0, "reserved_for_peers": 0,
         "conflicts": [], "incompatible_updates": 0, "allocations": [],
@@ -112,9 +114,70 @@ fn no_ring_is_not_ready_and_says_what_it_waits_for() {
 fn no_free_space_is_not_ready() {
     let mut report = ready();
     report["ipam"]["state"] = json!("waiting for space");
-    let readiness = decide_json(report);
+    assert!(
+        decide_json(report.clone()).ready,
+        "waiting for space with space free here"
+    );
+    report["ipam"]["owners"][0]["free"] = json!(0);
+    report["ipam"]["owners"].as_array_mut().unwrap().push(
+        json!({"peer": "aa:00:00:00:00:09", "nickname": "nine", "reachable": false,
+                     "ranges": [], "addresses": 16, "free": 16}),
+    );
+    let readiness = decide_json(report.clone());
     assert_eq!(failing_check(&readiness), ["ipam"]);
-    assert!(readiness.failing()[0].contains("waiting for space in 10.32.0.0/12"));
+    assert_eq!(
+        readiness.failing(),
+        ["ipam: no free address in 10.32.0.0/12 on this host or on any reachable peer"]
+    );
+    report["ipam"]["unowned"] = json!(4);
+    assert!(decide_json(report).ready, "reclaimed space can be adopted");
+}
+
+#[test]
+fn a_bridge_without_its_address_is_not_ready() {
+    let mut report = ready();
+    report["ipam"]["gateway"] = Value::Null;
+    let readiness = decide_json(report.clone());
+    assert_eq!(readiness.failing(), ["ipam: the bridge has no address yet"]);
+    report["datapath"] = Value::Null;
+    report["connections"][0]["datapath"] = Value::Null;
+    assert!(decide_json(report).ready, "no bridge, no bridge address");
+}
+
+#[test]
+fn cni_status_is_the_readyz_decision() {
+    let as_report = |v: Value| -> Report { serde_json::from_value(v).unwrap() };
+    assert_eq!(
+        cni_status(&as_report(ready())).unwrap(),
+        Status { ready: true }
+    );
+    // A link down makes /readyz fail: CNI STATUS fails with it, saying the same.
+    let mut report = ready();
+    report["connections"][0]["datapath"] = link("down");
+    let failure = cni_status(&as_report(report.clone())).unwrap_err();
+    assert_eq!(failure.status, 503);
+    assert_eq!(failure.body.code, code::NOT_AVAILABLE);
+    assert_eq!(
+        failure.body.details,
+        decide_json(report).failing().join("; ")
+    );
+    // Every failing check is named.
+    let mut report = ready();
+    report["store"]["persistence"] = json!("failing");
+    report["store"]["error"] = json!("No space left on device");
+    report["ipam"]["gateway"] = Value::Null;
+    assert_eq!(
+        cni_status(&as_report(report)).unwrap_err().body.details,
+        "ipam: the bridge has no address yet; persistence: persistence failing: No space left on device"
+    );
+    // Without a data plane /readyz passes, but pods cannot attach.
+    let mut report = ready();
+    report["datapath"] = Value::Null;
+    report["connections"][0]["datapath"] = Value::Null;
+    assert!(decide_json(report.clone()).ready);
+    let failure = cni_status(&as_report(report)).unwrap_err();
+    assert_eq!(failure.body.code, code::NOT_AVAILABLE);
+    assert!(failure.body.details.contains("--datapath none"));
 }
 
 #[test]

@@ -241,7 +241,10 @@ fn ipam_refuses_adds_while_persistence_fails_and_recovers_by_itself() {
     let status = host.status_check(now).unwrap_err();
     assert_eq!(status.body.code, code::NOT_AVAILABLE);
     assert!(
-        status.body.details.starts_with("persistence failing"),
+        status
+            .body
+            .details
+            .starts_with("persistence: persistence failing"),
         "{}",
         status.body.details
     );
