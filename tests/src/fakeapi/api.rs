@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::patch::{self, PatchError, PatchType};
 use super::rbac::Attributes;
 use super::resource::Resource;
+use super::selector::Selector;
 use super::status::ApiError;
 use super::store::{Key, Part, Store, Watch, WatchStart};
 
@@ -139,6 +140,15 @@ impl Request {
         }
     }
 
+    /// `labelSelector` and `fieldSelector`.
+    pub fn selector(&self) -> Result<Selector, ApiError> {
+        Selector::parse(
+            self.resource,
+            self.param("labelSelector"),
+            self.param("fieldSelector"),
+        )
+    }
+
     fn key(&self, name: &str) -> Key {
         Key::new(self.resource, self.namespace.as_deref(), name)
     }
@@ -160,6 +170,7 @@ impl Request {
                 .map(str::to_owned),
             send_initial_events: self.flag("sendInitialEvents"),
             allow_bookmarks: self.flag("allowWatchBookmarks"),
+            selector: self.selector()?,
         };
         store.watch(self.resource, self.namespace.as_deref(), &start)
     }
@@ -180,6 +191,7 @@ impl Request {
                     self.namespace.as_deref(),
                     self.param("resourceVersion"),
                     self.param("resourceVersionMatch").filter(|m| !m.is_empty()),
+                    &self.selector()?,
                 )
                 .map(|list| (200, list)),
             Verb::Get => store.get(&self.key(name)).map(|o| (200, o)),

@@ -16,6 +16,7 @@ pub mod http;
 pub mod patch;
 pub mod rbac;
 pub mod resource;
+pub mod selector;
 pub mod status;
 pub mod store;
 
@@ -88,6 +89,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// directory (`WEFT_TEST_KEEP=1` keeps the directory: log, certificates, kubeconfig).
 pub struct FakeApi {
     child: Child,
+    /// The server exits when this closes (`--exit-on-stdin-eof`), also if the test is killed.
+    stdin: Option<std::process::ChildStdin>,
     dir: PathBuf,
     netns: Option<String>,
     address: IpAddr,
@@ -186,6 +189,7 @@ impl FakeApi {
             .arg(format!("{token}={user}"))
             .arg("--token")
             .arg(format!("{admin_token}={ADMIN_USER}"))
+            .arg("--exit-on-stdin-eof")
             .arg("--bookmark-interval-ms")
             .arg(opts.bookmark_interval.as_millis().to_string());
         if let Some(rbac) = &opts.rbac {
@@ -200,14 +204,16 @@ impl FakeApi {
                 .arg(dir.join("server.key"));
         }
         let log = std::fs::File::create(dir.join("server.log"))?;
-        let child = command
-            .stdin(Stdio::null())
+        let mut child = command
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot run {}", cmd::describe(&command)))?;
+        let stdin = child.stdin.take();
         let mut api = FakeApi {
             child,
+            stdin,
             dir,
             netns,
             address,
@@ -501,6 +507,7 @@ impl FakeApi {
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
+        drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(ns) = &self.netns {
