@@ -299,6 +299,7 @@ fn list_watch_and_patch_over_https() {
     assert!(log.iter().any(|r| r.method == "PATCH"
         && r.path == "/api/v1/nodes/n1/status"
         && r.status == 200
+        && r.content_type.as_deref() == Some("application/strategic-merge-patch+json")
         && r.user.as_deref() == Some("system:serviceaccount:kube-system:weft")));
     assert!(
         log.windows(2)

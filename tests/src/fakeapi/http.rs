@@ -81,7 +81,14 @@ impl Server {
         result
     }
 
-    fn record(&self, method: &str, path: &str, user: Option<&str>, status: u16) {
+    fn record(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        content_type: Option<String>,
+        status: u16,
+    ) {
         let mut log = lock(&self.log);
         let seq = log.len() as u64;
         log.push(Logged {
@@ -90,6 +97,7 @@ impl Server {
             method: method.to_owned(),
             path: path.to_owned(),
             user: user.map(str::to_owned),
+            content_type,
             status,
         });
     }
@@ -110,12 +118,17 @@ impl Server {
             .and_then(|v| v.strip_prefix("Bearer "))
             .and_then(|token| self.config.tokens.get(token.trim()))
             .cloned();
+        let content_type = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let answer = self
             .clone()
             .answer(request, user.as_deref(), &method, &path, &query)
             .await;
         let status = answer.status().as_u16();
-        self.record(&method, &logged_path, user.as_deref(), status);
+        self.record(&method, &logged_path, user.as_deref(), content_type, status);
         answer
     }
 

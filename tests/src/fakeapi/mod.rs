@@ -47,6 +47,8 @@ pub struct Logged {
     pub path: String,
     /// The authenticated user; `None` for a missing or unknown token (401).
     pub user: Option<String>,
+    /// The request's `Content-Type` (which patch format a PATCH used).
+    pub content_type: Option<String>,
     pub status: u16,
 }
 
@@ -99,6 +101,7 @@ pub struct FakeApi {
     token: String,
     admin_token: String,
     user: String,
+    namespace: String,
 }
 
 /// The `weft-fake-apiserver` binary next to the running test executable (cargo puts every
@@ -222,9 +225,10 @@ impl FakeApi {
             token,
             admin_token,
             user,
+            namespace: opts.namespace.clone(),
         };
         api.wait_ready()?;
-        api.write_client_files(&opts.namespace)?;
+        api.write_client_files()?;
         Ok(api)
     }
 
@@ -254,7 +258,8 @@ impl FakeApi {
         }
     }
 
-    fn write_client_files(&self, namespace: &str) -> anyhow::Result<()> {
+    fn write_client_files(&self) -> anyhow::Result<()> {
+        let namespace = &self.namespace;
         let ca = match self.ca_path() {
             Some(ca) => format!(
                 "    certificate-authority-data: {}\n",
@@ -338,6 +343,26 @@ impl FakeApi {
                 self.address.to_string(),
             ),
             ("KUBERNETES_SERVICE_PORT".to_owned(), self.port.to_string()),
+        ]
+    }
+
+    /// The service account's namespace (where the router's reclaim Lease lives).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The router flags for a router on Node `node_name` that uses this API through the
+    /// kubeconfig (HELPERS' shared interface): `--kube-peers=true --kubeconfig PATH
+    /// --kube-node-name NAME --kube-namespace NS`.
+    pub fn router_args(&self, node_name: &str) -> Vec<String> {
+        vec![
+            "--kube-peers=true".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig_path().to_string_lossy().into_owned(),
+            "--kube-node-name".to_owned(),
+            node_name.to_owned(),
+            "--kube-namespace".to_owned(),
+            self.namespace.clone(),
         ]
     }
 
