@@ -561,6 +561,9 @@ fn tokens_and_rbac_from_rendered_manifests() {
     let token = Some(api.token());
 
     assert_eq!(curl(&api, None, "GET", "/api/v1/nodes", None).code, 401);
+    let version = curl(&api, None, "GET", "/version", None);
+    assert_eq!(version.code, 200);
+    assert_eq!(version.json()["major"], "1");
     assert_eq!(
         curl(&api, Some("wrong"), "GET", "/api/v1/nodes", None).code,
         401

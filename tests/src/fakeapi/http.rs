@@ -140,6 +140,11 @@ impl Server {
         path: &str,
         query: &str,
     ) -> hyper::Response<Body> {
+        if method == "GET"
+            && let Some(answer) = non_resource(path)
+        {
+            return answer;
+        }
         let Some(user) = user else {
             return error(&ApiError::unauthorized());
         };
@@ -303,6 +308,35 @@ impl Server {
             Ok(value) => json_response(200, &value),
             Err(e) => error(&e),
         }
+    }
+}
+
+/// The non-resource URLs anyone may GET, also without a token (`system:public-info-viewer`,
+/// bound to `system:unauthenticated` too): `/version` and the health checks.
+fn non_resource(path: &str) -> Option<hyper::Response<Body>> {
+    match path {
+        "/version" => Some(json_response(
+            200,
+            &json!({
+                "major": "1",
+                "minor": "35",
+                "gitVersion": "v1.35.0-weft-fake",
+                "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.25.0",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        )),
+        "/healthz" | "/livez" | "/readyz" => Some(
+            hyper::Response::builder()
+                .status(200)
+                .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from("ok"))
+                .expect("a valid response"),
+        ),
+        _ => None,
     }
 }
 

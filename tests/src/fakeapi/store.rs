@@ -99,6 +99,10 @@ pub struct WatchStart {
     pub selector: Selector,
 }
 
+/// Events kept before the oldest half is compacted away, as etcd's periodic compaction and
+/// the watch cache's bounded window do (a long test then sees real `410`s too).
+pub const EVENT_WINDOW: usize = 10_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     rv: u64,
@@ -109,14 +113,22 @@ pub struct Store {
     compacted: u64,
     events: Vec<Event>,
     next_uid: u64,
+    /// At most this many events are kept ([`EVENT_WINDOW`]).
+    window: usize,
     /// `creationTimestamp` of new objects (set by the caller; sans-IO).
     pub now: String,
 }
 
 impl Store {
     pub fn new() -> Store {
+        Store::with_window(EVENT_WINDOW)
+    }
+
+    /// A store that keeps at most `window` events (at least 2).
+    pub fn with_window(window: usize) -> Store {
         Store {
             now: "1970-01-01T00:00:00Z".to_owned(),
+            window: window.max(2),
             ..Store::default()
         }
     }
@@ -521,6 +533,14 @@ impl Store {
             object,
             old,
         });
+        if self.events.len() > self.window {
+            // Drop the oldest half: watches from before the first kept event get 410.
+            let cut = self.events.len() - self.window / 2;
+            let oldest = self.events[cut - 1].rv;
+            self.base = self.snapshot_at(oldest);
+            self.events.drain(..cut);
+            self.compacted = oldest;
+        }
     }
 }
 
@@ -982,6 +1002,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_full_event_window_compacts_its_oldest_half() {
+        let mut store = Store::with_window(4);
+        for i in 0..5 {
+            let name = format!("n{i}");
+            store.upsert(&node_key(&name), node(&name)).unwrap();
+        }
+        // 5 events > 4: the oldest 3 went, a watch from before the 3rd write is too old.
+        assert_eq!(store.compacted(), 3);
+        let (watch, events) = watch_from(&store, Some(2));
+        assert!(watch.done);
+        assert_eq!(events[0]["object"]["code"], 410);
+        let (_, events) = watch_from(&store, Some(3));
+        assert_eq!(types(&events), ["ADDED", "ADDED"]);
+        let at = store
+            .list(
+                Resource::Nodes,
+                None,
+                Some("3"),
+                Some("Exact"),
+                &Selector::default(),
+            )
+            .unwrap();
+        assert_eq!(at["items"].as_array().unwrap().len(), 3);
+    }
+
     /// A random write: upsert, patch, delete of one of a few Nodes, or a compaction.
     #[derive(Debug, Clone)]
     enum Op {
@@ -1060,8 +1106,9 @@ mod tests {
         fn list_then_watch_reproduces_the_store(
             before in proptest::collection::vec(op(), 0..20),
             after in proptest::collection::vec(op(), 0..40),
+            window in 2usize..50,
         ) {
-            let mut store = Store::new();
+            let mut store = Store::with_window(window);
             for op in &before {
                 let rv = store.resource_version();
                 apply(&mut store, op);
