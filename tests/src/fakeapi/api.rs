@@ -135,7 +135,11 @@ impl Request {
 
     pub fn watch_limits(&self) -> WatchLimits {
         WatchLimits {
-            timeout_seconds: self.param("timeoutSeconds").and_then(|s| s.parse().ok()),
+            // 0 (or junk) means the server's default, as for the real one.
+            timeout_seconds: self
+                .param("timeoutSeconds")
+                .and_then(|s| s.parse().ok())
+                .filter(|t| *t > 0),
             bookmarks: self.flag("allowWatchBookmarks"),
         }
     }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod http;
 pub mod patch;
+mod pki;
 pub mod rbac;
 pub mod resource;
 pub mod selector;
@@ -171,8 +172,8 @@ impl FakeApi {
             "system:serviceaccount:{}:{}",
             opts.namespace, opts.service_account
         );
-        let token = random_hex()?;
-        let admin_token = random_hex()?;
+        let token = pki::random_hex()?;
+        let admin_token = pki::random_hex()?;
         let mut command = match &netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -199,7 +200,7 @@ impl FakeApi {
             command.arg("--rbac").arg(rbac);
         }
         if opts.tls {
-            make_certificates(&dir, address)?;
+            pki::make_certificates(&dir, address)?;
             command
                 .arg("--tls-cert")
                 .arg(dir.join("server.crt"))
@@ -263,7 +264,7 @@ impl FakeApi {
         let ca = match self.ca_path() {
             Some(ca) => format!(
                 "    certificate-authority-data: {}\n",
-                base64(&std::fs::read(ca)?)
+                pki::base64(&std::fs::read(ca)?)
             ),
             None => String::new(),
         };
@@ -588,118 +589,9 @@ fn ready_condition(ready: bool) -> Value {
     })
 }
 
-/// A CA and a server certificate for `address` (plus 127.0.0.1, localhost and the in-cluster
-/// names), EC P-256, written to `dir` as `ca.crt`, `server.crt`, `server.key`.
-fn make_certificates(dir: &Path, address: IpAddr) -> anyhow::Result<()> {
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let openssl = |args: &[&str]| cmd::run_ok(Command::new("openssl").args(args)).map(drop);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("ca.key"),
-        "-out",
-        &path("ca.crt"),
-        "-days",
-        "3",
-        "-subj",
-        "/CN=weft-fake-apiserver-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("server.key"),
-        "-out",
-        &path("server.csr"),
-        "-subj",
-        "/CN=kube-apiserver",
-    ])?;
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=IP:{address},IP:127.0.0.1,DNS:localhost,\
-             DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,\
-             DNS:kubernetes.default.svc.cluster.local\n"
-        ),
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &path("server.csr"),
-        "-CA",
-        &path("ca.crt"),
-        "-CAkey",
-        &path("ca.key"),
-        "-CAcreateserial",
-        "-out",
-        &path("server.crt"),
-        "-days",
-        "3",
-        "-extfile",
-        &path("server.ext"),
-    ])
-}
-
-fn random_hex() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), want);
-        }
-    }
 
     #[test]
     fn nodes_look_like_kubelets() {
