@@ -646,6 +646,15 @@ fn tokens_and_rbac_from_rendered_manifests() {
         .code,
         200
     );
+    // An outage cuts open watches and fails everything until it ends.
+    api.add_node("y", [10, 77, 0, 2]).unwrap();
+    let watch = Stream::start(&api, "/api/v1/nodes?watch=1&timeoutSeconds=60", "outage");
+    watch.wait_for("the synthetic ADDED", |e| !e.is_empty());
+    api.set_outage(true).unwrap();
+    watch.wait_closed();
+    assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 503);
+    api.set_outage(false).unwrap();
+    assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 200);
     // Injected failures, then normal service again.
     api.fail_next(2, 429).unwrap();
     assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 429);

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,8 @@ pub struct Server {
     log: Mutex<Vec<Logged>>,
     /// Status codes the next API requests fail with (control surface).
     failures: Mutex<VecDeque<u16>>,
+    /// Every API request fails with 503 and open watches are cut (control surface).
+    outage: AtomicBool,
     started: Instant,
 }
 
@@ -63,6 +66,7 @@ impl Server {
             config,
             log: Mutex::new(Vec::new()),
             failures: Mutex::new(VecDeque::new()),
+            outage: AtomicBool::new(false),
             started: Instant::now(),
         })
     }
@@ -148,6 +152,9 @@ impl Server {
         let Some(user) = user else {
             return error(&ApiError::unauthorized());
         };
+        if self.outage.load(Ordering::SeqCst) {
+            return error(&ApiError::injected(503));
+        }
         if let Some(code) = lock(&self.failures).pop_front() {
             let mut answer = error(&ApiError::injected(code));
             if code == 429 {
@@ -247,7 +254,7 @@ impl Server {
                     return;
                 }
             }
-            if watch.done {
+            if watch.done || self.outage.load(Ordering::SeqCst) {
                 return;
             }
             tokio::select! {
@@ -293,6 +300,15 @@ impl Server {
                 store.compact();
                 json!({"resourceVersion": store.resource_version().to_string()})
             })),
+            ("POST", ["outage"]) => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+                .map(|v| {
+                    let on = v["on"].as_bool().unwrap_or(true);
+                    self.outage.store(on, Ordering::SeqCst);
+                    // Wake the open watches so that they end now.
+                    self.changed.send_modify(|_| {});
+                    json!({"outage": on})
+                }),
             ("GET", ["requests"]) => Ok(json!(*lock(&self.log))),
             ("POST", ["fail"]) => serde_json::from_slice::<Value>(&body)
                 .map_err(|e| ApiError::bad_request(e.to_string()))

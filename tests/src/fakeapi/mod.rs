@@ -473,6 +473,14 @@ impl FakeApi {
         .map(drop)
     }
 
+    /// An API outage: while `on`, every API request fails with 503 and open watches are cut
+    /// (the stream just ends, like a dropped connection); off again, service resumes with the
+    /// same objects and resourceVersions.
+    pub fn set_outage(&self, on: bool) -> anyhow::Result<()> {
+        self.control_json("POST", "/outage", Some(&json!({"on": on})))
+            .map(drop)
+    }
+
     fn control_json(
         &self,
         method: &str,
