@@ -581,6 +581,23 @@ fn tokens_and_rbac_from_rendered_manifests() {
         curl(&api, token, "PATCH", "/api/v1/nodes/x/status", merge).code,
         200
     );
+    let create = Some(("application/json", json!({"metadata": {"name": "new"}})));
+    assert_eq!(
+        curl(&api, token, "POST", "/api/v1/nodes", create.clone()).code,
+        403,
+        "creating Nodes is kubelet's business"
+    );
+    assert_eq!(
+        curl(
+            &api,
+            Some(api.admin_token()),
+            "POST",
+            "/api/v1/nodes",
+            create
+        )
+        .code,
+        201
+    );
     let denied = curl(&api, token, "DELETE", "/api/v1/nodes/x", None);
     assert_eq!(denied.code, 403);
     assert_eq!(

@@ -90,16 +90,12 @@ impl Request {
             ("GET", None) if watching => Verb::Watch,
             ("GET", None) => Verb::List,
             ("GET", Some(_)) => Verb::Get,
-            ("POST", None) if namespace.is_some() => Verb::Create,
+            ("POST", None) if namespace.is_some() || !resource.namespaced() => Verb::Create,
             ("PUT", Some(_)) => Verb::Update,
             ("PATCH", Some(_)) => Verb::Patch,
             ("DELETE", Some(_)) => Verb::Delete,
             _ => return Err(ApiError::method_not_allowed()),
         };
-        // Nodes are created by kubelet, i.e. by the test's control surface.
-        if verb == Verb::Create && resource == Resource::Nodes {
-            return Err(ApiError::method_not_allowed());
-        }
         Ok(Request {
             verb,
             resource,
@@ -330,7 +326,11 @@ mod tests {
             404
         );
         assert_eq!(
-            Request::parse("POST", "/api/v1/nodes", "")
+            Request::parse("POST", "/api/v1/nodes", "").unwrap().verb,
+            Verb::Create
+        );
+        assert_eq!(
+            Request::parse("POST", "/apis/coordination.k8s.io/v1/leases", "")
                 .unwrap_err()
                 .code,
             405
