@@ -29,6 +29,7 @@ mod capture;
 mod checks;
 mod cmd;
 pub mod cni;
+pub mod fakeapi;
 mod faults;
 mod metrics;
 mod net;
