@@ -158,6 +158,24 @@ fn nodes_listed_in_the_api_form_one_mesh_and_one_ring_join_relist_and_reclaim() 
     });
     first?;
     let the_ring = one_ring(&net, &hosts)?;
+    // One genesis: the agreement's, by the smallest peer name (no router made a ring of its own
+    // before it knew the Nodes).
+    let smallest = hosts
+        .iter()
+        .map(|i| {
+            Ok(net.report_json(*i)?["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned())
+        })
+        .collect::<anyhow::Result<BTreeSet<String>>>()?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    assert!(
+        the_ring.starts_with(&format!("{smallest}@")),
+        "the ring {the_ring} was created by the smallest name {smallest}"
+    );
     for i in &hosts {
         let report = net.report_json(*i)?;
         assert_eq!(report["encryption"], true, "host{i}");
@@ -333,6 +351,67 @@ fn an_api_without_lease_rights_is_an_error_in_the_report_not_a_crash() -> anyhow
     })?;
     let readyz = net.exec(1, &["curl", "-sS", "http://127.0.0.1:6784/readyz"])?;
     assert!(readyz.contains(r#""name":"kube""#), "{readyz}");
+    assert!(net.is_running(1));
+    Ok(())
+}
+
+/// RBAC that grants nothing on Nodes: the watch is refused.
+const RBAC_WITHOUT_NODES: &str = r#"---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: weft
+  namespace: kube-system
+"#;
+
+#[test]
+fn without_the_node_list_no_ring_is_created_and_readyz_says_why() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(WEFT, 1)?;
+    let rbac = net.host_dir(1).join("rbac.yaml");
+    std::fs::write(&rbac, RBAC_WITHOUT_NODES)?;
+    let api = api_with_nodes(
+        &net,
+        FakeApiOpts {
+            rbac: Some(rbac),
+            ..FakeApiOpts::default()
+        },
+    )?;
+    net.start(1, kube_opts(&api, 1))?;
+    net.wait_until("IPAM waits for the Node list and says why", SETTLE, || {
+        let report = net.report_json(1)?;
+        let waiting = report["ipam"]["waiting_for_ring"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            waiting.contains("the Kubernetes Node list") && waiting.contains("forbidden"),
+            "ipam: {}",
+            report["ipam"]
+        );
+        ensure!(report["kube"]["watching"] == false, "{}", report["kube"]);
+        let refused = net.metrics(1)?.sum("weft_kube_api_errors_total");
+        ensure!(refused >= 1.0, "API errors not counted");
+        Ok(true)
+    })?;
+    let readyz = net.exec(1, &["curl", "-sS", "http://127.0.0.1:6784/readyz"])?;
+    let readyz: Value = serde_json::from_str(&readyz)?;
+    assert_eq!(readyz["ready"], false, "{readyz}");
+    let checks = readyz["checks"].as_array().cloned().unwrap_or_default();
+    let check = |name: &str| checks.iter().find(|c| c["name"] == name).cloned();
+    assert_eq!(
+        check("ipam").map(|c| c["ok"].clone()),
+        Some(Value::Bool(false))
+    );
+    let kube = check("kube").context("no kube check")?;
+    assert!(
+        kube["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not established"),
+        "{kube}"
+    );
     assert!(net.is_running(1));
     Ok(())
 }
