@@ -319,7 +319,10 @@ impl Task {
     fn watch_failed(&mut self, e: &ApiError) {
         self.last_watch_error = Some(Instant::now());
         if e.reason == Reason::Gone {
+            // Routine (etcd compaction): counted, not shown as an error; the watcher re-lists.
             tracing::info!("the Node watch expired (410 Gone): listing again");
+            self.count(e);
+            return;
         }
         self.failed(e);
     }
@@ -487,6 +490,7 @@ impl Task {
             }
             match answer.await {
                 Ok(Ok(said)) => {
+                    self.departed.reclaimed(&peer);
                     self.metrics.kube.reclaims.inc();
                     tracing::info!(%peer, %node, result = %said, "reclaimed the address space of a deleted Node's peer");
                 }
