@@ -415,3 +415,65 @@ fn without_the_node_list_no_ring_is_created_and_readyz_says_why() -> anyhow::Res
     assert!(net.is_running(1));
     Ok(())
 }
+
+#[test]
+fn an_api_outage_is_counted_and_the_watch_comes_back_with_the_changes() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(WEFT, 2)?;
+    let api = api_with_nodes(&net, FakeApiOpts::default())?;
+    let hosts = net.host_ids();
+    for i in &hosts {
+        net.start(*i, kube_opts(&api, *i))?;
+    }
+    net.wait_until("the mesh is complete", SETTLE, || {
+        net.check_full_mesh(&hosts)
+    })?;
+    net.wait_until("both watch", SETTLE, || {
+        for i in &hosts {
+            ensure!(kube_section(&net, *i)?["watching"] == true, "host{i}");
+        }
+        Ok(true)
+    })?;
+    api.set_outage(true)?;
+    net.wait_until("the outage is counted and shown", SETTLE, || {
+        for i in &hosts {
+            let kube = kube_section(&net, *i)?;
+            ensure!(
+                kube["watching"] == false && kube["error"].is_string(),
+                "host{i}: {kube}"
+            );
+            let server_errors: f64 = net
+                .metrics(*i)?
+                .samples
+                .iter()
+                .filter(|(s, _)| {
+                    s.starts_with("weft_kube_api_errors_total")
+                        && s.contains(r#"reason="server_error""#)
+                })
+                .map(|(_, v)| v)
+                .sum();
+            ensure!(server_errors >= 1.0, "host{i}: 5xx not counted");
+        }
+        Ok(true)
+    })?;
+    // The mesh does not depend on the API.
+    ensure!(
+        net.check_full_mesh(&hosts)?,
+        "the mesh broke during the outage"
+    );
+    // Back: the watch starts again with a new list and follows the changes.
+    api.set_outage(false)?;
+    api.delete_node(&node_name(2))?;
+    net.wait_until("the watch is back and saw the deletion", SETTLE, || {
+        let kube = kube_section(&net, 1)?;
+        ensure!(kube["watching"] == true, "{kube}");
+        ensure!(kube["nodes"].as_array().map(Vec::len) == Some(1), "{kube}");
+        Ok(true)
+    })?;
+    for i in &hosts {
+        assert!(net.is_running(*i), "host{i} crashed");
+    }
+    Ok(())
+}

@@ -211,6 +211,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ApiError>
             .await
             .map_err(|e| ApiError::new(Op::Connect, Reason::Config, e.to_string()))?,
     };
+    // weft retries itself, with its own backoff, counting and rate-limited logs; the client's
+    // retry of 429/503/504 (15 tries, up to minutes apart) would hold a call through an outage.
+    let mut config = config;
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| ApiError::from_kube(Op::Connect, &e))
 }
 
