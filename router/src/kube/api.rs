@@ -378,6 +378,12 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .as_ref()
         .and_then(|a| a.get(PEER_NAME_ANNOTATION))
         .cloned();
+    info.os = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/os"))
+        .cloned();
     info.network_unavailable = condition("NetworkUnavailable");
     info.ready = condition("Ready");
     info
@@ -406,7 +412,8 @@ mod tests {
     #[test]
     fn a_node_object_becomes_node_info() {
         let node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "b", "annotations": {"weft.dev/peer-name": "aa:00:00:00:00:02"}},
+            "metadata": {"name": "b", "annotations": {"weft.dev/peer-name": "aa:00:00:00:00:02"},
+                         "labels": {"kubernetes.io/os": "linux"}},
             "status": {
                 "addresses": [
                     {"type": "Hostname", "address": "b"},
@@ -432,6 +439,7 @@ mod tests {
         );
         assert_eq!(info.peer_annotation.as_deref(), Some("aa:00:00:00:00:02"));
         assert_eq!((info.ready, info.network_unavailable), (Some(true), None));
+        assert_eq!(info.os.as_deref(), Some("linux"));
     }
 
     #[test]
