@@ -270,6 +270,23 @@ fn nodes_listed_in_the_api_form_one_mesh_and_one_ring_join_relist_and_reclaim() 
         1.0,
         "exactly one router reclaimed"
     );
+    // The dead peer's space went to the living: every owner is a live router.
+    let live_names: BTreeSet<String> = live
+        .iter()
+        .map(|i| {
+            Ok(net.report_json(*i)?["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for i in live {
+        let owners = owners(&net, i)?;
+        assert!(
+            owners.is_subset(&live_names),
+            "host{i}: owners {owners:?}, live {live_names:?}"
+        );
+    }
     for i in live {
         let kube = kube_section(&net, i)?;
         assert_eq!(kube["nodes"].as_array().map(Vec::len), Some(3), "{kube}");
