@@ -205,6 +205,14 @@ fn post_targets(args: &config::TargetArgs, path: &str) -> anyhow::Result<()> {
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_level)?;
+    // Checked before anything is written (the state store).
+    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
+        (false, _) => None,
+        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
+        (true, _) => anyhow::bail!(
+            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
+        ),
+    };
 
     let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
     let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
@@ -258,13 +266,6 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             "more persisted connect targets than the cap: the rest are not dialled (weft forget some)"
         );
     }
-    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
-        (false, _) => None,
-        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
-        (true, _) => anyhow::bail!(
-            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
-        ),
-    };
     let open_files_limit = match sys::raise_open_files_limit() {
         Ok(limit) => Some(limit),
         Err(e) => {
