@@ -161,17 +161,14 @@ fn main() -> anyhow::Result<()> {
 /// The Kubernetes client libraries' own lines, off unless the filter names them: they log
 /// every failed request (an API outage would flood the log); weft logs the same errors itself,
 /// rate-limited, and counts them (`weft_kube_api_errors_total`).
-const QUIET_LIBRARIES: [&str; 2] = ["kube_client=off", "kube_runtime=off"];
+const QUIET_LIBRARIES: [&str; 2] = ["kube_client", "kube_runtime"];
 
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
             let mut directives = level.to_owned();
-            if !level.contains("kube") {
-                for quiet in QUIET_LIBRARIES {
-                    directives.push(',');
-                    directives.push_str(quiet);
-                }
+            for quiet in QUIET_LIBRARIES.iter().filter(|l| !level.contains(*l)) {
+                directives.push_str(&format!(",{quiet}=off"));
             }
             tracing_subscriber::EnvFilter::try_new(directives)
         })
