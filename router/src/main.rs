@@ -15,6 +15,7 @@ mod http_server;
 mod identity;
 mod install;
 mod ipam;
+mod kube;
 mod log_limit;
 mod mesh_port;
 mod metrics;
@@ -137,9 +138,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The Kubernetes client libraries' own lines, off unless the filter names them: they log
+/// every failed request (an API outage would flood the log); weft logs the same errors itself,
+/// rate-limited, and counts them (`weft_kube_api_errors_total`).
+const QUIET_LIBRARIES: [&str; 2] = ["kube_client", "kube_runtime"];
+
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| {
+            let mut directives = level.to_owned();
+            for quiet in QUIET_LIBRARIES.iter().filter(|l| !level.contains(*l)) {
+                directives.push_str(&format!(",{quiet}=off"));
+            }
+            tracing_subscriber::EnvFilter::try_new(directives)
+        })
         .context("invalid --log-level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -170,6 +182,14 @@ fn post_targets(args: &config::TargetArgs, path: &str) -> anyhow::Result<()> {
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_level)?;
+    // Checked before anything is written (the state store).
+    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
+        (false, _) => None,
+        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
+        (true, _) => anyhow::bail!(
+            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
+        ),
+    };
 
     let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
     let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
@@ -364,6 +384,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             Instant::now(),
         );
         let store_health = store.health();
+        let kube_shared = kube_node_name.as_ref().map(|_| kube::KubeShared::default());
         let router = Router::new(
             mesh_config,
             params,
@@ -375,8 +396,24 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 dataplane,
                 ipam,
                 ports,
+                kube: kube_shared.clone(),
             },
         );
+        if let (Some(node_name), Some(shared)) = (kube_node_name, kube_shared) {
+            tracing::info!(node = %node_name, namespace = %args.kube_namespace, "peers from the Kubernetes API");
+            kube::spawn(
+                kube::KubeOptions {
+                    node_name,
+                    namespace: args.kube_namespace.clone(),
+                    kubeconfig: args.kubeconfig.clone(),
+                    port: args.port,
+                    peer_name: identity.name,
+                },
+                events_tx.clone(),
+                shared,
+                metrics.clone(),
+            );
+        }
         tokio::spawn(cni_api::serve(
             cni_listener,
             events_tx.clone(),
