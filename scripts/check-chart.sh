@@ -130,11 +130,13 @@ render custom --set 'peers=10.0.0.1\,10.0.0.2:7000' --set port=7783 --set status
     --set connLimit=0 --set meshId=prod --set 'extraArgs={--gossip-interval,10}' \
     --set serviceAccount.create=false --set serviceAccount.name=weft-sa \
     --set-string 'extraEnv[0].name=RUST_LOG,extraEnv[0].value=debug' \
-    --set image.tag=dev --set updateStrategy.maxUnavailable=10% --set fullnameOverride=mesh
+    --set image.tag=dev --set updateStrategy.maxUnavailable=10% --set fullnameOverride=mesh \
+    --set metrics.addr=0.0.0.0:7782
 has custom 'value: "10.0.0.1,10.0.0.2:7000"'
 has custom 'containerPort: 7783'
 has custom 'host: "127.0.0.1"'
-has custom 'port: 7784'
+has custom 'port: 7782'
+has custom 'value: "0.0.0.0:7784"'
 has custom '- "--gossip-interval"'
 has custom 'image: "weft:dev"'
 has custom 'serviceAccountName: weft-sa'

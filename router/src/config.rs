@@ -131,6 +131,18 @@ pub struct RouterArgs {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides.
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// The host's `/proc/sys/net`, through which the router sets `net.ipv4.ip_forward` (and
+    /// `net.bridge.bridge-nf-call-iptables`). Container runtimes mount `/proc/sys` read-only:
+    /// mount the host's `/proc/sys/net` elsewhere (hostPath) and name it here, as the chart does
+    /// with `/host/proc/sys/net`. With the host network the writes reach the host's namespace.
+    #[arg(long, env = "WEFT_PROC_SYS_NET", default_value = "/proc/sys/net")]
+    pub proc_sys_net: PathBuf,
+    /// Set `net.bridge.bridge-nf-call-iptables=1` so that traffic bridged between pods on one
+    /// host passes the IPv4 netfilter hooks, where kube-proxy's Service rules see it (Weave Net
+    /// sets it too). Needs the `br_netfilter` module, which a container cannot load: without it
+    /// the router warns and counts it in `weft_sysctl_unset`.
+    #[arg(long, env = "WEFT_BRIDGE_NF_CALL_IPTABLES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub bridge_nf_call_iptables: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -27,6 +27,7 @@ mod router;
 mod status_guard;
 mod store;
 mod sys;
+mod sysctl;
 mod targets;
 
 use std::io::IsTerminal;
@@ -353,6 +354,9 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Some(dataplane)
             }
         };
+        if dataplane.is_some() {
+            host_sysctls(&args, &metrics)?;
+        }
         if dataplane.is_some() && args.masquerade {
             match nat::apply(args.ipalloc_range) {
                 Ok(()) => tracing::info!(range = %args.ipalloc_range, "pod traffic leaving the range is masqueraded"),
@@ -455,6 +459,13 @@ fn wait_until_ready(args: &config::StatusArgs) -> anyhow::Result<()> {
             Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
         );
     }
+}
+
+/// The host sysctls the data path needs, through `--proc-sys-net`.
+fn host_sysctls(args: &RouterArgs, metrics: &Metrics) -> anyhow::Result<()> {
+    let dir = sysctl::ProcSysNet::new(&args.proc_sys_net);
+    sysctl::apply_for_router(&dir, args.bridge_nf_call_iptables, &metrics.sysctl_unset)?;
+    Ok(())
 }
 
 fn positive_secs(value: f64, flag: &str) -> anyhow::Result<Duration> {

@@ -213,8 +213,16 @@ pub struct StoreMetrics {
     pub persistence_failing: Gauge,
 }
 
+/// A host sysctl the router sets ([`crate::sysctl`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SysctlLabels {
+    pub sysctl: &'static str,
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    /// 1 for each host sysctl the router wanted but could not set (set once at start).
+    pub sysctl_unset: Family<SysctlLabels, Gauge>,
     pub datapath: DatapathMetrics,
     pub ipam: IpamMetrics,
     pub http: HttpMetrics,
@@ -310,6 +318,11 @@ impl Metrics {
             "send_queue_drops",
             "Messages dropped because a peer's send queue was full (anti-entropy repairs them)",
             self.send_queue_drops.clone(),
+        );
+        registry.register(
+            "sysctl_unset",
+            "1 for each host sysctl the router wanted but could not set at start (net.bridge.bridge-nf-call-iptables: br_netfilter not loaded, or a read-only /proc/sys)",
+            self.sysctl_unset.clone(),
         );
         let a = &self.admission;
         registry.register(

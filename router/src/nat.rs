@@ -26,9 +26,9 @@ pub fn ruleset(range: Cidr) -> String {
     )
 }
 
-/// Turns on IPv4 forwarding and installs [`ruleset`]. Needs `CAP_NET_ADMIN`.
+/// Installs [`ruleset`]. Needs `CAP_NET_ADMIN`. IPv4 forwarding, which it needs too, is turned
+/// on by [`crate::sysctl`] (through `--proc-sys-net`).
 pub fn apply(range: Cidr) -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1\n")?;
     crate::nft::apply(&ruleset(range))
 }
 

@@ -78,7 +78,54 @@ pub struct ResetArgs {
     /// The router's status endpoint (a router answering there stops the reset).
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     pub status_addr: SocketAddr,
+    /// While a router still runs on this node, wait up to this long for it to stop (`90s`,
+    /// `2m`, `120`) before giving up with exit code 2, instead of giving up at once: the chart's
+    /// uninstall Jobs start while the deleted DaemonSet's routers are still stopping.
+    #[arg(long, value_parser = parse_duration)]
+    pub wait: Option<Duration>,
 }
+
+/// A duration: whole seconds, optionally with a unit (`s`, `m`, `h`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => value.split_at(i),
+        None => (value, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration (e.g. 90s, 2m, 120)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{value:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// What `--wait` does next, given why the reset cannot run now (if it cannot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitStep {
+    /// No router runs: reset.
+    Proceed,
+    /// Look again in a moment.
+    Wait(String),
+    /// Still running at the deadline: refuse (exit code 2).
+    GiveUp(String),
+}
+
+/// The decision, from the refusal now and the time left.
+pub fn wait_step(refusal: Option<String>, time_left: Duration) -> WaitStep {
+    match refusal {
+        None => WaitStep::Proceed,
+        Some(why) if time_left.is_zero() => WaitStep::GiveUp(why),
+        Some(why) => WaitStep::Wait(why),
+    }
+}
+
+/// How often `--wait` looks again.
+const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// What the reset is about: names and paths from the flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,13 +392,36 @@ pub fn refusal(target: &Target, status_addr: SocketAddr, live: &Liveness) -> Opt
 /// `weft reset`.
 pub fn run(args: &ResetArgs) -> anyhow::Result<()> {
     let target = Target::from_args(args);
-    if let Some(why) = refusal(
-        &target,
-        args.status_addr,
-        &liveness(&target, args.status_addr),
-    ) {
-        eprintln!("weft reset: {why}");
-        std::process::exit(EXIT_ROUTER_RUNNING);
+    let deadline = std::time::Instant::now() + args.wait.unwrap_or_default();
+    let mut said = false;
+    loop {
+        let why = refusal(
+            &target,
+            args.status_addr,
+            &liveness(&target, args.status_addr),
+        );
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match wait_step(why, left) {
+            WaitStep::Proceed => break,
+            WaitStep::GiveUp(why) => {
+                let waited = args
+                    .wait
+                    .map(|w| format!(" (waited {}s)", w.as_secs()))
+                    .unwrap_or_default();
+                eprintln!("weft reset: {why}{waited}");
+                std::process::exit(EXIT_ROUTER_RUNNING);
+            }
+            WaitStep::Wait(why) => {
+                if !said {
+                    println!(
+                        "waiting up to {}s for the router to stop: {why}",
+                        left.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(WAIT_POLL.min(left));
+            }
+        }
     }
     let (seen, mut failures) = observe(&target);
     let plan = plan(&target, &seen);
@@ -698,6 +768,33 @@ mod tests {
         assert!(why.contains("/run/weft/cni.sock answers"), "{why}");
         assert!(why.contains("/var/lib/weft is in use"), "{why}");
         assert!(why.contains("nothing was removed"), "{why}");
+    }
+
+    #[test]
+    fn durations_take_seconds_minutes_or_hours() {
+        assert_eq!(parse_duration("120"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("2d").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn wait_proceeds_once_the_router_is_gone_and_gives_up_at_the_deadline() {
+        let running = || Some("a weft router is running".to_owned());
+        assert_eq!(wait_step(None, Duration::ZERO), WaitStep::Proceed);
+        assert_eq!(wait_step(None, Duration::from_secs(5)), WaitStep::Proceed);
+        assert_eq!(
+            wait_step(running(), Duration::from_secs(5)),
+            WaitStep::Wait("a weft router is running".into())
+        );
+        // Without --wait there is no time left: refused at once, as before.
+        assert_eq!(
+            wait_step(running(), Duration::ZERO),
+            WaitStep::GiveUp("a weft router is running".into())
+        );
     }
 
     #[test]

@@ -55,12 +55,41 @@ app.kubernetes.io/component: router
 {{- end }}
 {{- end }}
 
-{{/* Status endpoint port, and the address the probes use (loopback for a wildcard bind). */}}
-{{- define "weft.statusPort" -}}
-{{- regexFind "[0-9]+$" .Values.statusAddr }}
+{{/* The port of an ip:port, and the host to reach it at (loopback for a wildcard bind). */}}
+{{- define "weft.addrPort" -}}
+{{- regexFind "[0-9]+$" . }}
 {{- end }}
 
-{{- define "weft.statusHost" -}}
-{{- $host := regexReplaceAll ":[0-9]+$" .Values.statusAddr "" | trimPrefix "[" | trimSuffix "]" }}
+{{- define "weft.addrHost" -}}
+{{- $host := regexReplaceAll ":[0-9]+$" . "" | trimPrefix "[" | trimSuffix "]" }}
 {{- if eq $host "0.0.0.0" }}127.0.0.1{{ else if eq $host "::" }}::1{{ else }}{{ $host }}{{ end }}
+{{- end }}
+
+{{/* The probes' listener: the read-only metrics listener when it is on, else the status
+endpoint. Both answer /healthz and /readyz; the metrics listener keeps the kubelet's probes off
+the control endpoint's connection budget, which `weft status` and the CLI share. */}}
+{{- define "weft.probeAddr" -}}
+{{- if .Values.metrics.enabled }}{{ .Values.metrics.addr }}{{ else }}{{ .Values.statusAddr }}{{ end }}
+{{- end }}
+
+{{/* The router container's securityContext: the user's, privileged, or the minimal one. */}}
+{{- define "weft.securityContext" -}}
+{{- if .Values.securityContext }}
+{{- toYaml .Values.securityContext }}
+{{- else if .Values.privileged }}
+privileged: true
+readOnlyRootFilesystem: true
+runAsUser: 0
+{{- else }}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsUser: 0
+seccompProfile:
+  type: RuntimeDefault
+capabilities:
+  drop: ["ALL"]
+  # Links, addresses, the TAP device (TUNSETIFF), nftables and the network sysctls.
+  add: ["NET_ADMIN"]
+{{- end }}
 {{- end }}
