@@ -421,6 +421,7 @@ class Kubelet:
         self.stopping = False
         self.exit_code = None
         self.pods_created = 0
+        self.handlers = 0  # control connections not answered yet
 
     # --- state ---
     def save(self):
@@ -1152,9 +1153,15 @@ def serve(kubelet):
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self):
-            req = json.loads(self.rfile.readline())
-            reply = kubelet.request(req)
-            self.wfile.write((json.dumps(reply) + "\n").encode())
+            with kubelet.lock:
+                kubelet.handlers += 1
+            try:
+                req = json.loads(self.rfile.readline())
+                reply = kubelet.request(req)
+                self.wfile.write((json.dumps(reply) + "\n").encode())
+            finally:
+                with kubelet.lock:
+                    kubelet.handlers -= 1
 
     srv = Control(path, Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -1173,7 +1180,11 @@ def cmd_run(args):
     signal.signal(signal.SIGTERM, term)
     signal.signal(signal.SIGINT, term)
     log("running", node=k.node.name, state=os.path.join(k.state_dir, "state.json"))
-    return k.loop()
+    code = k.loop()
+    deadline = now() + 5  # let the control connections (e.g. `stop`) get their answers
+    while k.handlers and now() < deadline:
+        time.sleep(0.02)
+    return code
 
 
 def control(state_dir, req, timeout=600):

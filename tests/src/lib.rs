@@ -30,6 +30,7 @@ mod checks;
 mod cmd;
 pub mod cni;
 mod faults;
+pub mod kubelet;
 mod metrics;
 mod net;
 mod pods;
