@@ -128,6 +128,23 @@ pub struct RouterArgs {
     /// as `"socket"` when it is not the default.
     #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_CNI_SOCKET)]
     pub cni_socket: PathBuf,
+    /// Peers from the Kubernetes API: watch Nodes and dial the other Nodes' InternalIPs, record
+    /// this router's peer name on its Node, set its NetworkUnavailable condition to False once
+    /// the data path is up, and reclaim deleted Nodes' address space (one router, elected with
+    /// the Lease `weft-reclaim`). No IPAM ring is created before the first Node list.
+    #[arg(long, env = "WEFT_KUBE_PEERS", default_value_t = false, default_missing_value = "true",
+          num_args = 0..=1, require_equals = true, action = clap::ArgAction::Set)]
+    pub kube_peers: bool,
+    /// This router's Node (the chart: `spec.nodeName`); required with --kube-peers.
+    #[arg(long, env = "WEFT_KUBE_NODE_NAME")]
+    pub kube_node_name: Option<String>,
+    /// Namespace of the reclaim Lease (the chart: its release namespace).
+    #[arg(long, env = "WEFT_KUBE_NAMESPACE", default_value = "kube-system")]
+    pub kube_namespace: String,
+    /// Kubeconfig for --kube-peers; without it `KUBECONFIG`, then `~/.kube/config`, then the
+    /// in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides.
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -361,6 +378,25 @@ mod tests {
             Some("0.0.0.0:6782".parse().unwrap())
         );
         assert!(Cli::try_parse_from(["weft", "router", "--metrics-addr", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn kube_peers_is_a_switch_that_also_takes_a_value() {
+        let args = |extra: &[&str]| {
+            let cli = Cli::try_parse_from([&["weft", "router"], extra].concat()).unwrap();
+            let Command::Router(args) = cli.command else {
+                panic!("not the router");
+            };
+            args
+        };
+        assert!(!args(&[]).kube_peers);
+        let a = args(&["--kube-peers", "--kube-node-name", "n1", "10.0.0.1"]);
+        assert!(a.kube_peers);
+        assert_eq!(a.kube_node_name.as_deref(), Some("n1"));
+        assert_eq!(a.peers, vec!["10.0.0.1".to_owned()]);
+        assert_eq!(a.kube_namespace, "kube-system");
+        assert!(args(&["--kube-peers=true"]).kube_peers);
+        assert!(!args(&["--kube-peers=false"]).kube_peers);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod http_server;
 mod identity;
 mod install;
 mod ipam;
+mod kube;
 mod log_limit;
 mod mesh_port;
 mod metrics;
@@ -244,6 +245,13 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             "more persisted connect targets than the cap: the rest are not dialled (weft forget some)"
         );
     }
+    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
+        (false, _) => None,
+        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
+        (true, _) => anyhow::bail!(
+            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
+        ),
+    };
     let open_files_limit = match sys::raise_open_files_limit() {
         Ok(limit) => Some(limit),
         Err(e) => {
@@ -385,6 +393,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             Instant::now(),
         );
         let store_health = store.health();
+        let kube_shared = kube_node_name.as_ref().map(|_| kube::KubeShared::default());
         let router = Router::new(
             mesh_config,
             params,
@@ -396,8 +405,24 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 dataplane,
                 ipam,
                 ports,
+                kube: kube_shared.clone(),
             },
         );
+        if let (Some(node_name), Some(shared)) = (kube_node_name, kube_shared) {
+            tracing::info!(node = %node_name, namespace = %args.kube_namespace, "peers from the Kubernetes API");
+            kube::spawn(
+                kube::KubeOptions {
+                    node_name,
+                    namespace: args.kube_namespace.clone(),
+                    kubeconfig: args.kubeconfig.clone(),
+                    port: args.port,
+                    peer_name: identity.name,
+                },
+                events_tx.clone(),
+                shared,
+                metrics.clone(),
+            );
+        }
         tokio::spawn(cni_api::serve(
             cni_listener,
             events_tx.clone(),

@@ -205,6 +205,64 @@ impl HttpMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpReasonLabels {
+    pub op: &'static str,
+    pub reason: &'static str,
+}
+
+/// The Kubernetes API task (`--kube-peers`), updated where things happen.
+#[derive(Default)]
+pub struct KubeMetrics {
+    pub api_errors: Family<OpReasonLabels, Counter>,
+    pub watch_restarts: Counter,
+    pub reclaims: Counter,
+    pub reclaim_failures: Counter,
+    pub leader: Gauge,
+    pub nodes: Gauge,
+}
+
+impl KubeMetrics {
+    pub fn api_error(&self, op: &'static str, reason: &'static str) {
+        self.api_errors
+            .get_or_create(&OpReasonLabels { op, reason })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kube_api_errors",
+            "Failed Kubernetes API calls (--kube-peers), by op (watch_nodes, patch_node, patch_node_status, get_lease, create_lease, update_lease, connect) and reason (unauthorized, forbidden, not_found, conflict, gone, client_error, server_error, connect, timeout, config, other); all are retried with backoff",
+            self.api_errors.clone(),
+        );
+        registry.register(
+            "kube_watch_restarts",
+            "Re-lists of the Node watch (after 410 Gone or a broken watch)",
+            self.watch_restarts.clone(),
+        );
+        registry.register(
+            "kube_reclaims",
+            "Departed peers whose address space this router reclaimed as the reclaim leader (their Node was deleted)",
+            self.reclaims.clone(),
+        );
+        registry.register(
+            "kube_reclaim_failures",
+            "Reclaims of a deleted Node's peer that the router refused (retried on the next round)",
+            self.reclaim_failures.clone(),
+        );
+        registry.register(
+            "kube_leader",
+            "1 while this router holds the reclaim Lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "kube_nodes",
+            "Nodes the Kubernetes API lists",
+            self.nodes.clone(),
+        );
+    }
+}
+
 /// The state store's health, mirrored from the report at scrape time.
 #[derive(Default)]
 pub struct StoreMetrics {
@@ -227,6 +285,7 @@ pub struct Metrics {
     pub ipam: IpamMetrics,
     pub http: HttpMetrics,
     pub store: StoreMetrics,
+    pub kube: KubeMetrics,
     pub peers: Gauge,
     pub connections: Family<StateLabels, Gauge>,
     pub terminations: Counter,
@@ -485,6 +544,7 @@ impl Metrics {
             i.gateway_moves.clone(),
         );
         self.http.register(&mut registry);
+        self.kube.register(&mut registry);
         registry.register(
             "store_write_failures",
             "Writes of the state store that failed (including retries while persistence fails)",

@@ -10,10 +10,19 @@
 //!   connected, and which are not and why. It never makes the node unready: another node being
 //!   down is no reason to take this one out of service (pods here still reach every peer that is
 //!   up), and one dead node would otherwise make every node unready. Addresses that lead back to
-//!   this router do not count.
+//!   this router do not count. With `--kube-peers` it also names every Node the API lists that
+//!   this router does not reach, and why (its address' connection state, or no InternalIP);
+//! - `kube` (with `--kube-peers` only): whether the Node watch is established, and the last API
+//!   errors. It never makes the node unready either: the mesh, IPAM and the data path keep
+//!   working from the peers already known while the API is away (a control-plane upgrade, an
+//!   RBAC mistake), and an API outage would otherwise take every node out of service at once.
+//!   Before the first Node list there is no IPAM ring in a new cluster, which `ipam` says.
 //!
 //! Liveness (`/healthz`) is not decided here: it only asks whether the router's event loop
 //! answers, since restarting fixes a wedged loop but none of the above.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,12 +60,13 @@ const SELF_TARGET: &str = "ourself";
 
 /// The decision.
 pub fn decide(report: &Report) -> Readiness {
-    let checks = vec![
+    let mut checks = vec![
         ipam(report),
         datapath(report),
         persistence(report),
         peers(report),
     ];
+    checks.extend(kube(report));
     Readiness {
         ready: checks.iter().all(|c| c.ok),
         checks,
@@ -154,17 +164,20 @@ fn persistence(report: &Report) -> Check {
 }
 
 fn peers(report: &Report) -> Check {
+    let (unreached_nodes, node_targets) = unreached_nodes(report);
     let unreached: Vec<_> = report
         .connections
         .iter()
         .filter(|c| c.direction == "outbound" && c.source.as_deref() == Some("direct"))
+        // The Nodes' addresses are said with their Node's name below.
+        .filter(|c| !node_targets.contains(&c.address))
         .filter(|c| {
             !c.reason
                 .as_deref()
                 .is_some_and(|reason| reason.contains(SELF_TARGET))
         })
         .collect();
-    if unreached.is_empty() {
+    if unreached.is_empty() && unreached_nodes.is_empty() {
         let established = report
             .connections
             .iter()
@@ -176,13 +189,14 @@ fn peers(report: &Report) -> Check {
             format!("every peer named is connected ({established} connections established)"),
         );
     }
-    let missing: Vec<String> = unreached
+    let mut missing: Vec<String> = unreached
         .iter()
         .map(|c| match &c.reason {
             Some(reason) => format!("{} {} ({reason})", c.address, c.state),
             None => format!("{} {}", c.address, c.state),
         })
         .collect();
+    missing.extend(unreached_nodes);
     check(
         "peers",
         true,
@@ -195,3 +209,73 @@ fn peers(report: &Report) -> Check {
 
 #[cfg(test)]
 mod tests;
+
+/// The Nodes the API lists (other than this router's) that no established connection reaches,
+/// each with why; and the addresses this router dials for the Nodes.
+fn unreached_nodes(report: &Report) -> (Vec<String>, BTreeSet<String>) {
+    let Some(kube) = &report.kube else {
+        return (Vec::new(), BTreeSet::new());
+    };
+    let established: Vec<_> = report
+        .connections
+        .iter()
+        .filter(|c| c.state == "established")
+        .collect();
+    let mut unreached = Vec::new();
+    let mut targets = BTreeSet::new();
+    for node in kube.nodes.iter().filter(|n| n.name != kube.node_name) {
+        let ips: Vec<IpAddr> = node
+            .internal_ips
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        // The address the router dials: the first IPv4 InternalIP, else the first.
+        let Some(ip) = ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()) else {
+            unreached.push(format!("Node {} (no InternalIP)", node.name));
+            continue;
+        };
+        let target = SocketAddr::new(*ip, report.port).to_string();
+        targets.insert(target.clone());
+        let reached = established.iter().any(|c| {
+            (c.peer.is_some() && c.peer == node.peer_name)
+                || c.address
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| ips.contains(&a.ip()))
+        });
+        if reached {
+            continue;
+        }
+        let why = report
+            .connections
+            .iter()
+            .find(|c| c.direction == "outbound" && c.address == target)
+            .map(|c| match &c.reason {
+                Some(reason) => format!("{} ({reason})", c.state),
+                None => c.state.clone(),
+            })
+            .unwrap_or_else(|| "not dialled yet".to_owned());
+        unreached.push(format!("Node {} {target} {why}", node.name));
+    }
+    (unreached, targets)
+}
+
+/// The Kubernetes API watch (with `--kube-peers`); report-only (see the module docs).
+fn kube(report: &Report) -> Option<Check> {
+    let kube = report.kube.as_ref()?;
+    let reason = match (kube.watching, &kube.error) {
+        (true, None) => format!(
+            "watching {} Nodes{}",
+            kube.nodes.len(),
+            if kube.leader { ", reclaim leader" } else { "" }
+        ),
+        (true, Some(error)) => format!(
+            "watching {} Nodes; API errors: {error} (this does not make the node unready)",
+            kube.nodes.len()
+        ),
+        (false, error) => format!(
+            "the Node watch is not established: {} (this does not make the node unready)",
+            error.as_deref().unwrap_or("starting")
+        ),
+    };
+    Some(check("kube", true, reason))
+}

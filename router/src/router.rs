@@ -1,7 +1,7 @@
 //! The router actor: one task owns the [`Mesh`] state machine and carries out its actions.
 //! Connection tasks, the accept loop and the HTTP API talk to it through [`Event`]s.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use weft_datapath::mac::Mac;
 use weft_gossip::PeerName;
 use weft_gossip::ipam::AllocKey;
 use weft_gossip::ipam::IPAM_CHANNEL;
-use weft_gossip::ipam::agreement::initial_peers;
+use weft_gossip::ipam::agreement::{InitialPeer, initial_peers};
 use weft_gossip::macs::{DEFAULT_TOMBSTONE_KEEP, MAC_CHANNEL};
 use weft_gossip::maker::Retry;
 use weft_gossip::mesh::{Action, ConnKey, Mesh, MeshConfig, NewConnection, RegisterError};
@@ -24,6 +24,7 @@ use weft_gossip::wire::ControlMsg;
 use crate::conn::{self, ConnParams};
 use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
 use crate::ipam::{CniFailure, IpamHost, Reply};
+use crate::kube::{KubeEvent, KubeShared};
 use crate::metrics::Metrics;
 use crate::portguard::{self, AttachmentKey, PortGuard};
 use crate::report::{self, Report};
@@ -59,6 +60,8 @@ pub enum Event {
     Api(ApiRequest),
     Dataplane(DataplaneEvent),
     Cni(CniRequest),
+    /// From the Kubernetes API task (`--kube-peers`).
+    Kube(KubeEvent),
 }
 
 /// The CNI plugin's requests (`cni_api`).
@@ -156,6 +159,34 @@ pub struct Planes {
     pub ipam: IpamHost,
     /// The pods' bridge-port guards (with a dataplane).
     pub ports: Option<PortGuard>,
+    /// With `--kube-peers`: the API task's view, for the report.
+    pub kube: Option<KubeShared>,
+}
+
+/// What the router keeps of the Kubernetes API task (`--kube-peers`).
+struct KubePeers {
+    shared: KubeShared,
+    /// The first Node list has arrived: until then no IPAM ring may be created.
+    listed: bool,
+    /// The targets the Node list added (not persisted: the API names them at every start).
+    targets: BTreeSet<String>,
+}
+
+/// The initial peers of the ring agreement: the operator-named targets (with `--kube-peers`
+/// those include the other Nodes), and, until the first Node list arrived, the list itself as
+/// one more peer not reached yet, so that no ring is created before the router knows the
+/// Nodes.
+fn ring_initial_peers(mesh: &Mesh, kube: Option<&KubePeers>, now: Instant) -> Vec<InitialPeer> {
+    let mut initial = initial_peers(mesh.name(), &mesh.targets(now), |a| mesh.target_peer(a));
+    if let Some(kube) = kube.filter(|k| !k.listed) {
+        let why = kube
+            .shared
+            .report()
+            .error
+            .unwrap_or_else(|| "not listed yet".to_owned());
+        initial.push(InitialPeer::unreached("the Kubernetes Node list", why));
+    }
+    initial
 }
 
 /// An echo in flight: when it left, to whom, and who waits for the answer.
@@ -188,6 +219,7 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Mesh counters already pushed to Prometheus.
     terminations_seen: u64,
+    kube: Option<KubePeers>,
 }
 
 impl Router {
@@ -202,6 +234,7 @@ impl Router {
             dataplane,
             ipam,
             ports,
+            kube,
         }: Planes,
     ) -> Self {
         let now = Instant::now();
@@ -224,10 +257,13 @@ impl Router {
         mesh.add_direct(&initial_targets, now, &mut out);
         // Before anything can ask IPAM for an address: a router told about peers must not look
         // like a lone host even for one step.
+        let kube = kube.map(|shared| KubePeers {
+            shared,
+            listed: false,
+            targets: BTreeSet::new(),
+        });
         let mut ipam = ipam;
-        ipam.set_initial_peers(initial_peers(mesh.name(), &mesh.targets(now), |a| {
-            mesh.target_peer(a)
-        }));
+        ipam.set_initial_peers(ring_initial_peers(&mesh, kube.as_ref(), now));
         let metrics = params.metrics.clone();
         let mut router = Router {
             mesh,
@@ -243,6 +279,7 @@ impl Router {
             pings: HashMap::new(),
             metrics,
             terminations_seen: 0,
+            kube,
         };
         router.execute(out);
         router
@@ -356,6 +393,40 @@ impl Router {
             Event::Api(request) => self.api(request, now, out),
             Event::Dataplane(event) => self.dataplane_event(event, now, out),
             Event::Cni(request) => self.cni(request, now, out),
+            Event::Kube(event) => self.kube_event(event, now, out),
+        }
+    }
+
+    /// The Node list changed: dial the new Nodes, forget the ones that are gone (only targets
+    /// the list added: an operator's `--peers` or `weft connect` stay).
+    fn kube_event(&mut self, event: KubeEvent, now: Instant, out: &mut Vec<Action>) {
+        let Some(kube) = self.kube.as_mut() else {
+            return;
+        };
+        match event {
+            KubeEvent::Targets {
+                connect,
+                forget,
+                listed,
+            } => {
+                let direct = self.mesh.direct_targets();
+                let new: Vec<String> = connect
+                    .into_iter()
+                    .filter(|t| !direct.contains(t))
+                    .collect();
+                for target in &forget {
+                    if kube.targets.remove(target) {
+                        self.mesh.forget(target, out);
+                    }
+                }
+                if !new.is_empty() {
+                    tracing::info!(targets = ?new, "peers from the Node list");
+                    kube.targets.extend(new.iter().cloned());
+                    self.mesh.add_direct(&new, now, out);
+                    self.mesh.tick(now, out);
+                }
+                kube.listed |= listed;
+            }
         }
     }
 
@@ -554,9 +625,7 @@ impl Router {
     fn ipam_step(&mut self, now: Instant, touched: bool, out: &mut Vec<Action>) {
         if self.ipam.needs_ring() {
             // Whether a ring may be created depends on the peers we were told about.
-            let initial = initial_peers(self.mesh.name(), &self.mesh.targets(now), |a| {
-                self.mesh.target_peer(a)
-            });
+            let initial = ring_initial_peers(&self.mesh, self.kube.as_ref(), now);
             self.ipam.set_initial_peers(initial);
         }
         let outbox = self.ipam.step(now, touched);
@@ -695,6 +764,7 @@ impl Router {
                 let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
                 report.mesh_admission = self.params.mesh_port.report();
                 report.store = Some(self.store.report(now));
+                report.kube = self.kube.as_ref().map(|k| k.shared.report());
                 let _ = reply.send(report);
             }
             ApiRequest::IpamCheck { reply } => {
@@ -770,7 +840,12 @@ impl Router {
                 }
                 Action::TargetsChanged => {
                     self.update_known_addresses();
-                    if let Err(e) = self.store.set_targets(&self.mesh.direct_targets()) {
+                    // The Node list's targets are not persisted: the API names them again.
+                    let mut targets = self.mesh.direct_targets();
+                    if let Some(kube) = &self.kube {
+                        targets.retain(|t| !kube.targets.contains(t));
+                    }
+                    if let Err(e) = self.store.set_targets(&targets) {
                         tracing::warn!(error = %e, "cannot persist peer list");
                     }
                 }

@@ -29,6 +29,7 @@ mod capture;
 mod checks;
 mod cmd;
 pub mod cni;
+pub mod fakeapi;
 mod faults;
 pub mod kubelet;
 mod metrics;

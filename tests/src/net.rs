@@ -96,7 +96,8 @@ impl Net {
     /// Adds a host to the switch and returns its id.
     pub fn add_host(&mut self) -> anyhow::Result<HostId> {
         let id = self.hosts.len() + 1;
-        ensure!(id < 255, "a Net has at most 254 hosts");
+        // .250 and up are for services (the fake API server).
+        ensure!(id < 250, "a Net has at most 249 hosts");
         let ns = format!("{}h{id}", self.prefix);
         let switch_ns = self.switch_ns.clone().context("switch is gone")?;
         let switch_port = format!("v{id}");
@@ -154,6 +155,52 @@ impl Net {
         )?;
         ip_in(&ns, &["link", "set", "eth0", "up"])?;
         Ok(id)
+    }
+
+    /// Adds a namespace for a service (not a host: no router, not in `host_ids`) on the
+    /// switch, with `address`, and returns its name. Its owner deletes it (the switch port
+    /// goes with the Net). `tag` names it (`{prefix}{tag}`) and its switch port (`s{tag}`).
+    pub(crate) fn add_service_namespace(
+        &self,
+        tag: &str,
+        address: Ipv4Addr,
+    ) -> anyhow::Result<String> {
+        let ns = format!("{}{tag}", self.prefix);
+        let switch_ns = self.switch_ns.clone().context("switch is gone")?;
+        let switch_port = format!("s{tag}");
+        add_namespace(&ns)?;
+        ip_in(
+            &switch_ns,
+            &[
+                "link",
+                "add",
+                &switch_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        )?;
+        ip_in(
+            &switch_ns,
+            &["link", "set", &switch_port, "master", "br0", "up"],
+        )?;
+        ip_in(&ns, &["link", "set", "lo", "up"])?;
+        ip_in(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{address}/{SUBNET_BITS}"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        Ok(ns)
     }
 
     /// Host ids, `1..=n`.

@@ -200,3 +200,53 @@ fn every_failing_check_is_listed() {
     assert_eq!(json["checks"][0]["name"], "ipam");
     assert_eq!(json["checks"][0]["ok"], false);
 }
+
+fn with_nodes(mut report: Value) -> Value {
+    report["kube"] = json!({
+        "node_name": "one", "watching": true, "error": null, "leader": false,
+        "nodes": [
+            {"name": "one", "internal_ips": ["10.0.0.1"], "peer_name": "aa:00:00:00:00:01"},
+            {"name": "two", "internal_ips": ["10.0.0.2"], "peer_name": "aa:00:00:00:00:02"},
+            {"name": "three", "internal_ips": ["10.0.0.3"], "peer_name": null},
+            {"name": "four", "internal_ips": []}
+        ]
+    });
+    report["connections"].as_array_mut().unwrap().push(
+        json!({"direction": "outbound", "address": "10.0.0.3:6783", "state": "retrying",
+            "reason": "connection refused", "source": "direct"}),
+    );
+    report
+}
+
+#[test]
+fn listed_nodes_not_reached_are_named_with_why_but_keep_the_node_ready() {
+    let readiness = decide_json(with_nodes(ready()));
+    assert!(readiness.ready, "{readiness:?}");
+    let peers = &readiness.checks[3].reason;
+    assert!(
+        peers.contains("Node three 10.0.0.3:6783 retrying (connection refused)"),
+        "{peers}"
+    );
+    assert!(peers.contains("Node four (no InternalIP)"), "{peers}");
+    assert!(!peers.contains("two"), "node two is connected: {peers}");
+    assert_eq!(peers.matches("10.0.0.3").count(), 1, "said once: {peers}");
+    let kube = &readiness.checks[4];
+    assert_eq!((kube.name.as_str(), kube.ok), ("kube", true));
+    assert!(kube.reason.contains("watching 4 Nodes"), "{}", kube.reason);
+}
+
+#[test]
+fn a_watch_that_is_not_established_is_said_and_does_not_make_the_node_unready() {
+    let mut report = with_nodes(ready());
+    report["kube"]["watching"] = json!(false);
+    report["kube"]["error"] = json!("watch_nodes: nodes is forbidden");
+    let readiness = decide_json(report);
+    assert!(readiness.ready);
+    assert!(
+        readiness.checks[4]
+            .reason
+            .contains("not established: watch_nodes: nodes is forbidden"),
+        "{}",
+        readiness.checks[4].reason
+    );
+}
