@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
+use weft_tests::fakeapi::{FakeApi, FakeApiOpts};
 use weft_tests::kubelet::{self, Node, NodeOpts};
-use weft_tests::{HostId, Net, require_root};
+use weft_tests::{HostId, Net, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const NAMESPACE: &str = "kube-system";
@@ -221,4 +222,378 @@ fn a_security_context_that_cannot_open_the_tap_or_set_sysctls_fails_the_router()
         node.stop()?;
     }
     Ok(())
+}
+
+// --- the acceptance test: three nodes from the (fake) API, chart defaults --------------------
+
+/// The router's report (`/report` on the chart's status address, in the host's netns).
+fn report(net: &Net, i: HostId) -> anyhow::Result<Value> {
+    let out = net.exec(i, &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:6784/report"])?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// `/readyz` on the chart's status address: (ready, body).
+fn readyz(net: &Net, i: HostId) -> anyhow::Result<(bool, String)> {
+    let out = net.exec_output(
+        i,
+        &["curl", "-s", "--max-time", "8", "http://127.0.0.1:6784/readyz"],
+    )?;
+    let body: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("/readyz: not JSON: {}{}", out.stdout, out.stderr))?;
+    Ok((body["ready"] == true, out.stdout))
+}
+
+/// A metric's value summed over its series, from the metrics listener (chart default
+/// 0.0.0.0:6782).
+fn metric(net: &Net, i: HostId, name: &str) -> anyhow::Result<f64> {
+    let text = net.exec(i, &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:6782/metrics"])?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.split(|c| c == '{' || c == ' ').next() == Some(name)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Established, encrypted connections to every other listed node's router.
+fn mesh_complete(net: &Net, i: HostId, others: usize) -> anyhow::Result<bool> {
+    let r = report(net, i)?;
+    let conns: Vec<&Value> = r["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] == "established")
+        .collect();
+    ensure!(
+        conns.iter().all(|c| c["encrypted"] == true),
+        "host{i}: an unencrypted connection: {conns:?}"
+    );
+    ensure!(
+        conns.len() == others,
+        "host{i}: {} established connections, want {others}: {}",
+        conns.len(),
+        r["connections"]
+    );
+    Ok(true)
+}
+
+/// The IPAM owners (peer names) host `i`'s router sees.
+fn ipam_owners(net: &Net, i: HostId) -> anyhow::Result<Vec<String>> {
+    let r = report(net, i)?;
+    Ok(r["ipam"]["owners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["peer"].as_str().map(str::to_owned))
+        .collect())
+}
+
+struct Pod {
+    host: HostId,
+    ip: String,
+    netns: String,
+}
+
+fn run_pod(node: &Node, name: &str) -> anyhow::Result<Pod> {
+    let pod = node.containerd().cri(&["run", name, "--namespace", "e2e"])?;
+    ensure!(pod["state"] == "SANDBOX_READY", "{}: {pod}", node.name);
+    Ok(Pod {
+        host: node.host,
+        ip: pod["ip"].as_str().context("no ip")?.to_owned(),
+        netns: pod["netns"].as_str().context("no netns")?.to_owned(),
+    })
+}
+
+fn ping(from: &Pod, to: &Pod) -> anyhow::Result<()> {
+    let out = weft_tests::cni::nsenter_output(
+        std::path::Path::new(&from.netns),
+        &["ping", "-c", "1", "-W", "2", &to.ip],
+    )?;
+    ensure!(
+        out.success(),
+        "pod on host{} cannot ping {} (host{}): {}{}",
+        from.host,
+        to.ip,
+        to.host,
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
+fn all_ping(pods: &[Pod]) -> anyhow::Result<bool> {
+    for a in pods {
+        for b in pods {
+            if a.ip != b.ip {
+                ping(a, b)?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[test]
+fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut net = Net::new(WEFT, 3)?;
+    let image = kubelet::image()?;
+    // The chart's defaults (kubePeers on, no `peers`), the locally built image, the password
+    // from a Secret the operator made.
+    let manifest = kubelet::render_chart(
+        &net.dir().join("defaults.yaml"),
+        NAMESPACE,
+        None,
+        &[
+            ("image.repository", &image.repository),
+            ("image.tag", &image.tag),
+            ("password.existingSecret", PASSWORD_SECRET),
+        ],
+    )?;
+    let api = FakeApi::start_on(
+        &net,
+        kubelet::fake_apiserver()?,
+        FakeApiOpts {
+            rbac: Some(manifest.clone()),
+            ..FakeApiOpts::default()
+        },
+    )?;
+    for i in net.host_ids() {
+        api.add_node(&format!("node-{i}"), net.address(i))?;
+    }
+    let opts = |i: HostId| {
+        let mut o = node_opts(&manifest);
+        o.node_name = Some(format!("node-{i}"));
+        o.service_account_dir = Some(api.service_account_dir());
+        o.api_server = Some(format!("{}:{}", api.address(), api.port()));
+        let _ = i;
+        o
+    };
+
+    // node-1 alone: the API lists three Nodes, so its IPAM ring and mesh are not there yet
+    // and /readyz says so (the kubelet's readiness probe too), while /healthz is fine.
+    let mut nodes = vec![Node::start(&net, 1, &opts(1))?];
+    nodes[0].wait_container(&net, "weft", "the router started (startup probe passed)", POD_START, |c| {
+        Ok(c["started"] == true && c["probes"]["readinessProbe"]["total"].as_u64().unwrap_or(0) >= 1)
+    })?;
+    let (ready, body) = readyz(&net, 1)?;
+    ensure!(!ready, "node-1 alone is ready: {body}");
+    eprintln!("node-1 alone, /readyz: {body}");
+    let c = nodes[0].container("weft")?;
+    ensure!(c["ready"] == false, "the kubelet has node-1 ready alone: {c}");
+
+    // The other two: every router becomes ready, on one encrypted mesh, with no `peers`.
+    nodes.push(Node::start(&net, 2, &opts(2))?);
+    nodes.push(Node::start(&net, 3, &opts(3))?);
+    for node in &mut nodes {
+        node.wait_container(&net, "weft", "the router container is ready", POD_START, |c| {
+            Ok(c["ready"] == true)
+        })?;
+    }
+    for i in net.host_ids() {
+        net.wait_until(&format!("host{i}: encrypted mesh to both others"), SETTLE, || {
+            mesh_complete(&net, i, 2)
+        })?;
+        let (ready, body) = readyz(&net, i)?;
+        ensure!(ready, "host{i}: /readyz: {body}");
+        // The readiness history: not ready first (node-1), then ready.
+        let c = nodes[i - 1].container("weft")?;
+        let history = c["readiness_history"].as_array().context("no readiness history")?;
+        ensure!(
+            history.last().is_some_and(|h| h["ready"] == true),
+            "host{i}: {history:?}"
+        );
+    }
+    let first = nodes[0].container("weft")?;
+    let history = first["readiness_history"].as_array().context("no history")?;
+    ensure!(
+        history.first().is_some_and(|h| h["ok"] == false),
+        "node-1's first readiness probe passed: {history:?}"
+    );
+    // NetworkUnavailable False on every Node, set by its router.
+    for i in net.host_ids() {
+        let name = format!("node-{i}");
+        net.wait_until(&format!("{name}: NetworkUnavailable False"), SETTLE, || {
+            let node = api.node(&name)?;
+            let cond = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "NetworkUnavailable")
+                .cloned()
+                .with_context(|| format!("no NetworkUnavailable condition: {node}"))?;
+            ensure!(cond["status"] == "False", "{cond}");
+            ensure!(cond["reason"] == "WeftIsUp", "{cond}");
+            Ok(true)
+        })?;
+    }
+
+    // Pods through the CRI on every node: unique addresses, all reach each other.
+    let mut pods = Vec::new();
+    for node in &nodes {
+        pods.push(run_pod(node, &format!("pod-{}", node.name))?);
+    }
+    let mut ips: Vec<&str> = pods.iter().map(|p| p.ip.as_str()).collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ensure!(ips.len() == pods.len(), "pod addresses not unique: {ips:?}");
+    net.wait_until("every pod pings every other", SETTLE, || all_ping(&pods))?;
+
+    // A rolling restart of the routers, one node at a time: a ping between pods on the two
+    // other nodes keeps flowing meanwhile.
+    for restart in 0..nodes.len() {
+        let (a, b) = match restart {
+            0 => (1, 2),
+            1 => (0, 2),
+            _ => (0, 1),
+        };
+        let pinger = net.spawn_in_host(
+            pods[a].host,
+            &[
+                "nsenter",
+                &format!("--net={}", pods[a].netns),
+                "ping",
+                "-n",
+                "-O",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &pods[b].ip,
+            ],
+        )?;
+        let node = &mut nodes[restart];
+        let before = node.state()?["pod"]["uid"].clone();
+        node.control("delete-pod", &[])?;
+        node.control("create-pod", &[])?;
+        node.wait_container(&net, "weft", "the restarted router is ready", POD_START, |c| {
+            Ok(c["ready"] == true)
+        })?;
+        ensure!(node.state()?["pod"]["uid"] != before, "the pod was not replaced");
+        let out = pinger.stop()?;
+        let text = out.stdout.clone();
+        let (sent, received) = ping_counts(&text);
+        eprintln!(
+            "rolling restart of {}: pod ping host{} -> host{}: {received}/{sent} replies",
+            node.name, pods[a].host, pods[b].host
+        );
+        ensure!(
+            sent >= 5 && received + 1 >= sent,
+            "the ping between the other nodes stopped flowing: {text}"
+        );
+    }
+    net.wait_until("every pod pings every other after the rolling restart", SETTLE, || {
+        all_ping(&pods)
+    })?;
+
+    // A Node deleted from the API (its machine gone): exactly one router reclaims its space.
+    let gone = nodes.pop().context("three nodes")?;
+    let gone_name = report(&net, 3)?["name"].as_str().context("no name")?.to_owned();
+    gone.stop()?;
+    net.exec(3, &["ip", "link", "set", "eth0", "down"])?;
+    api.delete_node("node-3")?;
+    net.wait_until("node-3's address space reclaimed by one router", SETTLE * 2, || {
+        for i in [1, 2] {
+            let owners = ipam_owners(&net, i)?;
+            ensure!(
+                !owners.contains(&gone_name),
+                "host{i} still sees {gone_name} as an owner: {owners:?}"
+            );
+        }
+        Ok(true)
+    })?;
+    let reclaims = metric(&net, 1, "weft_kube_reclaims_total")? + metric(&net, 2, "weft_kube_reclaims_total")?;
+    ensure!(reclaims == 1.0, "{reclaims} reclaims, want exactly 1");
+
+    // A fourth Node joins: its router meets the others through the API, its pod reaches theirs.
+    let four = net.add_host()?;
+    api.add_node(&format!("node-{four}"), net.address(four))?;
+    let mut node4 = Node::start(&net, four, &opts(four))?;
+    node4.wait_container(&net, "weft", "node-4's router is ready", POD_START, |c| {
+        Ok(c["ready"] == true)
+    })?;
+    for i in [1, 2, four] {
+        net.wait_until(&format!("host{i}: mesh of three"), SETTLE, || mesh_complete(&net, i, 2))?;
+    }
+    pods.truncate(2);
+    pods.push(run_pod(&node4, "pod-node-4")?);
+    net.wait_until("the pods of nodes 1, 2 and 4 ping each other", SETTLE, || all_ping(&pods))?;
+
+    // Uninstall: the pods go, then `weft reset` on each node leaves nothing of weft behind.
+    nodes.push(node4);
+    for node in &mut nodes {
+        for p in node.containerd().cri(&["list"])?.as_array().into_iter().flatten() {
+            let id = p["id"].as_str().context("no id")?;
+            if p["namespace"] == "e2e" {
+                node.containerd().cri(&["stop", id])?;
+                node.containerd().cri(&["remove", id])?;
+            }
+        }
+        node.stop_kubelet()?;
+        reset_node(&net, node)?;
+    }
+    for node in nodes {
+        node.stop()?;
+    }
+    drop(api);
+    Ok(())
+}
+
+/// `weft reset` on a node with the router gone, as the README says to run it by hand (the
+/// image on the host network, the host's directories mounted): here the same binary in the
+/// host's netns, pointed at the node's directories. Then nothing of weft is left.
+fn reset_node(net: &Net, node: &Node) -> anyhow::Result<()> {
+    let i = node.host;
+    let root = node.root.display().to_string();
+    let out = net.exec_output(
+        i,
+        &[
+            WEFT,
+            "reset",
+            "--cni-conf-dir",
+            &format!("{root}/etc/cni/net.d"),
+            "--cni-bin-dir",
+            &format!("{root}/opt/cni/bin"),
+            "--data-dir",
+            &format!("{root}/var/lib/weft"),
+            "--cni-socket",
+            &format!("{root}/run/weft/cni.sock"),
+        ],
+    )?;
+    ensure!(
+        out.success(),
+        "{}: weft reset: {}{}",
+        node.name,
+        out.stdout,
+        out.stderr
+    );
+    ensure!(
+        !node.cni.conf_dir.join("10-weft.conflist").exists(),
+        "{}: the conflist is left",
+        node.name
+    );
+    ensure!(!node.cni.plugin.exists(), "{}: weft-cni is left", node.name);
+    let links = net.exec(i, &["ip", "-o", "link", "show"])?;
+    ensure!(
+        !links.contains(" weft:") && !links.contains("weft-tap"),
+        "{}: links left: {links}",
+        node.name
+    );
+    let tables = net.exec(i, &["nft", "list", "tables"])?;
+    ensure!(
+        !tables.lines().any(|l| l.trim().ends_with(" weft")),
+        "{}: nftables tables left: {tables}",
+        node.name
+    );
+    Ok(())
+}
+
+/// (sent, answered) from `ping -O`'s lines (it gets SIGTERM, so there is no summary): one
+/// "bytes from" per reply, one "no answer yet" per request unanswered after `-W`.
+fn ping_counts(text: &str) -> (u64, u64) {
+    let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u64;
+    let lost = text.lines().filter(|l| l.contains("no answer yet")).count() as u64;
+    (replies + lost, replies)
 }

@@ -101,6 +101,25 @@ fn build_image() -> anyhow::Result<Image> {
     Ok(image)
 }
 
+/// The `weft-fake-apiserver` binary (`weft_tests::fakeapi::binary`), built once when missing
+/// (other crates' test targets do not build the tests crate's binaries).
+pub fn fake_apiserver() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = crate::fakeapi::binary() {
+        return Ok(path);
+    }
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .args(["build", "-p", "weft-tests", "--bin", "weft-fake-apiserver"])
+        .current_dir(repo_root());
+    let out = cmd::run_with_timeout(&mut command, IMAGE_TIMEOUT)?;
+    ensure!(
+        out.success(),
+        "cargo build weft-fake-apiserver: {}",
+        out.stderr
+    );
+    crate::fakeapi::binary()
+}
+
 /// helm from the tool cache (`scripts/check-chart.sh` fetches it: run it once when missing).
 pub fn helm() -> anyhow::Result<&'static Path> {
     static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
