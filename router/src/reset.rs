@@ -411,11 +411,11 @@ pub fn run(args: &ResetArgs) -> anyhow::Result<()> {
                 eprintln!("weft reset: {why}{waited}");
                 std::process::exit(EXIT_ROUTER_RUNNING);
             }
-            WaitStep::Wait(why) => {
+            WaitStep::Wait(_) => {
                 if !said {
                     println!(
-                        "waiting up to {}s for the router to stop: {why}",
-                        left.as_secs()
+                        "a weft router still runs on this node: waiting up to {}s for it to stop",
+                        left.as_secs().max(1)
                     );
                     said = true;
                 }

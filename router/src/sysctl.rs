@@ -93,14 +93,22 @@ pub fn plan(current: Option<&str>, wanted: &str) -> Step {
 
 /// A sysctl that could not be set, with what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set {name}={value} (through {path}): {reason}. {fix}")]
-pub struct SysctlError {
+#[error("cannot set {}={} (through {}): {}. {}", .0.sysctl.name(), .0.value, .0.path, .0.reason, .0.fix)]
+pub struct SysctlError(Box<Failure>);
+
+#[derive(Debug)]
+pub struct Failure {
     pub sysctl: Sysctl,
-    pub name: String,
     pub value: String,
     pub path: String,
     pub reason: String,
     pub fix: String,
+}
+
+impl SysctlError {
+    pub fn sysctl(&self) -> Sysctl {
+        self.0.sysctl
+    }
 }
 
 /// How to fix a failed read or write of `sysctl` through `dir`.
@@ -144,13 +152,14 @@ pub fn fix_for(sysctl: Sysctl, dir: &Path, error: Option<&io::Error>) -> String 
 
 /// Sets `sysctl` to `value` unless it already is. `Ok(false)`: it does not exist here.
 pub fn ensure(dir: &ProcSysNet, sysctl: Sysctl, value: &str) -> Result<bool, SysctlError> {
-    let fail = |e: Option<&io::Error>| SysctlError {
-        sysctl,
-        name: sysctl.name(),
-        value: value.to_owned(),
-        path: dir.path(sysctl).display().to_string(),
-        reason: e.map_or_else(|| "it does not exist".to_owned(), |e| e.to_string()),
-        fix: fix_for(sysctl, &dir.root, e),
+    let fail = |e: Option<&io::Error>| {
+        SysctlError(Box::new(Failure {
+            sysctl,
+            value: value.to_owned(),
+            path: dir.path(sysctl).display().to_string(),
+            reason: e.map_or_else(|| "it does not exist".to_owned(), |e| e.to_string()),
+            fix: fix_for(sysctl, &dir.root, e),
+        }))
     };
     let current = dir.read(sysctl).map_err(|e| fail(Some(&e)))?;
     match plan(current.as_deref(), value) {
@@ -168,14 +177,13 @@ pub fn ensure_present(dir: &ProcSysNet, sysctl: Sysctl, value: &str) -> Result<(
     if ensure(dir, sysctl, value)? {
         return Ok(());
     }
-    Err(SysctlError {
+    Err(SysctlError(Box::new(Failure {
         sysctl,
-        name: sysctl.name(),
         value: value.to_owned(),
         path: dir.path(sysctl).display().to_string(),
         reason: "it does not exist".to_owned(),
         fix: fix_for(sysctl, &dir.root, None),
-    })
+    })))
 }
 
 /// The router's sysctls at start: `net.ipv4.ip_forward=1` (an error if it cannot be set: pods
@@ -195,7 +203,7 @@ pub fn apply_for_router(
             .set(i64::from(failed));
     };
     if let Err(e) = ensure_present(dir, IP_FORWARD, "1") {
-        mark(IP_FORWARD, true);
+        mark(e.sysctl(), true);
         return Err(e);
     }
     mark(IP_FORWARD, false);
@@ -210,7 +218,7 @@ pub fn apply_for_router(
                 );
             }
             Err(e) => {
-                mark(BRIDGE_NF_CALL_IPTABLES, true);
+                mark(e.sysctl(), true);
                 tracing::warn!(error = %e, "pod-to-Service traffic between pods on this node may bypass kube-proxy");
             }
         }
@@ -326,7 +334,7 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("ipv4/ip_forward"), "{msg}");
-        assert_eq!(err.sysctl, IP_FORWARD);
+        assert_eq!(err.sysctl(), IP_FORWARD);
     }
 
     #[test]

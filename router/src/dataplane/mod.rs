@@ -273,6 +273,26 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A failure to make the TAP device, with what usually causes it in a container and the fix.
+pub fn tap_error(name: &str, e: io::Error) -> io::Error {
+    let fix = match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => {
+            ": no /dev/net/tun here: load the tun module on the host, and in a container mount \
+             the host's /dev/net/tun (the chart does, as a hostPath CharDevice)"
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            ": the router needs CAP_NET_ADMIN, and a container's device rules must allow the tun \
+             device (c 10:200; containerd's defaults do): otherwise run it privileged (chart \
+             value privileged: true)"
+        }
+        _ => "",
+    };
+    io::Error::new(
+        e.kind(),
+        format!("cannot create the TAP device {name} through /dev/net/tun: {e}{fix}"),
+    )
+}
+
 impl Dataplane {
     /// Sets up the bridge and its TAP port, binds the UDP port, and starts the threads.
     pub fn start(
@@ -299,7 +319,7 @@ impl Dataplane {
             })?;
         let tap_name = format!("{bridge}{TAP_NAME_SUFFIX}");
         hostnet::ensure_bridge(bridge, mtu)?;
-        let tap = Tap::create(&tap_name, true)?;
+        let tap = Tap::create(&tap_name, true).map_err(|e| tap_error(&tap_name, e))?;
         let offloads = match tap.enable_offloads() {
             Ok(_) => true,
             Err(e) => {
@@ -826,5 +846,32 @@ impl Outbox {
             }
         }
         self.used = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tap_failure_names_the_device_and_the_fix() {
+        let denied = tap_error("weft-tap", io::Error::from_raw_os_error(libc::EPERM));
+        let msg = denied.to_string();
+        assert!(
+            msg.starts_with("cannot create the TAP device weft-tap through /dev/net/tun"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("CAP_NET_ADMIN") && msg.contains("privileged: true"),
+            "{msg}"
+        );
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        let missing = tap_error("weft-tap", io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(
+            missing.to_string().contains("hostPath CharDevice"),
+            "{missing}"
+        );
+        let other = tap_error("weft-tap", io::Error::from_raw_os_error(libc::EBUSY));
+        assert!(!other.to_string().contains("privileged"), "{other}");
     }
 }
