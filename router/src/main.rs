@@ -159,9 +159,23 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The Kubernetes client libraries' own lines, off unless the filter names them: they log
+/// every failed request (an API outage would flood the log); weft logs the same errors itself,
+/// rate-limited, and counts them (`weft_kube_api_errors_total`).
+const QUIET_LIBRARIES: [&str; 2] = ["kube_client=off", "kube_runtime=off"];
+
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| {
+            let mut directives = level.to_owned();
+            if !level.contains("kube") {
+                for quiet in QUIET_LIBRARIES {
+                    directives.push(',');
+                    directives.push_str(quiet);
+                }
+            }
+            tracing_subscriber::EnvFilter::try_new(directives)
+        })
         .context("invalid --log-level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -299,6 +299,7 @@ fn list_watch_and_patch_over_https() {
     assert!(log.iter().any(|r| r.method == "PATCH"
         && r.path == "/api/v1/nodes/n1/status"
         && r.status == 200
+        && r.content_type.as_deref() == Some("application/strategic-merge-patch+json")
         && r.user.as_deref() == Some("system:serviceaccount:kube-system:weft")));
     assert!(
         log.windows(2)
@@ -560,6 +561,9 @@ fn tokens_and_rbac_from_rendered_manifests() {
     let token = Some(api.token());
 
     assert_eq!(curl(&api, None, "GET", "/api/v1/nodes", None).code, 401);
+    let version = curl(&api, None, "GET", "/version", None);
+    assert_eq!(version.code, 200);
+    assert_eq!(version.json()["major"], "1");
     assert_eq!(
         curl(&api, Some("wrong"), "GET", "/api/v1/nodes", None).code,
         401
@@ -576,6 +580,23 @@ fn tokens_and_rbac_from_rendered_manifests() {
     assert_eq!(
         curl(&api, token, "PATCH", "/api/v1/nodes/x/status", merge).code,
         200
+    );
+    let create = Some(("application/json", json!({"metadata": {"name": "new"}})));
+    assert_eq!(
+        curl(&api, token, "POST", "/api/v1/nodes", create.clone()).code,
+        403,
+        "creating Nodes is kubelet's business"
+    );
+    assert_eq!(
+        curl(
+            &api,
+            Some(api.admin_token()),
+            "POST",
+            "/api/v1/nodes",
+            create
+        )
+        .code,
+        201
     );
     let denied = curl(&api, token, "DELETE", "/api/v1/nodes/x", None);
     assert_eq!(denied.code, 403);
@@ -642,6 +663,15 @@ fn tokens_and_rbac_from_rendered_manifests() {
         .code,
         200
     );
+    // An outage cuts open watches and fails everything until it ends.
+    api.add_node("y", [10, 77, 0, 2]).unwrap();
+    let watch = Stream::start(&api, "/api/v1/nodes?watch=1&timeoutSeconds=60", "outage");
+    watch.wait_for("the synthetic ADDED", |e| !e.is_empty());
+    api.set_outage(true).unwrap();
+    watch.wait_closed();
+    assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 503);
+    api.set_outage(false).unwrap();
+    assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 200);
     // Injected failures, then normal service again.
     api.fail_next(2, 429).unwrap();
     assert_eq!(curl(&api, token, "GET", "/api/v1/nodes", None).code, 429);

@@ -211,6 +211,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ApiError>
             .await
             .map_err(|e| ApiError::new(Op::Connect, Reason::Config, e.to_string()))?,
     };
+    // weft retries itself, with its own backoff, counting and rate-limited logs; the client's
+    // retry of 429/503/504 (15 tries, up to minutes apart) would hold a call through an outage.
+    let mut config = config;
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| ApiError::from_kube(Op::Connect, &e))
 }
 
@@ -374,6 +378,12 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .as_ref()
         .and_then(|a| a.get(PEER_NAME_ANNOTATION))
         .cloned();
+    info.os = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/os"))
+        .cloned();
     info.network_unavailable = condition("NetworkUnavailable");
     info.ready = condition("Ready");
     info
@@ -402,7 +412,8 @@ mod tests {
     #[test]
     fn a_node_object_becomes_node_info() {
         let node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "b", "annotations": {"weft.dev/peer-name": "aa:00:00:00:00:02"}},
+            "metadata": {"name": "b", "annotations": {"weft.dev/peer-name": "aa:00:00:00:00:02"},
+                         "labels": {"kubernetes.io/os": "linux"}},
             "status": {
                 "addresses": [
                     {"type": "Hostname", "address": "b"},
@@ -428,6 +439,7 @@ mod tests {
         );
         assert_eq!(info.peer_annotation.as_deref(), Some("aa:00:00:00:00:02"));
         assert_eq!((info.ready, info.network_unavailable), (Some(true), None));
+        assert_eq!(info.os.as_deref(), Some("linux"));
     }
 
     #[test]

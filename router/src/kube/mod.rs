@@ -44,9 +44,6 @@ const ROUND: Duration = Duration::from_secs(2);
 /// Retries of a failed call: from this, doubling, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// After a watch error without a new list, the watch counts as established again once no error
-/// came for longer than the watcher's longest backoff.
-const WATCH_QUIET: Duration = Duration::from_secs(35);
 /// Log lines per kind of API error per minute.
 const LOG_BURST: u32 = 3;
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -196,7 +193,11 @@ struct Task {
     logs: LogLimiter<(Op, Reason)>,
     /// The last error of each operation, until it succeeds again.
     errors: BTreeMap<&'static str, String>,
+    /// A watch error since the last complete list.
     last_watch_error: Option<Instant>,
+    /// After a watch error the watch is started again (a new list) when this is due.
+    watch_retry: Retry,
+    restart_watch: bool,
     annotated: bool,
     annotate_retry: Retry,
     network_set: bool,
@@ -224,6 +225,8 @@ impl Task {
             logs: LogLimiter::new(LOG_BURST, LOG_INTERVAL, 32),
             errors: BTreeMap::new(),
             last_watch_error: None,
+            watch_retry: Retry::default(),
+            restart_watch: false,
             annotated: false,
             annotate_retry: Retry::default(),
             network_set: false,
@@ -238,16 +241,19 @@ impl Task {
         let mut round = tokio::time::interval(ROUND);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let restart_at = self.watch_retry.next;
             tokio::select! {
-                event = stream.next() => match event {
+                event = stream.next(), if !self.restart_watch => match event {
                     Some(Ok(event)) => self.node_event(event).await,
                     Some(Err(e)) => self.watch_failed(&e),
-                    None => {
-                        // The watcher never ends by itself; start it again if it does.
-                        self.metrics.kube.watch_restarts.inc();
-                        tokio::time::sleep(FIRST_BACKOFF).await;
-                        stream = api.node_events();
-                    }
+                    // The watcher never ends by itself; start it again if it does.
+                    None => self.restart_watch = true,
+                },
+                _ = tokio::time::sleep_until(restart_at.into()), if self.restart_watch => {
+                    // A new watcher: it lists first, so the Node set is exact again and a
+                    // complete list says the watch is back.
+                    self.restart_watch = false;
+                    stream = api.node_events();
                 },
                 _ = round.tick() => {
                     let view = self.router_view().await;
@@ -270,6 +276,7 @@ impl Task {
             }
             NodeEvent::InitDone => {
                 self.last_watch_error = None;
+                self.watch_retry.succeeded(Instant::now());
                 self.cleared(Op::WatchNodes);
             }
             NodeEvent::Applied(node) | NodeEvent::InitNode(node)
@@ -319,18 +326,21 @@ impl Task {
     fn watch_failed(&mut self, e: &ApiError) {
         self.last_watch_error = Some(Instant::now());
         if e.reason == Reason::Gone {
+            // Routine (etcd compaction): counted, not shown as an error; the watcher re-lists.
             tracing::info!("the Node watch expired (410 Gone): listing again");
+            self.count(e);
+            return;
         }
         self.failed(e);
+        // Started again after a backoff, with a new list: until that list is complete the
+        // watch is not established (which `/report` and `/readyz` say).
+        self.watch_retry.failed(Instant::now());
+        self.restart_watch = true;
     }
 
-    /// Whether the watch is established: listed, and no error since (or none for a while:
-    /// the watcher resumes without a new list after most errors).
+    /// Whether the watch is established: listed, and no error since the last complete list.
     fn watching(&self) -> bool {
-        self.nodes.listed()
-            && self
-                .last_watch_error
-                .is_none_or(|at| at.elapsed() >= WATCH_QUIET)
+        self.nodes.listed() && self.last_watch_error.is_none()
     }
 
     /// The router's report, as the view the decisions need.
@@ -487,6 +497,7 @@ impl Task {
             }
             match answer.await {
                 Ok(Ok(said)) => {
+                    self.departed.reclaimed(&peer);
                     self.metrics.kube.reclaims.inc();
                     tracing::info!(%peer, %node, result = %said, "reclaimed the address space of a deleted Node's peer");
                 }

@@ -28,6 +28,8 @@ pub struct NodeInfo {
     pub network_unavailable: Option<bool>,
     /// The `Ready` condition's status.
     pub ready: Option<bool>,
+    /// The `kubernetes.io/os` label, if set.
+    pub os: Option<String>,
 }
 
 impl NodeInfo {
@@ -38,6 +40,7 @@ impl NodeInfo {
             peer_annotation: None,
             network_unavailable: None,
             ready: None,
+            os: None,
         }
     }
 
@@ -49,8 +52,13 @@ impl NodeInfo {
     /// The address this router dials for the Node: its first IPv4 InternalIP (the mesh
     /// listens on IPv4 by default), else its first InternalIP, with the mesh port. One
     /// address per Node: two would be two connections to one peer, one of them refused as a
-    /// duplicate over and over.
+    /// duplicate over and over. None for a Node labelled with another OS than Linux (weft
+    /// runs on Linux only, and the chart selects `kubernetes.io/os: linux`): a peer that can
+    /// never answer must not be an initial peer the first ring waits for.
     pub fn target(&self, port: u16) -> Option<String> {
+        if self.os.as_deref().is_some_and(|os| os != "linux") {
+            return None;
+        }
         let ip = self
             .internal_ips
             .iter()
@@ -316,6 +324,11 @@ mod tests {
         let n = NodeInfo::new("b", &[ip("fd00::2")]);
         assert_eq!(n.target(7000).as_deref(), Some("[fd00::2]:7000"));
         assert_eq!(NodeInfo::new("b", &[]).target(6783), None);
+        let mut windows = NodeInfo::new("w", &[ip("10.0.0.9")]);
+        windows.os = Some("windows".into());
+        assert_eq!(windows.target(6783), None, "weft does not run there");
+        windows.os = Some("linux".into());
+        assert!(windows.target(6783).is_some());
     }
 
     #[test]

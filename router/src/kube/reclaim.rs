@@ -76,6 +76,12 @@ impl Departed {
             .collect()
     }
 
+    /// The leader reclaimed `peer`: nothing more to do for it (the ring's gossip tells the
+    /// others).
+    pub fn reclaimed(&mut self, peer: &PeerName) {
+        self.peers.remove(peer);
+    }
+
     /// The Node a departed name came from.
     pub fn node_of(&self, peer: &PeerName) -> Option<&str> {
         self.peers.get(peer).map(String::as_str)

@@ -306,6 +306,10 @@ async fn api_errors_are_counted_shown_and_retried_with_backoff() {
     // Backing off: the next round (at once) does not call again.
     task.round(&api, None).await;
     assert_eq!(api.calls().len(), 2);
+    // A broken watch is started again (a new list) after a backoff.
+    task.watch_failed(&ApiError::new(Op::WatchNodes, Reason::ServerError, "503"));
+    assert!(task.restart_watch);
+    assert!(task.shared.report().error.is_some());
     // A watch 410 is shown until the re-list completes.
     task.watch_failed(&ApiError::new(
         Op::WatchNodes,

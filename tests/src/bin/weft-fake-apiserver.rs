@@ -42,6 +42,10 @@ struct Args {
     /// Between two BOOKMARK events of a watch that asked for them.
     #[arg(long, default_value_t = 5000)]
     bookmark_interval_ms: u64,
+    /// Exit when standard input closes: the test that started the server holds the other end,
+    /// so a killed test leaves no server behind.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 fn read_rbac(path: &PathBuf) -> anyhow::Result<Rbac> {
@@ -55,6 +59,12 @@ fn read_rbac(path: &PathBuf) -> anyhow::Result<Rbac> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
     let mut tokens = HashMap::new();
     for pair in &args.tokens {
         let Some((token, user)) = pair.split_once('=') else {

@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::patch::{self, PatchError, PatchType};
 use super::rbac::Attributes;
 use super::resource::Resource;
+use super::selector::Selector;
 use super::status::ApiError;
 use super::store::{Key, Part, Store, Watch, WatchStart};
 
@@ -89,16 +90,12 @@ impl Request {
             ("GET", None) if watching => Verb::Watch,
             ("GET", None) => Verb::List,
             ("GET", Some(_)) => Verb::Get,
-            ("POST", None) if namespace.is_some() => Verb::Create,
+            ("POST", None) if namespace.is_some() || !resource.namespaced() => Verb::Create,
             ("PUT", Some(_)) => Verb::Update,
             ("PATCH", Some(_)) => Verb::Patch,
             ("DELETE", Some(_)) => Verb::Delete,
             _ => return Err(ApiError::method_not_allowed()),
         };
-        // Nodes are created by kubelet, i.e. by the test's control surface.
-        if verb == Verb::Create && resource == Resource::Nodes {
-            return Err(ApiError::method_not_allowed());
-        }
         Ok(Request {
             verb,
             resource,
@@ -134,9 +131,22 @@ impl Request {
 
     pub fn watch_limits(&self) -> WatchLimits {
         WatchLimits {
-            timeout_seconds: self.param("timeoutSeconds").and_then(|s| s.parse().ok()),
+            // 0 (or junk) means the server's default, as for the real one.
+            timeout_seconds: self
+                .param("timeoutSeconds")
+                .and_then(|s| s.parse().ok())
+                .filter(|t| *t > 0),
             bookmarks: self.flag("allowWatchBookmarks"),
         }
+    }
+
+    /// `labelSelector` and `fieldSelector`.
+    pub fn selector(&self) -> Result<Selector, ApiError> {
+        Selector::parse(
+            self.resource,
+            self.param("labelSelector"),
+            self.param("fieldSelector"),
+        )
     }
 
     fn key(&self, name: &str) -> Key {
@@ -160,6 +170,7 @@ impl Request {
                 .map(str::to_owned),
             send_initial_events: self.flag("sendInitialEvents"),
             allow_bookmarks: self.flag("allowWatchBookmarks"),
+            selector: self.selector()?,
         };
         store.watch(self.resource, self.namespace.as_deref(), &start)
     }
@@ -180,6 +191,7 @@ impl Request {
                     self.namespace.as_deref(),
                     self.param("resourceVersion"),
                     self.param("resourceVersionMatch").filter(|m| !m.is_empty()),
+                    &self.selector()?,
                 )
                 .map(|list| (200, list)),
             Verb::Get => store.get(&self.key(name)).map(|o| (200, o)),
@@ -314,7 +326,11 @@ mod tests {
             404
         );
         assert_eq!(
-            Request::parse("POST", "/api/v1/nodes", "")
+            Request::parse("POST", "/api/v1/nodes", "").unwrap().verb,
+            Verb::Create
+        );
+        assert_eq!(
+            Request::parse("POST", "/apis/coordination.k8s.io/v1/leases", "")
                 .unwrap_err()
                 .code,
             405

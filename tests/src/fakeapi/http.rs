@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,8 @@ pub struct Server {
     log: Mutex<Vec<Logged>>,
     /// Status codes the next API requests fail with (control surface).
     failures: Mutex<VecDeque<u16>>,
+    /// Every API request fails with 503 and open watches are cut (control surface).
+    outage: AtomicBool,
     started: Instant,
 }
 
@@ -63,6 +66,7 @@ impl Server {
             config,
             log: Mutex::new(Vec::new()),
             failures: Mutex::new(VecDeque::new()),
+            outage: AtomicBool::new(false),
             started: Instant::now(),
         })
     }
@@ -81,7 +85,14 @@ impl Server {
         result
     }
 
-    fn record(&self, method: &str, path: &str, user: Option<&str>, status: u16) {
+    fn record(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        content_type: Option<String>,
+        status: u16,
+    ) {
         let mut log = lock(&self.log);
         let seq = log.len() as u64;
         log.push(Logged {
@@ -90,6 +101,7 @@ impl Server {
             method: method.to_owned(),
             path: path.to_owned(),
             user: user.map(str::to_owned),
+            content_type,
             status,
         });
     }
@@ -110,12 +122,17 @@ impl Server {
             .and_then(|v| v.strip_prefix("Bearer "))
             .and_then(|token| self.config.tokens.get(token.trim()))
             .cloned();
+        let content_type = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let answer = self
             .clone()
             .answer(request, user.as_deref(), &method, &path, &query)
             .await;
         let status = answer.status().as_u16();
-        self.record(&method, &logged_path, user.as_deref(), status);
+        self.record(&method, &logged_path, user.as_deref(), content_type, status);
         answer
     }
 
@@ -127,9 +144,17 @@ impl Server {
         path: &str,
         query: &str,
     ) -> hyper::Response<Body> {
+        if method == "GET"
+            && let Some(answer) = non_resource(path)
+        {
+            return answer;
+        }
         let Some(user) = user else {
             return error(&ApiError::unauthorized());
         };
+        if self.outage.load(Ordering::SeqCst) {
+            return error(&ApiError::injected(503));
+        }
         if let Some(code) = lock(&self.failures).pop_front() {
             let mut answer = error(&ApiError::injected(code));
             if code == 429 {
@@ -229,7 +254,7 @@ impl Server {
                     return;
                 }
             }
-            if watch.done {
+            if watch.done || self.outage.load(Ordering::SeqCst) {
                 return;
             }
             tokio::select! {
@@ -275,6 +300,15 @@ impl Server {
                 store.compact();
                 json!({"resourceVersion": store.resource_version().to_string()})
             })),
+            ("POST", ["outage"]) => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+                .map(|v| {
+                    let on = v["on"].as_bool().unwrap_or(true);
+                    self.outage.store(on, Ordering::SeqCst);
+                    // Wake the open watches so that they end now.
+                    self.changed.send_modify(|_| {});
+                    json!({"outage": on})
+                }),
             ("GET", ["requests"]) => Ok(json!(*lock(&self.log))),
             ("POST", ["fail"]) => serde_json::from_slice::<Value>(&body)
                 .map_err(|e| ApiError::bad_request(e.to_string()))
@@ -290,6 +324,35 @@ impl Server {
             Ok(value) => json_response(200, &value),
             Err(e) => error(&e),
         }
+    }
+}
+
+/// The non-resource URLs anyone may GET, also without a token (`system:public-info-viewer`,
+/// bound to `system:unauthenticated` too): `/version` and the health checks.
+fn non_resource(path: &str) -> Option<hyper::Response<Body>> {
+    match path {
+        "/version" => Some(json_response(
+            200,
+            &json!({
+                "major": "1",
+                "minor": "35",
+                "gitVersion": "v1.35.0-weft-fake",
+                "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.25.0",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        )),
+        "/healthz" | "/livez" | "/readyz" => Some(
+            hyper::Response::builder()
+                .status(200)
+                .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from("ok"))
+                .expect("a valid response"),
+        ),
+        _ => None,
     }
 }
 

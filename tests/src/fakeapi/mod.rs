@@ -14,8 +14,10 @@
 pub mod api;
 pub mod http;
 pub mod patch;
+mod pki;
 pub mod rbac;
 pub mod resource;
+pub mod selector;
 pub mod status;
 pub mod store;
 
@@ -46,6 +48,8 @@ pub struct Logged {
     pub path: String,
     /// The authenticated user; `None` for a missing or unknown token (401).
     pub user: Option<String>,
+    /// The request's `Content-Type` (which patch format a PATCH used).
+    pub content_type: Option<String>,
     pub status: u16,
 }
 
@@ -88,6 +92,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// directory (`WEFT_TEST_KEEP=1` keeps the directory: log, certificates, kubeconfig).
 pub struct FakeApi {
     child: Child,
+    /// The server exits when this closes (`--exit-on-stdin-eof`), also if the test is killed.
+    stdin: Option<std::process::ChildStdin>,
     dir: PathBuf,
     netns: Option<String>,
     address: IpAddr,
@@ -96,6 +102,7 @@ pub struct FakeApi {
     token: String,
     admin_token: String,
     user: String,
+    namespace: String,
 }
 
 /// The `weft-fake-apiserver` binary next to the running test executable (cargo puts every
@@ -165,8 +172,8 @@ impl FakeApi {
             "system:serviceaccount:{}:{}",
             opts.namespace, opts.service_account
         );
-        let token = random_hex()?;
-        let admin_token = random_hex()?;
+        let token = pki::random_hex()?;
+        let admin_token = pki::random_hex()?;
         let mut command = match &netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -186,13 +193,14 @@ impl FakeApi {
             .arg(format!("{token}={user}"))
             .arg("--token")
             .arg(format!("{admin_token}={ADMIN_USER}"))
+            .arg("--exit-on-stdin-eof")
             .arg("--bookmark-interval-ms")
             .arg(opts.bookmark_interval.as_millis().to_string());
         if let Some(rbac) = &opts.rbac {
             command.arg("--rbac").arg(rbac);
         }
         if opts.tls {
-            make_certificates(&dir, address)?;
+            pki::make_certificates(&dir, address)?;
             command
                 .arg("--tls-cert")
                 .arg(dir.join("server.crt"))
@@ -200,14 +208,16 @@ impl FakeApi {
                 .arg(dir.join("server.key"));
         }
         let log = std::fs::File::create(dir.join("server.log"))?;
-        let child = command
-            .stdin(Stdio::null())
+        let mut child = command
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot run {}", cmd::describe(&command)))?;
+        let stdin = child.stdin.take();
         let mut api = FakeApi {
             child,
+            stdin,
             dir,
             netns,
             address,
@@ -216,9 +226,10 @@ impl FakeApi {
             token,
             admin_token,
             user,
+            namespace: opts.namespace.clone(),
         };
         api.wait_ready()?;
-        api.write_client_files(&opts.namespace)?;
+        api.write_client_files()?;
         Ok(api)
     }
 
@@ -248,11 +259,12 @@ impl FakeApi {
         }
     }
 
-    fn write_client_files(&self, namespace: &str) -> anyhow::Result<()> {
+    fn write_client_files(&self) -> anyhow::Result<()> {
+        let namespace = &self.namespace;
         let ca = match self.ca_path() {
             Some(ca) => format!(
                 "    certificate-authority-data: {}\n",
-                base64(&std::fs::read(ca)?)
+                pki::base64(&std::fs::read(ca)?)
             ),
             None => String::new(),
         };
@@ -332,6 +344,26 @@ impl FakeApi {
                 self.address.to_string(),
             ),
             ("KUBERNETES_SERVICE_PORT".to_owned(), self.port.to_string()),
+        ]
+    }
+
+    /// The service account's namespace (where the router's reclaim Lease lives).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The router flags for a router on Node `node_name` that uses this API through the
+    /// kubeconfig (HELPERS' shared interface): `--kube-peers=true --kubeconfig PATH
+    /// --kube-node-name NAME --kube-namespace NS`.
+    pub fn router_args(&self, node_name: &str) -> Vec<String> {
+        vec![
+            "--kube-peers=true".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig_path().to_string_lossy().into_owned(),
+            "--kube-node-name".to_owned(),
+            node_name.to_owned(),
+            "--kube-namespace".to_owned(),
+            self.namespace.clone(),
         ]
     }
 
@@ -441,6 +473,14 @@ impl FakeApi {
         .map(drop)
     }
 
+    /// An API outage: while `on`, every API request fails with 503 and open watches are cut
+    /// (the stream just ends, like a dropped connection); off again, service resumes with the
+    /// same objects and resourceVersions.
+    pub fn set_outage(&self, on: bool) -> anyhow::Result<()> {
+        self.control_json("POST", "/outage", Some(&json!({"on": on})))
+            .map(drop)
+    }
+
     fn control_json(
         &self,
         method: &str,
@@ -501,6 +541,7 @@ impl FakeApi {
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
+        drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(ns) = &self.netns {
@@ -556,118 +597,9 @@ fn ready_condition(ready: bool) -> Value {
     })
 }
 
-/// A CA and a server certificate for `address` (plus 127.0.0.1, localhost and the in-cluster
-/// names), EC P-256, written to `dir` as `ca.crt`, `server.crt`, `server.key`.
-fn make_certificates(dir: &Path, address: IpAddr) -> anyhow::Result<()> {
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let openssl = |args: &[&str]| cmd::run_ok(Command::new("openssl").args(args)).map(drop);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("ca.key"),
-        "-out",
-        &path("ca.crt"),
-        "-days",
-        "3",
-        "-subj",
-        "/CN=weft-fake-apiserver-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("server.key"),
-        "-out",
-        &path("server.csr"),
-        "-subj",
-        "/CN=kube-apiserver",
-    ])?;
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=IP:{address},IP:127.0.0.1,DNS:localhost,\
-             DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,\
-             DNS:kubernetes.default.svc.cluster.local\n"
-        ),
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &path("server.csr"),
-        "-CA",
-        &path("ca.crt"),
-        "-CAkey",
-        &path("ca.key"),
-        "-CAcreateserial",
-        "-out",
-        &path("server.crt"),
-        "-days",
-        "3",
-        "-extfile",
-        &path("server.ext"),
-    ])
-}
-
-fn random_hex() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), want);
-        }
-    }
 
     #[test]
     fn nodes_look_like_kubelets() {

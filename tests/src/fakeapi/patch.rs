@@ -88,7 +88,6 @@ fn merge_key(path: &str) -> Option<&'static str> {
     match path {
         "status.conditions" | "status.addresses" => Some("type"),
         "metadata.ownerReferences" => Some("uid"),
-        "status.images" | "spec.podCIDRs" => None,
         _ => None,
     }
 }

@@ -374,6 +374,36 @@ mod tests {
         assert!(!rbac.allows(&other));
     }
 
+    proptest::proptest! {
+        /// Against every combination, the chart's rules decide exactly as HELPERS.md states
+        /// them: a table written out by hand is the oracle.
+        #[test]
+        fn the_chart_matches_its_table(
+            verb in proptest::sample::select(vec!["get", "list", "watch", "create", "update", "patch", "delete"]),
+            leases in proptest::bool::ANY,
+            status in proptest::bool::ANY,
+            namespace in proptest::sample::select(vec!["kube-system", "default", "other"]),
+            user in proptest::sample::select(vec![WEFT, "system:serviceaccount:default:weft", "alice"]),
+        ) {
+            let (resource, subresource, ns) = if leases {
+                (Resource::Leases, None, Some(namespace))
+            } else {
+                (Resource::Nodes, status.then_some("status"), None)
+            };
+            let request = Attributes { user, verb, resource, subresource, namespace: ns, name: Some("x") };
+            let expected = user == WEFT
+                && match (resource, subresource) {
+                    (Resource::Nodes, None) => ["get", "list", "watch", "patch"].contains(&verb),
+                    (Resource::Nodes, Some(_)) => verb == "patch",
+                    (Resource::Leases, _) => {
+                        namespace == "kube-system" && ["get", "create", "update"].contains(&verb)
+                    }
+                };
+            proptest::prop_assert_eq!(chart().allows(&request), expected, "{:?}", request);
+            proptest::prop_assert_eq!(chart().authorize(&request).is_ok(), expected);
+        }
+    }
+
     #[test]
     fn forbidden_reads_like_the_real_one() {
         let e = chart()

@@ -21,11 +21,6 @@ impl Resource {
         }
     }
 
-    /// `.group`, or `""` for the core group (for `Kind.group "x"` messages).
-    pub fn group_suffix(self) -> &'static str {
-        self.group()
-    }
-
     pub fn api_version(self) -> &'static str {
         match self {
             Resource::Nodes => "v1",

@@ -88,17 +88,16 @@ impl ApiError {
         )
     }
 
-    /// `Lease.coordination.k8s.io "x" is invalid: FIELD: REASON`
+    /// `Lease.coordination.k8s.io "x" is invalid: FIELD: REASON` (`Node "x"` for the core group)
     pub fn invalid(resource: Resource, name: &str, cause: &str) -> ApiError {
+        let kind = match resource.group() {
+            "" => resource.kind().to_owned(),
+            group => format!("{}.{group}", resource.kind()),
+        };
         ApiError::new(
             422,
             "Invalid",
-            format!(
-                "{}.{} \"{name}\" is invalid: {cause}",
-                resource.kind(),
-                resource.group_suffix()
-            )
-            .replace(". \"", " \""),
+            format!("{kind} \"{name}\" is invalid: {cause}"),
         )
         .with_details(resource, name)
     }
