@@ -228,7 +228,16 @@ fn a_security_context_that_cannot_open_the_tap_or_set_sysctls_fails_the_router()
 
 /// The router's report (`/report` on the chart's status address, in the host's netns).
 fn report(net: &Net, i: HostId) -> anyhow::Result<Value> {
-    let out = net.exec(i, &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:6784/report"])?;
+    let out = net.exec(
+        i,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:6784/report",
+        ],
+    )?;
     Ok(serde_json::from_str(&out)?)
 }
 
@@ -236,7 +245,13 @@ fn report(net: &Net, i: HostId) -> anyhow::Result<Value> {
 fn readyz(net: &Net, i: HostId) -> anyhow::Result<(bool, String)> {
     let out = net.exec_output(
         i,
-        &["curl", "-s", "--max-time", "8", "http://127.0.0.1:6784/readyz"],
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "8",
+            "http://127.0.0.1:6784/readyz",
+        ],
     )?;
     let body: Value = serde_json::from_str(&out.stdout)
         .with_context(|| format!("/readyz: not JSON: {}{}", out.stdout, out.stderr))?;
@@ -246,12 +261,19 @@ fn readyz(net: &Net, i: HostId) -> anyhow::Result<(bool, String)> {
 /// A metric's value summed over its series, from the metrics listener (chart default
 /// 0.0.0.0:6782).
 fn metric(net: &Net, i: HostId, name: &str) -> anyhow::Result<f64> {
-    let text = net.exec(i, &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:6782/metrics"])?;
+    let text = net.exec(
+        i,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:6782/metrics",
+        ],
+    )?;
     Ok(text
         .lines()
-        .filter(|l| {
-            l.split(|c| c == '{' || c == ' ').next() == Some(name)
-        })
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
@@ -296,7 +318,9 @@ struct Pod {
 }
 
 fn run_pod(node: &Node, name: &str) -> anyhow::Result<Pod> {
-    let pod = node.containerd().cri(&["run", name, "--namespace", "e2e"])?;
+    let pod = node
+        .containerd()
+        .cri(&["run", name, "--namespace", "e2e"])?;
     ensure!(pod["state"] == "SANDBOX_READY", "{}: {pod}", node.name);
     Ok(Pod {
         host: node.host,
@@ -375,39 +399,59 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
     // node-1 alone: the API lists three Nodes, so its IPAM ring and mesh are not there yet
     // and /readyz says so (the kubelet's readiness probe too), while /healthz is fine.
     let mut nodes = vec![Node::start(&net, 1, &opts(1))?];
-    nodes[0].wait_container(&net, "weft", "the router started (startup probe passed)", POD_START, |c| {
-        Ok(c["started"] == true && c["probes"]["readinessProbe"]["total"].as_u64().unwrap_or(0) >= 1)
-    })?;
+    nodes[0].wait_container(
+        &net,
+        "weft",
+        "the router started (startup probe passed)",
+        POD_START,
+        |c| {
+            Ok(c["started"] == true
+                && c["probes"]["readinessProbe"]["total"].as_u64().unwrap_or(0) >= 1)
+        },
+    )?;
     let (ready, body) = readyz(&net, 1)?;
     ensure!(!ready, "node-1 alone is ready: {body}");
     eprintln!("node-1 alone, /readyz: {body}");
     let c = nodes[0].container("weft")?;
-    ensure!(c["ready"] == false, "the kubelet has node-1 ready alone: {c}");
+    ensure!(
+        c["ready"] == false,
+        "the kubelet has node-1 ready alone: {c}"
+    );
 
     // The other two: every router becomes ready, on one encrypted mesh, with no `peers`.
     nodes.push(Node::start(&net, 2, &opts(2))?);
     nodes.push(Node::start(&net, 3, &opts(3))?);
     for node in &mut nodes {
-        node.wait_container(&net, "weft", "the router container is ready", POD_START, |c| {
-            Ok(c["ready"] == true)
-        })?;
+        node.wait_container(
+            &net,
+            "weft",
+            "the router container is ready",
+            POD_START,
+            |c| Ok(c["ready"] == true),
+        )?;
     }
     for i in net.host_ids() {
-        net.wait_until(&format!("host{i}: encrypted mesh to both others"), SETTLE, || {
-            mesh_complete(&net, i, 2)
-        })?;
+        net.wait_until(
+            &format!("host{i}: encrypted mesh to both others"),
+            SETTLE,
+            || mesh_complete(&net, i, 2),
+        )?;
         let (ready, body) = readyz(&net, i)?;
         ensure!(ready, "host{i}: /readyz: {body}");
         // The readiness history: not ready first (node-1), then ready.
         let c = nodes[i - 1].container("weft")?;
-        let history = c["readiness_history"].as_array().context("no readiness history")?;
+        let history = c["readiness_history"]
+            .as_array()
+            .context("no readiness history")?;
         ensure!(
             history.last().is_some_and(|h| h["ready"] == true),
             "host{i}: {history:?}"
         );
     }
     let first = nodes[0].container("weft")?;
-    let history = first["readiness_history"].as_array().context("no history")?;
+    let history = first["readiness_history"]
+        .as_array()
+        .context("no history")?;
     ensure!(
         history.first().is_some_and(|h| h["ok"] == false),
         "node-1's first readiness probe passed: {history:?}"
@@ -443,7 +487,7 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
 
     // A rolling restart of the routers, one node at a time: a ping between pods on the two
     // other nodes keeps flowing meanwhile.
-    for restart in 0..nodes.len() {
+    for (restart, node) in nodes.iter_mut().enumerate() {
         let (a, b) = match restart {
             0 => (1, 2),
             1 => (0, 2),
@@ -464,14 +508,20 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
                 &pods[b].ip,
             ],
         )?;
-        let node = &mut nodes[restart];
         let before = node.state()?["pod"]["uid"].clone();
         node.control("delete-pod", &[])?;
         node.control("create-pod", &[])?;
-        node.wait_container(&net, "weft", "the restarted router is ready", POD_START, |c| {
-            Ok(c["ready"] == true)
-        })?;
-        ensure!(node.state()?["pod"]["uid"] != before, "the pod was not replaced");
+        node.wait_container(
+            &net,
+            "weft",
+            "the restarted router is ready",
+            POD_START,
+            |c| Ok(c["ready"] == true),
+        )?;
+        ensure!(
+            node.state()?["pod"]["uid"] != before,
+            "the pod was not replaced"
+        );
         let out = pinger.stop()?;
         let text = out.stdout.clone();
         let (sent, received) = ping_counts(&text);
@@ -484,27 +534,37 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
             "the ping between the other nodes stopped flowing: {text}"
         );
     }
-    net.wait_until("every pod pings every other after the rolling restart", SETTLE, || {
-        all_ping(&pods)
-    })?;
+    net.wait_until(
+        "every pod pings every other after the rolling restart",
+        SETTLE,
+        || all_ping(&pods),
+    )?;
 
     // A Node deleted from the API (its machine gone): exactly one router reclaims its space.
     let gone = nodes.pop().context("three nodes")?;
-    let gone_name = report(&net, 3)?["name"].as_str().context("no name")?.to_owned();
+    let gone_name = report(&net, 3)?["name"]
+        .as_str()
+        .context("no name")?
+        .to_owned();
     gone.stop()?;
     net.exec(3, &["ip", "link", "set", "eth0", "down"])?;
     api.delete_node("node-3")?;
-    net.wait_until("node-3's address space reclaimed by one router", SETTLE * 2, || {
-        for i in [1, 2] {
-            let owners = ipam_owners(&net, i)?;
-            ensure!(
-                !owners.contains(&gone_name),
-                "host{i} still sees {gone_name} as an owner: {owners:?}"
-            );
-        }
-        Ok(true)
-    })?;
-    let reclaims = metric(&net, 1, "weft_kube_reclaims_total")? + metric(&net, 2, "weft_kube_reclaims_total")?;
+    net.wait_until(
+        "node-3's address space reclaimed by one router",
+        SETTLE * 2,
+        || {
+            for i in [1, 2] {
+                let owners = ipam_owners(&net, i)?;
+                ensure!(
+                    !owners.contains(&gone_name),
+                    "host{i} still sees {gone_name} as an owner: {owners:?}"
+                );
+            }
+            Ok(true)
+        },
+    )?;
+    let reclaims =
+        metric(&net, 1, "weft_kube_reclaims_total")? + metric(&net, 2, "weft_kube_reclaims_total")?;
     ensure!(reclaims == 1.0, "{reclaims} reclaims, want exactly 1");
 
     // A fourth Node joins: its router meets the others through the API, its pod reaches theirs.
@@ -515,24 +575,56 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
         Ok(c["ready"] == true)
     })?;
     for i in [1, 2, four] {
-        net.wait_until(&format!("host{i}: mesh of three"), SETTLE, || mesh_complete(&net, i, 2))?;
+        net.wait_until(&format!("host{i}: mesh of three"), SETTLE, || {
+            mesh_complete(&net, i, 2)
+        })?;
     }
     pods.truncate(2);
     pods.push(run_pod(&node4, "pod-node-4")?);
-    net.wait_until("the pods of nodes 1, 2 and 4 ping each other", SETTLE, || all_ping(&pods))?;
+    net.wait_until(
+        "the pods of nodes 1, 2 and 4 ping each other",
+        SETTLE,
+        || all_ping(&pods),
+    )?;
 
-    // Uninstall: the pods go, then `weft reset` on each node leaves nothing of weft behind.
+    // Uninstall: the pods go, the DaemonSet's pods are deleted, and the chart's post-delete
+    // hook runs `weft reset` on each node (a Job per node: Helm's lookup finds the nodes at
+    // install time, `uninstall.nodes` stands in for it under `helm template`). Then nothing of
+    // weft is left on any node.
     nodes.push(node4);
+    let node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let uninstall = kubelet::render_chart(
+        &net.dir().join("uninstall.yaml"),
+        NAMESPACE,
+        None,
+        &[
+            ("image.repository", &image.repository),
+            ("image.tag", &image.tag),
+            ("password.existingSecret", PASSWORD_SECRET),
+            ("uninstall.nodes", &format!("{{{}}}", node_names.join(","))),
+        ],
+    )?;
     for node in &mut nodes {
-        for p in node.containerd().cri(&["list"])?.as_array().into_iter().flatten() {
-            let id = p["id"].as_str().context("no id")?;
-            if p["namespace"] == "e2e" {
-                node.containerd().cri(&["stop", id])?;
-                node.containerd().cri(&["remove", id])?;
-            }
-        }
+        node.remove_other_pods()?;
         node.stop_kubelet()?;
-        reset_node(&net, node)?;
+    }
+    for node in &nodes {
+        let (code, state) = node.run_to_completion(&uninstall, "Job", Duration::from_secs(300))?;
+        let reset = &state["pod"]["containers"][0];
+        eprintln!(
+            "{}: uninstall Job: exit {code}: {}",
+            node.name,
+            reset["last_state"]["log_tail"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_end()
+        );
+        ensure!(
+            code == 0,
+            "{}: the uninstall Job failed: {reset}",
+            node.name
+        );
+        check_nothing_left(&net, node)?;
     }
     for node in nodes {
         node.stop()?;
@@ -541,34 +633,9 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
     Ok(())
 }
 
-/// `weft reset` on a node with the router gone, as the README says to run it by hand (the
-/// image on the host network, the host's directories mounted): here the same binary in the
-/// host's netns, pointed at the node's directories. Then nothing of weft is left.
-fn reset_node(net: &Net, node: &Node) -> anyhow::Result<()> {
+/// No conflist, plugin, bridge, TAP or nftables table of weft's on the node.
+fn check_nothing_left(net: &Net, node: &Node) -> anyhow::Result<()> {
     let i = node.host;
-    let root = node.root.display().to_string();
-    let out = net.exec_output(
-        i,
-        &[
-            WEFT,
-            "reset",
-            "--cni-conf-dir",
-            &format!("{root}/etc/cni/net.d"),
-            "--cni-bin-dir",
-            &format!("{root}/opt/cni/bin"),
-            "--data-dir",
-            &format!("{root}/var/lib/weft"),
-            "--cni-socket",
-            &format!("{root}/run/weft/cni.sock"),
-        ],
-    )?;
-    ensure!(
-        out.success(),
-        "{}: weft reset: {}{}",
-        node.name,
-        out.stdout,
-        out.stderr
-    );
     ensure!(
         !node.cni.conf_dir.join("10-weft.conflist").exists(),
         "{}: the conflist is left",

@@ -146,11 +146,18 @@ def load_manifests(path):
         return [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
 
 
-def pick_workload(docs, kind, name):
+def pick_workload(docs, kind, name, node):
+    """The workload to run here: by kind and name; a Job or Pod pinned to another node (its
+    pod spec's nodeName) is not this node's."""
+    kind = kind or "DaemonSet"
     for d in docs:
-        if d.get("kind") in (kind or "DaemonSet", ) and (not name or d["metadata"]["name"] == name):
-            return d
-    raise SystemExit(f"kubelet: no {kind or 'DaemonSet'} {name or ''} in the manifest")
+        if d.get("kind") != kind or (name and d["metadata"]["name"] != name):
+            continue
+        spec = d["spec"] if kind == "Pod" else d["spec"]["template"]["spec"]
+        if spec.get("nodeName") not in (None, node):
+            continue
+        return d
+    raise SystemExit(f"kubelet: no {kind} {name or ''} for node {node} in the manifest")
 
 
 def pod_template(workload):
@@ -979,7 +986,8 @@ class Kubelet:
 
     # --- the sync loop ---
     def new_pod(self):
-        meta, spec = pod_template(pick_workload(self.docs, self.args.kind, self.args.name))
+        meta, spec = pod_template(pick_workload(self.docs, self.args.kind, self.args.name,
+                                                self.node.name))
         self.pod = Pod(meta, spec, self.node, self.namespace)
         self.pods_created += 1
         log(f"pod {self.pod.name} ({self.pod.uid}) created", node=self.node.name)

@@ -239,6 +239,7 @@ pub struct Node {
     pub state_dir: PathBuf,
     kubelet: Option<Child>,
     python: PathBuf,
+    node_ip: String,
     log: PathBuf,
     // Dropped after the kubelet has deleted its pod (fields drop in declaration order).
     containerd: Option<Containerd>,
@@ -306,6 +307,7 @@ impl Node {
             state_dir: state_dir.clone(),
             kubelet: None,
             python: clients.cri_python.clone(),
+            node_ip: net.address(i).to_string(),
             log: dir.join("kubelet.log"),
             containerd: Some(containerd),
         };
@@ -475,11 +477,63 @@ impl Node {
         });
         if let Err(e) = result {
             bail!(
-                "{e:#}\nnode {name} kubelet state: {last}\nkubelet log:\n{}",
+                "{e:#}\nnode {name}, container {container}: {}\nkubelet log:\n{}",
+                summary(&last),
                 self.log_tail()
             );
         }
         Ok(last)
+    }
+
+    /// Runs a run-to-completion workload of `manifest` (`kind` `Job` or `Pod`, the one for this
+    /// node) on this node through the same containerd, the way kubelet runs a Job's pod (e.g.
+    /// the chart's uninstall hook), and waits for it: the container's exit code and the pod's
+    /// final state (its containers' `last_state.log_tail` has the log).
+    pub fn run_to_completion(
+        &self,
+        manifest: &Path,
+        kind: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(i32, Value)> {
+        let image = image()?;
+        let state_dir = self
+            .state_dir
+            .with_file_name(format!("kubelet-{}", kind.to_lowercase()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir)?;
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.cni.ns))
+            .arg(&self.python)
+            .arg(clients_dir().join("kubelet.py"))
+            .arg("run")
+            .arg("--socket")
+            .arg(self.address())
+            .arg("--manifest")
+            .arg(manifest)
+            .args(["--kind", kind, "--node", &self.name, "--node-ip"])
+            .arg(&self.node_ip)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--host-root")
+            .arg(&self.root)
+            .arg("--image-archive")
+            .arg(&image.archive)
+            .args(["--time-scale", "0.2"]);
+        let out = cmd::run_with_timeout(&mut command, timeout)?;
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(state_dir.join("state.json")).unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        let code = out.status.code().unwrap_or(-1);
+        ensure!(
+            state["pod"]["phase"] == "Deleted" || code == 0,
+            "node {}: kubelet run --kind {kind} ({}): {}",
+            self.name,
+            out.status,
+            crate::wait::log_tail(&out.stderr, 20)
+        );
+        Ok((code, state))
     }
 
     /// Stops the kubelet: the pod is deleted gracefully through the CRI, then the process ends.
@@ -515,8 +569,30 @@ impl Node {
         Ok(())
     }
 
-    /// Stops the kubelet (pod deleted) and containerd, checking both went cleanly.
+    /// Stops and removes, through the CRI, every pod sandbox but the kubelet's own (the test's
+    /// pods): CNI DEL needs this node's router, so this comes before the kubelet stops.
+    pub fn remove_other_pods(&self) -> anyhow::Result<()> {
+        let Some(containerd) = self.containerd.as_ref() else {
+            return Ok(());
+        };
+        let own = self
+            .state()
+            .ok()
+            .and_then(|s| s["pod"]["sandbox_id"].as_str().map(str::to_owned));
+        for pod in containerd.cri(&["list"])?.as_array().into_iter().flatten() {
+            let id = pod["id"].as_str().context("a pod without id")?;
+            if Some(id) != own.as_deref() {
+                containerd.cri(&["stop", id])?;
+                containerd.cri(&["remove", id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the test's pods, stops the kubelet (its pod deleted) and containerd, checking
+    /// that all went cleanly.
     pub fn stop(mut self) -> anyhow::Result<()> {
+        self.remove_other_pods()?;
         self.stop_kubelet()?;
         if let Some(c) = self.containerd.take() {
             c.stop()?;
@@ -527,10 +603,51 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if self.kubelet.is_some()
+            && let Err(e) = self.remove_other_pods()
+        {
+            eprintln!("harness cleanup: {e:#}");
+        }
         if let Err(e) = self.stop_kubelet() {
             eprintln!("harness cleanup: {e:#}");
         }
         // containerd.sh stop (through Containerd's Drop) removes whatever is left.
         self.containerd.take();
     }
+}
+
+/// A container's kubelet state in a few lines (probe messages and log tail shortened).
+fn summary(c: &Value) -> String {
+    let short = |v: &Value| {
+        let text = v.as_str().unwrap_or_default();
+        let cut: String = text.chars().take(400).collect();
+        if cut.len() < text.len() {
+            format!("{cut}…")
+        } else {
+            cut
+        }
+    };
+    let mut out = format!(
+        "state {} ({}), ready {}, started {}, restarts {}",
+        c["state"], c["reason"], c["ready"], c["started"], c["restart_count"]
+    );
+    if let Some(probes) = c["probes"].as_object() {
+        for (kind, p) in probes {
+            out += &format!(
+                "\n  {kind}: {} ok / {} failed in a row, last: {}",
+                p["successes"],
+                p["failures"],
+                short(&p["message"])
+            );
+        }
+    }
+    if !c["last_state"].is_null() {
+        out += &format!(
+            "\n  last state: {} exit {}, log tail: {}",
+            c["last_state"]["reason"],
+            c["last_state"]["exit_code"],
+            short(&c["last_state"]["log_tail"])
+        );
+    }
+    out
 }
