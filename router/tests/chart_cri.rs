@@ -11,7 +11,8 @@
 //! - a `securityContext` that would not let it (no NET_ADMIN, or not root) makes the router
 //!   container fail, restart with back-off, and say why in its log (without NET_ADMIN it stops
 //!   at its bridge, before the TAP; as uid 1000 at its state store, before both);
-//! - three nodes listed by a fake API server, chart defaults: the acceptance test of issue 10.
+//! - three nodes listed by a fake API server, chart defaults: the acceptance test of issue 10;
+//! - three nodes booted at the same moment, all listed in the API, agree on one IPAM ring.
 //!
 //! Needs root; skipped otherwise. The image build (`scripts/image.sh`) takes a few seconds warm
 //! and ~8 minutes on a fresh clone; `WEFT_IMAGE_ARCHIVE` skips it (scripts/test.sh builds the
@@ -665,4 +666,77 @@ fn ping_counts(text: &str) -> (u64, u64) {
     let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u64;
     let lost = text.lines().filter(|l| l.contains("no answer yet")).count() as u64;
     (replies + lost, replies)
+}
+
+/// The IPAM ring host `i`'s router agreed to (`ipam.ring`), if any.
+fn ipam_ring(net: &Net, i: HostId) -> anyhow::Result<Option<String>> {
+    Ok(report(net, i)?["ipam"]["ring"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn three_nodes_booted_together_from_the_api_form_one_ipam_ring() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let net = Net::new(WEFT, 3)?;
+    let image = kubelet::image()?;
+    let manifest = kubelet::render_chart(
+        &net.dir().join("defaults.yaml"),
+        NAMESPACE,
+        None,
+        &[
+            ("image.repository", &image.repository),
+            ("image.tag", &image.tag),
+            ("password.existingSecret", PASSWORD_SECRET),
+        ],
+    )?;
+    let api = FakeApi::start_on(
+        &net,
+        kubelet::fake_apiserver()?,
+        FakeApiOpts {
+            rbac: Some(manifest.clone()),
+            ..FakeApiOpts::default()
+        },
+    )?;
+    for i in net.host_ids() {
+        api.add_node(&format!("node-{i}"), net.address(i))?;
+    }
+    // All three kubelets at once: the routers start within a second of each other.
+    let mut nodes = Vec::new();
+    for i in net.host_ids() {
+        let mut o = node_opts(&manifest);
+        o.node_name = Some(format!("node-{i}"));
+        o.service_account_dir = Some(api.service_account_dir());
+        o.api_server = Some(format!("{}:{}", api.address(), api.port()));
+        nodes.push(Node::start(&net, i, &o)?);
+    }
+    for node in &mut nodes {
+        node.wait_container(
+            &net,
+            "weft",
+            "the router container is ready",
+            POD_START,
+            |c| Ok(c["ready"] == true),
+        )?;
+    }
+    let rings = net
+        .host_ids()
+        .into_iter()
+        .map(|i| ipam_ring(&net, i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    eprintln!("IPAM rings: {rings:?}");
+    ensure!(
+        rings[0].is_some() && rings.iter().all(|r| *r == rings[0]),
+        "the nodes booted together agreed on different rings: {rings:?}"
+    );
+    // Every router counted every Node's router as an owner of the one ring.
+    for i in net.host_ids() {
+        let owners = ipam_owners(&net, i)?;
+        ensure!(owners.len() == 3, "host{i}: owners {owners:?}");
+    }
+    for node in nodes {
+        node.stop()?;
+    }
+    drop(api);
+    Ok(())
 }
