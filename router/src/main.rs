@@ -162,17 +162,14 @@ fn main() -> anyhow::Result<()> {
 /// The Kubernetes client libraries' own lines, off unless the filter names them: they log
 /// every failed request (an API outage would flood the log); weft logs the same errors itself,
 /// rate-limited, and counts them (`weft_kube_api_errors_total`).
-const QUIET_LIBRARIES: [&str; 2] = ["kube_client=off", "kube_runtime=off"];
+const QUIET_LIBRARIES: [&str; 2] = ["kube_client", "kube_runtime"];
 
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
             let mut directives = level.to_owned();
-            if !level.contains("kube") {
-                for quiet in QUIET_LIBRARIES {
-                    directives.push(',');
-                    directives.push_str(quiet);
-                }
+            for quiet in QUIET_LIBRARIES.iter().filter(|l| !level.contains(*l)) {
+                directives.push_str(&format!(",{quiet}=off"));
             }
             tracing_subscriber::EnvFilter::try_new(directives)
         })
@@ -206,6 +203,14 @@ fn post_targets(args: &config::TargetArgs, path: &str) -> anyhow::Result<()> {
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_level)?;
+    // Checked before anything is written (the state store).
+    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
+        (false, _) => None,
+        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
+        (true, _) => anyhow::bail!(
+            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
+        ),
+    };
 
     let heartbeat = positive_secs(args.heartbeat_interval, "--heartbeat-interval")?;
     let gossip_interval = positive_secs(args.gossip_interval, "--gossip-interval")?;
@@ -259,13 +264,6 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             "more persisted connect targets than the cap: the rest are not dialled (weft forget some)"
         );
     }
-    let kube_node_name = match (args.kube_peers, args.kube_node_name.as_deref()) {
-        (false, _) => None,
-        (true, Some(name)) if !name.trim().is_empty() => Some(name.trim().to_owned()),
-        (true, _) => anyhow::bail!(
-            "--kube-peers needs this router's Node: --kube-node-name or WEFT_KUBE_NODE_NAME (the chart sets it from spec.nodeName)"
-        ),
-    };
     let open_files_limit = match sys::raise_open_files_limit() {
         Ok(limit) => Some(limit),
         Err(e) => {

@@ -900,3 +900,49 @@ fn touches_ipam(event: &Event) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_gossip::ipam::agreement::InitialPeerState;
+
+    fn mesh(now: Instant) -> Mesh {
+        Mesh::new(
+            MeshConfig {
+                name: "aa:00:00:00:00:01".parse().unwrap(),
+                nickname: "one".into(),
+                uid: 1,
+                conn_limit: 10,
+                gossip_interval: Duration::from_secs(30),
+                confirm_data_path: false,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn no_ring_before_the_node_list_then_the_other_nodes_are_the_initial_peers() {
+        let now = Instant::now();
+        let mut mesh = mesh(now);
+        // Without --kube-peers and without peers: a lone host.
+        assert!(ring_initial_peers(&mesh, None, now).is_empty());
+        let mut kube = KubePeers {
+            shared: KubeShared::default(),
+            listed: false,
+            targets: BTreeSet::new(),
+        };
+        let initial = ring_initial_peers(&mesh, Some(&kube), now);
+        assert_eq!(initial.len(), 1);
+        assert_eq!(initial[0].address, "the Kubernetes Node list");
+        assert!(matches!(initial[0].state, InitialPeerState::Unreached(_)));
+        // Listed, alone in the cluster: a lone host again.
+        kube.listed = true;
+        assert!(ring_initial_peers(&mesh, Some(&kube), now).is_empty());
+        // Listed with another Node: that Node's address is the initial peer.
+        let mut out = Vec::new();
+        mesh.add_direct(&["10.0.0.2:6783".to_owned()], now, &mut out);
+        let initial = ring_initial_peers(&mesh, Some(&kube), now);
+        assert_eq!(initial.len(), 1);
+        assert_eq!(initial[0].address, "10.0.0.2:6783");
+    }
+}

@@ -14,15 +14,15 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use ::kube::api::{Api, Patch, PatchParams, PostParams};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::runtime::watcher;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
 
 use super::lease::{LEASE_NAME, LeaseRecord, LeaseWrite};
 use super::nodes::{NodeEvent, NodeInfo, PEER_NAME_ANNOTATION};
@@ -129,10 +129,10 @@ impl ApiError {
         }
     }
 
-    fn from_kube(op: Op, e: &kube::Error) -> Self {
+    fn from_kube(op: Op, e: &::kube::Error) -> Self {
         let reason = match e {
-            kube::Error::Api(status) => Reason::of_code(status.code),
-            kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            ::kube::Error::Api(status) => Reason::of_code(status.code),
+            ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => {
                 let text = format!("{e:?}").to_lowercase();
                 if text.contains("timed out") || text.contains("timeout") {
                     Reason::Timeout
@@ -140,7 +140,7 @@ impl ApiError {
                     Reason::Connect
                 }
             }
-            kube::Error::Auth(_) => Reason::Unauthorized,
+            ::kube::Error::Auth(_) => Reason::Unauthorized,
             _ => Reason::Other,
         };
         ApiError::new(op, reason, e.to_string())
@@ -187,17 +187,17 @@ pub trait KubeApi: Send + Sync + 'static {
 
 /// A client configuration: the kubeconfig named, or `kube::Config::infer()` (`KUBECONFIG`,
 /// `~/.kube/config`, then in-cluster: the service account's token and CA).
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ApiError> {
+pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, ApiError> {
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+            let kubeconfig = ::kube::config::Kubeconfig::read_from(path).map_err(|e| {
                 ApiError::new(
                     Op::Connect,
                     Reason::Config,
                     format!("{}: {e}", path.display()),
                 )
             })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            ::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .map_err(|e| {
                     ApiError::new(
@@ -207,7 +207,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ApiError>
                     )
                 })?
         }
-        None => kube::Config::infer()
+        None => ::kube::Config::infer()
             .await
             .map_err(|e| ApiError::new(Op::Connect, Reason::Config, e.to_string()))?,
     };
@@ -215,7 +215,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ApiError>
     // retry of 429/503/504 (15 tries, up to minutes apart) would hold a call through an outage.
     let mut config = config;
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(|e| ApiError::from_kube(Op::Connect, &e))
+    ::kube::Client::try_from(config).map_err(|e| ApiError::from_kube(Op::Connect, &e))
 }
 
 /// How long a single call (not the watch) may take.
@@ -223,7 +223,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn timed<T>(
     op: Op,
-    call: impl Future<Output = Result<T, kube::Error>>,
+    call: impl Future<Output = Result<T, ::kube::Error>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.map_err(|e| ApiError::from_kube(op, &e)),
@@ -243,7 +243,7 @@ pub struct Kube {
 }
 
 impl Kube {
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
+    pub fn new(client: ::kube::Client, namespace: &str) -> Self {
         Kube {
             nodes: Api::all(client.clone()),
             leases: Api::namespaced(client, namespace),
