@@ -145,6 +145,21 @@ fn the_charts_defaults_let_the_router_open_its_tap_and_set_its_sysctls() -> anyh
         status.stdout,
         status.stderr
     );
+    // The container stopped (as a failed liveness probe does): kubelet restarts it in the same
+    // pod, counting the restart, and the router opens its TAP again.
+    node.control("restart-container", &["weft"])?;
+    node.wait_container(
+        &net,
+        "weft",
+        "the router restarted in place and ready",
+        POD_START,
+        |c| Ok(restarts(c) == 1 && c["state"] == "running" && c["ready"] == true),
+    )?;
+    let brif = net.exec(1, &["ls", "/sys/class/net/weft/brif"])?;
+    ensure!(
+        brif.split_whitespace().any(|p| p == "weft-tap"),
+        "no weft-tap on the bridge after the restart: {brif}"
+    );
     node.stop()
 }
 
