@@ -581,9 +581,13 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
             Ok(true)
         },
     )?;
-    let reclaims =
-        metric(&net, 1, "weft_kube_reclaims_total")? + metric(&net, 2, "weft_kube_reclaims_total")?;
-    ensure!(reclaims == 1.0, "{reclaims} reclaims, want exactly 1");
+    let reclaims = || -> anyhow::Result<f64> {
+        Ok(metric(&net, 1, "weft_kube_reclaims_total")?
+            + metric(&net, 2, "weft_kube_reclaims_total")?)
+    };
+    net.wait_until("the reclaim counted", SETTLE, || Ok(reclaims()? >= 1.0))?;
+    let n = reclaims()?;
+    ensure!(n == 1.0, "{n} reclaims by the two routers, want exactly 1");
 
     // A fourth Node joins: its router meets the others through the API, its pod reaches theirs.
     let four = net.add_host()?;
