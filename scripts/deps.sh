@@ -46,6 +46,7 @@ WEFT_CNI_CLIENT_DEPS=(
     xz-utils                    # unpacks the cni source tarball
     fping                       # router/tests/cni.rs: every pod pings every other pod at once
     iptables                    # router/tests/cni.rs: checks that portmap's rules are gone
+    python3-yaml                # tests/clients/kubelet.py reads the rendered chart (helm template)
 )
 
 # What scripts/image.sh needs on top: the base image is a Debian rootfs made by mmdebstrap from the

@@ -10,6 +10,7 @@
 #   chart   scripts/check-chart.sh (helm lint, renderings validated against Kubernetes 1.29 to 1.35)
 #   clippy  cargo clippy --workspace --all-targets -- -D warnings
 #   build   cargo build --workspace --all-targets
+#   image   scripts/image.sh (as root only: the image router/tests/chart_cri.rs runs)
 #   test    cargo test --workspace (unit, integration and doc tests)
 #   fuzz    scripts/fuzz.sh (every cargo-fuzz target, WEFT_FUZZ_SECONDS each, default 20)
 #
@@ -129,6 +130,14 @@ stage fmt fmt_check
 stage chart bash scripts/check-chart.sh
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
 stage build cargo build --workspace --all-targets
+# The container image (scripts/image.sh: release weft, static weft-cni, the cached Debian base):
+# router/tests/chart_cri.rs runs the chart from it through containerd. Built here, as a stage of
+# its own with its time, and handed to the tests; without root they skip, so neither is done.
+if ((EUID == 0)); then
+    stage image bash scripts/image.sh
+    WEFT_IMAGE_ARCHIVE="$ROOT/target/image/weft-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1).oci.tar"
+    export WEFT_IMAGE_ARCHIVE
+fi
 
 test_rc=0
 test_start=$SECONDS

@@ -21,6 +21,11 @@
 #   except containerd.log. Safe to call twice, or after containerd died. Exit 1 if something
 #   could not be cleaned up, or if pods had to be removed by force (the reason is printed).
 #
+# WEFT_CONTAINERD_BINDS="SRC:DST ...": containerd (and so its shims, runc and the CNI plugins)
+#   runs in a mount namespace of its own where each SRC is bind-mounted on DST: a test host's
+#   own /run/weft, say, as the chart's hostPath volumes are per host (kubelet.py --host-root).
+#   The pods' netns mounts stay visible outside (STATE_DIR becomes a shared mount).
+#
 # Needs root and tests/clients/setup.sh run first. STATE_DIR must not contain whitespace;
 # keep it short (unix socket paths are limited to 107 bytes).
 set -euo pipefail
@@ -111,8 +116,30 @@ EOF
     # which hides the cgroup mounts from runc and the pods' netns mounts from everyone else.
     # setsid: no signal for the caller's process group (Ctrl-C in a test) reaches it.
     echo "=== containerd.sh: starting containerd in $hostns at $(date +%T.%N)" >>"$log"
-    setsid nsenter --net="/run/netns/$hostns" "$WEFT_CONTAINERD" --config "$config" \
-        </dev/null >>"$log" 2>&1 &
+    if [[ -n "${WEFT_CONTAINERD_BINDS:-}" ]]; then
+        # A mount namespace of its own, where SRC is bind-mounted on DST for containerd, its
+        # shims, runc and the CNI plugins it runs (e.g. the host's /run/weft, so the plugin
+        # reaches this host's router at the conflist's default socket). STATE_DIR is a shared
+        # mount, so the pods' netns mounts made in there appear outside as well; the binds are
+        # made under a mount made private first, so they never do.
+        mountpoint -q "$state" || mount --bind "$state" "$state"
+        mount --make-shared "$state"
+        setsid unshare --mount --propagation unchanged -- bash -c '
+            set -e
+            binds=$1 netns=$2; shift 2
+            for b in $binds; do
+                src=${b%%:*} dst=${b#*:}
+                mkdir -p "$src" "$dst"
+                parent=$(findmnt -n -o TARGET -T "$dst")
+                mount --make-private "$parent"
+                mount --bind "$src" "$dst"
+            done
+            exec nsenter --net="$netns" "$@"' containerd-binds "$WEFT_CONTAINERD_BINDS" \
+            "/run/netns/$hostns" "$WEFT_CONTAINERD" --config "$config" </dev/null >>"$log" 2>&1 &
+    else
+        setsid nsenter --net="/run/netns/$hostns" "$WEFT_CONTAINERD" --config "$config" \
+            </dev/null >>"$log" 2>&1 &
+    fi
     pid=$!
     echo "$pid" >"$pidfile"
     for _ in $(seq 200); do
@@ -204,6 +231,10 @@ stop() {
             problems+=("cannot remove everything in $state")
     fi
     [[ -z "$(mounts_under "$state")" ]] || problems+=("mounts left under $state")
+    # WEFT_CONTAINERD_BINDS made STATE_DIR a mount of its own.
+    if mountpoint -q "$state"; then
+        umount "$state" 2>/dev/null || umount -l "$state" || problems+=("cannot unmount $state")
+    fi
     pids=$(pids_mentioning "--config $config"; pids_mentioning "-address $sock")
     [[ -z "$pids" ]] || problems+=("processes left: $(echo "$pids" | tr '\n' ' ')")
     if ((${#problems[@]})); then

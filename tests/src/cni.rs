@@ -645,6 +645,17 @@ impl Containerd {
     /// Starts containerd in `cni`'s host with `cni.bin_dir` as its plugin dir and `conf_dir`
     /// (its first conflist) as its network config; state under `host{i}/cd`.
     pub fn start(net: &Net, cni: &CniHost, conf_dir: &Path) -> anyhow::Result<Containerd> {
+        Self::start_with_env(net, cni, conf_dir, &[])
+    }
+
+    /// [`Containerd::start`] with extra environment for `containerd.sh` (and so for containerd
+    /// and the plugins it runs), e.g. `WEFT_CONTAINERD_BINDS`.
+    pub fn start_with_env(
+        net: &Net,
+        cni: &CniHost,
+        conf_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Containerd> {
         let clients = clients()?;
         let state_dir = net.host_dir(cni.host).join("cd");
         // From here on, Drop stops whatever part of it started.
@@ -662,7 +673,8 @@ impl Containerd {
             .args(["start", &cni.ns])
             .arg(&state_dir)
             .arg(&cni.bin_dir)
-            .arg(conf_dir);
+            .arg(conf_dir)
+            .envs(env.iter().copied());
         let out = cmd::run_with_timeout(&mut command, CONTAINERD_TIMEOUT)?;
         ensure!(
             out.success(),

@@ -31,6 +31,7 @@ mod cmd;
 pub mod cni;
 pub mod fakeapi;
 mod faults;
+pub mod kubelet;
 mod metrics;
 mod net;
 mod pods;
