@@ -41,6 +41,14 @@ pub fn ensure_bridge(name: &str, mtu: u16) -> io::Result<()> {
                 Ok(()) => {}
                 // Made by someone else between the look-up and now: fine, it is checked below.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    // The usual cause in a container: the security context lacks NET_ADMIN.
+                    return Err(ctx(format!(
+                        "create bridge {name} (the router needs CAP_NET_ADMIN in the host's \
+                         network namespace: in Kubernetes, add NET_ADMIN to the container's \
+                         securityContext capabilities, as the chart does)"
+                    ))(e));
+                }
                 Err(e) => return Err(ctx(format!("create bridge {name}"))(e)),
             }
             index_of(&mut nl, name)?
