@@ -35,48 +35,9 @@ import sys
 import time
 import uuid
 
+from cri_stubs import load  # noqa: E402
 
-def tools_env():
-    """KEY=VALUE pairs of the cache's cni-clients.env (as lib.sh locates the cache)."""
-    tools = os.environ.get("WEFT_TOOLS_DIR")
-    if not tools:
-        if os.geteuid() == 0:
-            tools = "/var/cache/weft-tools"
-        else:
-            tools = os.path.join(
-                os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "weft-tools")
-    env = {}
-    try:
-        with open(os.path.join(tools, "cni-clients.env")) as f:
-            for line in f:
-                k, _, v = line.rstrip("\n").partition("=")
-                if k:
-                    env[k] = v
-    except OSError:
-        pass
-    return env
-
-
-def setting(name):
-    return os.environ.get(name) or tools_env().get(name)
-
-
-try:
-    import grpc
-except ImportError:
-    py = setting("WEFT_CRI_PYTHON")
-    # (A venv's python is a symlink to the system one: mark the re-exec instead of comparing.)
-    if py and os.path.exists(py) and not os.environ.get("WEFT_CRI_REEXEC"):
-        os.environ["WEFT_CRI_REEXEC"] = "1"
-        os.execv(py, [py] + sys.argv)
-    sys.exit("cri-client: no grpc module and no WEFT_CRI_PYTHON venv: run tests/clients/setup.sh")
-
-stubs = setting("WEFT_CRI_STUBS")
-if not stubs:
-    sys.exit("cri-client: no CRI stubs (WEFT_CRI_STUBS): run tests/clients/setup.sh")
-sys.path.insert(0, stubs)
-import v1_pb2 as pb  # noqa: E402
-import v1_pb2_grpc as rpc  # noqa: E402
+grpc, pb, rpc = load("cri-client")
 
 PROTOCOLS = {"tcp": pb.TCP, "udp": pb.UDP, "sctp": pb.SCTP}
 

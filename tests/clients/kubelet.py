@@ -54,45 +54,10 @@ import uuid
 CLIENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, CLIENTS_DIR)
 
+from cri_stubs import load, setting  # noqa: E402
 
-def tools_env():
-    tools = os.environ.get("WEFT_TOOLS_DIR")
-    if not tools:
-        if os.geteuid() == 0:
-            tools = "/var/cache/weft-tools"
-        else:
-            tools = os.path.join(
-                os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "weft-tools")
-    env = {}
-    try:
-        with open(os.path.join(tools, "cni-clients.env")) as f:
-            for line in f:
-                k, _, v = line.rstrip("\n").partition("=")
-                if k:
-                    env[k] = v
-    except OSError:
-        pass
-    return env
+grpc, pb, rpc = load("kubelet")
 
-
-def setting(name):
-    return os.environ.get(name) or tools_env().get(name)
-
-
-try:
-    import grpc
-except ImportError:
-    py = setting("WEFT_CRI_PYTHON")
-    if py and os.path.exists(py) and not os.environ.get("WEFT_CRI_REEXEC"):
-        os.environ["WEFT_CRI_REEXEC"] = "1"
-        os.execv(py, [py] + sys.argv)
-    sys.exit("kubelet: no grpc module and no WEFT_CRI_PYTHON venv: run tests/clients/setup.sh")
-stubs = setting("WEFT_CRI_STUBS")
-if not stubs:
-    sys.exit("kubelet: no CRI stubs (WEFT_CRI_STUBS): run tests/clients/setup.sh")
-sys.path.insert(0, stubs)
-import v1_pb2 as pb  # noqa: E402
-import v1_pb2_grpc as rpc  # noqa: E402
 from kubelet_spec import (  # noqa: E402
     PROPAGATION, Node, PodError, atomic_write_dir, check_host_path, expand, load_manifests, log,
     now, pick_workload, pod_template, quantity, resources, security_context)

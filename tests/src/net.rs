@@ -121,39 +121,7 @@ impl Net {
             router: Mutex::new(None),
             firewall_ready: Mutex::new(false),
         });
-        // Both veth ends are made inside namespaces, so nothing touches the root namespace and
-        // interface names (`v{id}`, `eth0`) need no unique prefix to stay within 15 bytes.
-        ip_in(
-            &switch_ns,
-            &[
-                "link",
-                "add",
-                &switch_port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ],
-        )?;
-        ip_in(
-            &switch_ns,
-            &["link", "set", &switch_port, "master", "br0", "up"],
-        )?;
-        ip_in(&ns, &["link", "set", "lo", "up"])?;
-        ip_in(
-            &ns,
-            &[
-                "addr",
-                "add",
-                &format!("{address}/{SUBNET_BITS}"),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        plug_into_switch(&switch_ns, &switch_port, &ns, address)?;
         Ok(id)
     }
 
@@ -169,37 +137,7 @@ impl Net {
         let switch_ns = self.switch_ns.clone().context("switch is gone")?;
         let switch_port = format!("s{tag}");
         add_namespace(&ns)?;
-        ip_in(
-            &switch_ns,
-            &[
-                "link",
-                "add",
-                &switch_port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ],
-        )?;
-        ip_in(
-            &switch_ns,
-            &["link", "set", &switch_port, "master", "br0", "up"],
-        )?;
-        ip_in(&ns, &["link", "set", "lo", "up"])?;
-        ip_in(
-            &ns,
-            &[
-                "addr",
-                "add",
-                &format!("{address}/{SUBNET_BITS}"),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        plug_into_switch(&switch_ns, &switch_port, &ns, address)?;
         Ok(ns)
     }
 
@@ -256,6 +194,40 @@ impl Net {
 
 /// Creates a network namespace, replacing a stale one of the same name: names carry the test
 /// process' pid, so an existing one was left behind by a killed process that had our pid.
+/// Joins namespace `ns` to the switch: a veth pair `switch_port` (on `br0`) / `eth0` (in `ns`,
+/// with `address`), both up. Both ends are made inside namespaces, so nothing touches the root
+/// namespace and interface names (`v{id}`, `s{tag}`, `eth0`) need no unique prefix to stay
+/// within 15 bytes.
+fn plug_into_switch(
+    switch_ns: &str,
+    switch_port: &str,
+    ns: &str,
+    address: Ipv4Addr,
+) -> anyhow::Result<()> {
+    let veth = [
+        "link",
+        "add",
+        switch_port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns,
+    ];
+    ip_in(switch_ns, &veth)?;
+    ip_in(
+        switch_ns,
+        &["link", "set", switch_port, "master", "br0", "up"],
+    )?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    let cidr = format!("{address}/{SUBNET_BITS}");
+    ip_in(ns, &["addr", "add", &cidr, "dev", "eth0"])?;
+    ip_in(ns, &["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
 pub(crate) fn add_namespace(name: &str) -> anyhow::Result<()> {
     if Path::new("/run/netns").join(name).exists() {
         cmd::run_ok(Command::new("ip").args(["netns", "del", name]))?;
