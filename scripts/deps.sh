@@ -19,7 +19,8 @@ WEFT_DEPS=(
     nftables     # datapath and fault-injection tests
     iperf3       # throughput checks
     tcpdump      # to look at the wire
-    curl         # status endpoint
+    curl         # status endpoint; tests/tests/fakeapi.rs drives the fake API server
+    openssl      # tests/src/fakeapi: the fake API server's CA and TLS certificate
     util-linux   # unshare: one UTS namespace (hostname) per test host
     procps       # pgrep, sysctl
     iputils-ping # ping between test hosts

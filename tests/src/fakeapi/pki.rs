@@ -13,42 +13,48 @@ use crate::cmd;
 pub(crate) fn make_certificates(dir: &Path, address: IpAddr) -> anyhow::Result<()> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let openssl = |args: &[&str]| cmd::run_ok(Command::new("openssl").args(args)).map(drop);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("ca.key"),
-        "-out",
-        &path("ca.crt"),
-        "-days",
-        "3",
-        "-subj",
-        "/CN=weft-fake-apiserver-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &path("server.key"),
-        "-out",
-        &path("server.csr"),
-        "-subj",
-        "/CN=kube-apiserver",
-    ])?;
+    // `openssl req` with a new EC P-256 key (unencrypted) written to `key`, then `rest`.
+    let new_key_request = |key: &str, rest: &[&str]| {
+        let key = path(key);
+        let mut args = vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+        ];
+        args.extend_from_slice(rest);
+        openssl(&args)
+    };
+    new_key_request(
+        "ca.key",
+        &[
+            "-x509",
+            "-out",
+            &path("ca.crt"),
+            "-days",
+            "3",
+            "-subj",
+            "/CN=weft-fake-apiserver-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )?;
+    new_key_request(
+        "server.key",
+        &[
+            "-new",
+            "-out",
+            &path("server.csr"),
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    )?;
     std::fs::write(
         dir.join("server.ext"),
         format!(
