@@ -26,6 +26,7 @@ pub mod pmtu;
 pub mod sleeve;
 pub mod tap;
 pub mod udp;
+pub mod vxlan;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,20 @@
+//! The kernel VXLAN fast path: a VXLAN device on the weft bridge, driven entirely from weft's
+//! own knowledge (no learning, no flooding through it). See `docs/datapaths.md`.
+//!
+//! - [`plan`]: pure: which FDB entries the kernel should hold, and the steps from what it holds.
+
+pub mod plan;
+
+use serde::{Deserialize, Serialize};
+
+/// What a router offers for the VXLAN fast path on one connection (carried in the handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanOffer {
+    /// UDP port of the sender's VXLAN device.
+    pub port: u16,
+    /// VXLAN network identifier; both ends must use the same one.
+    pub vni: u32,
+}
+
+/// The VNI weft's VXLAN devices use.
+pub const DEFAULT_VNI: u32 = 0x00_77_66; // "wf"
