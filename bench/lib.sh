@@ -53,6 +53,8 @@ print_router_logs() {
     done
 }
 
+# On exit: stops what runs, deletes the namespaces, calls `bench_on_exit` if the script defines
+# it (to restore what it changed), removes the state dir.
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
@@ -65,6 +67,9 @@ on_exit() {
         kill "$p" 2>/dev/null || true
     done
     teardown
+    if declare -F bench_on_exit >/dev/null; then
+        bench_on_exit
+    fi
     rm -rf "$STATE_DIR"
     if [[ -n "$(our_namespaces)" ]]; then
         echo "bench: could not remove namespaces: $(our_namespaces | tr '\n' ' ')" >&2
