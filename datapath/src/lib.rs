@@ -31,6 +31,9 @@ pub mod tap;
 pub mod udp;
 pub mod vxlan;
 
+#[cfg(test)]
+mod flood_tests;
+
 use serde::{Deserialize, Serialize};
 
 /// A peer's 48-bit name as it appears on the wire. The datapath never sees gossip, so it works
