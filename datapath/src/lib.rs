@@ -16,12 +16,13 @@
 //! - [`heartbeat`]: whether the UDP path to a peer is alive, and if not, why.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
-//! thin kernel edges are [`tap`] and [`udp`].
+//! thin kernel edges are [`tap`], [`udp`] and [`packet`].
 
 pub mod forward;
 pub mod heartbeat;
 pub mod icmp;
 pub mod mac;
+pub mod packet;
 pub mod pmtu;
 pub mod sleeve;
 pub mod tap;
