@@ -20,7 +20,7 @@
 //! - [`vxlan::plan`]: the kernel FDB entries the VXLAN fast path needs, and the steps to them.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
-//! thin kernel edges are [`tap`] and [`udp`]. [`sleeve::engine`] runs the sleeve on them: the
+//! thin kernel edges are [`tap`], [`udp`] and [`packet`]. [`sleeve::engine`] runs the sleeve on them: the
 //! TAP port on the pods' bridge, the UDP socket, per-peer links and their threads (TAP reader,
 //! UDP reader, housekeeping: heartbeats, liveness, path-MTU probes, MAC expiry), counters.
 //! [`vxlan`] is the kernel VXLAN fast path (in progress, issue 11).
@@ -29,6 +29,7 @@ pub mod forward;
 pub mod heartbeat;
 pub mod icmp;
 pub mod mac;
+pub mod packet;
 pub mod pmtu;
 pub mod select;
 pub mod sleeve;
