@@ -2,7 +2,9 @@
 //! own knowledge (no learning, no flooding through it). See `docs/datapaths.md`.
 //!
 //! - [`plan`]: pure: which FDB entries the kernel should hold, and the steps from what it holds.
+//! - [`kernel`]: the kernel edge: the device and its FDB entries (trait, fake, rtnetlink).
 
+pub mod kernel;
 pub mod plan;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,290 @@
+//! Raw Ethernet frames on one device: an `AF_PACKET` socket. The VXLAN fast path sends its
+//! heartbeats through one bound to the VXLAN device (so the kernel encapsulates them like pod
+//! traffic: same UDP port, outer DF, MTU) and receives them on one bound to the bridge, with
+//! `PACKET_ORIGDEV` telling which port they came in on.
+//!
+//! [`FramePort`] is what the heartbeat engine uses; [`FakeFramePort`] records and replays.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Sends and receives whole Ethernet frames on one device.
+pub trait FramePort: Send {
+    /// Sends one frame (destination, source, ethertype, payload).
+    fn send(&self, frame: &[u8]) -> io::Result<()>;
+    /// One frame into `buf` and the index of the device it came in on; `None` when none is
+    /// queued (never blocks).
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, u32)>>;
+    /// Waits until a frame can be read or `timeout` passes; whether one is ready.
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
+}
+
+/// An `AF_PACKET` `SOCK_RAW` socket bound to one device and one ethertype.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl PacketSocket {
+    /// A socket for frames of `ethertype` on device `ifindex` (non-blocking, close-on-exec).
+    /// With `origdev`, received frames name the device they first came in on (a bridge port)
+    /// rather than the device the socket is bound to.
+    pub fn open(ifindex: u32, ethertype: u16, origdev: bool) -> io::Result<PacketSocket> {
+        let protocol = ethertype.to_be();
+        // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(protocol),
+            )
+        })?;
+        // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if origdev {
+            let on: libc::c_int = 1;
+            // SAFETY: the option value points at a live c_int of the given size.
+            check(unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_ORIGDEV,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            })?;
+        }
+        let addr = sockaddr_ll(ifindex, protocol);
+        // SAFETY: `addr` is a sockaddr_ll living for the call, with its exact size.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// The device it is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Sends one whole frame out of the device. `EMSGSIZE` if it exceeds the device MTU.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer is a live slice for the duration of the call; the kernel only
+        // reads it. The socket is bound, so no address is needed.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != frame.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short send on packet socket",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One frame and the index of the device it came in on (with `origdev`: the original
+    /// device), or `None` when nothing is queued. Outgoing copies are skipped.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, u32)>> {
+        loop {
+            // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are live and writable for the call with the sizes given;
+            // `len` is updated in place.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(None),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            return Ok(Some((n as usize, from.sll_ifindex as u32)));
+        }
+    }
+
+    /// Waits until a frame can be read or `timeout` passes; returns whether one is ready.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut pollfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let rc = check(unsafe { libc::poll(&mut pollfd, 1, millis) })?;
+        Ok(rc > 0 && pollfd.revents & libc::POLLIN != 0)
+    }
+}
+
+fn sockaddr_ll(ifindex: u32, protocol_be: u16) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol_be;
+    addr.sll_ifindex = ifindex as libc::c_int;
+    addr
+}
+
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl FramePort for PacketSocket {
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        PacketSocket::send(self, frame)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, u32)>> {
+        PacketSocket::recv(self, buf)
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        PacketSocket::wait_readable(self, timeout)
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    sent: Vec<Vec<u8>>,
+    inbox: VecDeque<(Vec<u8>, u32)>,
+    fail_sends: Option<(usize, i32)>,
+}
+
+/// A [`FramePort`] in memory: records what is sent, hands out what a test queued. Clones share
+/// the same state, so a test keeps one while the engine owns another.
+#[derive(Debug, Clone, Default)]
+pub struct FakeFramePort {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeFramePort {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame as if it came in on device `ifindex`.
+    pub fn push_incoming(&self, frame: &[u8], ifindex: u32) {
+        self.lock().inbox.push_back((frame.to_vec(), ifindex));
+    }
+
+    /// Every frame sent so far.
+    pub fn sent(&self) -> Vec<Vec<u8>> {
+        self.lock().sent.clone()
+    }
+
+    /// The frames sent so far, forgetting them.
+    pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.lock().sent)
+    }
+
+    /// The next `n` sends fail with `errno` (and are not recorded).
+    pub fn fail_next_sends(&self, n: usize, errno: i32) {
+        self.lock().fail_sends = (n > 0).then_some((n, errno));
+    }
+}
+
+impl FramePort for FakeFramePort {
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        if let Some((n, errno)) = s.fail_sends {
+            s.fail_sends = (n > 1).then_some((n - 1, errno));
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        s.sent.push(frame.to_vec());
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, u32)>> {
+        let Some((frame, ifindex)) = self.lock().inbox.pop_front() else {
+            return Ok(None);
+        };
+        // Like a datagram socket: a frame longer than the buffer is cut.
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(Some((n, ifindex)))
+    }
+
+    fn wait_readable(&self, _timeout: Duration) -> io::Result<bool> {
+        Ok(!self.lock().inbox.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fake_records_sends_and_replays_queued_frames_in_order() {
+        let port = FakeFramePort::new();
+        let engine_side: Box<dyn FramePort> = Box::new(port.clone());
+        engine_side.send(&[1, 2, 3]).unwrap();
+        assert_eq!(port.sent(), vec![vec![1, 2, 3]]);
+        let mut buf = [0u8; 2];
+        assert!(!engine_side.wait_readable(Duration::ZERO).unwrap());
+        assert_eq!(engine_side.recv(&mut buf).unwrap(), None);
+        port.push_incoming(&[9, 8, 7], 5);
+        port.push_incoming(&[6], 6);
+        assert!(engine_side.wait_readable(Duration::ZERO).unwrap());
+        assert_eq!(engine_side.recv(&mut buf).unwrap(), Some((2, 5)));
+        assert_eq!(buf, [9, 8]);
+        assert_eq!(engine_side.recv(&mut buf).unwrap(), Some((1, 6)));
+        port.fail_next_sends(1, libc::ENETDOWN);
+        let err = engine_side.send(&[1]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENETDOWN));
+        engine_side.send(&[2]).unwrap();
+        assert_eq!(port.take_sent(), vec![vec![1, 2, 3], vec![2]]);
+        assert!(port.sent().is_empty());
+    }
+
+    #[test]
+    fn opening_on_a_device_that_does_not_exist_fails() {
+        // Without CAP_NET_RAW socket() fails first (EPERM); as root the bind does (ENODEV).
+        let err = PacketSocket::open(u32::MAX >> 1, 0x88b5, true).unwrap_err();
+        assert!(
+            matches!(
+                err.raw_os_error(),
+                Some(libc::ENODEV | libc::EPERM | libc::EACCES)
+            ),
+            "{err}"
+        );
+    }
+}
