@@ -464,7 +464,8 @@ const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
 /// other pod receives each exactly once, none comes back to its sender, and no fast-path
 /// heartbeat reaches a pod.
 fn check_bum_exactly_once(net: &Net, pods: &[PodId], round: &str) -> anyhow::Result<()> {
-    let filter = format!("udp dst port 4242 or udp dst port 4243 or ether proto {HEARTBEAT_ETHERTYPE:#06x}");
+    let filter =
+        format!("udp dst port 4242 or udp dst port 4243 or ether proto {HEARTBEAT_ETHERTYPE:#06x}");
     let mut captures: Vec<(PodId, Capture)> = pods
         .iter()
         .map(|&p| Ok((p, net.capture_pod_inbound(p, &filter)?)))
@@ -475,7 +476,14 @@ fn check_bum_exactly_once(net: &Net, pods: &[PodId], round: &str) -> anyhow::Res
         net.pod_exec(
             pod,
             &[
-                "python3", "-c", BUM_SENDER, &me, "10.250.0.255", "239.1.2.3", &n, round,
+                "python3",
+                "-c",
+                BUM_SENDER,
+                &me,
+                "10.250.0.255",
+                "239.1.2.3",
+                &n,
+                round,
             ],
         )?;
     }
@@ -564,12 +572,16 @@ fn broadcast_and_multicast_reach_every_other_pod_exactly_once_also_in_a_mixed_me
     // each other (relayed through host1 or host2), the other connections on vxlan.
     net.block_udp_port(1, 2, VXLAN_PORT)?;
     net.block(3, 4)?;
-    net.wait_until("host1-host2 use the sleeve, host3-host4 are apart", SETTLE, || {
-        net.check_datapath(&[(1, 2)], "sleeve")?;
-        net.check_disconnected_from(&[3], 4)?;
-        net.check_disconnected_from(&[4], 3)?;
-        net.check_datapath(&[(1, 3), (1, 4), (2, 3), (2, 4)], "vxlan")
-    })?;
+    net.wait_until(
+        "host1-host2 use the sleeve, host3-host4 are apart",
+        SETTLE,
+        || {
+            net.check_datapath(&[(1, 2)], "sleeve")?;
+            net.check_disconnected_from(&[3], 4)?;
+            net.check_disconnected_from(&[4], 3)?;
+            net.check_datapath(&[(1, 3), (1, 4), (2, 3), (2, 4)], "vxlan")
+        },
+    )?;
     wait_ping(&net, 3, &v4(4))?;
     wait_ping(&net, 1, &v4(2))?;
     check_bum_exactly_once(&net, &pods, "mixed")
@@ -713,10 +725,14 @@ fn a_mac_that_moves_to_another_host_is_repointed_everywhere() -> anyhow::Result<
     let mover = net.add_pod_with_mac(1, BRIDGE, &format!("{ADDRESS}/24"), mtu, Some(MAC))?;
     ping(&net, 2, ADDRESS)?;
     ping(&net, 3, ADDRESS)?;
-    net.wait_until("hosts 2 and 3 send the MAC to host1 over VXLAN", SETTLE, || {
-        check_fast_entry(&net, 2, MAC, 1)?;
-        check_fast_entry(&net, 3, MAC, 1)
-    })?;
+    net.wait_until(
+        "hosts 2 and 3 send the MAC to host1 over VXLAN",
+        SETTLE,
+        || {
+            check_fast_entry(&net, 2, MAC, 1)?;
+            check_fast_entry(&net, 3, MAC, 1)
+        },
+    )?;
 
     // Gone from host1, back on host2 with the same MAC and address.
     net.remove_pod(mover)?;
@@ -790,14 +806,18 @@ fn a_killed_router_leaves_fast_path_traffic_flowing_and_its_restart_keeps_the_fd
     let macs: Vec<String> = (1..=3)
         .map(|p| net.pod_mac(p))
         .collect::<anyhow::Result<_>>()?;
-    net.wait_until("every pod MAC is on the fast path everywhere", SETTLE, || {
-        for i in 1..=3 {
-            for pod in (1..=3).filter(|&p| p != i) {
-                check_fast_entry(&net, i, &macs[pod - 1], pod)?;
+    net.wait_until(
+        "every pod MAC is on the fast path everywhere",
+        SETTLE,
+        || {
+            for i in 1..=3 {
+                for pod in (1..=3).filter(|&p| p != i) {
+                    check_fast_entry(&net, i, &macs[pod - 1], pod)?;
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     let before: Vec<BTreeSet<String>> = (1..=3)
         .map(|i| kept_fdb(&net, i))
         .collect::<anyhow::Result<_>>()?;
@@ -821,17 +841,21 @@ fn a_killed_router_leaves_fast_path_traffic_flowing_and_its_restart_keeps_the_fd
     net.wait_until("hosts 1 and 2 see host3's router gone", SETTLE, || {
         net.check_disconnected_from(&[1, 2], 3)
     })?;
-    net.wait_until("the pings go on while host3's router is down", SETTLE, || {
-        for (p, at) in pings.iter().zip(&at_kill) {
-            let (from, to, _) = p;
-            ensure!(
-                replies(p) >= at + REPLIES_PER_PHASE,
-                "pod{from} -> pod{to}: {} replies since the kill",
-                replies(p) - at
-            );
-        }
-        Ok(true)
-    })?;
+    net.wait_until(
+        "the pings go on while host3's router is down",
+        SETTLE,
+        || {
+            for (p, at) in pings.iter().zip(&at_kill) {
+                let (from, to, _) = p;
+                ensure!(
+                    replies(p) >= at + REPLIES_PER_PHASE,
+                    "pod{from} -> pod{to}: {} replies since the kill",
+                    replies(p) - at
+                );
+            }
+            Ok(true)
+        },
+    )?;
     // The kernel state stayed: hosts 1 and 2 still send pod3's MAC to host3, host3 keeps its
     // device and entries.
     net.check_now("the fast-path entries outlive the router", || {
@@ -973,7 +997,10 @@ fn with_a_password_every_connection_stays_on_the_sleeve_and_no_plaintext_crosses
     })?;
     capture.stop()?;
     let bytes = capture.bytes()?;
-    ensure!(!contains(&bytes, MARKER), "the UDP marker is on the underlay");
+    ensure!(
+        !contains(&bytes, MARKER),
+        "the UDP marker is on the underlay"
+    );
     ensure!(
         !contains(&bytes, PING_PATTERN),
         "the ping pattern is on the underlay"
@@ -989,5 +1016,8 @@ fn with_a_password_every_connection_stays_on_the_sleeve_and_no_plaintext_crosses
             );
         }
     }
-    net.check_now("every connection still on the sleeve for want of ESP", check_esp)
+    net.check_now(
+        "every connection still on the sleeve for want of ESP",
+        check_esp,
+    )
 }

@@ -123,7 +123,10 @@ impl Capture {
     /// length).
     pub fn frames(&self) -> anyhow::Result<Vec<Vec<u8>>> {
         let bytes = self.bytes()?;
-        Ok(pcap_frames(&bytes)?.into_iter().map(<[u8]>::to_vec).collect())
+        Ok(pcap_frames(&bytes)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect())
     }
 
     /// Stops tcpdump. The file stays readable.
