@@ -167,36 +167,43 @@ start_mesh() {
 }
 
 # mesh_state MODE: how many hosts are settled: every other host connected, and each connection
-# on vxlan (auto) or with its sleeve link up (sleeve).
+# on vxlan (auto) or with its sleeve link up (sleeve). Asks all routers at once.
 mesh_state() {
-    local mode=$1 i ready=0 state
+    local mode=$1 i
+    local -a pids=()
+    mkdir -p "$STATE_DIR/state"
     for i in $(seq "$hosts"); do
-        state=$(ip netns exec "$(host_ns "$i")" "$WEFT" status --json --status-addr "$STATUS_ADDR" 2>/dev/null |
-            python3 -c '
-import json, sys
-r, mode, n = json.load(sys.stdin), sys.argv[1], int(sys.argv[2])
-up = [c for c in r["connections"] if c["state"] == "established"]
-paths = [c.get("datapath") or {} for c in up]
-ok = len(up) == n - 1 and all(
-    (p.get("datapath") == "vxlan") if mode == "auto" else (p.get("health") == "up") for p in paths)
-print("ok" if ok else "%d/%d" % (len(up), n - 1))' "$mode" "$hosts" 2>/dev/null || echo down)
-        [[ "$state" != ok ]] || ready=$((ready + 1))
+        (ip netns exec "$(host_ns "$i")" "$WEFT" status --json --status-addr "$STATUS_ADDR" \
+            >"$STATE_DIR/state/$i.json" 2>/dev/null || :) &
+        pids+=("$!")
     done
-    echo "$ready"
+    wait "${pids[@]}"
+    "$PY" - "$mode" "$hosts" "$STATE_DIR/state" <<'EOF'
+import json, sys
+mode, n, d = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ready = 0
+for i in range(1, n + 1):
+    try:
+        r = json.load(open("%s/%d.json" % (d, i)))
+    except (OSError, ValueError):
+        continue
+    up = [c for c in r["connections"] if c["state"] == "established"]
+    paths = [c.get("datapath") or {} for c in up]
+    want = (lambda p: p.get("datapath") == "vxlan") if mode == "auto" else (lambda p: p.get("health") == "up")
+    ready += len(up) == n - 1 and all(want(p) for p in paths)
+print(ready)
+EOF
 }
 
-# sample OUT: per host, eth0's tx_bytes and tx_packets and the nft counters (bytes).
+# sample DIR: per host, eth0's tx_bytes and tx_packets and the nft counters, into DIR.
 sample() {
     local out=$1 i ns
-    : >"$out"
+    mkdir -p "$out"
     for i in $(seq "$hosts"); do
         ns=$(host_ns "$i")
-        printf '%s %s %s %s\n' "$i" \
-            "$(ip netns exec "$ns" cat /sys/class/net/eth0/statistics/tx_bytes)" \
-            "$(ip netns exec "$ns" cat /sys/class/net/eth0/statistics/tx_packets)" \
-            "$(ip netns exec "$ns" nft -j list counters table inet wbidle |
-                python3 -c 'import json,sys; c={o["counter"]["name"]: o["counter"]["bytes"] for o in json.load(sys.stdin)["nftables"] if "counter" in o}; print(*(c[k] for k in ("control","sleeve","vxlan","other")))')" \
-            >>"$out"
+        ip netns exec "$ns" cat /sys/class/net/eth0/statistics/tx_bytes \
+            /sys/class/net/eth0/statistics/tx_packets >"$out/$i.tx"
+        ip netns exec "$ns" nft -j list counters table inet wbidle >"$out/$i.nft"
     done
 }
 
@@ -230,12 +237,16 @@ for mode in "${modes[@]}"; do
     sample "$dir/after"
     ready=$(mesh_state "$mode")
     echo "  measured ${seconds}s; $ready of $hosts hosts still settled at the end" >&2
-    python3 - "$mode" "$seconds" "$dir/before" "$dir/after" "$ready" "$hosts" >>"$RESULTS" <<'EOF'
-import sys
+    "$PY" - "$mode" "$seconds" "$dir/before" "$dir/after" "$ready" "$hosts" >>"$RESULTS" <<'EOF'
+import json, sys
 mode, secs, before, after, ready, n = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-read = lambda p: {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in open(p)}
-b, a = read(before), read(after)
-rates = [[(a[h][k] - b[h][k]) / secs for k in range(6)] for h in sorted(a)]
+def read(d, h):
+    tx = [int(x) for x in open("%s/%d.tx" % (d, h)).read().split()]
+    c = {o["counter"]["name"]: o["counter"]["bytes"]
+         for o in json.load(open("%s/%d.nft" % (d, h)))["nftables"] if "counter" in o}
+    return tx + [c[k] for k in ("control", "sleeve", "vxlan", "other")]
+hosts = range(1, int(n) + 1)
+rates = [[(a - b) / secs for a, b in zip(read(after, h), read(before, h))] for h in hosts]
 mean = lambda k: sum(r[k] for r in rates) / len(rates)
 tx = [r[0] for r in rates]
 print("\t".join([mode, n, "%.3f" % (mean(0) / 1e3), "%.3f" % (min(tx) / 1e3), "%.3f" % (max(tx) / 1e3),
@@ -248,7 +259,7 @@ echo
 echo "$HEADER"
 echo "  load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-python3 - "$RESULTS" <<'EOF'
+"$PY" - "$RESULTS" <<'EOF'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 print("sent per host on the underlay, KB/s (1 KB = 1000 bytes); the split by port is IP bytes, the")

@@ -7,6 +7,10 @@
 # seconds, pings, timeout; then calls bench_init (state dir, cleanup traps) first.
 # shellcheck shell=bash
 
+# The interpreter itself: a version manager's `python3` shim can take seconds per start on a
+# busy machine, and the scripts start many.
+PY=$(python3 -c 'import sys; print(sys.executable)')
+
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() {
     echo "bench: $*" >&2
@@ -168,7 +172,7 @@ setup_vxlan() {
 host_report() {
     local h=$1 expr=${2:-r}
     ip netns exec "$h" "$WEFT" status --json --status-addr "$STATUS_ADDR" 2>/dev/null |
-        python3 -c "import json,sys; r=json.load(sys.stdin); print($expr)" 2>/dev/null || true
+        "$PY" -c "import json,sys; r=json.load(sys.stdin); print($expr)" 2>/dev/null || true
 }
 
 # start_routers CONFIG-DIR DATAPATH-FLAG WANT-KIND [PASSWORD-FILE]: a weft router with
@@ -257,7 +261,7 @@ iperf_client() {
 
 # iperf_value JSON KIND: tcp -> Gbit/s received; udp -> kpps received.
 iperf_value() {
-    python3 - "$1" "$2" <<'EOF' 2>/dev/null || echo nan
+    "$PY" - "$1" "$2" <<'EOF' 2>/dev/null || echo nan
 import json, sys
 path, kind = sys.argv[1], sys.argv[2]
 r = json.load(open(path))
@@ -311,7 +315,7 @@ measure() {
 # print_tables TARGETS-JSON FOOTER: the results table, then each other row as a ratio of the
 # first (the reference) with the targets: {"row": {"metric": [">=" or "<=", limit]}}.
 print_tables() {
-    python3 - "$RESULTS" "$1" "$2" <<'EOF'
+    "$PY" - "$RESULTS" "$1" "$2" <<'EOF'
 import json, math, sys
 
 rows = {}
