@@ -84,8 +84,8 @@ impl PacketSocket {
     /// this is the way to know the port: on a socket bound to the bridge, `PACKET_ORIGDEV`
     /// names the bridge (Linux 6.18: the bridge hands local frames up in a second receive). It
     /// taps every frame of the device (`ETH_P_ALL`) through a socket filter that keeps only
-    /// incoming frames of `ethertype`, so the others cost no copy.
-    pub fn open_incoming(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
+    /// incoming frames of `ethertype` to `dst`, so the others (pod traffic) cost no copy.
+    pub fn open_incoming(ifindex: u32, ethertype: u16, dst: [u8; 6]) -> io::Result<PacketSocket> {
         // Protocol 0 until bound: nothing is queued before the filter is in place.
         // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
         let raw = check(unsafe {
@@ -97,7 +97,7 @@ impl PacketSocket {
         })?;
         // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut program = incoming_filter(ethertype);
+        let mut program = incoming_filter(ethertype, dst);
         let fprog = libc::sock_fprog {
             len: program.len() as u16,
             filter: program.as_mut_ptr(),
@@ -203,8 +203,9 @@ fn sockaddr_ll(ifindex: u32, protocol_be: u16) -> libc::sockaddr_ll {
     addr
 }
 
-/// Classic BPF: accept frames whose ethertype is `ethertype` and that are not outgoing.
-fn incoming_filter(ethertype: u16) -> [libc::sock_filter; 6] {
+/// Classic BPF: accept frames to `dst` whose ethertype is `ethertype` and that are not
+/// outgoing.
+fn incoming_filter(ethertype: u16, dst: [u8; 6]) -> [libc::sock_filter; 10] {
     // BPF_LD (0) | BPF_H | BPF_ABS; BPF_LD | BPF_W (0) | BPF_ABS; BPF_JMP | BPF_JEQ | BPF_K (0).
     const LD_H_ABS: u16 = 0x08 | 0x20;
     const LD_W_ABS: u16 = 0x20;
@@ -213,9 +214,15 @@ fn incoming_filter(ethertype: u16) -> [libc::sock_filter; 6] {
     // SKF_AD_OFF + SKF_AD_PKTTYPE: the packet type, as an ancillary load.
     const PKTTYPE: u32 = 0xffff_f000 + 4;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let dst_hi = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    let dst_lo = u32::from(u16::from_be_bytes([dst[4], dst[5]]));
     [
         op(LD_H_ABS, 0, 0, 12),
-        op(JEQ_K, 0, 3, u32::from(ethertype)),
+        op(JEQ_K, 0, 7, u32::from(ethertype)),
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 5, dst_hi),
+        op(LD_H_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 3, dst_lo),
         op(LD_W_ABS, 0, 0, PKTTYPE),
         op(JEQ_K, 1, 0, u32::from(libc::PACKET_OUTGOING)),
         op(RET_K, 0, 0, 0x0004_0000),
