@@ -13,7 +13,9 @@
 //! - [`forward`]: where one frame goes;
 //! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU;
 //! - [`pmtu`]: path-MTU discovery per peer, by probes the peer acknowledges;
-//! - [`heartbeat`]: whether the UDP path to a peer is alive, and if not, why.
+//! - [`heartbeat`]: whether the UDP path to a peer is alive, and if not, why;
+//! - [`select`]: which datapath each peer connection uses, and why, with fallback and return;
+//! - [`vxlan::plan`]: the kernel FDB entries the VXLAN fast path needs, and the steps to them.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
 //! thin kernel edges are [`tap`], [`udp`] and [`packet`].
@@ -24,10 +26,14 @@ pub mod icmp;
 pub mod mac;
 pub mod packet;
 pub mod pmtu;
+pub mod select;
 pub mod sleeve;
 pub mod tap;
 pub mod udp;
 pub mod vxlan;
+
+#[cfg(test)]
+mod flood_tests;
 
 use serde::{Deserialize, Serialize};
 

@@ -9,7 +9,7 @@
 //!   port when its owner is on the fast path, else on the sleeve's TAP port; so each
 //!   destination takes the datapath chosen for the peer that owns it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::PeerId;
@@ -86,10 +86,121 @@ pub fn heartbeat_mac(peer: PeerId) -> Mac {
     mac
 }
 
+/// The entries `desired` asks for, and the MACs whose entries are kept as the kernel has them.
+///
+/// A MAC is *kept* when its owner's path is [`PeerPath::Keep`]; so is the heartbeat MAC of a
+/// Keep peer that is not in [`Desired::heartbeat_peers`]. A heartbeat entry wins over a pod MAC
+/// that happens to be equal to it (the engine never lets one be learned).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub fdb: KernelFdb,
+    pub kept: BTreeSet<Mac>,
+}
+
+impl Desired {
+    /// The path of `peer` (a peer missing from [`paths`](Self::paths) is on the sleeve).
+    pub fn path(&self, peer: &PeerId) -> PeerPath {
+        self.paths.get(peer).copied().unwrap_or(PeerPath::Sleeve)
+    }
+
+    /// The entries this asks for (see [`Target`]).
+    pub fn target(&self) -> Target {
+        let mut target = Target::default();
+        for (mac, owner) in &self.remote_macs {
+            match self.path(owner) {
+                PeerPath::Fast(dst) => {
+                    target.fdb.vxlan.insert(*mac, dst);
+                    target.fdb.bridge.insert(*mac, BridgePort::Vxlan);
+                }
+                PeerPath::Sleeve => {
+                    target.fdb.bridge.insert(*mac, BridgePort::Tap);
+                }
+                PeerPath::Keep => {
+                    target.kept.insert(*mac);
+                }
+            }
+        }
+        for (peer, path) in &self.paths {
+            if *path == PeerPath::Keep && !self.heartbeat_peers.contains_key(peer) {
+                target.kept.insert(heartbeat_mac(*peer));
+            }
+        }
+        for (peer, dst) in &self.heartbeat_peers {
+            let mac = heartbeat_mac(*peer);
+            target.kept.remove(&mac);
+            target.fdb.vxlan.insert(mac, *dst);
+        }
+        target
+    }
+}
+
 /// The steps from `current` to `desired`. Ordered so that no frame is lost or looped on the
 /// way: a MAC moving to the fast path gets its VXLAN entry before the bridge points at the
 /// VXLAN port, one leaving it is pointed at the TAP before its VXLAN entry goes.
+///
+/// Precisely: all [`FdbOp::VxlanSet`] first, then [`FdbOp::BridgeSet`], then
+/// [`FdbOp::BridgeDel`], then [`FdbOp::VxlanDel`], each group in MAC order. Entries of kept
+/// MACs (see [`Target`]) are neither added, moved nor removed; entries for MACs weft no longer
+/// knows are removed, unless [`Desired::adopting`] (then nothing is ever removed). Planning
+/// again after applying the plan yields nothing.
 pub fn plan(desired: &Desired, current: &KernelFdb) -> Vec<FdbOp> {
-    let _ = (desired, current);
-    todo!("helper core: implement")
+    let Target { fdb: want, kept } = desired.target();
+    let removable = |mac: &Mac| !desired.adopting && !kept.contains(mac);
+    let mut ops = Vec::new();
+    ops.extend(
+        want.vxlan
+            .iter()
+            .filter(|(mac, dst)| current.vxlan.get(*mac) != Some(*dst))
+            .map(|(mac, dst)| FdbOp::VxlanSet {
+                mac: *mac,
+                dst: *dst,
+            }),
+    );
+    ops.extend(
+        want.bridge
+            .iter()
+            .filter(|(mac, port)| current.bridge.get(*mac) != Some(*port))
+            .map(|(mac, port)| FdbOp::BridgeSet {
+                mac: *mac,
+                port: *port,
+            }),
+    );
+    ops.extend(
+        current
+            .bridge
+            .keys()
+            .filter(|mac| !want.bridge.contains_key(*mac) && removable(mac))
+            .map(|mac| FdbOp::BridgeDel { mac: *mac }),
+    );
+    ops.extend(
+        current
+            .vxlan
+            .keys()
+            .filter(|mac| !want.vxlan.contains_key(*mac) && removable(mac))
+            .map(|mac| FdbOp::VxlanDel { mac: *mac }),
+    );
+    ops
 }
+
+/// What the kernel does with `ops`, as a pure model (for tests and the recording fake).
+pub fn apply(ops: &[FdbOp], fdb: &mut KernelFdb) {
+    for op in ops {
+        match *op {
+            FdbOp::VxlanSet { mac, dst } => {
+                fdb.vxlan.insert(mac, dst);
+            }
+            FdbOp::VxlanDel { mac } => {
+                fdb.vxlan.remove(&mac);
+            }
+            FdbOp::BridgeSet { mac, port } => {
+                fdb.bridge.insert(mac, port);
+            }
+            FdbOp::BridgeDel { mac } => {
+                fdb.bridge.remove(&mac);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
