@@ -483,28 +483,29 @@ impl Engine {
         if ops.is_empty() {
             return;
         }
-        let result = self.kernel.apply(&self.config.tap, &ops);
-        let failed: Vec<(FdbOp, String)> = match result {
+        let failures = match self.kernel.apply(&self.config.tap, &ops) {
             Ok(()) => Vec::new(),
-            Err(errors) => errors
-                .failures
-                .iter()
-                .map(|f| (f.op, f.message.clone()))
-                .collect(),
+            Err(errors) => errors.failures,
         };
-        self.fdb_ops += (ops.len() - failed.len().min(ops.len())) as u64;
-        self.fdb_errors += failed.len() as u64;
-        debug!(ops = ops.len(), failed = failed.len(), "FDB reconciled");
-        if let Some((op, e)) = failed.first() {
+        let done: Vec<FdbOp> = ops
+            .iter()
+            .filter(|op| !failures.iter().any(|f| f.op == **op))
+            .copied()
+            .collect();
+        self.fdb_ops += done.len() as u64;
+        self.fdb_errors += failures.len() as u64;
+        let mut fdb = current;
+        plan::apply(&done, &mut fdb);
+        self.fdb_counts = (fdb.vxlan.len(), fdb.bridge.len());
+        debug!(ops = ops.len(), failed = failures.len(), "FDB reconciled");
+        if let Some(f) = failures.first() {
             self.note_error(format!(
-                "{} of {} FDB operations failed, e.g. {}: {e}",
-                failed.len(),
+                "{} of {} FDB operations failed, e.g. {}: {}",
+                failures.len(),
                 ops.len(),
-                crate::vxlan::kernel::format_op(op)
+                crate::vxlan::kernel::format_op(&f.op),
+                f.message
             ));
-        }
-        if let Ok(fdb) = self.kernel.read_fdb(&self.config.tap) {
-            self.fdb_counts = (fdb.vxlan.len(), fdb.bridge.len());
         }
     }
 

@@ -20,6 +20,10 @@
 //! - A full-size beat (the device MTU as inner packet: 1450 on a 1500 underlay) every
 //!   [`CONFIRM_FULL_INTERVAL`] (1 s) while the path is not confirmed (at start, after a check
 //!   failed, or while a full-size beat is unanswered), else every [`FULL_INTERVAL`] (30 s).
+//! - A path not heard for [`STANDBY_AFTER`] (30 s) is a standby: one small and one full-size
+//!   beat every [`STANDBY_INTERVAL`] (5 s) until the peer is heard again (then the confirming
+//!   rate), so a dead path costs little and a healed one is back within about 5 s plus the
+//!   selector's hold-down.
 //! - A full-size beat is answered at once with a small beat echoing it, so its confirmation
 //!   does not wait for the peer's next interval.
 //! - The path is **up** when all of these hold:
@@ -65,6 +69,10 @@ pub const ECHO_TIMEOUT: Duration = Duration::from_millis(4500);
 pub const FULL_ANSWER_WAIT: Duration = Duration::from_secs(2);
 pub const FULL_LOSSES: usize = 3;
 pub const START_GRACE: Duration = Duration::from_secs(5);
+/// A path that has not been heard for this long is a standby: probed every
+/// [`STANDBY_INTERVAL`] only.
+pub const STANDBY_AFTER: Duration = Duration::from_secs(30);
+pub const STANDBY_INTERVAL: Duration = Duration::from_secs(5);
 /// Beats of ours remembered for matching echoes (more than [`ECHO_TIMEOUT`] worth).
 const SENT_LOG: usize = 32;
 
@@ -317,16 +325,21 @@ impl FastLiveness {
     /// counts as sent.
     pub fn poll_send(&mut self, now: Instant) -> Option<Outgoing> {
         let ok = self.own_checks(now).is_ok();
+        let (small_every, confirm_every) = if self.standby(now) {
+            (STANDBY_INTERVAL, STANDBY_INTERVAL)
+        } else {
+            (SMALL_INTERVAL, CONFIRM_FULL_INTERVAL)
+        };
         if self.full_overdue(now) {
             // A full-size beat went unanswered: try again at the confirming rate.
-            let again = self.last_full_sent.map(|at| at + CONFIRM_FULL_INTERVAL);
+            let again = self.last_full_sent.map(|at| at + confirm_every);
             self.next_full = self.next_full.min(again.unwrap_or(now));
         }
         let full = if now >= self.next_full {
             if self.confirming(now) {
                 // Small beats keep going too, so a lost full-size beat is told apart from a
                 // dead path.
-                self.next_full = now + CONFIRM_FULL_INTERVAL;
+                self.next_full = now + confirm_every;
             } else {
                 // In place of this interval's small beat.
                 self.next_full = now + FULL_INTERVAL;
@@ -335,7 +348,7 @@ impl FastLiveness {
             true
         } else if now >= self.next_small || self.answer.is_some() || ok != self.sent_ok {
             // Also at once when our own view changed, so the peer learns it within a tick.
-            self.next_small = now + SMALL_INTERVAL;
+            self.next_small = now + small_every;
             false
         } else {
             return None;
@@ -414,6 +427,11 @@ impl FastLiveness {
     /// Whether full-size beats go at the confirming rate.
     fn confirming(&self, now: Instant) -> bool {
         self.own_checks(now).is_err() || !self.peer_ok || self.full_overdue(now)
+    }
+
+    /// Nothing heard for [`STANDBY_AFTER`]: probe slowly.
+    fn standby(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heard.unwrap_or(self.started)) >= STANDBY_AFTER
     }
 
     /// Whether a full-size beat has gone unanswered for [`FULL_ANSWER_WAIT`].
@@ -788,6 +806,24 @@ mod tests {
         assert_eq!(s.a.received_count(), 1);
     }
 
+    #[test]
+    fn a_dead_path_is_probed_slowly_and_found_again() {
+        let mut s = Sim::new();
+        s.run(10.0, Wire::Up, Wire::Up);
+        s.run(40.0, Wire::Down, Wire::Down);
+        let before = s.a.sent_count();
+        s.run(20.0, Wire::Down, Wire::Down);
+        let sent = s.a.sent_count() - before;
+        assert!(sent <= 8, "{sent} beats in 20 s of standby");
+        s.run(0.1, Wire::Up, Wire::Up);
+        let mut waited = 0;
+        while s.a.health(s.now) != FastHealth::Up || s.b.health(s.now) != FastHealth::Up {
+            s.run(0.1, Wire::Up, Wire::Up);
+            waited += 1;
+            assert!(waited <= 70, "not up again after {waited} ticks");
+        }
+    }
+
     fn arb_wire() -> impl Strategy<Value = u8> {
         // 0: up, 1: down, 2: each beat lost with probability 1/2.
         prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)]
@@ -824,10 +860,11 @@ mod tests {
                         prop_assert!(echoed.is_some_and(|at| now - at < ECHO_TIMEOUT));
                     }
                 }
-                // Both ways clean for the last 4 s (and past the grace period): up.
+                // Both ways clean for the last 8 s (a standby path is probed every 5 s; past
+                // the grace period): up.
                 let second = tick / 10;
-                if tick % 10 == 9 && second >= 5 {
-                    let clean = (second - 3..=second).all(|i| ab[i] == 0 && ba[i] == 0);
+                if tick % 10 == 9 && second >= 7 {
+                    let clean = (second - 7..=second).all(|i| ab[i] == 0 && ba[i] == 0);
                     if clean {
                         prop_assert_eq!(s.a.health(now), FastHealth::Up, "at {:?}", s.elapsed());
                         prop_assert_eq!(s.b.health(now), FastHealth::Up, "at {:?}", s.elapsed());
