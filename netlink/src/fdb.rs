@@ -30,13 +30,14 @@ pub struct FdbEntry {
     pub mac: [u8; 6],
     /// The device (for a bridge entry: the port) it is on.
     pub ifindex: u32,
-    /// `NDA_MASTER`: the bridge, for entries in a bridge's table.
+    /// `NDA_MASTER`: the bridge, for entries in a bridge's table (how a dump tells them: the
+    /// kernel sets no `NTF_MASTER` flag on them).
     pub master: Option<u32>,
     /// `NDA_DST`: the remote, for a VXLAN device's entries.
     pub dst: Option<IpAddr>,
     /// `self`: in the device's own table.
     pub on_self: bool,
-    /// `master`: in the bridge's table.
+    /// `NTF_MASTER` (set in requests; Linux 6.18 dumps bridge entries without it).
     pub on_master: bool,
     pub sticky: bool,
     pub state: FdbState,

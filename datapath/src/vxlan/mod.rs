@@ -3,7 +3,11 @@
 //!
 //! - [`plan`]: pure: which FDB entries the kernel should hold, and the steps from what it holds.
 //! - [`kernel`]: the kernel edge: the device and its FDB entries (trait, fake, rtnetlink).
+//! - [`fastbeat`]: pure: the fast-path heartbeat frame and each connection's liveness.
+//! - [`engine`]: the `weft-vxlan` thread: heartbeats, selectors, FDB reconcile.
 
+pub mod engine;
+pub mod fastbeat;
 pub mod kernel;
 pub mod plan;
 

@@ -205,11 +205,12 @@ impl VxlanKernel for NetlinkKernel {
             .map_err(|e| KernelError::io("dump the FDB", e))?;
         let mut out = KernelFdb::default();
         for e in entries {
-            if e.ifindex == vxlan && e.on_self && !e.on_master {
+            if e.ifindex == vxlan && e.on_self {
                 if let Some(dst) = v4(e.dst) {
                     out.vxlan.insert(e.mac, dst);
                 }
-            } else if e.on_master && e.state == FdbState::Static {
+            } else if e.master.is_some() && !e.on_self && e.state == FdbState::Static {
+                // The bridge's entries: dumped with NDA_MASTER, but without NTF_MASTER.
                 let port = if e.ifindex == vxlan {
                     BridgePort::Vxlan
                 } else {
