@@ -637,21 +637,29 @@ impl VxlanEngine {
         kernel: Box<dyn VxlanKernel>,
         events: VxlanEventSink,
     ) -> Result<Self, VxlanError> {
+        let local = config.local;
         Self::start_with(
             config,
             kernel,
-            |device| {
+            move |device| {
                 let send = PacketSocket::open(device.index, fastbeat::ETHERTYPE, false).map_err(
                     |source| VxlanError::Socket {
                         what: "the VXLAN device",
                         source,
                     },
                 )?;
-                let recv = PacketSocket::open(device.bridge_index, fastbeat::ETHERTYPE, true)
-                    .map_err(|source| VxlanError::Socket {
-                        what: "the bridge",
-                        source,
-                    })?;
+                // On the VXLAN device itself, for frames to our heartbeat MAC only: a socket on
+                // the bridge would see them too (its local entry sends them up), but with the
+                // bridge's index, not the port they came in on.
+                let recv = PacketSocket::open_incoming(
+                    device.index,
+                    fastbeat::ETHERTYPE,
+                    plan::heartbeat_mac(local),
+                )
+                .map_err(|source| VxlanError::Socket {
+                    what: "the VXLAN device (receive)",
+                    source,
+                })?;
                 Ok((Box::new(send) as Box<dyn FramePort>, Box::new(recv) as _))
             },
             events,
