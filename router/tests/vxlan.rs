@@ -209,6 +209,33 @@ fn check_sleeve_entry(net: &Net, i: HostId, mac: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Every host's FDB entries for `mac` and who its router says owns it, for failure messages.
+fn whereabouts(net: &Net, mac: &str) -> String {
+    let mut out = String::new();
+    for i in net.host_ids() {
+        let entries = net.fdb(i).map(|all| {
+            all.iter()
+                .filter(|e| e.mac == mac)
+                .map(FdbEntry::line)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let owner = net.report_json(i).map(|r| {
+            r["datapath"]["mac_table"]
+                .as_array()
+                .and_then(|t| t.iter().find(|m| m["mac"] == mac))
+                .map(|m| m["owner"].to_string())
+                .unwrap_or_else(|| "none".into())
+        });
+        out.push_str(&format!(
+            "\n  host{i}: owner {}, fdb: {}",
+            owner.unwrap_or_else(|e| format!("{e:#}")),
+            entries.unwrap_or_else(|e| format!("{e:#}"))
+        ));
+    }
+    out
+}
+
 fn fdb_text(net: &Net, i: HostId) -> String {
     match net.fdb(i) {
         Ok(entries) => entries
@@ -738,7 +765,14 @@ fn a_mac_that_moves_to_another_host_is_repointed_everywhere() -> anyhow::Result<
     net.remove_pod(mover)?;
     let moved = net.add_pod_with_mac(2, BRIDGE, &format!("{ADDRESS}/24"), mtu, Some(MAC))?;
     // It speaks first (as a restarted pod would), so host2 learns it.
-    wait_ping(&net, moved, &v4(3))?;
+    net.wait_until(&format!("pod{moved} (moved) reaches pod3"), SETTLE, || {
+        ensure!(
+            ping(&net, moved, &v4(3)).is_ok(),
+            "no answer; where {MAC} is:{}",
+            whereabouts(&net, MAC)
+        );
+        Ok(true)
+    })?;
     net.wait_until("hosts 1 and 3 send the MAC to host2 over VXLAN", SETTLE, || {
         check_fast_entry(&net, 1, MAC, 2)?;
         check_fast_entry(&net, 3, MAC, 2)?;
@@ -849,8 +883,10 @@ fn a_killed_router_leaves_fast_path_traffic_flowing_and_its_restart_keeps_the_fd
                 let (from, to, _) = p;
                 ensure!(
                     replies(p) >= at + REPLIES_PER_PHASE,
-                    "pod{from} -> pod{to}: {} replies since the kill",
-                    replies(p) - at
+                    "pod{from} -> pod{to}: {} replies since the kill; where pod{to}'s MAC \
+                     is:{}",
+                    replies(p) - at,
+                    whereabouts(&net, &macs[to - 1])
                 );
             }
             Ok(true)
