@@ -188,6 +188,7 @@ start_routers() {
         mkdir -p "$dir/host$i"
         local -a args=(router
             --data-dir "$dir/host$i/data"
+            --cni-socket "$dir/host$i/cni.sock"
             --name "02:77:62:00:00:0$i"
             --nickname "host$i"
             --mesh-id wbench
