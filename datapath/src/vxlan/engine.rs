@@ -44,6 +44,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The FDB is compared with the kernel's at least this often, even when nothing changed.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a peer whose connection closed keeps its entries as they are, whatever the routes
+/// say meanwhile: the mesh's view of who is reachable settles only after the peers' topology
+/// updates arrive. A peer still reachable then (relayed) moves to the sleeve; one that is not
+/// (its router died) keeps them, so pod traffic to its host goes on in the kernel.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(15);
 /// Received frames handled per step at most (the rest wait for the next tick).
 const MAX_RECEIVE_PER_STEP: usize = 1024;
 
@@ -88,6 +93,8 @@ pub enum VxlanError {
     },
     #[error("local heartbeat MAC on the bridge: {0}")]
     HeartbeatMac(#[source] KernelError),
+    #[error("isolating the VXLAN and TAP bridge ports from each other: {0}")]
+    Isolate(#[source] KernelError),
     #[error("reading the FDB: {0}")]
     ReadFdb(#[source] KernelError),
     #[error("packet socket for heartbeats on {what}: {source}")]
@@ -179,6 +186,8 @@ pub struct Engine {
     started: Instant,
     conns: BTreeMap<PeerId, Conn>,
     reachable: BTreeSet<PeerId>,
+    /// Peers whose connection closed, and when (see [`CLOSE_GRACE`]).
+    closed: BTreeMap<PeerId, Instant>,
     macs: BTreeMap<Mac, PeerId>,
     macs_learned: bool,
     last_desired: Option<Desired>,
@@ -214,6 +223,7 @@ impl Engine {
         kernel
             .set_local_heartbeat_mac(heartbeat_mac(config.local))
             .map_err(VxlanError::HeartbeatMac)?;
+        kernel.isolate(&config.tap).map_err(VxlanError::Isolate)?;
         let fdb = kernel.read_fdb(&config.tap).map_err(VxlanError::ReadFdb)?;
         info!(
             device = %spec.name,
@@ -238,6 +248,7 @@ impl Engine {
             started: now,
             conns: BTreeMap::new(),
             reachable: BTreeSet::new(),
+            closed: BTreeMap::new(),
             macs: BTreeMap::new(),
             macs_learned: false,
             last_desired: None,
@@ -275,6 +286,7 @@ impl Engine {
         mut policy: Policy,
         now: Instant,
     ) {
+        self.closed.remove(&peer);
         let ours = self.offer();
         let peer_offers = peer_offer.is_some();
         if let Some(offer) = peer_offer.filter(|offer| *offer != ours) {
@@ -331,9 +343,10 @@ impl Engine {
     }
 
     /// Forgets a connection (only if it is still the current one for `peer`).
-    pub fn remove_connection(&mut self, peer: PeerId, conn: u64) {
+    pub fn remove_connection(&mut self, peer: PeerId, conn: u64, now: Instant) {
         if self.conns.get(&peer).is_some_and(|c| c.conn == conn) {
             self.conns.remove(&peer);
+            self.closed.insert(peer, now);
             debug!(peer = %PeerFmt(peer), conn, "connection removed from the VXLAN engine");
         }
     }
@@ -438,9 +451,13 @@ impl Engine {
             }
         }
         for peer in self.macs.values().chain(&self.reachable) {
+            let just_closed = self
+                .closed
+                .get(peer)
+                .is_some_and(|at| now.saturating_duration_since(*at) < CLOSE_GRACE);
             paths
                 .entry(*peer)
-                .or_insert(if self.reachable.contains(peer) {
+                .or_insert(if self.reachable.contains(peer) && !just_closed {
                     PeerPath::Sleeve
                 } else {
                     PeerPath::Keep
@@ -716,7 +733,7 @@ impl VxlanEngine {
     }
 
     pub fn remove_connection(&self, peer: PeerId, conn: u64) {
-        self.engine().remove_connection(peer, conn);
+        self.engine().remove_connection(peer, conn, Instant::now());
     }
 
     pub fn set_reachable(&self, peers: Vec<PeerId>) {

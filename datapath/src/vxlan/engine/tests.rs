@@ -549,15 +549,47 @@ fn a_new_connection_replaces_the_old_one_of_the_same_peer() {
     m.host(A).connect(B, 77, policy(), now);
     m.host(B).connect(A, 77, policy(), now);
     // Removing the old one changes nothing.
-    m.host(A).engine.remove_connection(B, 0x0a0b);
+    m.host(A).engine.remove_connection(B, 0x0a0b, now);
     let paths = m.h(A).engine.paths(now);
     assert_eq!(paths.len(), 1);
     assert_eq!(paths[0].conn, 77);
     m.until(secs(5), "the new connection on vxlan", |m| {
         m.all_on(DatapathKind::Vxlan)
     });
-    m.host(A).engine.remove_connection(B, 77);
+    let now = m.now;
+    m.host(A).engine.remove_connection(B, 77, now);
     assert!(m.h(A).engine.paths(m.now).is_empty());
+}
+
+#[test]
+fn a_closed_connection_keeps_its_entries_through_the_grace_then_follows_reachability() {
+    let mut m = Mesh::new(&[A, B, C]);
+    m.full_mesh(policy());
+    m.until(secs(5), "all on vxlan", |m| m.all_on(DatapathKind::Vxlan));
+    m.tick();
+    let before = m.h(A).fdb();
+    assert_eq!(before.bridge.get(&POD_C), Some(&BridgePort::Vxlan));
+    // C's router dies: A's connection to it closes while the routes still say C is reachable
+    // (the topology updates have not arrived yet).
+    let now = m.now;
+    let conn = u64::from(A[5]) << 8 | u64::from(C[5]);
+    m.host(A).engine.remove_connection(C, conn, now);
+    m.filter = Box::new(|from, to, _| from != C && to != C);
+    m.run(CLOSE_GRACE - secs(1));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.bridge.get(&POD_C), Some(&BridgePort::Vxlan), "{fdb:?}");
+    assert_eq!(fdb.vxlan.get(&POD_C), Some(&underlay(C)));
+    // Then C is unreachable: its entries stay, so traffic to its host goes on in the kernel.
+    m.host(A).engine.set_reachable(vec![B]);
+    m.run(secs(2));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.vxlan.get(&POD_C), Some(&underlay(C)), "{fdb:?}");
+    // Reachable again through B (a relay) without a connection of its own: the sleeve.
+    m.host(A).engine.set_reachable(vec![B, C]);
+    m.run(secs(1));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.bridge.get(&POD_C), Some(&BridgePort::Tap), "{fdb:?}");
+    assert_eq!(fdb.vxlan.get(&POD_C), None);
 }
 
 #[test]
