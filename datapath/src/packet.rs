@@ -79,6 +79,51 @@ impl PacketSocket {
         Ok(PacketSocket { fd, ifindex })
     }
 
+    /// A socket for frames of `ethertype` that come *in* on device `ifindex`, seen there before
+    /// a bridge the device is a port of takes them (`recv` names `ifindex`). For a bridge port
+    /// this is the way to know the port: on a socket bound to the bridge, `PACKET_ORIGDEV`
+    /// names the bridge (Linux 6.18: the bridge hands local frames up in a second receive). It
+    /// taps every frame of the device (`ETH_P_ALL`) through a socket filter that keeps only
+    /// incoming frames of `ethertype` to `dst`, so the others (pod traffic) cost no copy.
+    pub fn open_incoming(ifindex: u32, ethertype: u16, dst: [u8; 6]) -> io::Result<PacketSocket> {
+        // Protocol 0 until bound: nothing is queued before the filter is in place.
+        // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut program = incoming_filter(ethertype, dst);
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: the program and its descriptor live for the call; the kernel copies them.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        })?;
+        let addr = sockaddr_ll(ifindex, (libc::ETH_P_ALL as u16).to_be());
+        // SAFETY: `addr` is a sockaddr_ll living for the call, with its exact size.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        Ok(PacketSocket { fd, ifindex })
+    }
+
     /// The device it is bound to.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
@@ -156,6 +201,33 @@ fn sockaddr_ll(ifindex: u32, protocol_be: u16) -> libc::sockaddr_ll {
     addr.sll_protocol = protocol_be;
     addr.sll_ifindex = ifindex as libc::c_int;
     addr
+}
+
+/// Classic BPF: accept frames to `dst` whose ethertype is `ethertype` and that are not
+/// outgoing.
+fn incoming_filter(ethertype: u16, dst: [u8; 6]) -> [libc::sock_filter; 10] {
+    // BPF_LD (0) | BPF_H | BPF_ABS; BPF_LD | BPF_W (0) | BPF_ABS; BPF_JMP | BPF_JEQ | BPF_K (0).
+    const LD_H_ABS: u16 = 0x08 | 0x20;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x05 | 0x10;
+    const RET_K: u16 = 0x06;
+    // SKF_AD_OFF + SKF_AD_PKTTYPE: the packet type, as an ancillary load.
+    const PKTTYPE: u32 = 0xffff_f000 + 4;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let dst_hi = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    let dst_lo = u32::from(u16::from_be_bytes([dst[4], dst[5]]));
+    [
+        op(LD_H_ABS, 0, 0, 12),
+        op(JEQ_K, 0, 7, u32::from(ethertype)),
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 5, dst_hi),
+        op(LD_H_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 3, dst_lo),
+        op(LD_W_ABS, 0, 0, PKTTYPE),
+        op(JEQ_K, 1, 0, u32::from(libc::PACKET_OUTGOING)),
+        op(RET_K, 0, 0, 0x0004_0000),
+        op(RET_K, 0, 0, 0),
+    ]
 }
 
 impl AsRawFd for PacketSocket {

@@ -5,11 +5,14 @@
 //!
 //! - [`RouteSocket`]: one socket and the requests weft makes on it.
 //! - [`link`]: reading a link message (name, MAC, MTU, bridge, port state).
+//! - [`vxlan`]: VXLAN devices and bridge-port flags; [`fdb`]: forwarding-database entries.
 //! - [`in_netns`]: running code (e.g. opening a socket) inside another network namespace.
 
+pub mod fdb;
 pub mod link;
 mod netns;
 mod socket;
+pub mod vxlan;
 
 pub use netlink_packet_route;
 pub use netns::in_netns;

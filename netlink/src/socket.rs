@@ -12,13 +12,16 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
 };
+use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::fdb::{self, FdbEntry};
 use crate::netns::in_netns;
+use crate::vxlan::{PortFlags, VxlanLink, port_flags_request, vxlan_request};
 
 /// A main-table route through one interface: `dst/prefix`, directly on the link or via `gw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +205,65 @@ impl RouteSocket {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// `ip link add <name> type vxlan id .. dstport .. nolearning df set [mtu ..] [master ..]`:
+    /// EEXIST if a link of that name exists.
+    pub fn add_vxlan(&mut self, v: &VxlanLink) -> io::Result<()> {
+        self.add_link(vxlan_request(v))
+    }
+
+    /// `ip link set <index> type bridge_slave learning .. flood .. mcast_flood .. bcast_flood ..`.
+    pub fn set_port_flags(&mut self, index: u32, flags: PortFlags) -> io::Result<()> {
+        // RTM_NEWLINK on an existing link changes it (as for hairpin).
+        self.exchange(
+            RouteNetlinkMessage::NewLink(port_flags_request(index, flags)),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// `ip link set <index> address <mac>`. On a bridge this also pins the address: it no
+    /// longer follows the lowest MAC among its ports.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.set_link(m)
+    }
+
+    /// `bridge fdb replace ...`: an FDB entry created or replaced ([`fdb`] builds them).
+    pub fn fdb_set(&mut self, m: NeighbourMessage) -> io::Result<()> {
+        self.exchange(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// `bridge fdb del ...`; `Ok(false)` if there was no such entry.
+    pub fn fdb_delete(&mut self, m: NeighbourMessage) -> io::Result<bool> {
+        match self.exchange(RouteNetlinkMessage::DelNeighbour(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `bridge fdb show`, only the entries on the devices `ifindexes` (both tables).
+    pub fn fdb_dump(&mut self, ifindexes: &[u32]) -> io::Result<Vec<FdbEntry>> {
+        let answers = self.exchange(
+            RouteNetlinkMessage::GetNeighbour(fdb::dump_request()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewNeighbour(n) => fdb::parse_entry(&n),
+                _ => None,
+            })
+            .filter(|e| ifindexes.contains(&e.ifindex))
+            .collect())
     }
 
     /// `ip addr add|replace <addr>/<prefix> dev <index>`.

@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::plan::{BridgePort, FdbOp, KernelFdb};
 use crate::mac::Mac;
 
+mod netlink;
+
+pub use netlink::NetlinkKernel;
+
 /// The VXLAN device weft wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSpec {
