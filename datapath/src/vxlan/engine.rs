@@ -3,8 +3,8 @@
 //! [`plan`] says.
 //!
 //! Every 100 ms ([`TICK`]) the thread runs [`Engine::step`]:
-//! 1. drain the heartbeats received on the bridge (only frames that came in on the VXLAN port,
-//!    addressed to us, for a connection we have; the rest are counted as rejected);
+//! 1. drain the heartbeats received (only frames that came in on the VXLAN port, addressed to
+//!    us, for a connection we have; the rest are counted as rejected);
 //! 2. feed each connection's heartbeat health to its selector; a change of datapath is logged
 //!    and sent as a [`VxlanEvent::Selected`];
 //! 3. rebuild the [`Desired`] FDB (MACs from [`VxlanEngine::set_macs`], each peer's path from
@@ -360,6 +360,12 @@ impl Engine {
     }
 
     fn receive(&mut self, now: Instant) {
+        // The sending socket sees the device's heartbeat frames too; nobody reads them there.
+        for _ in 0..MAX_RECEIVE_PER_STEP {
+            if !matches!(self.send.recv(&mut self.buf), Ok(Some(_))) {
+                break;
+            }
+        }
         for _ in 0..MAX_RECEIVE_PER_STEP {
             let (len, orig) = match self.recv.recv(&mut self.buf) {
                 Ok(Some(got)) => got,
@@ -637,6 +643,7 @@ impl VxlanEngine {
         kernel: Box<dyn VxlanKernel>,
         events: VxlanEventSink,
     ) -> Result<Self, VxlanError> {
+        let local = config.local;
         Self::start_with(
             config,
             kernel,
@@ -647,11 +654,17 @@ impl VxlanEngine {
                         source,
                     },
                 )?;
-                let recv = PacketSocket::open(device.bridge_index, fastbeat::ETHERTYPE, true)
-                    .map_err(|source| VxlanError::Socket {
-                        what: "the bridge",
-                        source,
-                    })?;
+                // Incoming on the VXLAN port, before the bridge takes them: `recv` names the
+                // VXLAN device (on the bridge, PACKET_ORIGDEV would name the bridge).
+                let recv = PacketSocket::open_incoming(
+                    device.index,
+                    fastbeat::ETHERTYPE,
+                    heartbeat_mac(local),
+                )
+                .map_err(|source| VxlanError::Socket {
+                    what: "the VXLAN device (incoming)",
+                    source,
+                })?;
                 Ok((Box::new(send) as Box<dyn FramePort>, Box::new(recv) as _))
             },
             events,

@@ -59,11 +59,21 @@ pub struct KernelFdb {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FdbOp {
     /// Add or replace the VXLAN device's entry for `mac`.
-    VxlanSet { mac: Mac, dst: Ipv4Addr },
-    VxlanDel { mac: Mac },
+    VxlanSet {
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    VxlanDel {
+        mac: Mac,
+    },
     /// Add or move the bridge's static entry for `mac`.
-    BridgeSet { mac: Mac, port: BridgePort },
-    BridgeDel { mac: Mac },
+    BridgeSet {
+        mac: Mac,
+        port: BridgePort,
+    },
+    BridgeDel {
+        mac: Mac,
+    },
 }
 
 /// The heartbeat MAC of a peer: the destination of fast-path heartbeats to it, a local entry
