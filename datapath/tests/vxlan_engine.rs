@@ -1,7 +1,9 @@
 //! Two VXLAN engines against the real kernel, in network namespaces this test makes (and always
 //! removes): their connection comes up on the fast path from real heartbeats, a pod pings the
 //! other host's pod through the VXLAN device, blocking the VXLAN port one way moves the
-//! connection to the sleeve at both ends with the reason, and unblocking brings it back.
+//! connection to the sleeve at both ends with the reason, and unblocking brings it back; a
+//! stopped engine leaves the fast path working (the peer keeps an unreachable peer's entries),
+//! and a restarted one adopts the device and its FDB without interrupting the pods' ping.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -302,5 +304,40 @@ fn two_engines_bring_a_connection_onto_vxlan_fall_back_when_blocked_and_return()
         Some(&BridgePort::Vxlan)
     );
     assert!(pings(&pa, "10.99.0.2"), "no ping after the return");
+
+    // A's router stops: its engine leaves the device and the FDB; B's router loses the
+    // connection and the route to A, so it keeps A's entries as they are. Pods keep talking.
+    drop(ea);
+    eb.remove_connection(A, CONN);
+    eb.set_reachable(vec![]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(pings(&pa, "10.99.0.2"), "no ping while A's router is down");
+    let mut b_reader = self::reader(&b);
+    let fdb = b_reader.read_fdb("wb-tap").expect("read B's FDB");
+    assert_eq!(fdb.vxlan.get(&POD_A), Some(&ua), "{fdb:?}");
+    assert_eq!(fdb.bridge.get(&POD_A), Some(&BridgePort::Vxlan));
+
+    // It starts again and adopts what it left; the connection comes back on vxlan.
+    let ea = engine(&a, A);
+    assert!(ea.report().adopted);
+    ea.add_connection(B, CONN + 1, ub, Some(offer), policy());
+    eb.add_connection(A, CONN + 1, ua, Some(offer), policy());
+    eb.set_reachable(vec![A]);
+    assert!(pings(&pa, "10.99.0.2"), "no ping while A's router starts");
+    ea.set_macs(BTreeMap::from([(POD_B, B)]));
+    ea.set_reachable(vec![B]);
+    let show = || format!("A: {:?}\nB: {:?}", ea.paths(), eb.paths());
+    let both = |kind| path(&ea).datapath == kind && path(&eb).datapath == kind;
+    wait(
+        "both on vxlan again",
+        Duration::from_secs(15),
+        || both(DatapathKind::Vxlan),
+        show,
+    );
+    assert!(pings(&pa, "10.99.0.2"), "no ping after the restart");
+    let fdb = self::reader(&a).read_fdb("wb-tap").expect("read A's FDB");
+    assert_eq!(fdb.vxlan.get(&POD_B), Some(&ub));
+    assert_eq!(fdb.vxlan.get(&heartbeat_mac(B)), Some(&ub));
+    assert_eq!((fdb.vxlan.len(), fdb.bridge.len()), (2, 1), "{fdb:?}");
     drop((ea, eb));
 }
