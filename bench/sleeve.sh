@@ -84,77 +84,9 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-log() { printf '\n==> %s\n' "$*" >&2; }
-die() {
-    echo "bench: $*" >&2
-    exit 1
-}
-
-# --- cleanup (set before anything is created) -------------------------------------------------
-STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/wbench.XXXXXX")
-chmod 700 "$STATE_DIR"
-RESULTS=$STATE_DIR/results.tsv
-: >"$RESULTS"
-bg_pids=() # processes started in the root namespace (perf); the rest live in our namespaces
-
-our_namespaces() {
-    ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PREFIX}" || true
-}
-
-# Stops every process in our namespaces and deletes them. Safe to call at any time.
-teardown() {
-    local ns pids alive
-    for ns in $(our_namespaces); do
-        pids=$(ip netns pids "$ns" 2>/dev/null || true)
-        # shellcheck disable=SC2086
-        [[ -z "$pids" ]] || kill $pids 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        alive=0
-        for ns in $(our_namespaces); do
-            [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] || alive=1
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for ns in $(our_namespaces); do
-        pids=$(ip netns pids "$ns" 2>/dev/null || true)
-        # shellcheck disable=SC2086
-        [[ -z "$pids" ]] || kill -KILL $pids 2>/dev/null || true
-        ip netns del "$ns" 2>/dev/null || true
-    done
-}
-
-print_router_logs() {
-    local f
-    for f in "$STATE_DIR"/*/host*/router.log; do
-        [[ -f "$f" ]] || continue
-        echo "--- ${f#"$STATE_DIR"/} (last 30 lines)" >&2
-        tail -n 30 "$f" >&2
-    done
-}
-
-on_exit() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if ((rc != 0 && rc != 130 && rc != 143)); then
-        echo "bench: FAILED (exit $rc)" >&2
-        print_router_logs
-    fi
-    local p
-    for p in "${bg_pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    teardown
-    rm -rf "$STATE_DIR"
-    if [[ -n "$(our_namespaces)" ]]; then
-        echo "bench: could not remove namespaces: $(our_namespaces | tr '\n' ' ')" >&2
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'echo "bench: interrupted" >&2; exit 130' INT
-trap 'echo "bench: terminated" >&2; exit 143' TERM
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init
 
 # --- dependencies and build ------------------------------------------------------------------
 # shellcheck source=scripts/deps.sh
@@ -166,200 +98,13 @@ if ((profile)) && ! command -v perf >/dev/null 2>&1; then
     weft_deps linux-perf || perf_note="perf is not installed and 'linux-perf' could not be installed"
 fi
 
-if [[ -n "${WEFT_BENCH_BIN:-}" ]]; then
-    WEFT=$(realpath "$WEFT_BENCH_BIN")
-    [[ -x "$WEFT" ]] || die "WEFT_BENCH_BIN=$WEFT_BENCH_BIN is not an executable"
-    log "using $WEFT (WEFT_BENCH_BIN; not built)"
-else
-    # Under sudo, root's PATH may lack the invoking user's toolchain.
-    for dir in "$HOME/.cargo/bin" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin"}; do
-        command -v cargo >/dev/null 2>&1 && break
-        [[ -x "$dir/cargo" ]] && PATH=$dir:$PATH
-    done
-    command -v cargo >/dev/null 2>&1 || die "cargo not found (install a Rust toolchain)"
-    log "building weft (cargo build --release -p weft-router)"
-    cargo build --release -p weft-router
-    WEFT=$(realpath "${CARGO_TARGET_DIR:-target}/release/weft")
-fi
+bench_build
 
-# --- the two hosts -----------------------------------------------------------------------------
-# Two host namespaces joined by a veth pair (MTU 1500), one pod namespace per host.
-make_hosts() {
-    local i
-    ip netns add "$H1"
-    ip netns add "$H2"
-    ip -n "$H1" link add eth0 mtu 1500 type veth peer name eth0 mtu 1500 netns "$H2"
-    for i in 1 2; do
-        local h=${PREFIX}host$i
-        ip -n "$h" link set lo up
-        ip -n "$h" addr add "$UNDERLAY.$i/24" dev eth0
-        ip -n "$h" link set eth0 up
-        ip netns add "${PREFIX}pod$i"
-        ip -n "${PREFIX}pod$i" link set lo up
-    done
-}
-
-# attach_pods BRIDGE MTU: a veth from each pod to BRIDGE on its host.
-attach_pods() {
-    local bridge=$1 mtu=$2 i
-    for i in 1 2; do
-        local h=${PREFIX}host$i p=${PREFIX}pod$i
-        ip -n "$h" link add vpod type veth peer name eth0 netns "$p"
-        ip -n "$h" link set vpod master "$bridge" mtu "$mtu" up
-        ip -n "$p" addr add "$POD_NET.$i/24" dev eth0
-        ip -n "$p" link set eth0 mtu "$mtu" up
-    done
-}
-
-# The reference: the kernel's VXLAN device on a bridge in each host.
-setup_vxlan() {
-    local i other
-    for i in 1 2; do
-        local h=${PREFIX}host$i
-        other=$((3 - i))
-        ip -n "$h" link add vxlan42 type vxlan id 42 dstport 4789 \
-            local "$UNDERLAY.$i" remote "$UNDERLAY.$other" dev eth0
-        ip -n "$h" link add vxbr type bridge
-        ip -n "$h" link set vxlan42 master vxbr up
-        ip -n "$h" link set vxbr up
-    done
-}
-
-# host_report HOST [PYTHON-EXPRESSION over r]: the router's /report, or nothing while it is down.
-host_report() {
-    local h=$1 expr=${2:-r}
-    ip netns exec "$h" "$WEFT" status --json --status-addr "$STATUS_ADDR" 2>/dev/null |
-        python3 -c "import json,sys; r=json.load(sys.stdin); print($expr)" 2>/dev/null || true
-}
-
-# start_routers CONFIG-DIR [PASSWORD-FILE]: a weft router on each host, host2 told about host1.
-router_pids=()
-start_routers() {
-    local dir=$1 password=${2:-} i
-    router_pids=()
-    for i in 1 2; do
-        local h=${PREFIX}host$i
-        mkdir -p "$dir/host$i"
-        local -a args=(router
-            --data-dir "$dir/host$i/data"
-            --name "02:77:62:00:00:0$i"
-            --nickname "host$i"
-            --mesh-id wbench
-            --status-addr "$STATUS_ADDR"
-            --heartbeat-interval 2
-            --gossip-interval 5
-            --datapath sleeve
-            --underlay-mtu 1500)
-        [[ -z "$password" ]] || args+=(--password-file "$password")
-        ((i == 1)) || args+=("$UNDERLAY.1")
-        # No WEFT_* variable from the caller's environment may change the configuration
-        # (WEFT_PASSWORD would turn the plain run into an encrypted one).
-        (
-            while read -r v; do unset "$v"; done < <(compgen -e | grep '^WEFT_' || true)
-            exec ip netns exec "$h" "$WEFT" "${args[@]}"
-        ) </dev/null >"$dir/host$i/router.log" 2>&1 &
-        router_pids+=("$!")
-    done
-    # Wait for both routers: status up, the other peer connected, the bridge in place.
-    local start=$SECONDS want_enc=false state
-    [[ -z "$password" ]] || want_enc=true
-    while :; do
-        local ready=0
-        for i in 1 2; do
-            kill -0 "${router_pids[$((i - 1))]}" 2>/dev/null || die "the router on host$i exited"
-            state=$(host_report "${PREFIX}host$i" \
-                '"%d %s" % (sum(1 for c in r["connections"] if c["state"] == "established"), str(r["datapath"]["encrypted"]).lower())')
-            if [[ "$state" == "1 $want_enc" ]]; then
-                ready=$((ready + 1))
-            elif [[ "$state" == 1\ * ]]; then
-                die "host$i: datapath encrypted=${state#1 }, expected $want_enc"
-            fi
-        done
-        ((ready == 2)) && break
-        ((SECONDS - start < timeout)) || die "the routers did not connect within ${timeout}s"
-        sleep 0.5
-    done
-    echo "  routers connected in $((SECONDS - start))s (encrypted=$want_enc)" >&2
-}
-
-wait_pods() {
-    local start=$SECONDS
-    until ip netns exec "$P1" ping -c 1 -W 1 -q "$POD_NET.2" >/dev/null 2>&1; do
-        ((SECONDS - start < timeout)) || die "pod1 cannot ping pod2 after ${timeout}s"
-        sleep 0.5
-    done
-    echo "  pod1 reaches pod2 after $((SECONDS - start))s" >&2
-}
-
-# --- measurements ------------------------------------------------------------------------------
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; } # record CONFIG METRIC VALUE
-
-start_iperf_server() {
-    ip netns exec "$P2" iperf3 -s -D -B "$POD_NET.2" --pidfile "$STATE_DIR/iperf3.pid" >/dev/null
-    local start=$SECONDS
-    until ip netns exec "$P2" ss -Hltn "sport = :5201" | grep -q .; do
-        ((SECONDS - start < 10)) || die "the iperf3 server did not start in pod2"
-        sleep 0.1
-    done
-}
-
-# iperf_client OUT-JSON IPERF3-ARGS...: one run from pod1 to pod2 (a failed run leaves an error).
-iperf_client() {
-    local out=$1
-    shift
-    timeout $((seconds + 30)) ip netns exec "$P1" iperf3 -c "$POD_NET.2" --connect-timeout 5000 \
-        -t "$seconds" -J "$@" >"$out" 2>&1 || true
-}
-
-# iperf_value JSON KIND: tcp -> Gbit/s received; udp -> kpps received.
-iperf_value() {
-    python3 - "$1" "$2" <<'EOF' 2>/dev/null || echo nan
-import json, sys
-path, kind = sys.argv[1], sys.argv[2]
-r = json.load(open(path))
-if r.get("error"):
-    print("iperf3: " + r["error"], file=sys.stderr)
-    print("nan")
-elif kind == "tcp":
-    print("%.3f" % (r["end"]["sum_received"]["bits_per_second"] / 1e9))
-else:
-    s = r["end"]["sum"]
-    received = s["packets"] - s["lost_packets"]
-    # received kpps, then the sender's kpps (the client's count of datagrams it sent)
-    print("%.1f %.1f" % (received / s["seconds"] / 1e3, s["packets"] / s["seconds"] / 1e3))
-EOF
-}
-
-measure() {
-    local cfg=$1 out rtt value
-    out=$STATE_DIR/$cfg
-    rtt=$(ip netns exec "$P1" ping -c "$pings" -i 0.02 -q "$POD_NET.2" 2>/dev/null |
-        sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p')
-    record "$cfg" rtt_ms "${rtt:-nan}"
-    echo "  ping RTT avg: ${rtt:-n/a} ms ($pings pings)" >&2
-
-    start_iperf_server
-    iperf_client "$out-tcp1.json"
-    value=$(iperf_value "$out-tcp1.json" tcp)
-    record "$cfg" tcp1_gbps "$value"
-    echo "  TCP 1 stream: $value Gbit/s" >&2
-
-    iperf_client "$out-tcp4.json" -P 4
-    value=$(iperf_value "$out-tcp4.json" tcp)
-    record "$cfg" tcp4_gbps "$value"
-    echo "  TCP 4 streams: $value Gbit/s" >&2
-
-    if [[ "$cfg" == sleeve-encrypted ]] && ((profile)); then
-        profile_routers "$cfg"
+# --- measurements (bench/lib.sh) -----------------------------------------------------------------
+measure_extra() {
+    if [[ "$1" == sleeve-encrypted ]] && ((profile)); then
+        profile_routers "$1"
     fi
-
-    # Last: a UDP flood may upset the mesh's control traffic for a while.
-    iperf_client "$out-udp.json" -u -l 64 -b 0
-    local sent
-    read -r value sent <<<"$(iperf_value "$out-udp.json" udp)"
-    record "$cfg" udp_kpps "$value"
-    record "$cfg" udp_sent_kpps "${sent:-nan}"
-    echo "  UDP 64-byte datagrams: $value kpps received, ${sent:-n/a} kpps sent" >&2
 }
 
 # --- profile ---------------------------------------------------------------------------------
@@ -450,17 +195,7 @@ profile_routers() {
 }
 
 # --- run ---------------------------------------------------------------------------------------
-commit=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-branch=$(git -C "$ROOT" rev-parse --abbrev-ref HEAD 2>/dev/null || echo "?")
-[[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || commit+="+dirty"
-HEADER=$(
-    echo "weft sleeve benchmark"
-    echo "  commit   $commit ($branch)"
-    echo "  kernel   $(uname -r)"
-    echo "  binary   $WEFT"
-    echo "  machine  $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
-    echo "  runs     iperf3 ${seconds}s each, ping ${pings}x every 20 ms; hosts are netns joined by a veth pair (MTU 1500)"
-)
+HEADER=$(bench_header "weft sleeve benchmark")
 echo "$HEADER" >&2
 
 for cfg in "${configs[@]}"; do
@@ -480,7 +215,7 @@ for cfg in "${configs[@]}"; do
             password=$dir/password
             (umask 077 && head -c 24 /dev/urandom | base64 >"$password")
         fi
-        start_routers "$dir" "$password"
+        start_routers "$dir" sleeve sleeve "$password"
         mtu=$(host_report "$H1" 'r["datapath"]["mtu"]')
         [[ "$mtu" =~ ^[0-9]+$ ]] || die "cannot read the datapath MTU from host1's report"
         bridge=weft
@@ -499,67 +234,11 @@ echo
 echo "$HEADER"
 echo "  load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)"
 echo
-python3 - "$RESULTS" <<'EOF'
-import math, sys
-
-rows = {}
-order = []
-for line in open(sys.argv[1]):
-    cfg, metric, value = line.rstrip("\n").split("\t")
-    if cfg not in rows:
-        rows[cfg] = {}
-        order.append(cfg)
-    try:
-        rows[cfg][metric] = float(value)
-    except ValueError:
-        rows[cfg][metric] = math.nan
-
-def fmt(v, spec):
-    return "n/a" if v is None or math.isnan(v) else format(v, spec)
-
-cols = [("tcp1_gbps", "TCP x1 Gbit/s", ".3f"), ("tcp4_gbps", "TCP x4 Gbit/s", ".3f"),
-        ("udp_kpps", "UDP kpps", ".1f"), ("rtt_ms", "RTT ms", ".3f")]
-print("%-18s %5s" % ("configuration", "MTU") + "".join(" %14s" % c[1] for c in cols)
-      + " %15s" % "(UDP kpps sent)")
-for cfg in order:
-    r = rows[cfg]
-    print("%-18s %5s" % (cfg, fmt(r.get("mtu"), ".0f"))
-          + "".join(" %14s" % fmt(r.get(k), f) for k, _, f in cols)
-          + " %15s" % ("(" + fmt(r.get("udp_sent_kpps"), ".1f") + ")"))
-
 # Targets (issue 3): sleeve / vxlan.
-targets = {
-    "sleeve-encrypted": {"tcp1_gbps": (">=", 0.07), "tcp4_gbps": (">=", 0.07), "rtt_ms": ("<=", 2.0)},
-    "sleeve-plain": {"tcp1_gbps": (">=", 0.20), "tcp4_gbps": (">=", 0.20), "rtt_ms": ("<=", 2.0)},
-}
-sleeves = [c for c in order if c.startswith("sleeve")]
-if sleeves:
-    print()
-    ref = rows.get("vxlan")
-    if ref is None:
-        print("ratios against vxlan: n/a (vxlan was not measured in this run)")
-    else:
-        print("ratio sleeve/vxlan  [target: met?]")
-        print("%-18s %5s" % ("configuration", "") + "".join(" %25s" % c[1] for c in cols))
-        for cfg in sleeves:
-            cells = []
-            for k, _, _ in cols:
-                a, b = rows[cfg].get(k, math.nan), ref.get(k, math.nan)
-                ratio = a / b if b and not (math.isnan(a) or math.isnan(b)) else math.nan
-                cell = fmt(ratio, ".3f") + "x"
-                t = targets.get(cfg, {}).get(k)
-                if t:
-                    op, limit = t
-                    if math.isnan(ratio):
-                        verdict = "n/a"
-                    else:
-                        ok = ratio >= limit if op == ">=" else ratio <= limit
-                        verdict = "met" if ok else "NOT MET"
-                    cell += " [%s%.2f: %s]" % (op, limit, verdict)
-                cells.append(cell)
-            print("%-18s %5s" % (cfg, "") + "".join(" %25s" % c for c in cells))
-        print("targets: encrypted TCP >= 0.07x vxlan, plain TCP >= 0.20x, RTT <= 2x (both sleeve rows)")
-EOF
+print_tables '{
+    "sleeve-encrypted": {"tcp1_gbps": [">=", 0.07], "tcp4_gbps": [">=", 0.07], "rtt_ms": ["<=", 2.0]},
+    "sleeve-plain": {"tcp1_gbps": [">=", 0.20], "tcp4_gbps": [">=", 0.20], "rtt_ms": ["<=", 2.0]}
+}' "targets: encrypted TCP >= 0.07x vxlan, plain TCP >= 0.20x, RTT <= 2x (both sleeve rows)"
 if [[ -s "$PROFILE_OUT" ]]; then
     echo
     cat "$PROFILE_OUT"

@@ -61,7 +61,7 @@ pub enum DropReason {
 pub fn from_bridge(
     dst_mac: &Mac,
     macs: &MacTable,
-    routing: &impl Routing,
+    routing: &(impl Routing + ?Sized),
     now: Instant,
 ) -> Decision {
     let owner = if is_multicast(dst_mac) {
@@ -74,7 +74,7 @@ pub fn from_bridge(
 
 /// [`from_bridge`] for a caller that has looked up the destination MAC already: `owner` is
 /// what the MAC table says (None for a multicast/broadcast or unknown MAC).
-pub fn from_bridge_to(owner: Option<MacOwner>, routing: &impl Routing) -> Decision {
+pub fn from_bridge_to(owner: Option<MacOwner>, routing: &(impl Routing + ?Sized)) -> Decision {
     let local = routing.local();
     match owner {
         Some(MacOwner::Local) => Decision::Drop(DropReason::LocalDestination),
@@ -95,7 +95,7 @@ pub fn from_bridge_to(owner: Option<MacOwner>, routing: &impl Routing) -> Decisi
 /// - dst == local → Local
 /// - dst == BROADCAST → Flood, delivering locally, to our children in origin's tree
 /// - otherwise relay: Unicast towards dst, or Drop(NoRoute)
-pub fn from_mesh(origin: PeerId, dst: PeerId, routing: &impl Routing) -> Decision {
+pub fn from_mesh(origin: PeerId, dst: PeerId, routing: &(impl Routing + ?Sized)) -> Decision {
     let local = routing.local();
     if origin == local {
         Decision::Drop(DropReason::SelfLoop)
@@ -108,7 +108,7 @@ pub fn from_mesh(origin: PeerId, dst: PeerId, routing: &impl Routing) -> Decisio
     }
 }
 
-fn unicast(dst: PeerId, routing: &impl Routing) -> Decision {
+fn unicast(dst: PeerId, routing: &(impl Routing + ?Sized)) -> Decision {
     match routing.next_hop(dst) {
         // A hop back to ourselves would loop inside this host.
         Some(next_hop) if next_hop != routing.local() => Decision::Unicast { next_hop, dst },
@@ -116,7 +116,7 @@ fn unicast(dst: PeerId, routing: &impl Routing) -> Decision {
     }
 }
 
-fn flood(deliver_locally: bool, origin: PeerId, routing: &impl Routing) -> Decision {
+fn flood(deliver_locally: bool, origin: PeerId, routing: &(impl Routing + ?Sized)) -> Decision {
     let local = routing.local();
     let mut hops = routing.broadcast_hops(origin);
     // Neither we nor the origin is ever a child in the origin's tree; a copy sent there would

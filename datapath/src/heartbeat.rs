@@ -66,6 +66,16 @@ impl Liveness {
         }
     }
 
+    /// The silence after which the link is down from now on (a standby link, probed slowly,
+    /// gets a longer one). What was heard so far is kept.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.config.timeout = timeout;
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     pub fn on_sent(&mut self, _now: Instant) {
         self.sent_since_heard = self.sent_since_heard.saturating_add(1);
     }

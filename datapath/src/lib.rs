@@ -3,12 +3,14 @@
 //! Three datapaths are planned, chosen per peer connection with automatic fallback: the
 //! kernel Open vSwitch fast datapath, a kernel VXLAN fast path for kernels without Open
 //! vSwitch, and the userspace sleeve (Ethernet in encrypted UDP), which always works. This
-//! crate never sees gossip: the router hands it plain decisions (which peer, which address,
-//! which key).
+//! crate never sees gossip: the router hands it plain values (peer ids `[u8; 6]`, connection
+//! ids `u64`, socket addresses, keys, routes through [`forward::Routing`], MAC hints) and gets
+//! plain events and reports back; its adapter (`router/src/dataplane/`) converts.
 //!
 //! What exists so far: the datapath kinds and their encapsulation overheads (from which the
-//! overlay MTU follows), and the sleeve's sans-IO core (see `docs/sleeve.md`):
-//! - [`sleeve`]: the datagram format, sealing and replay protection;
+//! overlay MTU follows), and the sleeve (see `docs/sleeve.md`). Its sans-IO core:
+//! - [`sleeve`]: the datagram format, sealing and replay protection, batches, offloads,
+//!   fragments;
 //! - [`mac`]: which peer owns each MAC address, bounded in size;
 //! - [`forward`]: where one frame goes;
 //! - [`icmp`]: "packet too big" answers to pods whose packets exceed the overlay MTU;
@@ -18,7 +20,10 @@
 //! - [`vxlan::plan`]: the kernel FDB entries the VXLAN fast path needs, and the steps to them.
 //!
 //! Everything above decides without IO and without reading a clock (callers pass `now`); the
-//! thin kernel edges are [`tap`], [`udp`] and [`packet`].
+//! thin kernel edges are [`tap`], [`udp`] and [`packet`]. [`sleeve::engine`] runs the sleeve on them: the
+//! TAP port on the pods' bridge, the UDP socket, per-peer links and their threads (TAP reader,
+//! UDP reader, housekeeping: heartbeats, liveness, path-MTU probes, MAC expiry), counters.
+//! [`vxlan`] is the kernel VXLAN fast path (in progress, issue 11).
 
 pub mod forward;
 pub mod heartbeat;

@@ -341,6 +341,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                     port: args.port,
                     underlay_mtu: args.underlay_mtu,
                     encrypted: password.is_some(),
+                    bridge_mtu: None,
                 };
                 let dataplane = dataplane::Dataplane::start(
                     identity.name,

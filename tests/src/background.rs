@@ -49,7 +49,8 @@ impl Net {
         self.spawn_background(container.name().to_owned(), argv)
     }
 
-    fn spawn_background(&self, ns: String, argv: &[&str]) -> anyhow::Result<Background> {
+    /// Starts `argv` in the named network namespace `ns` (one of this Net's).
+    pub(crate) fn spawn_background(&self, ns: String, argv: &[&str]) -> anyhow::Result<Background> {
         let n = NEXT_BACKGROUND.fetch_add(1, Ordering::Relaxed);
         let stdout = self.dir.join(format!("background-{n}.out"));
         let stderr = self.dir.join(format!("background-{n}.err"));

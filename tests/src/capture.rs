@@ -1,5 +1,5 @@
-//! Packet captures on a host's underlay (`eth0`) with tcpdump, and a just-enough pcap reader
-//! for the UDP datagrams in them.
+//! Packet captures with tcpdump on a host's underlay (`eth0`), another interface of a host, or
+//! a pod's `eth0`, and a just-enough pcap reader for the frames and UDP datagrams in them.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use anyhow::{Context, bail, ensure};
 
 use crate::background::Background;
 use crate::net::{HostId, Net};
+use crate::pods::PodId;
 
 /// How long tcpdump may take to open the interface.
 const CAPTURE_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,33 +42,57 @@ impl Net {
     /// Starts capturing on host `i`'s `eth0` what matches the tcpdump filter `filter` (e.g.
     /// `udp port 6783`); returns once tcpdump listens.
     pub fn capture(&self, i: HostId, filter: &str) -> anyhow::Result<Capture> {
+        let name = format!("host{i}");
+        self.capture_in(self.ns(i).to_owned(), &name, "eth0", &[], filter)
+    }
+
+    /// Starts capturing on host `i`'s interface `interface` (e.g. the bridge `weft` or the
+    /// VXLAN device) what matches `filter`; returns once tcpdump listens.
+    pub fn capture_on(&self, i: HostId, interface: &str, filter: &str) -> anyhow::Result<Capture> {
+        let name = format!("host{i}-{interface}");
+        self.capture_in(self.ns(i).to_owned(), &name, interface, &[], filter)
+    }
+
+    /// Starts capturing what pod `pod`'s `eth0` *receives* (`tcpdump -Q in`: not what it sends)
+    /// and matches `filter`; returns once tcpdump listens. For counting the copies of a frame
+    /// that reach a pod.
+    pub fn capture_pod_inbound(&self, pod: PodId, filter: &str) -> anyhow::Result<Capture> {
+        let name = format!("pod{pod}");
+        self.capture_in(self.pod_ns(pod)?, &name, "eth0", &["-Q", "in"], filter)
+    }
+
+    fn capture_in(
+        &self,
+        ns: String,
+        name: &str,
+        interface: &str,
+        extra: &[&str],
+        filter: &str,
+    ) -> anyhow::Result<Capture> {
         // `.pcap`: the name tcpdump's AppArmor profile lets it write where that is enforced.
         let file = self.dir.join(format!(
-            "host{i}-{}.pcap",
+            "{name}-{}.pcap",
             NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed)
         ));
         let path = file.display().to_string();
         // `-Z root`: stay root, so tcpdump can write into the Net's root-owned directory.
-        let mut tcpdump = self.spawn_in_host(
-            i,
-            &[
-                "tcpdump",
-                "-i",
-                "eth0",
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-Z",
-                "root",
-                "-w",
-                &path,
-                filter,
-            ],
-        )?;
+        let mut argv = vec![
+            "tcpdump",
+            "-i",
+            interface,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["-w", &path, filter]);
+        let mut tcpdump = self.spawn_background(ns, &argv)?;
         let deadline = Instant::now() + CAPTURE_START_TIMEOUT;
         while !tcpdump.stderr().contains("listening on") {
             if !tcpdump.is_running() || Instant::now() >= deadline {
-                bail!("host{i}: tcpdump did not start: {}", tcpdump.stderr());
+                bail!("{name}: tcpdump did not start: {}", tcpdump.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -91,6 +116,16 @@ impl Capture {
         Ok(pcap_frames(&bytes)?
             .into_iter()
             .filter_map(udp_in_ethernet)
+            .collect())
+    }
+
+    /// The Ethernet frames captured so far, in order, as captured (up to tcpdump's snap
+    /// length).
+    pub fn frames(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let bytes = self.bytes()?;
+        Ok(pcap_frames(&bytes)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
             .collect())
     }
 

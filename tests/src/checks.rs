@@ -66,6 +66,46 @@ impl Net {
         Ok(connection["datapath"].clone())
     }
 
+    /// The datapath host `i`'s established connection to host `peer` uses (`vxlan` or
+    /// `sleeve`: `connections[].datapath.datapath`) and the reason for it (`datapath_reason`).
+    pub fn datapath_in_use(&self, i: HostId, peer: HostId) -> anyhow::Result<(String, String)> {
+        let path = self.data_path(i, peer)?;
+        Self::datapath_of(&path, i, peer)
+    }
+
+    fn datapath_of(
+        path: &serde_json::Value,
+        i: HostId,
+        peer: HostId,
+    ) -> anyhow::Result<(String, String)> {
+        let kind = path["datapath"]
+            .as_str()
+            .with_context(|| format!("host{i} -> host{peer}: no datapath in {path}"))?;
+        let reason = path["datapath_reason"].as_str().unwrap_or_default();
+        Ok((kind.to_owned(), reason.to_owned()))
+    }
+
+    /// Every connection between two hosts of `pairs` (each pair checked from both ends) is
+    /// established and uses datapath `kind`; otherwise an error naming the first that does not,
+    /// with its reason.
+    pub fn check_datapath(&self, pairs: &[(HostId, HostId)], kind: &str) -> anyhow::Result<bool> {
+        for &(a, b) in pairs {
+            for (i, peer) in [(a, b), (b, a)] {
+                let (used, reason) = self.datapath_in_use(i, peer)?;
+                ensure!(
+                    used == kind,
+                    "host{i} -> host{peer} uses {used} ({reason}), expected {kind}"
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every connection among `hosts` uses datapath `kind` (see [`Net::check_datapath`]).
+    pub fn check_all_on_datapath(&self, hosts: &[HostId], kind: &str) -> anyhow::Result<bool> {
+        self.check_datapath(&pairs_of(hosts), kind)
+    }
+
     /// Every host's data paths to the others are up and every host has heard (through gossip)
     /// that all links are established, so data routes are direct everywhere.
     pub fn check_data_paths_up(&self, hosts: &[HostId]) -> anyhow::Result<bool> {
@@ -89,4 +129,15 @@ impl Net {
         }
         Ok(true)
     }
+}
+
+/// Every unordered pair of distinct hosts of `hosts`, `(a, b)` with `a` before `b` in `hosts`.
+pub fn pairs_of(hosts: &[HostId]) -> Vec<(HostId, HostId)> {
+    let mut pairs = Vec::new();
+    for (n, &a) in hosts.iter().enumerate() {
+        for &b in &hosts[n + 1..] {
+            pairs.push((a, b));
+        }
+    }
+    pairs
 }

@@ -14,23 +14,27 @@ use crate::net::{HostId, Net, ip_in};
 const FIREWALL_TABLE: &str = "weft_test";
 
 /// Drops every packet to or from an address in the `blocked` set, UDP to or from an address
-/// in the `udp_blocked` set, and connection attempts (SYN without ACK) to a port in the
-/// `refused` set.
+/// in the `udp_blocked` set, UDP to a port of an address in the `udp_port_blocked` set (both
+/// directions: from that address to that port, and to that address and port), and connection
+/// attempts (SYN without ACK) to a port in the `refused` set.
 const FIREWALL_RULES: &str = "
 table inet weft_test {
     set blocked { type ipv4_addr; }
     set udp_blocked { type ipv4_addr; }
+    set udp_port_blocked { type ipv4_addr . inet_service; }
     set refused { type inet_service; }
     chain input {
         type filter hook input priority 0; policy accept;
         ip saddr @blocked drop
         ip saddr @udp_blocked meta l4proto udp drop
+        ip saddr . udp dport @udp_port_blocked drop
         tcp dport @refused tcp flags & (syn | ack) == syn drop
     }
     chain output {
         type filter hook output priority 0; policy accept;
         ip daddr @blocked drop
         ip daddr @udp_blocked meta l4proto udp drop
+        ip daddr . udp dport @udp_port_blocked drop
     }
 }
 ";
@@ -122,6 +126,22 @@ impl Net {
     /// Undoes [`Net::block_udp`].
     pub fn unblock_udp(&self, i: HostId, j: HostId) -> anyhow::Result<()> {
         self.firewall_set(i, "delete", "udp_blocked", &self.address(j).to_string())
+    }
+
+    /// Drops UDP to `port` between hosts `i` and `j`, both directions (what host `j` sends to
+    /// host `i`'s `port` and what host `i` sends to host `j`'s), with nftables in host `i`;
+    /// other UDP and TCP keep working (a firewall that closes one service's port, such as the
+    /// VXLAN port, between two hosts).
+    pub fn block_udp_port(&self, i: HostId, j: HostId, port: u16) -> anyhow::Result<()> {
+        self.ensure_firewall(i)?;
+        let element = format!("{} . {port}", self.address(j));
+        self.firewall_set(i, "add", "udp_port_blocked", &element)
+    }
+
+    /// Undoes [`Net::block_udp_port`].
+    pub fn unblock_udp_port(&self, i: HostId, j: HostId, port: u16) -> anyhow::Result<()> {
+        let element = format!("{} . {port}", self.address(j));
+        self.firewall_set(i, "delete", "udp_port_blocked", &element)
     }
 
     /// Makes host `i` silently drop new TCP connections to `port`; connections already up and

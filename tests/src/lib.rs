@@ -31,6 +31,7 @@ mod cmd;
 pub mod cni;
 pub mod fakeapi;
 mod faults;
+mod fdb;
 pub mod kubelet;
 mod metrics;
 mod net;
@@ -41,8 +42,10 @@ mod wait;
 
 pub use background::Background;
 pub use capture::{Capture, Datagram};
+pub use checks::pairs_of;
 pub use cmd::{COMMAND_TIMEOUT, Output};
 pub use faults::Reachability;
+pub use fdb::FdbEntry;
 pub use metrics::Metrics;
 pub use net::{HostId, Net};
 pub use pods::PodId;

@@ -13,6 +13,8 @@ pub type PodId = usize;
 
 pub(crate) struct Pod {
     pub(crate) ns: String,
+    /// The host whose bridge it is attached to.
+    pub(crate) host: HostId,
 }
 
 impl Net {
@@ -25,11 +27,27 @@ impl Net {
         cidr: &str,
         mtu: u16,
     ) -> anyhow::Result<PodId> {
+        self.add_pod_with_mac(host, bridge, cidr, mtu, None)
+    }
+
+    /// [`Net::add_pod`], with the pod's `eth0` given the MAC address `mac`
+    /// (`aa:bb:cc:dd:ee:ff`) before it comes up, so no frame ever leaves it with another one.
+    pub fn add_pod_with_mac(
+        &self,
+        host: HostId,
+        bridge: &str,
+        cidr: &str,
+        mtu: u16,
+        mac: Option<&str>,
+    ) -> anyhow::Result<PodId> {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         let id = pods.len() + 1;
         let ns = format!("{}p{id}", self.prefix);
         add_namespace(&ns)?;
-        pods.push(Pod { ns: ns.clone() });
+        pods.push(Pod {
+            ns: ns.clone(),
+            host,
+        });
         drop(pods);
         let host_ns = self.ns(host).to_owned();
         let port = format!("vp{id}");
@@ -46,9 +64,22 @@ impl Net {
         )
         .with_context(|| format!("attaching pod{id} to {bridge} on host{host}"))?;
         ip_in(&ns, &["link", "set", "lo", "up"])?;
+        if let Some(mac) = mac {
+            ip_in(&ns, &["link", "set", "eth0", "address", mac])
+                .with_context(|| format!("setting pod{id}'s MAC to {mac}"))?;
+        }
         ip_in(&ns, &["addr", "add", cidr, "dev", "eth0"])?;
         ip_in(&ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
         Ok(id)
+    }
+
+    /// Unplugs pod `pod` from its host: deletes its veth pair, as a CNI DEL would. Its
+    /// (now empty) namespace stays until the Net is dropped; [`Net::pod_exec`] still runs there.
+    pub fn remove_pod(&self, pod: PodId) -> anyhow::Result<()> {
+        let host = self.pod_host(pod)?;
+        ip_in(self.ns(host), &["link", "del", &format!("vp{pod}")])
+            .with_context(|| format!("removing pod{pod} from host{host}"))
+            .map(drop)
     }
 
     /// Adds another address to pod `pod`'s `eth0`. IPv6 addresses are added `nodad`: usable at
@@ -87,6 +118,21 @@ impl Net {
             out.stderr
         );
         Ok(out.stdout)
+    }
+
+    /// How many pods were added so far (removed ones included): the last pod's id.
+    pub fn pod_count(&self) -> usize {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The host pod `pod` was added to.
+    pub fn pod_host(&self, pod: PodId) -> anyhow::Result<HostId> {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pod.wrapping_sub(1))
+            .map(|p| p.host)
+            .with_context(|| format!("no pod{pod}"))
     }
 
     /// Pod `pod`'s network namespace.

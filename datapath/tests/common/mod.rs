@@ -28,7 +28,7 @@ pub fn ip(args: &[&str]) -> String {
 }
 
 /// Namespaces made by a test; deleted on drop, also when the test fails.
-pub struct Namespaces(Vec<String>);
+pub struct Namespaces(pub Vec<String>);
 
 impl Drop for Namespaces {
     fn drop(&mut self) {

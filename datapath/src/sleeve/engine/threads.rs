@@ -1,12 +1,39 @@
-//! The dataplane's three threads: the TAP reader (frames from local pods, out to peers), the
+//! The engine's three threads: the TAP reader (frames from local pods, out to peers), the
 //! UDP reader (datagrams from peers, to the bridge or relayed) and the housekeeping timer
-//! (heartbeats, path MTU probes, MAC expiry). They share [`Shared`] with [`super::Dataplane`].
+//! (heartbeats, path MTU probes, MAC expiry). They share [`Shared`] with
+//! [`super::SleeveEngine`].
 
-use super::*;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::outbox::{Outbox, TapFrame};
+use super::{IPV4_UDP, NO_OFFLOAD, RoutingSnapshot, Shared, SleeveEvent, add, bump, lock, mac_at};
+use crate::forward::{self, Decision};
+use crate::mac::{Learned, Mac, MacOwner, format_mac};
+use crate::pmtu::PmtuPhase;
+use crate::sleeve::codec::{BROADCAST, DecapError, Frame, FrameKind, datagram_sender};
+use crate::sleeve::fragment::{self, Reassembler};
+use crate::sleeve::offload::{VNET_HDR_LEN, VnetHeader};
+use crate::udp::{RECV_BUFFER_LEN, RecvMeta};
+use crate::{ETHERNET_HEADER_LEN, PeerId};
+
+const RECV_BATCH: usize = 16;
+/// A TAP reader sends what it has gathered after this many frames or bytes, whichever comes
+/// first, even if more are queued: enough to amortise the syscalls, little enough to keep
+/// latency and buffers small.
+const TAP_BATCH_FRAMES: usize = 64;
+const TAP_BATCH_BYTES: usize = 256 * 1024;
+/// The TAP reader wakes up at least this often (for housekeeping) when no frame comes.
+const TAP_POLL: Duration = Duration::from_secs(1);
+/// How often the housekeeping thread runs: heartbeats, liveness, MAC expiry.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// How often expired MAC entries are removed (and local ones withdrawn from gossip).
+const MAC_EXPIRY_EVERY: Duration = Duration::from_secs(10);
 
 /// Frames from local pods, to the mesh.
 pub(super) fn tap_loop(shared: &Shared) {
-    let local = shared.local.to_bytes();
+    let local = shared.local;
     let mut buf = vec![0u8; VNET_HDR_LEN + 65536 + ETHERNET_HEADER_LEN];
     let mut outbox = Outbox::default();
     loop {
@@ -29,7 +56,7 @@ pub(super) fn tap_loop(shared: &Shared) {
                     return;
                 }
             };
-            from_tap(shared, &routes, local, &buf[..n], &mut outbox);
+            from_tap(shared, &*routes, local, &buf[..n], &mut outbox);
             if outbox.queued_bytes() >= TAP_BATCH_BYTES {
                 outbox.flush(shared);
             }
@@ -40,7 +67,7 @@ pub(super) fn tap_loop(shared: &Shared) {
 
 fn from_tap(
     shared: &Shared,
-    routes: &RouteSnapshot,
+    routes: &dyn RoutingSnapshot,
     local: PeerId,
     raw: &[u8],
     outbox: &mut Outbox,
@@ -61,11 +88,11 @@ fn from_tap(
         let mut macs = lock(&shared.macs);
         let learned = macs.learn(src_mac, MacOwner::Local, now);
         // Group addresses are never learned, from data or gossip: they are flooded.
-        let owner = if weft_datapath::mac::is_multicast(&dst_mac) {
+        let owner = if crate::mac::is_multicast(&dst_mac) {
             None
         } else if let Some(owner) = macs.lookup(&dst_mac, now) {
             Some(owner)
-        } else if let Some(peer) = shared.gossiped_owner(&dst_mac) {
+        } else if let Some(peer) = shared.hinted_owner(&dst_mac) {
             // Data has not taught us where this MAC is yet, but gossip has: unicast at once
             // instead of flooding. A frame from the MAC will correct the entry if it is stale.
             // (Not learned, when the table refuses it, means still unknown.)
@@ -78,7 +105,7 @@ fn from_tap(
     };
     let decision = forward::from_bridge_to(owner, routes);
     if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
-        (shared.events)(DataplaneEvent::LocalMac(src_mac));
+        (shared.events)(SleeveEvent::LocalMac(src_mac));
     }
     let tap_frame = TapFrame {
         offload,
@@ -119,7 +146,7 @@ pub(super) fn udp_loop(shared: &Shared) {
         for (buf, meta) in bufs.iter_mut().zip(&meta).take(received) {
             let segment = meta.segment.unwrap_or(meta.len).max(1);
             for datagram in buf[..meta.len].chunks_mut(segment) {
-                receive(shared, &routes, datagram, &mut outbox, &mut reassembler);
+                receive(shared, &*routes, datagram, &mut outbox, &mut reassembler);
             }
         }
         outbox.flush(shared);
@@ -134,7 +161,7 @@ pub(super) fn udp_loop(shared: &Shared) {
 
 fn receive(
     shared: &Shared,
-    routes: &RouteSnapshot,
+    routes: &dyn RoutingSnapshot,
     datagram: &mut [u8],
     outbox: &mut Outbox,
     reassembler: &mut Reassembler,
@@ -189,7 +216,7 @@ fn receive(
                 let size = u16::try_from(len + IPV4_UDP)
                     .unwrap_or(u16::MAX)
                     .to_be_bytes();
-                let local = shared.local.to_bytes();
+                let local = shared.local;
                 outbox.push(shared, sender, FrameKind::PmtuAck, local, sender, &[&size]);
                 continue;
             }
@@ -268,7 +295,7 @@ fn deliver_offloaded(shared: &Shared, raw: &[u8], learn: impl Fn(&[u8])) {
 /// Housekeeping: heartbeats to every peer, the liveness of each link (reported to the router
 /// so that data routes avoid a link whose UDP is dead), MAC expiry.
 pub(super) fn timer_loop(shared: &Shared) {
-    let local = shared.local.to_bytes();
+    let local = shared.local;
     let mut outbox = Outbox::default();
     let mut next_mac_expiry = Instant::now() + MAC_EXPIRY_EVERY;
     loop {
@@ -283,16 +310,8 @@ pub(super) fn timer_loop(shared: &Shared) {
                     .liveness
                     .on_heard(shared.epoch + Duration::from_nanos(heard));
             }
-            let interval = if state.liveness.is_up(now) {
-                HEARTBEAT_INTERVAL
-            } else {
-                HEARTBEAT_INTERVAL_UNCONFIRMED
-            };
-            if state
-                .last_heartbeat
-                .is_none_or(|sent| now.saturating_duration_since(sent) >= interval)
-            {
-                let peer = link.peer.to_bytes();
+            if state.heartbeat_due(now) {
+                let peer = link.peer;
                 let payload = link.conn.to_be_bytes();
                 if outbox.push(shared, peer, FrameKind::Heartbeat, local, peer, &[&payload]) {
                     state.liveness.on_sent(now);
@@ -313,13 +332,14 @@ pub(super) fn timer_loop(shared: &Shared) {
                 // The reason is only built when there is a change to report.
                 let (_, reason) = state.data_path(now);
                 state.reported_up = up;
+                let standby = state.standby;
                 drop(state);
                 if up {
-                    tracing::info!(peer = %link.peer, path_mtu, "sleeve data path up");
+                    tracing::info!(peer = %format_mac(&link.peer), path_mtu, standby = standby, "sleeve data path up");
                 } else {
-                    tracing::warn!(peer = %link.peer, reason = reason.as_deref().unwrap_or(""), "sleeve data path down");
+                    tracing::warn!(peer = %format_mac(&link.peer), standby = standby, reason = reason.as_deref().unwrap_or(""), "sleeve data path down");
                 }
-                (shared.events)(DataplaneEvent::LinkHealth {
+                (shared.events)(SleeveEvent::LinkHealth {
                     peer: link.peer,
                     conn: link.conn,
                     up,
@@ -337,7 +357,7 @@ pub(super) fn timer_loop(shared: &Shared) {
                 .map(|(mac, _)| mac)
                 .collect();
             if !gone.is_empty() {
-                (shared.events)(DataplaneEvent::LocalMacsGone(gone));
+                (shared.events)(SleeveEvent::LocalMacsGone(gone));
             }
         }
     }

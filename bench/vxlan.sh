@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# weft fast-path benchmark: weft's VXLAN fast path against a hand-made kernel VXLAN, with the
+# sleeve rows (plain and encrypted) in the same table.
+#
+#   bash bench/vxlan.sh [--quick] [--only CONFIGS] [--datapath auto|vxlan]
+#
+#   --quick            1 s runs, fewer pings (a smoke test)
+#   --only CONFIGS     comma-separated subset of: vxlan,weft-fast,sleeve-plain,sleeve-encrypted
+#   --datapath MODE    the weft-fast row's `weft router --datapath` (default auto)
+#
+# Environment: WEFT_BENCH_SECONDS (length of each iperf3 run, default 5), WEFT_BENCH_PINGS
+# (default 50), WEFT_BENCH_TIMEOUT (seconds to wait for routers and pods, default 60),
+# WEFT_BENCH_BIN (measure this binary, skip the build), CARGO_TARGET_DIR. Needs root: it
+# builds two hosts out of network namespaces on this machine.
+set -euo pipefail
+
+CONFIGS_ALL=(vxlan weft-fast sleeve-plain sleeve-encrypted)
+PREFIX=wbvx$$-
+H1=${PREFIX}host1
+H2=${PREFIX}host2
+P1=${PREFIX}pod1
+P2=${PREFIX}pod2
+UNDERLAY=10.213.43 # host1 .1, host2 .2 (a veth pair between the two host namespaces)
+POD_NET=10.250.0   # pod1 .1, pod2 .2
+STATUS_ADDR=127.0.0.1:6784
+
+seconds=${WEFT_BENCH_SECONDS:-5}
+pings=${WEFT_BENCH_PINGS:-50}
+timeout=${WEFT_BENCH_TIMEOUT:-60}
+quick=0
+only=""
+fast_mode=auto
+
+usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
+
+while (($#)); do
+    case "$1" in
+    --quick) quick=1; shift ;;
+    --only | --datapath)
+        [[ $# -ge 2 ]] || { usage >&2; exit 2; }
+        if [[ "$1" == --only ]]; then only=$2; else fast_mode=$2; fi
+        shift 2
+        ;;
+    --only=*) only=${1#--only=}; shift ;;
+    --datapath=*) fast_mode=${1#--datapath=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$fast_mode" in
+auto | vxlan) ;;
+*) echo "bench: --datapath must be auto or vxlan (got '$fast_mode')" >&2; exit 2 ;;
+esac
+if ((quick)); then
+    seconds=1
+    pings=10
+fi
+for v in seconds pings timeout; do
+    if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "bench: $v must be a positive whole number (got '${!v}')" >&2
+        exit 2
+    fi
+done
+configs=()
+if [[ -n "$only" ]]; then
+    IFS=, read -r -a wanted <<<"$only"
+    for c in "${wanted[@]}"; do
+        case " ${CONFIGS_ALL[*]} " in
+        *" $c "*) ;;
+        *) echo "bench: unknown configuration '$c' (known: ${CONFIGS_ALL[*]})" >&2; exit 2 ;;
+        esac
+    done
+    for c in "${CONFIGS_ALL[@]}"; do # always in this order: vxlan first, as the reference
+        case ",$only," in *",$c,"*) configs+=("$c") ;; esac
+    done
+else
+    configs=("${CONFIGS_ALL[@]}")
+fi
+((${#configs[@]} > 0)) || { echo "bench: --only selected nothing" >&2; exit 2; }
+
+if ((EUID != 0)); then
+    echo "bench: needs root (it creates network namespaces): sudo bash $0 $*" >&2
+    exit 1
+fi
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init
+
+# shellcheck source=scripts/deps.sh
+source "$ROOT/scripts/deps.sh"
+weft_deps
+bench_build
+
+# The weft-fast row is only worth its name when pod traffic takes the VXLAN device: count what
+# the device carried during the measurements against the pod's own traffic.
+measure_extra() {
+    [[ "$1" == weft-fast ]] || return 0
+    local sent pod_sent
+    sent=$(ip netns exec "$H1" cat /sys/class/net/weft-vxlan/statistics/tx_bytes 2>/dev/null || echo 0)
+    pod_sent=$(ip netns exec "$P1" cat /sys/class/net/eth0/statistics/tx_bytes)
+    echo "  weft-vxlan on host1 sent $((sent / 1000000)) MB of pod1's $((pod_sent / 1000000)) MB so far" >&2
+    if ((sent < pod_sent / 2)); then
+        echo "  WARNING: pod traffic did not take the fast path" >&2
+        record "$1" note "pod traffic did not take the fast path (weft-vxlan sent $sent bytes, pod1 $pod_sent)"
+    fi
+}
+
+HEADER=$(bench_header "weft fast-path benchmark (weft-fast: weft router --datapath $fast_mode)")
+echo "$HEADER" >&2
+
+for cfg in "${configs[@]}"; do
+    log "$cfg"
+    make_hosts
+    dir=$STATE_DIR/$cfg
+    mkdir -p "$dir"
+    case "$cfg" in
+    vxlan)
+        setup_vxlan
+        mtu=1450
+        bridge=vxbr
+        ;;
+    weft-fast | sleeve-plain | sleeve-encrypted)
+        password=""
+        if [[ "$cfg" == sleeve-encrypted ]]; then
+            password=$dir/password
+            (umask 077 && head -c 24 /dev/urandom | base64 >"$password")
+        fi
+        if [[ "$cfg" == weft-fast ]]; then
+            start_routers "$dir" "$fast_mode" vxlan
+        else
+            start_routers "$dir" sleeve sleeve "$password"
+        fi
+        mtu=$(host_report "$H1" 'r["datapath"]["mtu"]')
+        [[ "$mtu" =~ ^[0-9]+$ ]] || die "cannot read the datapath MTU from host1's report"
+        bridge=weft
+        ;;
+    esac
+    record "$cfg" mtu "$mtu"
+    attach_pods "$bridge" "$mtu"
+    echo "  pods attached to bridge $bridge, MTU $mtu" >&2
+    wait_pods
+    measure "$cfg"
+    if [[ "$cfg" == weft-fast ]]; then
+        # Still on the fast path after the UDP flood?
+        state=$(host_report "$H1" '",".join(str((c.get("datapath") or {}).get("datapath")) for c in r["connections"] if c["state"] == "established")')
+        echo "  host1's connection after the runs: datapath ${state:-unknown}" >&2
+        [[ "$state" == vxlan ]] || record "$cfg" note "left the fast path during the runs: $state"
+    fi
+    teardown
+done
+
+# --- report ----------------------------------------------------------------------------------
+echo
+echo "$HEADER"
+echo "  load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)"
+echo
+# Targets (issue 11): the fast path against the hand-made VXLAN; the sleeve's from issue 3.
+print_tables '{
+    "weft-fast": {"tcp1_gbps": [">=", 0.95], "tcp4_gbps": [">=", 0.95], "udp_kpps": [">=", 0.95], "rtt_ms": ["<=", 1.1]},
+    "sleeve-encrypted": {"tcp1_gbps": [">=", 0.07], "tcp4_gbps": [">=", 0.07], "rtt_ms": ["<=", 2.0]},
+    "sleeve-plain": {"tcp1_gbps": [">=", 0.20], "tcp4_gbps": [">=", 0.20], "rtt_ms": ["<=", 2.0]}
+}' "targets: weft-fast >= 0.95x vxlan throughput (TCP x1, x4, UDP), RTT <= 1.1x; sleeve as in issue 3"
+if grep -q $'\tnote\t' "$RESULTS"; then
+    echo
+    grep $'\tnote\t' "$RESULTS" | cut -f1,3 | sed 's/\t/: /'
+fi
