@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         uid: 1,
         conn_id: 2,
         listen_port: 6783,
+        datapaths: None,
     };
     let password = Some(SecretKey::from_bytes([7; 32]));
     let (mut hs, _) = Handshake::new(Role::Listener, password, features);

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         uid: 22,
         conn_id: 3,
         listen_port: 6783,
+        datapaths: None,
     };
     let remote: SocketAddr = "10.0.0.2:40000".parse().unwrap();
     let new = NewConnection {

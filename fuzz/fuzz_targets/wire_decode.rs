@@ -26,6 +26,13 @@ fuzz_target!(|data: &[u8]| {
     round_trips::<Features>(data);
     round_trips::<Intro>(data);
     round_trips::<EchoMsg>(data);
+    round_trips::<wire::DatapathOffer>(data);
+    // A version 2 features frame: the features, then the datapath offer.
+    if let Ok(features) = wire::decode_features(data, wire::DATAPATH_OFFER_VERSION) {
+        let body = wire::encode_features(&features, wire::DATAPATH_OFFER_VERSION);
+        let again = wire::decode_features(&body, wire::DATAPATH_OFFER_VERSION);
+        assert_eq!(again.as_ref(), Ok(&features));
+    }
     // IPAM unicasts (space, reservations, `weft ipam check` views): whatever passes the
     // bound checks must survive a round trip and pass them again.
     if let Ok(msg) = ipam::decode_msg(data) {

@@ -183,7 +183,9 @@ impl Handshake {
         ]);
         let mut session =
             SessionKeys::derive(&shared, self.password.as_ref(), &transcript, self.role);
-        let sealed = session.sealer.seal(&wire::encode(&self.features));
+        let sealed = session
+            .sealer
+            .seal(&wire::encode_features(&self.features, version));
         self.state = State::AwaitFeatures { version, session };
         Ok(sealed)
     }
@@ -204,7 +206,7 @@ impl Handshake {
             .opener
             .open(sealed)
             .map_err(|_| HandshakeError::PasswordMismatch)?;
-        let features: Features = wire::decode(&plain)?;
+        let features = wire::decode_features(&plain, version)?;
         Ok((
             features,
             SecureChannel {
@@ -359,6 +361,13 @@ mod tests {
             uid: n * 1000,
             conn_id: n * 7,
             listen_port: 6783,
+            datapaths: Some(crate::wire::DatapathOffer {
+                paths: vec![crate::wire::OfferedDatapath {
+                    kind: crate::wire::OfferedDatapath::VXLAN,
+                    port: 6784,
+                    vni: n as u32,
+                }],
+            }),
         }
     }
 
@@ -413,6 +422,37 @@ mod tests {
                 ControlMsg::Heartbeat
             );
         }
+    }
+
+    #[test]
+    fn a_version_1_peer_and_a_version_2_peer_meet_at_1_without_datapath_offers() {
+        let old = Hello {
+            min_version: 1,
+            max_version: 1,
+        };
+        let (mut d, d_hello) = Handshake::with_hello(Role::Dialer, None, features(1), old);
+        let (mut l, l_hello) = Handshake::new(Role::Listener, None, features(2));
+        let d_intro = d.on_hello(&l_hello).unwrap();
+        let l_intro = l.on_hello(&d_hello).unwrap();
+        let d_feat = d.on_intro(&l_intro).unwrap();
+        let l_feat = l.on_intro(&d_intro).unwrap();
+        let (from_listener, chan) = d.on_features(&l_feat).unwrap();
+        let (from_dialer, _) = l.on_features(&d_feat).unwrap();
+        assert_eq!(chan.version(), 1);
+        // Neither side sent an offer at version 1, and each decodes the other's frame whole.
+        assert_eq!(from_listener.datapaths, None);
+        assert_eq!(from_dialer.datapaths, None);
+        assert_eq!(from_dialer.name, features(1).name);
+    }
+
+    #[test]
+    fn a_version_2_features_frame_carries_the_datapath_offer() {
+        let body = wire::encode_features(&features(3), 2);
+        assert_eq!(wire::decode_features(&body, 2).unwrap(), features(3));
+        // A version 1 reader refuses the longer body rather than misreading it.
+        assert!(wire::decode_features(&body, 1).is_err());
+        let v1 = wire::encode_features(&features(3), 1);
+        assert!(v1.len() < body.len());
     }
 
     #[test]

@@ -280,6 +280,9 @@ pub struct MacChannel {
     claim_refilled: Instant,
     rate_limited: u64,
     conflicts: u64,
+    /// Bumped whenever a stored claim changes: consumers of the table (the fast path's
+    /// forwarding entries) rebuild only when it moved.
+    changes: u64,
 }
 
 impl MacChannel {
@@ -298,6 +301,7 @@ impl MacChannel {
             claim_refilled: now,
             rate_limited: 0,
             conflicts: 0,
+            changes: 0,
         }
     }
 
@@ -443,6 +447,11 @@ impl MacChannel {
         self.claims.get(mac).map(|e| e.claim)
     }
 
+    /// A counter that moves whenever a stored claim changes.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Live `(mac, owner)` pairs, sorted by MAC (for status).
     pub fn live_entries(&self) -> Vec<(Mac, PeerName)> {
         self.claims
@@ -541,6 +550,7 @@ impl MacChannel {
             }
             entry.claim = claim;
             entry.changed_at = self.now;
+            self.changes = self.changes.wrapping_add(1);
             return Some(claim);
         }
         if self.claims.len() >= self.max_entries && !self.make_room(&claim) {
@@ -554,6 +564,7 @@ impl MacChannel {
                 changed_at: self.now,
             },
         );
+        self.changes = self.changes.wrapping_add(1);
         Some(claim)
     }
 

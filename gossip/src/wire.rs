@@ -15,7 +15,9 @@ use crate::topology::TopologyUpdate;
 pub const MAGIC: [u8; 4] = *b"weft";
 /// Protocol versions this build speaks.
 pub const PROTOCOL_MIN: u8 = 1;
-pub const PROTOCOL_MAX: u8 = 1;
+pub const PROTOCOL_MAX: u8 = 2;
+/// The first version whose features frame carries a [`DatapathOffer`] after the [`Features`].
+pub const DATAPATH_OFFER_VERSION: u8 = 2;
 pub const HELLO_LEN: usize = 6;
 /// Length prefix of a frame.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -167,6 +169,63 @@ pub struct Features {
     pub conn_id: u64,
     /// The TCP port the sender accepts mesh connections on (for address discovery).
     pub listen_port: u16,
+    /// The datapaths the sender offers on this connection. Not part of the version 1 body: from
+    /// [`DATAPATH_OFFER_VERSION`] on it follows the features in the same sealed frame, so a
+    /// version 1 peer neither sends nor expects it (and is treated as offering none).
+    #[serde(skip)]
+    pub datapaths: Option<DatapathOffer>,
+}
+
+/// What a peer offers besides the sleeve, which every peer speaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathOffer {
+    pub paths: Vec<OfferedDatapath>,
+}
+
+/// One kernel datapath a peer can carry frames on. `kind` is a number, not an enum, so that a
+/// newer peer's kinds decode here and are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedDatapath {
+    pub kind: u8,
+    /// The UDP port it receives on.
+    pub port: u16,
+    /// VXLAN network identifier.
+    pub vni: u32,
+}
+
+impl OfferedDatapath {
+    /// The Linux VXLAN device.
+    pub const VXLAN: u8 = 1;
+    /// Open vSwitch's kernel datapath with a VXLAN vport.
+    pub const FASTDP: u8 = 2;
+}
+
+impl DatapathOffer {
+    /// The offer of `kind`, if made.
+    pub fn get(&self, kind: u8) -> Option<OfferedDatapath> {
+        self.paths.iter().copied().find(|p| p.kind == kind)
+    }
+}
+
+/// The features frame body for protocol `version`: the features, then (from
+/// [`DATAPATH_OFFER_VERSION`]) the datapath offer.
+pub fn encode_features(features: &Features, version: u8) -> Vec<u8> {
+    let mut body = encode(features);
+    if version >= DATAPATH_OFFER_VERSION {
+        body.extend(encode(&features.datapaths.clone().unwrap_or_default()));
+    }
+    body
+}
+
+/// Reads a features frame body of protocol `version`; trailing bytes are an error.
+pub fn decode_features(body: &[u8], version: u8) -> Result<Features, WireError> {
+    if version < DATAPATH_OFFER_VERSION {
+        return decode(body);
+    }
+    let (mut features, rest) = postcard::take_from_bytes::<Features>(body)
+        .map_err(|e| WireError::Decode(e.to_string()))?;
+    features.datapaths = Some(decode(rest)?);
+    Ok(features)
 }
 
 /// Gossip channels share one transport. Unknown channels are relayed but not interpreted, so
@@ -344,6 +403,7 @@ mod tests {
             let _ = decode::<TopologyUpdate>(&bytes);
             let _ = decode::<crate::topology::Digest>(&bytes);
             let _ = decode::<Features>(&bytes);
+            let _ = decode_features(&bytes, DATAPATH_OFFER_VERSION);
             let _ = decode::<Intro>(&bytes);
             let _ = decode::<EchoMsg>(&bytes);
             let _ = split_frames(&bytes);

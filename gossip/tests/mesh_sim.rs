@@ -136,6 +136,7 @@ impl Sim {
             uid: self.uids[node],
             conn_id: self.random(),
             listen_port: 6783,
+            datapaths: None,
         }
     }
 

@@ -89,7 +89,7 @@ pub struct ConnectionLine {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatapathLine {
-    /// `sleeve`, or `none` for a control-plane-only router.
+    /// `vxlan` or `sleeve` for a link; `auto`, `vxlan`, `sleeve` or `none` for the observer.
     pub kind: String,
     /// `up`, `starting` or `down` for a link; `running` for the observer's own data plane.
     pub health: String,
@@ -208,7 +208,11 @@ fn peer_line(
         (
             Some(match &report.datapath {
                 Some(d) => DatapathLine {
-                    kind: d.kind.clone(),
+                    kind: if d.mode.is_empty() {
+                        d.kind.clone()
+                    } else {
+                        d.mode.clone()
+                    },
                     health: "running".into(),
                     reason: Some(format!("bridge {}", d.bridge)),
                 },
@@ -227,7 +231,11 @@ fn peer_line(
             link.map(|l| DatapathLine {
                 kind: l.datapath.clone(),
                 health: l.health.clone(),
-                reason: l.reason.clone(),
+                // Why not up; else, on the sleeve, why not the fast path.
+                reason: l.reason.clone().or_else(|| {
+                    (l.datapath == "sleeve" && !l.datapath_reason.is_empty())
+                        .then(|| l.datapath_reason.clone())
+                }),
             }),
             established.and_then(|c| c.encrypted),
             link.map(|l| l.overlay_mtu),

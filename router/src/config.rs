@@ -105,10 +105,17 @@ pub struct RouterArgs {
     /// Seconds between anti-entropy digests to each neighbour.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value_t = 30.0)]
     pub gossip_interval: f64,
-    /// Data plane: `sleeve` (a bridge for pods, frames carried to peers in UDP, sealed when
-    /// there is a password) or `none` (control plane only).
-    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "sleeve")]
+    /// Data plane, chosen per peer connection with fallback to the sleeve and back:
+    /// `auto` (the kernel fast path where it works: the Linux VXLAN device, later Open vSwitch;
+    /// the sleeve elsewhere), `vxlan` (the same, VXLAN only), `fastdp` (Open vSwitch: not built
+    /// yet, refused), `sleeve` (userspace only: frames in UDP, sealed when there is a password)
+    /// or `none` (control plane only). With a password every connection stays on the sealed
+    /// sleeve until the fast path is encrypted (IPsec ESP).
+    #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "auto")]
     pub datapath: DatapathChoice,
+    /// UDP port of the VXLAN fast path (default: the mesh port + 1, 6784).
+    #[arg(long, env = "WEFT_VXLAN_PORT")]
+    pub vxlan_port: Option<u16>,
     /// Name of the bridge pods attach to.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
     pub bridge: String,
@@ -164,8 +171,36 @@ pub struct RouterArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatapathChoice {
-    None,
+    Auto,
+    Fastdp,
+    Vxlan,
     Sleeve,
+    None,
+}
+
+impl DatapathChoice {
+    /// Whether the sleeve runs (it always does with a data plane: fallback, broadcast, relay).
+    pub fn has_dataplane(self) -> bool {
+        self != DatapathChoice::None
+    }
+
+    /// Whether a kernel fast path is wanted.
+    pub fn wants_fast(self) -> bool {
+        matches!(
+            self,
+            DatapathChoice::Auto | DatapathChoice::Vxlan | DatapathChoice::Fastdp
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathChoice::Auto => "auto",
+            DatapathChoice::Fastdp => "fastdp",
+            DatapathChoice::Vxlan => "vxlan",
+            DatapathChoice::Sleeve => "sleeve",
+            DatapathChoice::None => "none",
+        }
+    }
 }
 
 /// `weft status --help`: the exit codes (`crate::problems` decides them).

@@ -9,6 +9,7 @@ mod config;
 mod conn;
 mod dataplane;
 mod exposition;
+mod fastpath;
 mod hostnet;
 mod http_admission;
 mod http_server;
@@ -285,7 +286,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
 
         let metrics = Arc::new(Metrics::default());
         let (events_tx, events_rx) = mpsc::channel(8192);
-        let params = ConnParams {
+        let mut params = ConnParams {
             password: password.clone(),
             local: Features {
                 name: identity.name,
@@ -293,6 +294,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 uid: identity.uid,
                 conn_id: 0,
                 listen_port: args.port,
+                datapaths: None,
             },
             heartbeat,
             events: events_tx.clone(),
@@ -305,7 +307,8 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             nickname: identity.nickname.clone(),
             uid: identity.uid,
             conn_limit: args.conn_limit,
-            gossip_interval,            confirm_data_path: matches!(args.datapath, DatapathChoice::Sleeve),
+            gossip_interval,
+            confirm_data_path: args.datapath.has_dataplane(),
         };
         let info = RouterInfo {
             encryption: password.is_some(),
@@ -313,6 +316,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             conn_limit: args.conn_limit,
             mesh_id: args.mesh_id.clone(),
             open_files_limit,
+            datapath_mode: args.datapath.as_str().to_owned(),
         };
         let ipam_channel = SharedIpam::new(ipam::open_channel(
             &store,
@@ -324,7 +328,11 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         let cni_listener = cni_api::bind(&args.cni_socket)?;
         let dataplane = match args.datapath {
             DatapathChoice::None => None,
-            DatapathChoice::Sleeve => {
+            DatapathChoice::Fastdp => anyhow::bail!(
+                "--datapath fastdp (Open vSwitch) is not built yet: use --datapath auto or vxlan \
+                 (the Linux VXLAN device), or sleeve"
+            ),
+            DatapathChoice::Auto | DatapathChoice::Vxlan | DatapathChoice::Sleeve => {
                 let macs = SharedMacChannel::new(MacChannel::new(
                     identity.name,
                     MAX_ENTRIES,
@@ -354,6 +362,29 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 Some(dataplane)
             }
         };
+        let fast = dataplane.as_ref().map(|dataplane| {
+            let events = events_tx.clone();
+            let sink: weft_datapath::vxlan::engine::VxlanEventSink = Box::new(move |event| {
+                // A full queue drops the event: it only changes how the sleeve link is probed,
+                // and the next change is reported again.
+                let _ = events.try_send(Event::Fast(event.into()));
+            });
+            fastpath::FastPath::start(
+                &fastpath::FastConfig {
+                    local: identity.name,
+                    bridge: dataplane.bridge().to_owned(),
+                    tap: format!("{}{}", dataplane.bridge(), dataplane::TAP_NAME_SUFFIX),
+                    port: args.vxlan_port.unwrap_or(args.port.wrapping_add(1)),
+                    underlay_mtu: args.underlay_mtu,
+                    encrypted: password.is_some(),
+                    wanted: args.datapath.wants_fast(),
+                },
+                sink,
+            )
+        });
+        if let Some(fast) = &fast {
+            params.local.datapaths = Some(fast.offer());
+        }
         if dataplane.is_some() {
             host_sysctls(&args, &metrics)?;
         }
@@ -398,6 +429,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 ipam,
                 ports,
                 kube: kube_shared.clone(),
+                fast,
             },
         );
         if let (Some(node_name), Some(shared)) = (kube_node_name, kube_shared) {

@@ -75,6 +75,33 @@ pub struct DatapathMetrics {
     /// MACs not learned or claimed, by reason (`unattached_cap`, `conflict`, `gossip_rate`,
     /// `gossip_conflict`).
     pub mac_refusals: Family<ReasonLabels, Counter>,
+    /// The datapath each connection uses (1 for the one in use) and its changes so far.
+    pub connection_datapath: Family<PeerDatapathLabels, Gauge>,
+    pub connection_transitions: Family<PeerLabels, Gauge>,
+    /// Changes of datapath on any connection, by the datapath changed to (counted as they
+    /// happen, so they survive the connection).
+    pub transitions: Family<ToLabels, Counter>,
+    /// The VXLAN fast path: heartbeats, forwarding entries, their changes and failures.
+    pub fast_heartbeats: Family<DirectionLabels, Counter>,
+    pub fdb_entries: Family<TableLabels, Gauge>,
+    pub fdb_ops: Counter,
+    pub fdb_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDatapathLabels {
+    pub peer: String,
+    pub datapath: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToLabels {
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
 }
 
 /// Moves a mirrored counter up to `value` (counters only grow; the source's do too).
@@ -457,6 +484,41 @@ impl Metrics {
             d.link_drops.clone(),
         );
         registry.register(
+            "connection_datapath",
+            "The datapath each connection's pod traffic uses now (1 for the one in use: vxlan or sleeve)",
+            d.connection_datapath.clone(),
+        );
+        registry.register(
+            "connection_datapath_transitions",
+            "How many times each connection changed datapath (fallback to the sleeve and return)",
+            d.connection_transitions.clone(),
+        );
+        registry.register(
+            "datapath_transitions",
+            "Connections that changed datapath, by the one changed to (to=sleeve: a fallback, to=vxlan: a return)",
+            d.transitions.clone(),
+        );
+        registry.register(
+            "fast_heartbeats",
+            "Fast-path heartbeats sent, received, and received but rejected (direction sent|received|rejected)",
+            d.fast_heartbeats.clone(),
+        );
+        registry.register(
+            "fdb_entries",
+            "Forwarding entries weft keeps for the fast path (table vxlan: on the VXLAN device; bridge: remote MACs steered to the VXLAN or TAP port)",
+            d.fdb_entries.clone(),
+        );
+        registry.register(
+            "fdb_ops",
+            "Forwarding-entry changes made for the fast path",
+            d.fdb_ops.clone(),
+        );
+        registry.register(
+            "fdb_errors",
+            "Forwarding-entry changes the kernel refused",
+            d.fdb_errors.clone(),
+        );
+        registry.register(
             "pod_spoofed_frames",
             "Frames from pods' bridge ports dropped because they carried another MAC or address, by kind (mac, arp, nd, ip, ethertype)",
             d.pod_spoofed.clone(),
@@ -731,6 +793,32 @@ impl Metrics {
         d.link_bytes.clear();
         d.link_datagrams.clear();
         d.link_drops.clear();
+        d.connection_datapath.clear();
+        d.connection_transitions.clear();
+        if let Some(v) = &dp.vxlan {
+            let dir = |direction| DirectionLabels { direction };
+            mirror(
+                &d.fast_heartbeats.get_or_create(&dir("sent")),
+                v.heartbeats_sent,
+            );
+            mirror(
+                &d.fast_heartbeats.get_or_create(&dir("received")),
+                v.heartbeats_received,
+            );
+            mirror(
+                &d.fast_heartbeats.get_or_create(&dir("rejected")),
+                v.heartbeats_rejected,
+            );
+            let table = |table| TableLabels { table };
+            d.fdb_entries
+                .get_or_create(&table("vxlan"))
+                .set(v.fdb_vxlan as i64);
+            d.fdb_entries
+                .get_or_create(&table("bridge"))
+                .set(v.fdb_bridge as i64);
+            mirror(&d.fdb_ops, v.fdb_ops);
+            mirror(&d.fdb_errors, v.fdb_errors);
+        }
         for link in report
             .connections
             .iter()
@@ -742,6 +830,15 @@ impl Metrics {
             d.link_up
                 .get_or_create(&peer)
                 .set(i64::from(link.health == "up"));
+            d.connection_datapath
+                .get_or_create(&PeerDatapathLabels {
+                    peer: link.peer.clone(),
+                    datapath: link.datapath.clone(),
+                })
+                .set(1);
+            d.connection_transitions
+                .get_or_create(&peer)
+                .set(link.datapath_transitions as i64);
             d.link_path_mtu
                 .get_or_create(&peer)
                 .set(i64::from(link.path_mtu));
@@ -797,9 +894,10 @@ mod tests {
         let metrics = Metrics::default();
         let mut report = mesh();
         observe(&metrics, &report);
-        // two: a data path link (10 series) and an IPAM share (2); four: a share only.
+        // two: a data path link (10 series, and 2 for the connection's datapath) and an IPAM
+        // share (2); four: a share only.
         let two = series_of(&metrics, TWO);
-        assert_eq!(two.len(), 12, "{two:#?}");
+        assert_eq!(two.len(), 14, "{two:#?}");
         assert_eq!(series_of(&metrics, FOUR).len(), 2);
 
         // two's connection closes; four's space is reclaimed: their series go with them.

@@ -360,6 +360,23 @@ pub fn render_summary(r: &Report) -> String {
                 "       Datapath: {} on bridge {} (mtu {}, {} links, {} MACs, {} frames out, {} in, {} relayed)",
                 d.kind, d.bridge, d.mtu, d.links, d.macs, d.frames_out, d.frames_in, d.relayed
             );
+            match &d.vxlan {
+                Some(v) if !v.device.is_empty() => {
+                    let _ = writeln!(
+                        s,
+                        "      Fast path: VXLAN {} (udp/{}, vni {}, mtu {}), {} device / {} bridge entries, {} errors",
+                        v.device, v.port, v.vni, v.mtu, v.fdb_vxlan, v.fdb_bridge, v.fdb_errors
+                    );
+                }
+                Some(v) => {
+                    let _ = writeln!(
+                        s,
+                        "      Fast path: off ({})",
+                        v.error.as_deref().unwrap_or("")
+                    );
+                }
+                None => {}
+            }
         }
         None => {
             let _ = writeln!(s, "       Datapath: none (control plane only)");
@@ -565,7 +582,22 @@ pub fn render_connections(r: &Report) -> String {
             let _ = write!(s, ", retry in {retry}s");
         }
         if let Some(link) = &c.datapath {
-            let _ = write!(s, "\n     {}: {}", link.datapath, link.health);
+            let _ = write!(s, "\n     datapath: {}", link.datapath);
+            if !link.datapath_reason.is_empty() {
+                let _ = write!(s, " ({})", link.datapath_reason);
+            }
+            let _ = write!(
+                s,
+                " for {}s, {} changes",
+                link.datapath_secs, link.datapath_transitions
+            );
+            if let Some(fast) = &link.fast {
+                let _ = write!(s, "\n     fast path {}: {}", fast.underlay, fast.health);
+                if let Some(reason) = &fast.reason {
+                    let _ = write!(s, " ({reason})");
+                }
+            }
+            let _ = write!(s, "\n     {}: {}", "link", link.health);
             if let Some(reason) = &link.reason {
                 let _ = write!(s, " ({reason})");
             }

@@ -9,7 +9,9 @@
 //! - `10-weft.conflist` in the conf dir, only if it names the `weft-cni` plugin (another
 //!   network's config of that name is left alone, and said so);
 //! - `weft-cni` in the bin dir;
-//! - the bridge (only if the device of that name is a bridge), its TAP `<bridge>-tap`, and the
+//! - the bridge (only if the device of that name is a bridge), its TAP `<bridge>-tap`, its VXLAN
+//!   device `<bridge>-vxlan` (a router's stop leaves it, so that pod traffic on fast connections
+//!   keeps flowing across a restart; an uninstall removes it with its forwarding entries), and the
 //!   host ends of pod veths (`vw…`, `weft_cni::plugin::HOST_VETH_PREFIX`) still attached to it.
 //!   Those veths carry nothing once the bridge is gone, and deleting one also deletes the pod's
 //!   end, as `weave reset` deletes its `vethwepl*`. Other ports of the bridge are left (the
@@ -255,6 +257,7 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
     }
 
     let tap = target.tap();
+    let vxlan = crate::fastpath::device_name(&target.bridge);
     let bridge = seen.links.iter().find(|l| l.name == target.bridge);
     let bridge_index = match bridge {
         Some(b) if b.is_bridge => Some(b.index),
@@ -271,7 +274,7 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
         let mut ports: Vec<&LinkSeen> = seen
             .links
             .iter()
-            .filter(|l| l.master == Some(index) && l.name != tap)
+            .filter(|l| l.master == Some(index) && l.name != tap && l.name != vxlan)
             .collect();
         ports.sort_by(|a, b| a.name.cmp(&b.name));
         for port in ports {
@@ -292,6 +295,12 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
         plan.steps.push(Step::DeleteLink {
             name: tap,
             what: "TAP",
+        });
+    }
+    if seen.links.iter().any(|l| l.name == vxlan) {
+        plan.steps.push(Step::DeleteLink {
+            name: vxlan,
+            what: "VXLAN device",
         });
     }
     if bridge_index.is_some() {

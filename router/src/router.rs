@@ -23,6 +23,7 @@ use weft_gossip::wire::ControlMsg;
 
 use crate::conn::{self, ConnParams};
 use crate::dataplane::{Dataplane, DataplaneEvent, LinkKeys};
+use crate::fastpath::{FastEvent, FastPath};
 use crate::ipam::{CniFailure, IpamHost, Reply};
 use crate::kube::{KubeEvent, KubeShared};
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub enum Event {
     },
     Api(ApiRequest),
     Dataplane(DataplaneEvent),
+    /// The fast path changed a connection's datapath.
+    Fast(FastEvent),
     Cni(CniRequest),
     /// From the Kubernetes API task (`--kube-peers`).
     Kube(KubeEvent),
@@ -150,6 +153,8 @@ pub struct RouterInfo {
     pub mesh_id: String,
     /// The open files limit (`RLIMIT_NOFILE`) after raising it at start.
     pub open_files_limit: Option<u64>,
+    /// `--datapath` as given.
+    pub datapath_mode: String,
 }
 
 /// What the router runs besides the mesh: the data plane (whose MAC channel the mesh hosts) and
@@ -161,6 +166,8 @@ pub struct Planes {
     pub ports: Option<PortGuard>,
     /// With `--kube-peers`: the API task's view, for the report.
     pub kube: Option<KubeShared>,
+    /// The kernel fast path (with a dataplane).
+    pub fast: Option<FastPath>,
 }
 
 /// What the router keeps of the Kubernetes API task (`--kube-peers`).
@@ -209,6 +216,9 @@ pub struct Router {
     dataplane: Option<Dataplane>,
     /// The mesh routes version last handed to the dataplane and IPAM.
     routes_seen: u64,
+    fast: Option<FastPath>,
+    /// The MAC table version (`MacChannel::changes`) last handed to the fast path.
+    macs_seen: Option<u64>,
     ipam: IpamHost,
     ports: Option<PortGuard>,
     params: Arc<ConnParams>,
@@ -235,6 +245,7 @@ impl Router {
             ipam,
             ports,
             kube,
+            fast,
         }: Planes,
     ) -> Self {
         let now = Instant::now();
@@ -270,6 +281,8 @@ impl Router {
             conns: HashMap::new(),
             dataplane,
             routes_seen: 0,
+            fast,
+            macs_seen: None,
             ipam,
             ports,
             params: Arc::new(params),
@@ -327,8 +340,12 @@ impl Router {
                 }
                 self.ipam
                     .set_reachable(self.mesh.routes().reachable(LinkSet::All), now);
+                if let Some(fast) = &self.fast {
+                    fast.set_reachable(self.mesh.routes().reachable(LinkSet::EstablishedSymmetric));
+                }
                 self.update_known_addresses();
             }
+            self.sync_fast_macs();
             // Persists IPAM state before anything queued in `out` is sent.
             self.ipam_step(now, ipam_touched, &mut out);
             self.execute(out);
@@ -348,6 +365,8 @@ impl Router {
                 let peer = new.features.name;
                 let nickname = new.features.nickname.clone();
                 let remote = new.remote_tcp;
+                let offer = new.features.datapaths.clone();
+                let uid = new.conn_uid;
                 // The sleeve uses the same port number for UDP as the peer's mesh port.
                 let udp_addr = SocketAddr::new(remote.ip(), new.features.listen_port);
                 match self.mesh.register(key, new, now, out) {
@@ -356,6 +375,9 @@ impl Router {
                         self.conns.insert(key, ConnEntry { tx, peer });
                         if let Some(dataplane) = &self.dataplane {
                             dataplane.add_peer(peer, key, udp_addr, link_keys);
+                        }
+                        if let Some(fast) = &self.fast {
+                            fast.add_connection(peer, key, uid, remote, offer.as_ref());
                         }
                         let _ = reply.send(Ok(()));
                     }
@@ -387,11 +409,15 @@ impl Router {
                     if let Some(dataplane) = &self.dataplane {
                         dataplane.remove_peer(conn.peer, key);
                     }
+                    if let Some(fast) = &self.fast {
+                        fast.remove_connection(conn.peer, key);
+                    }
                 }
                 self.mesh.connection_closed(key, &reason, now);
             }
             Event::Api(request) => self.api(request, now, out),
             Event::Dataplane(event) => self.dataplane_event(event, now, out),
+            Event::Fast(event) => self.fast_event(event),
             Event::Cni(request) => self.cni(request, now, out),
             Event::Kube(event) => self.kube_event(event, now, out),
         }
@@ -693,6 +719,52 @@ impl Router {
         }
     }
 
+    fn fast_event(&mut self, event: FastEvent) {
+        let FastEvent::Selected {
+            peer,
+            uid,
+            kind,
+            reason,
+        } = event;
+        let Some(conn) = self.fast.as_ref().and_then(|f| f.key_of(uid)) else {
+            return;
+        };
+        if !self.conns.get(&conn).is_some_and(|c| c.peer == peer) {
+            return;
+        }
+        tracing::info!(%peer, conn, datapath = ?kind, %reason, "connection datapath changed");
+        let to = match kind {
+            weft_datapath::DatapathKind::Vxlan => "vxlan",
+            weft_datapath::DatapathKind::Fastdp => "fastdp",
+            weft_datapath::DatapathKind::Sleeve => "sleeve",
+        };
+        self.metrics
+            .datapath
+            .transitions
+            .get_or_create(&crate::metrics::ToLabels { to })
+            .inc();
+        if let Some(dataplane) = &self.dataplane {
+            // The sleeve link of a connection on the fast path is a standby: probed slowly.
+            dataplane.set_standby(peer, kind != weft_datapath::DatapathKind::Sleeve);
+        }
+    }
+
+    /// Hands the MAC-to-peer table to the fast path when it changed.
+    fn sync_fast_macs(&mut self) {
+        let (Some(fast), Some(dataplane)) = (&self.fast, &self.dataplane) else {
+            return;
+        };
+        let channel = dataplane.gossip_macs().lock();
+        let changes = channel.changes();
+        if self.macs_seen == Some(changes) {
+            return;
+        }
+        self.macs_seen = Some(changes);
+        let entries = channel.live_entries();
+        drop(channel);
+        fast.set_macs(self.mesh.name(), entries);
+    }
+
     fn publish_macs(&mut self, change: Option<Vec<u8>>, out: &mut Vec<Action>) {
         if let Some(change) = change
             && let Err(e) = self.mesh.publish(MAC_CHANNEL, &change, out)
@@ -775,11 +847,18 @@ impl Router {
         if let (Some(datapath), Some(ports)) = (datapath.as_mut(), self.ports.as_ref()) {
             datapath.port_guard = Some(ports.report());
         }
-        let links = self
+        let mut links = self
             .dataplane
             .as_ref()
             .map(Dataplane::links)
             .unwrap_or_default();
+        if let Some(fast) = &self.fast {
+            fast.annotate(&mut links);
+            if let Some(datapath) = datapath.as_mut() {
+                datapath.mode = self.info.datapath_mode.clone();
+                datapath.vxlan = fast.device_report();
+            }
+        }
         let ipam = self.ipam.report(self.mesh.topology(), now);
         let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
         report.mesh_admission = self.params.mesh_port.report();

@@ -958,7 +958,9 @@ fn with_a_password_every_connection_stays_on_the_sleeve_and_no_plaintext_crosses
     for i in net.host_ids() {
         let datapath = net.report_json(i)?["datapath"].clone();
         ensure!(
-            datapath["encrypted"] == true && datapath["vxlan"].is_null(),
+            datapath["encrypted"] == true
+                && datapath["vxlan"]["device"] == ""
+                && datapath["vxlan"]["error"] == ESP_REASON,
             "host{i}: {datapath}"
         );
         ensure!(

@@ -89,7 +89,8 @@ seccompProfile:
   type: RuntimeDefault
 capabilities:
   drop: ["ALL"]
-  # Links, addresses, the TAP device (TUNSETIFF), nftables and the network sysctls.
-  add: ["NET_ADMIN"]
+  # Links, addresses, the TAP device (TUNSETIFF), the VXLAN device and its forwarding
+  # entries, nftables and the network sysctls; NET_RAW: the fast path's heartbeats (AF_PACKET).
+  add: ["NET_ADMIN", "NET_RAW"]
 {{- end }}
 {{- end }}

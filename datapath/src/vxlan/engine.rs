@@ -669,7 +669,7 @@ impl VxlanEngine {
         Self::start_with(
             config,
             kernel,
-            |device| {
+            move |device| {
                 let send = PacketSocket::open(device.index, fastbeat::ETHERTYPE, false).map_err(
                     |source| VxlanError::Socket {
                         what: "the VXLAN device",

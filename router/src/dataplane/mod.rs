@@ -26,7 +26,8 @@ use crate::hostnet;
 
 mod report;
 pub use report::{
-    DatapathReport, DropsReport, LinkDropsReport, LinkReport, MacGuardReport, MacReport,
+    DatapathReport, DropsReport, FastLinkReport, LinkDropsReport, LinkReport, MacGuardReport,
+    MacReport, VxlanDeviceReport,
 };
 pub use weft_datapath::sleeve::engine::{LinkKeys, SleeveConfig, TAP_NAME_SUFFIX};
 
@@ -198,7 +199,6 @@ impl Dataplane {
 
     /// The sleeve link to `peer` is on standby (the connection's unicast takes another
     /// datapath; it is probed slowly) or back in use.
-    #[allow(dead_code)] // driven by the fast path's datapath selection (issue 11)
     pub fn set_standby(&self, peer: PeerName, standby: bool) {
         self.engine.set_standby(peer.to_bytes(), standby);
     }
@@ -243,6 +243,10 @@ fn link_report(link: SleeveLinkState) -> LinkReport {
     LinkReport {
         peer: PeerName::from_bytes(link.peer).to_string(),
         datapath: "sleeve".into(),
+        datapath_reason: String::new(),
+        datapath_secs: 0,
+        datapath_transitions: 0,
+        fast: None,
         encrypted: link.encrypted,
         health: health.into(),
         reason: link.reason,
@@ -306,6 +310,8 @@ fn datapath_report(r: SleeveReport) -> DatapathReport {
             ..MacGuardReport::default()
         },
         port_guard: None,
+        mode: "sleeve".into(),
+        vxlan: None,
         drops: DropsReport {
             no_route: d.no_route,
             too_big: d.too_big,

@@ -35,6 +35,65 @@ pub struct DatapathReport {
     pub mac_guard: MacGuardReport,
     /// The bridge-port anti-spoofing rules (filled in by the router; None without them).
     pub port_guard: Option<crate::portguard::PortGuardReport>,
+    /// `--datapath`: `auto`, `vxlan` or `sleeve` (filled in by the router).
+    #[serde(default)]
+    pub mode: String,
+    /// The kernel VXLAN fast path: its device and forwarding entries, or why it is off.
+    #[serde(default)]
+    pub vxlan: Option<VxlanDeviceReport>,
+}
+
+/// The VXLAN device and the forwarding entries weft keeps on it and on the bridge.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VxlanDeviceReport {
+    /// The device (`weft-vxlan`), or "" when the fast path is off.
+    pub device: String,
+    pub port: u16,
+    pub vni: u32,
+    pub mtu: u16,
+    /// The device was there at start (left by the router before a restart) and was kept.
+    pub adopted: bool,
+    /// Still keeping the entries the kernel held at start, until the MAC table is learned.
+    pub adopting: bool,
+    /// Entries on the device (MAC → a peer's underlay address), and static bridge entries
+    /// steering remote MACs to the device or to the sleeve's TAP.
+    pub fdb_vxlan: usize,
+    pub fdb_bridge: usize,
+    /// Forwarding-entry changes made, and those the kernel refused.
+    pub fdb_ops: u64,
+    pub fdb_errors: u64,
+    /// Fast-path heartbeats sent, received, and received but refused (malformed, not for us,
+    /// not from the VXLAN port).
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
+    pub heartbeats_rejected: u64,
+    /// Heartbeats the kernel refused to send (e.g. larger than the device's MTU).
+    pub heartbeat_send_errors: u64,
+    /// Why the fast path is off, or the last error applying forwarding entries.
+    pub error: Option<String>,
+}
+
+impl VxlanDeviceReport {
+    pub fn off(reason: &str) -> Self {
+        VxlanDeviceReport {
+            error: Some(reason.to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+/// One connection's fast path (heartbeated even while the sleeve carries its data).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FastLinkReport {
+    /// `starting`, `up`, `down` or `off` (not probed: the peer or this router offers none).
+    pub health: String,
+    pub reason: Option<String>,
+    /// Milliseconds since the last fast-path heartbeat from the peer.
+    pub heartbeat_age_ms: Option<u64>,
+    /// The peer's VXLAN address (underlay IP and UDP port).
+    pub underlay: String,
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
 }
 
 /// Pinned attachment MACs, the cap on other local MACs, and what they refused.
@@ -108,10 +167,22 @@ impl DropsReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkReport {
     pub peer: String,
-    /// `sleeve`.
+    /// The datapath carrying this connection's pod traffic now: `vxlan` or `sleeve`.
     pub datapath: String,
+    /// Why that one (e.g. `fast path: no heartbeat for 3 s on udp/6784`).
+    #[serde(default)]
+    pub datapath_reason: String,
+    /// Seconds on that datapath, and how many times the connection changed datapath.
+    #[serde(default)]
+    pub datapath_secs: u64,
+    #[serde(default)]
+    pub datapath_transitions: u64,
+    /// The kernel fast path of this connection (None when this router runs none).
+    #[serde(default)]
+    pub fast: Option<FastLinkReport>,
     pub encrypted: bool,
-    /// `starting`, `up` or `down`.
+    /// `starting`, `up` or `down`: the health of the datapath in use (the sleeve link's own,
+    /// unless the fast path carries the connection).
     pub health: String,
     /// Why the data path is down (or not yet up).
     pub reason: Option<String>,

@@ -1,0 +1,361 @@
+//! The router's side of the kernel fast path: starts the VXLAN engine (`weft_datapath::vxlan`)
+//! and hands it plain values from the mesh (connections and the peers' offers, reachability,
+//! the MAC-to-peer table); and when the fast path is off, says why on every connection.
+//!
+//! The engine decides everything per connection (heartbeats, the selector, the FDB plan); this
+//! module only converts gossip's types into its plain ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use weft_datapath::DatapathKind;
+use weft_datapath::select::{Policy, Selector, SelectorConfig};
+use weft_datapath::vxlan::engine::{
+    ConnectionPath, VxlanConfig, VxlanEngine, VxlanEvent, VxlanEventSink, VxlanReport,
+};
+use weft_datapath::vxlan::kernel::{DeviceSpec, NetlinkKernel, VxlanKernel};
+use weft_datapath::vxlan::{DEFAULT_VNI, VxlanOffer};
+use weft_gossip::PeerName;
+use weft_gossip::mesh::ConnKey;
+use weft_gossip::wire::{DatapathOffer, OfferedDatapath};
+
+use crate::dataplane::{FastLinkReport, LinkReport, VxlanDeviceReport};
+
+/// How the fast path is set up on this host.
+#[derive(Debug, Clone)]
+pub struct FastConfig {
+    pub local: PeerName,
+    pub bridge: String,
+    /// The sleeve's TAP port on the bridge (remote MACs not on the fast path point at it).
+    pub tap: String,
+    pub port: u16,
+    pub underlay_mtu: u16,
+    pub encrypted: bool,
+    /// `--datapath` wants a kernel fast path at all.
+    pub wanted: bool,
+}
+
+/// The VXLAN device's name on `bridge`.
+pub fn device_name(bridge: &str) -> String {
+    format!("{bridge}-vxlan")
+}
+
+pub enum FastPath {
+    On {
+        engine: VxlanEngine,
+        port: u16,
+        /// The router's key of each connection and the id both ends know it by
+        /// (`NewConnection::conn_uid`), which the engine and its heartbeats use.
+        uids: Mutex<HashMap<ConnKey, u64>>,
+    },
+    /// Every connection uses the sleeve, for this reason.
+    Off { reason: String },
+}
+
+/// The reason a selector gives under `policy` (the single source of the reason strings).
+fn reason_of(policy: Policy) -> String {
+    Selector::new(SelectorConfig::default(), policy, true, Instant::now())
+        .current()
+        .reason
+        .clone()
+}
+
+impl FastPath {
+    /// Starts the engine, or says why not. With a password the fast path stays off until it is
+    /// encrypted (ESP), and a VXLAN device an earlier unencrypted run left behind is removed:
+    /// its forwarding entries would carry pod traffic in plaintext.
+    pub fn start(config: &FastConfig, events: VxlanEventSink) -> FastPath {
+        let spec = DeviceSpec {
+            name: device_name(&config.bridge),
+            bridge: config.bridge.clone(),
+            vni: DEFAULT_VNI,
+            port: config.port,
+            mtu: DatapathKind::Vxlan
+                .overlay_mtu(config.underlay_mtu, false)
+                .unwrap_or(0),
+        };
+        let policy = |local_fast: Result<(), String>| Policy {
+            local_fast,
+            encrypted: config.encrypted,
+            esp: false,
+            vxlan_port: config.port,
+        };
+        if !config.wanted || config.encrypted {
+            // Nothing of weft's may carry pod traffic outside the sleeve now.
+            let removed = NetlinkKernel::open()
+                .map_err(|e| e.to_string())
+                .and_then(|mut k| k.remove_device(&spec).map_err(|e| e.to_string()));
+            match removed {
+                Ok(true) => {
+                    tracing::info!(device = %spec.name, "removed the VXLAN device of an earlier run")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(device = %spec.name, error = %e, "cannot check for a leftover VXLAN device")
+                }
+            }
+            let why = if config.wanted {
+                Ok(())
+            } else {
+                Err("--datapath sleeve".to_owned())
+            };
+            return FastPath::Off {
+                reason: reason_of(policy(why)),
+            };
+        }
+        let engine_config = VxlanConfig {
+            local: config.local.to_bytes(),
+            bridge: config.bridge.clone(),
+            tap: config.tap.clone(),
+            port: config.port,
+            vni: DEFAULT_VNI,
+            underlay_mtu: config.underlay_mtu,
+        };
+        let started = NetlinkKernel::open()
+            .map_err(|e| e.to_string())
+            .and_then(|kernel| {
+                VxlanEngine::start(engine_config, Box::new(kernel), events)
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(engine) => {
+                tracing::info!(device = %spec.name, port = config.port, vni = DEFAULT_VNI, "VXLAN fast path ready");
+                FastPath::On {
+                    engine,
+                    port: config.port,
+                    uids: Mutex::default(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no VXLAN fast path: every connection uses the sleeve");
+                FastPath::Off {
+                    reason: reason_of(policy(Err(e))),
+                }
+            }
+        }
+    }
+
+    /// What this router offers in its handshakes.
+    pub fn offer(&self) -> DatapathOffer {
+        match self {
+            FastPath::On { engine, .. } => {
+                let VxlanOffer { port, vni } = engine.offer();
+                DatapathOffer {
+                    paths: vec![OfferedDatapath {
+                        kind: OfferedDatapath::VXLAN,
+                        port,
+                        vni,
+                    }],
+                }
+            }
+            FastPath::Off { .. } => DatapathOffer::default(),
+        }
+    }
+
+    /// A connection to `peer` was established (`key` here, `uid` on both ends); `remote` is its
+    /// address, `offer` what the peer offered (None: a version 1 peer, which offers nothing).
+    pub fn add_connection(
+        &self,
+        peer: PeerName,
+        key: ConnKey,
+        uid: u64,
+        remote: SocketAddr,
+        offer: Option<&DatapathOffer>,
+    ) {
+        let FastPath::On { engine, port, uids } = self else {
+            return;
+        };
+        lock(uids).insert(key, uid);
+        let conn = uid;
+        // The VXLAN device speaks IPv4 underlays only (so far): an IPv6 peer offers nothing.
+        let IpAddr::V4(underlay) = remote.ip() else {
+            engine.add_connection(
+                peer.to_bytes(),
+                conn,
+                std::net::Ipv4Addr::UNSPECIFIED,
+                None,
+                self.policy(*port),
+            );
+            return;
+        };
+        let peer_offer = offer
+            .and_then(|o| o.get(OfferedDatapath::VXLAN))
+            .map(|p| VxlanOffer {
+                port: p.port,
+                vni: p.vni,
+            });
+        engine.add_connection(
+            peer.to_bytes(),
+            conn,
+            underlay,
+            peer_offer,
+            self.policy(*port),
+        );
+    }
+
+    fn policy(&self, port: u16) -> Policy {
+        Policy {
+            local_fast: Ok(()),
+            encrypted: false,
+            esp: false,
+            vxlan_port: port,
+        }
+    }
+
+    pub fn remove_connection(&self, peer: PeerName, key: ConnKey) {
+        if let FastPath::On { engine, uids, .. } = self
+            && let Some(uid) = lock(uids).remove(&key)
+        {
+            engine.remove_connection(peer.to_bytes(), uid);
+        }
+    }
+
+    /// The router's key of the connection the engine knows as `uid`.
+    pub fn key_of(&self, uid: u64) -> Option<ConnKey> {
+        let FastPath::On { uids, .. } = self else {
+            return None;
+        };
+        lock(uids)
+            .iter()
+            .find(|(_, u)| **u == uid)
+            .map(|(key, _)| *key)
+    }
+
+    /// The peers reachable through the mesh now (relayed or not).
+    pub fn set_reachable(&self, peers: impl IntoIterator<Item = PeerName>) {
+        if let FastPath::On { engine, .. } = self {
+            engine.set_reachable(peers.into_iter().map(PeerName::to_bytes).collect());
+        }
+    }
+
+    /// The MAC-to-peer table (remote owners only).
+    pub fn set_macs(&self, local: PeerName, entries: Vec<([u8; 6], PeerName)>) {
+        if let FastPath::On { engine, .. } = self {
+            let remote: BTreeMap<[u8; 6], [u8; 6]> = entries
+                .into_iter()
+                .filter(|(_, owner)| *owner != local)
+                .map(|(mac, owner)| (mac, owner.to_bytes()))
+                .collect();
+            engine.set_macs(remote);
+        }
+    }
+
+    /// Fills each link's datapath fields: the one in use, why, since when, and the fast path's
+    /// own state.
+    pub fn annotate(&self, links: &mut [LinkReport]) {
+        match self {
+            FastPath::Off { reason } => {
+                for link in links {
+                    link.datapath = "sleeve".into();
+                    link.datapath_reason = reason.clone();
+                }
+            }
+            FastPath::On { engine, .. } => {
+                let paths = engine.paths();
+                for link in links {
+                    let Some(path) = paths
+                        .iter()
+                        .filter(|p| PeerName::from_bytes(p.peer).to_string() == link.peer)
+                        .max_by_key(|p| p.conn)
+                    else {
+                        continue;
+                    };
+                    annotate_one(link, path);
+                }
+            }
+        }
+    }
+
+    /// The VXLAN device, for the datapath section of the report.
+    pub fn device_report(&self) -> Option<VxlanDeviceReport> {
+        match self {
+            FastPath::On { engine, .. } => Some(VxlanDeviceReport::from(engine.report())),
+            FastPath::Off { reason } => Some(VxlanDeviceReport::off(reason)),
+        }
+    }
+}
+
+fn annotate_one(link: &mut LinkReport, path: &ConnectionPath) {
+    link.datapath = match path.datapath {
+        DatapathKind::Vxlan => "vxlan",
+        DatapathKind::Fastdp => "fastdp",
+        DatapathKind::Sleeve => "sleeve",
+    }
+    .into();
+    link.datapath_reason = path.reason.clone();
+    link.datapath_secs = path.in_state.as_secs();
+    link.datapath_transitions = path.transitions;
+    if path.datapath != DatapathKind::Sleeve {
+        // The connection's data travels the fast path, which is up (or it would not be used);
+        // the sleeve link is a slowly probed standby.
+        link.health = "up".into();
+        link.reason = None;
+    }
+    link.fast = Some(FastLinkReport {
+        health: path.fast_health.clone(),
+        reason: path.fast_reason.clone(),
+        heartbeat_age_ms: path.heartbeat_age.map(|a| a.as_millis() as u64),
+        underlay: path.underlay.to_string(),
+        heartbeats_sent: path.heartbeats_sent,
+        heartbeats_received: path.heartbeats_received,
+    });
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the router actor is told by the engine.
+#[derive(Debug)]
+pub enum FastEvent {
+    Selected {
+        peer: PeerName,
+        /// The connection's id on both ends (see [`FastPath::key_of`]).
+        uid: u64,
+        kind: DatapathKind,
+        reason: String,
+    },
+}
+
+impl From<VxlanEvent> for FastEvent {
+    fn from(event: VxlanEvent) -> Self {
+        match event {
+            VxlanEvent::Selected {
+                peer,
+                conn,
+                kind,
+                reason,
+            } => FastEvent::Selected {
+                peer: PeerName::from_bytes(peer),
+                uid: conn,
+                kind,
+                reason,
+            },
+        }
+    }
+}
+
+impl From<VxlanReport> for VxlanDeviceReport {
+    fn from(r: VxlanReport) -> Self {
+        VxlanDeviceReport {
+            device: r.device,
+            port: r.port,
+            vni: r.vni,
+            mtu: r.mtu,
+            adopted: r.adopted,
+            adopting: r.adopting,
+            fdb_vxlan: r.fdb_vxlan,
+            fdb_bridge: r.fdb_bridge,
+            fdb_ops: r.fdb_ops,
+            fdb_errors: r.fdb_errors,
+            heartbeats_sent: r.heartbeats_sent,
+            heartbeats_received: r.heartbeats_received,
+            heartbeats_rejected: r.heartbeats_rejected,
+            heartbeat_send_errors: r.heartbeat_send_errors,
+            error: r.last_error,
+        }
+    }
+}
