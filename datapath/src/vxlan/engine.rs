@@ -3,8 +3,8 @@
 //! [`plan`] says.
 //!
 //! Every 100 ms ([`TICK`]) the thread runs [`Engine::step`]:
-//! 1. drain the heartbeats received on the bridge (only frames that came in on the VXLAN port,
-//!    addressed to us, for a connection we have; the rest are counted as rejected);
+//! 1. drain the heartbeats received (only frames that came in on the VXLAN port, addressed to
+//!    us, for a connection we have; the rest are counted as rejected);
 //! 2. feed each connection's heartbeat health to its selector; a change of datapath is logged
 //!    and sent as a [`VxlanEvent::Selected`];
 //! 3. rebuild the [`Desired`] FDB (MACs from [`VxlanEngine::set_macs`], each peer's path from
@@ -190,7 +190,9 @@ pub struct Engine {
     closed: BTreeMap<PeerId, Instant>,
     macs: BTreeMap<Mac, PeerId>,
     macs_learned: bool,
-    last_desired: Option<Desired>,
+    /// The MAC table changed since the last reconcile.
+    macs_changed: bool,
+    last_shape: Option<Shape>,
     last_reconcile: Option<Instant>,
     fdb_counts: (usize, usize),
     buf: Vec<u8>,
@@ -251,7 +253,8 @@ impl Engine {
             closed: BTreeMap::new(),
             macs: BTreeMap::new(),
             macs_learned: false,
-            last_desired: None,
+            macs_changed: false,
+            last_shape: None,
             last_reconcile: None,
             fdb_counts: (fdb.vxlan.len(), fdb.bridge.len()),
             buf,
@@ -361,7 +364,10 @@ impl Engine {
         if !remote.is_empty() {
             self.macs_learned = true;
         }
-        self.macs = remote;
+        if remote != self.macs {
+            self.macs = remote;
+            self.macs_changed = true;
+        }
     }
 
     /// One round: heartbeats in, selectors, FDB, heartbeats out.
@@ -373,6 +379,12 @@ impl Engine {
     }
 
     fn receive(&mut self, now: Instant) {
+        // The sending socket sees the device's heartbeat frames too; nobody reads them there.
+        for _ in 0..MAX_RECEIVE_PER_STEP {
+            if !matches!(self.send.recv(&mut self.buf), Ok(Some(_))) {
+                break;
+            }
+        }
         for _ in 0..MAX_RECEIVE_PER_STEP {
             let (len, orig) = match self.recv.recv(&mut self.buf) {
                 Ok(Some(got)) => got,
@@ -434,7 +446,13 @@ impl Engine {
     }
 
     /// What the FDB should hold now.
+    /// What the FDB should hold now.
     pub fn desired(&self, now: Instant) -> Desired {
+        self.shape(now).desired(self.macs.clone())
+    }
+
+    /// Each peer's path and the heartbeated peers: what decides the FDB besides the MACs.
+    fn shape(&self, now: Instant) -> Shape {
         let mut paths = BTreeMap::new();
         let mut heartbeat_peers = BTreeMap::new();
         for (peer, c) in &self.conns {
@@ -463,8 +481,7 @@ impl Engine {
                     PeerPath::Keep
                 });
         }
-        Desired {
-            remote_macs: self.macs.clone(),
+        Shape {
             paths,
             heartbeat_peers,
             adopting: !self.macs_learned
@@ -473,11 +490,8 @@ impl Engine {
     }
 
     fn reconcile(&mut self, now: Instant) {
-        let desired = self.desired(now);
-        let changed = self
-            .last_desired
-            .as_ref()
-            .is_none_or(|last| !same_desired(last, &desired));
+        let shape = self.shape(now);
+        let changed = self.macs_changed || self.last_shape.as_ref() != Some(&shape);
         let due = self
             .last_reconcile
             .is_none_or(|at| now.saturating_duration_since(at) >= REPAIR_INTERVAL);
@@ -485,17 +499,19 @@ impl Engine {
             return;
         }
         self.last_reconcile = Some(now);
+        self.macs_changed = false;
+        self.last_shape = Some(shape.clone());
         let current = match self.kernel.read_fdb(&self.config.tap) {
             Ok(fdb) => fdb,
             Err(e) => {
                 self.fdb_errors += 1;
                 self.note_error(format!("reading the FDB: {e}"));
-                self.last_desired = Some(desired);
                 return;
             }
         };
+        // The MAC table is cloned only here, when something changed (or for the repair).
+        let desired = shape.desired(self.macs.clone());
         let ops = plan::plan(&desired, &current);
-        self.last_desired = Some(desired);
         self.fdb_counts = (current.vxlan.len(), current.bridge.len());
         if ops.is_empty() {
             return;
@@ -593,9 +609,9 @@ impl Engine {
             mtu: self.spec.mtu,
             adopted: self.device.adopted,
             adopting: self
-                .last_desired
+                .last_shape
                 .as_ref()
-                .map_or_else(|| self.desired(now).adopting, |d| d.adopting),
+                .map_or_else(|| self.shape(now).adopting, |s| s.adopting),
             fdb_vxlan: self.fdb_counts.0,
             fdb_bridge: self.fdb_counts.1,
             fdb_ops: self.fdb_ops,
@@ -612,11 +628,23 @@ impl Engine {
 /// The two heartbeat sockets: sending on the VXLAN device, receiving on the bridge.
 pub type Ports = (Box<dyn FramePort>, Box<dyn FramePort>);
 
-fn same_desired(a: &Desired, b: &Desired) -> bool {
-    a.remote_macs == b.remote_macs
-        && a.paths == b.paths
-        && a.heartbeat_peers == b.heartbeat_peers
-        && a.adopting == b.adopting
+/// A [`Desired`] without its MAC table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    paths: BTreeMap<PeerId, PeerPath>,
+    heartbeat_peers: BTreeMap<PeerId, Ipv4Addr>,
+    adopting: bool,
+}
+
+impl Shape {
+    fn desired(self, remote_macs: BTreeMap<Mac, PeerId>) -> Desired {
+        Desired {
+            remote_macs,
+            paths: self.paths,
+            heartbeat_peers: self.heartbeat_peers,
+            adopting: self.adopting,
+        }
+    }
 }
 
 /// A peer name as `aa:bb:cc:dd:ee:ff` in logs.
@@ -665,16 +693,15 @@ impl VxlanEngine {
                         source,
                     },
                 )?;
-                // On the VXLAN device itself, for frames to our heartbeat MAC only: a socket on
-                // the bridge would see them too (its local entry sends them up), but with the
-                // bridge's index, not the port they came in on.
+                // Incoming on the VXLAN port, before the bridge takes them: `recv` names the
+                // VXLAN device (on the bridge, PACKET_ORIGDEV would name the bridge).
                 let recv = PacketSocket::open_incoming(
                     device.index,
                     fastbeat::ETHERTYPE,
-                    plan::heartbeat_mac(local),
+                    heartbeat_mac(local),
                 )
                 .map_err(|source| VxlanError::Socket {
-                    what: "the VXLAN device (receive)",
+                    what: "the VXLAN device (incoming)",
                     source,
                 })?;
                 Ok((Box::new(send) as Box<dyn FramePort>, Box::new(recv) as _))
