@@ -223,6 +223,15 @@ impl RouteSocket {
         .map(drop)
     }
 
+    /// `bridge link set dev <index> isolated on|off`.
+    pub fn set_port_isolated(&mut self, index: u32, isolated: bool) -> io::Result<()> {
+        self.exchange(
+            RouteNetlinkMessage::NewLink(crate::vxlan::port_isolated_request(index, isolated)),
+            0,
+        )
+        .map(drop)
+    }
+
     /// `ip link set <index> address <mac>`. On a bridge this also pins the address: it no
     /// longer follows the lowest MAC among its ports.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {

@@ -120,6 +120,36 @@ pub fn port_flags_request(index: u32, f: PortFlags) -> LinkMessage {
     m
 }
 
+/// The RTM_NEWLINK body of `ip link set <index> type bridge_slave isolated on|off`: an isolated
+/// port forwards to and from non-isolated ports only.
+pub fn port_isolated_request(index: u32, isolated: bool) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
+            isolated,
+        )])),
+    ]));
+    m
+}
+
+/// Whether a bridge port is isolated, if the message says.
+pub fn port_isolated_of(link: &LinkMessage) -> Option<bool> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
+                attrs.iter().find_map(|b| match b {
+                    InfoBridgePort::Isolated(v) => Some(*v),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 /// A bridge port's flags, if the link is a bridge port and the message carries them all.
 pub fn port_flags_of(link: &LinkMessage) -> Option<PortFlags> {
     let mut learning = None;

@@ -693,6 +693,7 @@ impl Router {
                     .dataplane
                     .as_ref()
                     .and_then(|d| d.gossip_macs().lock().claim_local(mac, now));
+                tracing::debug!(mac = %weft_datapath::mac::format_mac(&mac), claimed = change.is_some(), "local MAC seen");
                 self.publish_macs(change, out);
             }
             DataplaneEvent::LocalMacsGone(macs) => {

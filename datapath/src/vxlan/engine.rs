@@ -3,8 +3,8 @@
 //! [`plan`] says.
 //!
 //! Every 100 ms ([`TICK`]) the thread runs [`Engine::step`]:
-//! 1. drain the heartbeats received on the bridge (only frames that came in on the VXLAN port,
-//!    addressed to us, for a connection we have; the rest are counted as rejected);
+//! 1. drain the heartbeats received (only frames that came in on the VXLAN port, addressed to
+//!    us, for a connection we have; the rest are counted as rejected);
 //! 2. feed each connection's heartbeat health to its selector; a change of datapath is logged
 //!    and sent as a [`VxlanEvent::Selected`];
 //! 3. rebuild the [`Desired`] FDB (MACs from [`VxlanEngine::set_macs`], each peer's path from
@@ -44,6 +44,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The FDB is compared with the kernel's at least this often, even when nothing changed.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a peer whose connection closed keeps its entries as they are, whatever the routes
+/// say meanwhile: the mesh's view of who is reachable settles only after the peers' topology
+/// updates arrive. A peer still reachable then (relayed) moves to the sleeve; one that is not
+/// (its router died) keeps them, so pod traffic to its host goes on in the kernel.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(15);
 /// Received frames handled per step at most (the rest wait for the next tick).
 const MAX_RECEIVE_PER_STEP: usize = 1024;
 
@@ -88,6 +93,8 @@ pub enum VxlanError {
     },
     #[error("local heartbeat MAC on the bridge: {0}")]
     HeartbeatMac(#[source] KernelError),
+    #[error("isolating the VXLAN and TAP bridge ports from each other: {0}")]
+    Isolate(#[source] KernelError),
     #[error("reading the FDB: {0}")]
     ReadFdb(#[source] KernelError),
     #[error("packet socket for heartbeats on {what}: {source}")]
@@ -179,9 +186,13 @@ pub struct Engine {
     started: Instant,
     conns: BTreeMap<PeerId, Conn>,
     reachable: BTreeSet<PeerId>,
+    /// Peers whose connection closed, and when (see [`CLOSE_GRACE`]).
+    closed: BTreeMap<PeerId, Instant>,
     macs: BTreeMap<Mac, PeerId>,
     macs_learned: bool,
-    last_desired: Option<Desired>,
+    /// The MAC table changed since the last reconcile.
+    macs_changed: bool,
+    last_shape: Option<Shape>,
     last_reconcile: Option<Instant>,
     fdb_counts: (usize, usize),
     buf: Vec<u8>,
@@ -214,6 +225,7 @@ impl Engine {
         kernel
             .set_local_heartbeat_mac(heartbeat_mac(config.local))
             .map_err(VxlanError::HeartbeatMac)?;
+        kernel.isolate(&config.tap).map_err(VxlanError::Isolate)?;
         let fdb = kernel.read_fdb(&config.tap).map_err(VxlanError::ReadFdb)?;
         info!(
             device = %spec.name,
@@ -238,9 +250,11 @@ impl Engine {
             started: now,
             conns: BTreeMap::new(),
             reachable: BTreeSet::new(),
+            closed: BTreeMap::new(),
             macs: BTreeMap::new(),
             macs_learned: false,
-            last_desired: None,
+            macs_changed: false,
+            last_shape: None,
             last_reconcile: None,
             fdb_counts: (fdb.vxlan.len(), fdb.bridge.len()),
             buf,
@@ -275,6 +289,7 @@ impl Engine {
         mut policy: Policy,
         now: Instant,
     ) {
+        self.closed.remove(&peer);
         let ours = self.offer();
         let peer_offers = peer_offer.is_some();
         if let Some(offer) = peer_offer.filter(|offer| *offer != ours) {
@@ -331,9 +346,10 @@ impl Engine {
     }
 
     /// Forgets a connection (only if it is still the current one for `peer`).
-    pub fn remove_connection(&mut self, peer: PeerId, conn: u64) {
+    pub fn remove_connection(&mut self, peer: PeerId, conn: u64, now: Instant) {
         if self.conns.get(&peer).is_some_and(|c| c.conn == conn) {
             self.conns.remove(&peer);
+            self.closed.insert(peer, now);
             debug!(peer = %PeerFmt(peer), conn, "connection removed from the VXLAN engine");
         }
     }
@@ -348,7 +364,10 @@ impl Engine {
         if !remote.is_empty() {
             self.macs_learned = true;
         }
-        self.macs = remote;
+        if remote != self.macs {
+            self.macs = remote;
+            self.macs_changed = true;
+        }
     }
 
     /// One round: heartbeats in, selectors, FDB, heartbeats out.
@@ -360,6 +379,12 @@ impl Engine {
     }
 
     fn receive(&mut self, now: Instant) {
+        // The sending socket sees the device's heartbeat frames too; nobody reads them there.
+        for _ in 0..MAX_RECEIVE_PER_STEP {
+            if !matches!(self.send.recv(&mut self.buf), Ok(Some(_))) {
+                break;
+            }
+        }
         for _ in 0..MAX_RECEIVE_PER_STEP {
             let (len, orig) = match self.recv.recv(&mut self.buf) {
                 Ok(Some(got)) => got,
@@ -421,7 +446,13 @@ impl Engine {
     }
 
     /// What the FDB should hold now.
+    /// What the FDB should hold now.
     pub fn desired(&self, now: Instant) -> Desired {
+        self.shape(now).desired(self.macs.clone())
+    }
+
+    /// Each peer's path and the heartbeated peers: what decides the FDB besides the MACs.
+    fn shape(&self, now: Instant) -> Shape {
         let mut paths = BTreeMap::new();
         let mut heartbeat_peers = BTreeMap::new();
         for (peer, c) in &self.conns {
@@ -438,16 +469,19 @@ impl Engine {
             }
         }
         for peer in self.macs.values().chain(&self.reachable) {
+            let just_closed = self
+                .closed
+                .get(peer)
+                .is_some_and(|at| now.saturating_duration_since(*at) < CLOSE_GRACE);
             paths
                 .entry(*peer)
-                .or_insert(if self.reachable.contains(peer) {
+                .or_insert(if self.reachable.contains(peer) && !just_closed {
                     PeerPath::Sleeve
                 } else {
                     PeerPath::Keep
                 });
         }
-        Desired {
-            remote_macs: self.macs.clone(),
+        Shape {
             paths,
             heartbeat_peers,
             adopting: !self.macs_learned
@@ -456,11 +490,8 @@ impl Engine {
     }
 
     fn reconcile(&mut self, now: Instant) {
-        let desired = self.desired(now);
-        let changed = self
-            .last_desired
-            .as_ref()
-            .is_none_or(|last| !same_desired(last, &desired));
+        let shape = self.shape(now);
+        let changed = self.macs_changed || self.last_shape.as_ref() != Some(&shape);
         let due = self
             .last_reconcile
             .is_none_or(|at| now.saturating_duration_since(at) >= REPAIR_INTERVAL);
@@ -468,17 +499,19 @@ impl Engine {
             return;
         }
         self.last_reconcile = Some(now);
+        self.macs_changed = false;
+        self.last_shape = Some(shape.clone());
         let current = match self.kernel.read_fdb(&self.config.tap) {
             Ok(fdb) => fdb,
             Err(e) => {
                 self.fdb_errors += 1;
                 self.note_error(format!("reading the FDB: {e}"));
-                self.last_desired = Some(desired);
                 return;
             }
         };
+        // The MAC table is cloned only here, when something changed (or for the repair).
+        let desired = shape.desired(self.macs.clone());
         let ops = plan::plan(&desired, &current);
-        self.last_desired = Some(desired);
         self.fdb_counts = (current.vxlan.len(), current.bridge.len());
         if ops.is_empty() {
             return;
@@ -576,9 +609,9 @@ impl Engine {
             mtu: self.spec.mtu,
             adopted: self.device.adopted,
             adopting: self
-                .last_desired
+                .last_shape
                 .as_ref()
-                .map_or_else(|| self.desired(now).adopting, |d| d.adopting),
+                .map_or_else(|| self.shape(now).adopting, |s| s.adopting),
             fdb_vxlan: self.fdb_counts.0,
             fdb_bridge: self.fdb_counts.1,
             fdb_ops: self.fdb_ops,
@@ -595,11 +628,23 @@ impl Engine {
 /// The two heartbeat sockets: sending on the VXLAN device, receiving on the bridge.
 pub type Ports = (Box<dyn FramePort>, Box<dyn FramePort>);
 
-fn same_desired(a: &Desired, b: &Desired) -> bool {
-    a.remote_macs == b.remote_macs
-        && a.paths == b.paths
-        && a.heartbeat_peers == b.heartbeat_peers
-        && a.adopting == b.adopting
+/// A [`Desired`] without its MAC table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    paths: BTreeMap<PeerId, PeerPath>,
+    heartbeat_peers: BTreeMap<PeerId, Ipv4Addr>,
+    adopting: bool,
+}
+
+impl Shape {
+    fn desired(self, remote_macs: BTreeMap<Mac, PeerId>) -> Desired {
+        Desired {
+            remote_macs,
+            paths: self.paths,
+            heartbeat_peers: self.heartbeat_peers,
+            adopting: self.adopting,
+        }
+    }
 }
 
 /// A peer name as `aa:bb:cc:dd:ee:ff` in logs.
@@ -648,16 +693,15 @@ impl VxlanEngine {
                         source,
                     },
                 )?;
-                // On the VXLAN device itself, for frames to our heartbeat MAC only: a socket on
-                // the bridge would see them too (its local entry sends them up), but with the
-                // bridge's index, not the port they came in on.
+                // Incoming on the VXLAN port, before the bridge takes them: `recv` names the
+                // VXLAN device (on the bridge, PACKET_ORIGDEV would name the bridge).
                 let recv = PacketSocket::open_incoming(
                     device.index,
                     fastbeat::ETHERTYPE,
-                    plan::heartbeat_mac(local),
+                    heartbeat_mac(local),
                 )
                 .map_err(|source| VxlanError::Socket {
-                    what: "the VXLAN device (receive)",
+                    what: "the VXLAN device (incoming)",
                     source,
                 })?;
                 Ok((Box::new(send) as Box<dyn FramePort>, Box::new(recv) as _))
@@ -716,7 +760,7 @@ impl VxlanEngine {
     }
 
     pub fn remove_connection(&self, peer: PeerId, conn: u64) {
-        self.engine().remove_connection(peer, conn);
+        self.engine().remove_connection(peer, conn, Instant::now());
     }
 
     pub fn set_reachable(&self, peers: Vec<PeerId>) {

@@ -36,8 +36,8 @@
 //!     beats sent since the last echoed one went unanswered for [`FULL_ANSWER_WAIT`] (2 s);
 //!   - the peer's latest beat says its own checks pass ([`FLAG_SENDER_OK`]), so both ends see
 //!     the same path (an MTU black hole in one direction moves both).
-//! - Until then, for [`START_GRACE`] (5 s) after the connection started, the health is
-//!   `Starting`; after it, `Down` with the first failing check as the reason.
+//! - Until the path is first up, for [`START_GRACE`] (5 s) after the connection started, the
+//!   health is `Starting`; else `Down` with the first failing check as the reason.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -270,6 +270,8 @@ pub struct FastLiveness {
     last_full_sent: Option<Instant>,
     /// The [`FLAG_SENDER_OK`] of our last beat.
     sent_ok: bool,
+    /// The path has been up (so a failure now is down, even within the grace period).
+    was_up: bool,
     sent_count: u64,
     received_count: u64,
 }
@@ -299,6 +301,7 @@ impl FastLiveness {
             full_unanswered: VecDeque::new(),
             last_full_sent: None,
             sent_ok: false,
+            was_up: false,
             sent_count: 0,
             received_count: 0,
         }
@@ -421,6 +424,10 @@ impl FastLiveness {
                 self.full_unanswered.retain(|at| *at > sent.at);
             }
         }
+        // Only a beat received can make the path up.
+        if self.peer_ok && self.own_checks(now).is_ok() {
+            self.was_up = true;
+        }
         true
     }
 
@@ -499,7 +506,7 @@ impl FastLiveness {
         });
         match checks {
             Ok(()) => FastHealth::Up,
-            Err(_) if now.saturating_duration_since(self.started) < START_GRACE => {
+            Err(_) if !self.was_up && now.saturating_duration_since(self.started) < START_GRACE => {
                 FastHealth::Starting
             }
             Err(reason) => FastHealth::Down { reason },
@@ -727,6 +734,15 @@ mod tests {
             s.a.heartbeat_age(s.now)
                 .is_some_and(|age| age < SMALL_INTERVAL)
         );
+    }
+
+    #[test]
+    fn a_path_that_was_up_is_down_at_once_even_within_the_grace_period() {
+        let mut s = Sim::new();
+        s.run(0.5, Wire::Up, Wire::Up);
+        assert_eq!(s.b.health(s.now), FastHealth::Up);
+        s.run(3.5, Wire::Down, Wire::Up);
+        assert!(matches!(s.b.health(s.now), FastHealth::Down { .. }));
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub trait VxlanKernel: Send {
     /// router's heartbeat MAC, so heartbeats go up to the bridge device and never to pods.
     /// Idempotent.
     fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError>;
+    /// Makes `port` (the sleeve's TAP) and the VXLAN device *isolated* bridge ports: neither
+    /// forwards to the other. A frame that came in through VXLAN for a MAC the bridge does not
+    /// know (a pod that just left) is flooded to pods only, never into the sleeve, which would
+    /// take its sender for a local pod; and the sleeve never sends into VXLAN. Idempotent.
+    fn isolate(&mut self, port: &str) -> Result<(), KernelError>;
     /// Deletes the device (and with it its entries); `false` if there was none.
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError>;
 }
@@ -143,6 +148,7 @@ pub enum KernelCall {
     ReadFdb { tap: String },
     Apply { tap: String, ops: Vec<FdbOp> },
     SetLocalHeartbeatMac(Mac),
+    Isolate(String),
     RemoveDevice(DeviceSpec),
 }
 
@@ -352,6 +358,15 @@ impl VxlanKernel for RecordingKernel {
             return Err(KernelError::NoDevice);
         }
         r.local_macs.insert(mac);
+        Ok(())
+    }
+
+    fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
+        let mut r = self.lock();
+        r.calls.push(KernelCall::Isolate(port.to_owned()));
+        if r.device.is_none() {
+            return Err(KernelError::NoDevice);
+        }
         Ok(())
     }
 

@@ -111,6 +111,8 @@ struct Mesh {
     now: Instant,
     hosts: Vec<Host>,
     filter: Filter,
+    /// When a frame last crossed from one host (by its heartbeat MAC) to another.
+    delivered: BTreeMap<(Mac, PeerId), Instant>,
 }
 
 impl Mesh {
@@ -123,6 +125,7 @@ impl Mesh {
                 .map(|id| Host::new(*id, RecordingKernel::new(), t0))
                 .collect(),
             filter: Box::new(|_, _, _| true),
+            delivered: BTreeMap::new(),
         }
     }
 
@@ -182,6 +185,8 @@ impl Mesh {
             }
         }
         for (to, frame) in deliveries {
+            let from: PeerId = frame[6..12].try_into().unwrap();
+            self.delivered.insert((from, to), now);
             let host = self.host(to);
             let index = host.engine.device().index;
             host.recv.push_incoming(&frame, index);
@@ -549,15 +554,47 @@ fn a_new_connection_replaces_the_old_one_of_the_same_peer() {
     m.host(A).connect(B, 77, policy(), now);
     m.host(B).connect(A, 77, policy(), now);
     // Removing the old one changes nothing.
-    m.host(A).engine.remove_connection(B, 0x0a0b);
+    m.host(A).engine.remove_connection(B, 0x0a0b, now);
     let paths = m.h(A).engine.paths(now);
     assert_eq!(paths.len(), 1);
     assert_eq!(paths[0].conn, 77);
     m.until(secs(5), "the new connection on vxlan", |m| {
         m.all_on(DatapathKind::Vxlan)
     });
-    m.host(A).engine.remove_connection(B, 77);
+    let now = m.now;
+    m.host(A).engine.remove_connection(B, 77, now);
     assert!(m.h(A).engine.paths(m.now).is_empty());
+}
+
+#[test]
+fn a_closed_connection_keeps_its_entries_through_the_grace_then_follows_reachability() {
+    let mut m = Mesh::new(&[A, B, C]);
+    m.full_mesh(policy());
+    m.until(secs(5), "all on vxlan", |m| m.all_on(DatapathKind::Vxlan));
+    m.tick();
+    let before = m.h(A).fdb();
+    assert_eq!(before.bridge.get(&POD_C), Some(&BridgePort::Vxlan));
+    // C's router dies: A's connection to it closes while the routes still say C is reachable
+    // (the topology updates have not arrived yet).
+    let now = m.now;
+    let conn = u64::from(A[5]) << 8 | u64::from(C[5]);
+    m.host(A).engine.remove_connection(C, conn, now);
+    m.filter = Box::new(|from, to, _| from != C && to != C);
+    m.run(CLOSE_GRACE - secs(1));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.bridge.get(&POD_C), Some(&BridgePort::Vxlan), "{fdb:?}");
+    assert_eq!(fdb.vxlan.get(&POD_C), Some(&underlay(C)));
+    // Then C is unreachable: its entries stay, so traffic to its host goes on in the kernel.
+    m.host(A).engine.set_reachable(vec![B]);
+    m.run(secs(2));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.vxlan.get(&POD_C), Some(&underlay(C)), "{fdb:?}");
+    // Reachable again through B (a relay) without a connection of its own: the sleeve.
+    m.host(A).engine.set_reachable(vec![B, C]);
+    m.run(secs(1));
+    let fdb = m.h(A).fdb();
+    assert_eq!(fdb.bridge.get(&POD_C), Some(&BridgePort::Tap), "{fdb:?}");
+    assert_eq!(fdb.vxlan.get(&POD_C), None);
 }
 
 #[test]
@@ -597,4 +634,71 @@ fn the_thread_sends_heartbeats_and_stops_on_drop() {
     );
     assert_eq!(engine.paths().len(), 1);
     drop(engine);
+}
+
+mod convergence {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::vxlan::fastbeat::{ECHO_TIMEOUT, HEAR_TIMEOUT};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random loss per direction, changing every second (0: clean, 1: dead, 2: each frame
+        /// lost with probability 1/2): a connection is on vxlan only while frames recently
+        /// crossed both ways, the FDB always follows the choice, and after a clean stretch as
+        /// long as the standby probing interval, confirmation and the hold-down, both ends are
+        /// on vxlan.
+        #[test]
+        fn both_ends_use_vxlan_only_while_it_works_and_whenever_it_has_worked_for_long(
+            chaos_ab in prop::collection::vec(prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)], 0..50),
+            chaos_ba in prop::collection::vec(prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)], 0..50),
+            coins in prop::collection::vec(any::<bool>(), 256),
+        ) {
+            let mut m = Mesh::new(&[A, B]);
+            m.full_mesh(policy());
+            let coin = Rc::new(Cell::new(0usize));
+            // The chaos, then 16 s of a clean path both ways.
+            let chaos = chaos_ab.len().max(chaos_ba.len());
+            let clean_from = chaos;
+            let mode = |v: &Vec<u8>, i: usize| v.get(i).copied().unwrap_or(0);
+            let ab: Vec<u8> = (0..chaos + 16).map(|i| if i < clean_from { mode(&chaos_ab, i) } else { 0 }).collect();
+            let ba: Vec<u8> = (0..chaos + 16).map(|i| if i < clean_from { mode(&chaos_ba, i) } else { 0 }).collect();
+            for tick in 0..ab.len() * 10 {
+                let (wab, wba) = (ab[tick / 10], ba[tick / 10]);
+                let (coin, coins) = (Rc::clone(&coin), coins.clone());
+                m.filter = Box::new(move |from, _, _| {
+                    let mode = if from == A { wab } else { wba };
+                    let i = coin.get();
+                    coin.set(i + 1);
+                    mode == 0 || (mode == 2 && coins[i % coins.len()])
+                });
+                m.tick();
+                let now = m.now;
+                for (me, peer) in [(A, B), (B, A)] {
+                    let path = m.h(me).path(peer, now);
+                    let fdb = m.h(me).fdb();
+                    if path.datapath == DatapathKind::Vxlan {
+                        let heard = m.delivered.get(&(heartbeat_mac(peer), me));
+                        let echoed = m.delivered.get(&(heartbeat_mac(me), peer));
+                        prop_assert!(heard.is_some_and(|at| now - *at <= HEAR_TIMEOUT + TICK));
+                        prop_assert!(echoed.is_some_and(|at| now - *at <= ECHO_TIMEOUT + TICK));
+                        prop_assert_eq!(fdb.bridge.get(&pod(peer)), Some(&BridgePort::Vxlan));
+                        prop_assert_eq!(fdb.vxlan.get(&pod(peer)), Some(&underlay(peer)));
+                    } else if path.transitions > 0 {
+                        prop_assert_eq!(fdb.bridge.get(&pod(peer)), Some(&BridgePort::Tap));
+                        prop_assert_eq!(fdb.vxlan.get(&pod(peer)), None);
+                    }
+                }
+            }
+            // Clean for 16 s: beyond a standby's 5 s probing, confirmation and the 5 s hold-down.
+            let now = m.now;
+            prop_assert!(m.all_on(DatapathKind::Vxlan), "after the chaos: {:?} / {:?}",
+                m.h(A).path(B, now), m.h(B).path(A, now));
+        }
+    }
 }

@@ -273,6 +273,22 @@ impl VxlanKernel for NetlinkKernel {
         })
     }
 
+    fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
+        let spec = self.spec()?;
+        for name in [spec.name.as_str(), port] {
+            let index = self.index(name)?.ok_or_else(|| {
+                KernelError::io(
+                    format!("look up {name}"),
+                    io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?;
+            self.nl.set_port_isolated(index, true).map_err(|e| {
+                KernelError::io(format!("bridge link set dev {name} isolated on"), e)
+            })?;
+        }
+        Ok(())
+    }
+
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError> {
         let removed = self
             .nl
