@@ -135,7 +135,7 @@ fn udp_blocked_while_tcp_up_shows_the_heartbeat_reason_and_is_routed_around() ->
     );
     let text = net.weft_status(1, &["connections"])?;
     ensure!(
-        text.contains("sleeve: down (no UDP heartbeat"),
+        text.contains("link: down (no UDP heartbeat"),
         "weft status connections on host1:\n{text}"
     );
     // Data between the two goes through host3 meanwhile.
