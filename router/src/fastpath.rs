@@ -96,13 +96,17 @@ impl FastPath {
                     tracing::warn!(device = %spec.name, error = %e, "cannot check for a leftover VXLAN device")
                 }
             }
-            let why = if config.wanted {
-                Ok(())
+            // `--datapath sleeve` is the operator's choice whatever the password: say that.
+            let off = if config.wanted {
+                policy(Ok(()))
             } else {
-                Err("--datapath sleeve".to_owned())
+                Policy {
+                    encrypted: false,
+                    ..policy(Err("--datapath sleeve".to_owned()))
+                }
             };
             return FastPath::Off {
-                reason: reason_of(policy(why)),
+                reason: reason_of(off),
             };
         }
         let engine_config = VxlanConfig {
