@@ -198,6 +198,9 @@ start_routers() {
             --datapath "$datapath"
             --underlay-mtu 1500)
         [[ -z "$password" ]] || args+=(--password-file "$password")
+        # More router flags for an experiment (e.g. `--masquerade false`), word-split.
+        # shellcheck disable=SC2206
+        [[ -z "${WEFT_BENCH_ROUTER_ARGS:-}" ]] || args+=($WEFT_BENCH_ROUTER_ARGS)
         ((i == 1)) || args+=("$UNDERLAY.1")
         # No WEFT_* variable from the caller's environment may change the configuration
         # (WEFT_PASSWORD would turn the plain run into an encrypted one).

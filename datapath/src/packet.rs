@@ -44,38 +44,11 @@ impl PacketSocket {
     /// rather than the device the socket is bound to.
     pub fn open(ifindex: u32, ethertype: u16, origdev: bool) -> io::Result<PacketSocket> {
         let protocol = ethertype.to_be();
-        // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
-        let raw = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(protocol),
-            )
-        })?;
-        // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = new_socket(libc::c_int::from(protocol))?;
         if origdev {
-            let on: libc::c_int = 1;
-            // SAFETY: the option value points at a live c_int of the given size.
-            check(unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    libc::PACKET_ORIGDEV,
-                    (&on as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            })?;
+            set_flag(&fd, libc::PACKET_ORIGDEV)?;
         }
-        let addr = sockaddr_ll(ifindex, protocol);
-        // SAFETY: `addr` is a sockaddr_ll living for the call, with its exact size.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        bind_to(&fd, ifindex, protocol)?;
         Ok(PacketSocket { fd, ifindex })
     }
 
@@ -83,20 +56,12 @@ impl PacketSocket {
     /// a bridge the device is a port of takes them (`recv` names `ifindex`). For a bridge port
     /// this is the way to know the port: on a socket bound to the bridge, `PACKET_ORIGDEV`
     /// names the bridge (Linux 6.18: the bridge hands local frames up in a second receive). It
-    /// taps every frame of the device (`ETH_P_ALL`) through a socket filter that keeps only
-    /// incoming frames of `ethertype` to `dst`, so the others (pod traffic) cost no copy.
+    /// taps every frame the device receives (`ETH_P_ALL`, `PACKET_IGNORE_OUTGOING`) through a
+    /// socket filter that keeps only frames of `ethertype` to `dst`, so the others (pod
+    /// traffic) cost a short filter run and no copy, and frames it sends cost nothing.
     pub fn open_incoming(ifindex: u32, ethertype: u16, dst: [u8; 6]) -> io::Result<PacketSocket> {
         // Protocol 0 until bound: nothing is queued before the filter is in place.
-        // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
-        let raw = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        })?;
-        // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = new_socket(0)?;
         let mut program = incoming_filter(ethertype, dst);
         let fprog = libc::sock_fprog {
             len: program.len() as u16,
@@ -112,15 +77,10 @@ impl PacketSocket {
                 std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
             )
         })?;
-        let addr = sockaddr_ll(ifindex, (libc::ETH_P_ALL as u16).to_be());
-        // SAFETY: `addr` is a sockaddr_ll living for the call, with its exact size.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        // Not for frames the device sends: a tap on transmit would clone every one of them (pod
+        // traffic included) before the filter could drop it.
+        set_flag(&fd, libc::PACKET_IGNORE_OUTGOING)?;
+        bind_to(&fd, ifindex, (libc::ETH_P_ALL as u16).to_be())?;
         Ok(PacketSocket { fd, ifindex })
     }
 
@@ -192,6 +152,50 @@ impl PacketSocket {
         let rc = check(unsafe { libc::poll(&mut pollfd, 1, millis) })?;
         Ok(rc > 0 && pollfd.revents & libc::POLLIN != 0)
     }
+}
+
+/// A non-blocking, close-on-exec `AF_PACKET` raw socket for `protocol` (network order).
+fn new_socket(protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers and returns a new descriptor or -1.
+    let raw = check(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `raw` is a descriptor socket() just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Turns on the `SOL_PACKET` option `option`.
+fn set_flag(fd: &OwnedFd, option: libc::c_int) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value points at a live c_int of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Binds the socket to device `ifindex` for `protocol` (network order).
+fn bind_to(fd: &OwnedFd, ifindex: u32, protocol: u16) -> io::Result<()> {
+    let addr = sockaddr_ll(ifindex, protocol);
+    // SAFETY: `addr` is a sockaddr_ll living for the call, with its exact size.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 fn sockaddr_ll(ifindex: u32, protocol_be: u16) -> libc::sockaddr_ll {

@@ -597,7 +597,7 @@ pub fn render_connections(r: &Report) -> String {
                     let _ = write!(s, " ({reason})");
                 }
             }
-            let _ = write!(s, "\n     {}: {}", "link", link.health);
+            let _ = write!(s, "\n     link: {}", link.health);
             if let Some(reason) = &link.reason {
                 let _ = write!(s, " ({reason})");
             }

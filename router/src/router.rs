@@ -730,7 +730,7 @@ impl Router {
         let Some(conn) = self.fast.as_ref().and_then(|f| f.key_of(uid)) else {
             return;
         };
-        if !self.conns.get(&conn).is_some_and(|c| c.peer == peer) {
+        if self.conns.get(&conn).is_none_or(|c| c.peer != peer) {
             return;
         }
         tracing::info!(%peer, conn, datapath = ?kind, %reason, "connection datapath changed");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
+use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, contains, hex, ping_all, ping_n};
 use weft_tests::{Capture, Datagram, HostId, Net, PodId, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -88,48 +89,7 @@ fn v6(pod: PodId) -> String {
 
 /// `ping` from pod `from` to `to` (either family); every echo request must be answered.
 fn ping(net: &Net, from: PodId, to: &str, extra: &[&str]) -> anyhow::Result<()> {
-    let count = PINGS.to_string();
-    let mut argv = vec!["ping", "-c", &count, "-i", "0.2", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    let out = net.pod_exec(from, &argv)?;
-    ensure!(out.contains(" 0% packet loss"), "pod{from} -> {to}: {out}");
-    Ok(())
-}
-
-/// Runs [`ping`] for every `(from, to)` pair, one thread per source pod; fails with every
-/// failed pair.
-fn ping_all(net: &Net, pairs: &[(PodId, String)]) -> anyhow::Result<()> {
-    let mut sources: Vec<PodId> = pairs.iter().map(|&(from, _)| from).collect();
-    sources.dedup();
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = sources
-            .into_iter()
-            .map(|from| {
-                scope.spawn(move || {
-                    pairs
-                        .iter()
-                        .filter(|(f, _)| *f == from)
-                        .filter_map(|(_, to)| ping(net, from, to, &[]).err())
-                        .map(|e| format!("{e:#}"))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| vec!["a ping thread panicked".into()])
-            })
-            .collect()
-    });
-    ensure!(
-        failures.is_empty(),
-        "pings failed:\n{}",
-        failures.join("\n")
-    );
-    Ok(())
+    ping_n(net, from, to, PINGS, extra)
 }
 
 /// Pods 1 and 3 (host1 and host2) still reach each other, both ways.
@@ -176,14 +136,6 @@ fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
     let mut bytes = vec![0; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -342,37 +294,6 @@ fn multicast_from_a_pod_reaches_group_members_on_the_other_hosts() -> anyhow::Re
     sender.stop()?;
     Ok(())
 }
-
-/// Accepts one connection and prints how many bytes arrived and their sha256.
-const SHA256_SERVER: &str = "
-import hashlib, socket, sys
-server = socket.create_server((sys.argv[1], int(sys.argv[2])))
-print('listening', flush=True)
-conn, _ = server.accept()
-digest, total = hashlib.sha256(), 0
-while True:
-    chunk = conn.recv(1 << 20)
-    if not chunk:
-        break
-    digest.update(chunk)
-    total += len(chunk)
-print(total, digest.hexdigest(), flush=True)
-";
-
-/// Sends `argv[3]` random bytes and prints how many and their sha256.
-const SHA256_CLIENT: &str = "
-import hashlib, os, socket, sys
-conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-digest, left = hashlib.sha256(), int(sys.argv[3])
-while left:
-    chunk = os.urandom(min(left, 1 << 20))
-    digest.update(chunk)
-    conn.sendall(chunk)
-    left -= len(chunk)
-conn.shutdown(socket.SHUT_WR)
-conn.recv(1)
-print(sys.argv[3], digest.hexdigest(), flush=True)
-";
 
 #[test]
 fn a_100_mb_tcp_stream_between_pods_on_different_hosts_arrives_intact() -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use weft_datapath::vxlan::DEFAULT_VNI;
+use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, contains, hex, ping_all, ping_n};
 use weft_tests::{
     Capture, FdbEntry, HostId, Net, PodId, RouterOpts, SETTLE, pairs_of, require_root,
 };
@@ -94,53 +95,8 @@ fn pod_mtu(net: &Net, i: HostId) -> anyhow::Result<u16> {
     Ok(u16::try_from(mtu)?)
 }
 
-/// `count` pings from pod `from` to `to` (either family), `extra` flags before the address.
-fn ping_n(net: &Net, from: PodId, to: &str, count: usize, extra: &[&str]) -> anyhow::Result<()> {
-    let count = count.to_string();
-    let mut argv = vec!["ping", "-c", &count, "-i", "0.2", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    let out = net.pod_exec(from, &argv)?;
-    ensure!(out.contains(" 0% packet loss"), "pod{from} -> {to}: {out}");
-    Ok(())
-}
-
 fn ping(net: &Net, from: PodId, to: &str) -> anyhow::Result<()> {
     ping_n(net, from, to, 2, &[])
-}
-
-/// Pings every `(from, to)` pair, one thread per source pod; fails with every failed pair.
-fn ping_all(net: &Net, pairs: &[(PodId, String)]) -> anyhow::Result<()> {
-    let mut sources: Vec<PodId> = pairs.iter().map(|&(from, _)| from).collect();
-    sources.dedup();
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = sources
-            .into_iter()
-            .map(|from| {
-                scope.spawn(move || {
-                    pairs
-                        .iter()
-                        .filter(|(f, _)| *f == from)
-                        .filter_map(|(_, to)| ping(net, from, to).err())
-                        .map(|e| format!("{e:#}"))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| vec!["a ping thread panicked".into()])
-            })
-            .collect()
-    });
-    ensure!(
-        failures.is_empty(),
-        "pings failed:\n{}",
-        failures.join("\n")
-    );
-    Ok(())
 }
 
 /// Waits until pod `from` reaches `to` again (after a change of path).
@@ -148,14 +104,6 @@ fn wait_ping(net: &Net, from: PodId, to: &str) -> anyhow::Result<()> {
     net.wait_until(&format!("pod{from} reaches {to}"), SETTLE, || {
         Ok(ping(net, from, to).is_ok())
     })
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The VNI of a VXLAN datagram's header (RFC 7348: flags with the I bit, 3 reserved bytes,
@@ -381,37 +329,6 @@ fn connections_come_up_on_vxlan_and_pods_ping_over_ipv4_and_ipv6_with_real_macs(
     }
     Ok(())
 }
-
-/// Accepts one connection and prints how many bytes arrived and their sha256.
-const SHA256_SERVER: &str = "
-import hashlib, socket, sys
-server = socket.create_server((sys.argv[1], int(sys.argv[2])))
-print('listening', flush=True)
-conn, _ = server.accept()
-digest, total = hashlib.sha256(), 0
-while True:
-    chunk = conn.recv(1 << 20)
-    if not chunk:
-        break
-    digest.update(chunk)
-    total += len(chunk)
-print(total, digest.hexdigest(), flush=True)
-";
-
-/// Sends `argv[3]` random bytes and prints how many and their sha256.
-const SHA256_CLIENT: &str = "
-import hashlib, os, socket, sys
-conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-digest, left = hashlib.sha256(), int(sys.argv[3])
-while left:
-    chunk = os.urandom(min(left, 1 << 20))
-    digest.update(chunk)
-    conn.sendall(chunk)
-    left -= len(chunk)
-conn.shutdown(socket.SHUT_WR)
-conn.recv(1)
-print(sys.argv[3], digest.hexdigest(), flush=True)
-";
 
 #[test]
 fn a_100_mb_tcp_stream_over_the_fast_path_arrives_intact() -> anyhow::Result<()> {

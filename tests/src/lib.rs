@@ -38,6 +38,7 @@ mod net;
 mod pods;
 mod report;
 mod router;
+pub mod traffic;
 mod wait;
 
 pub use background::Background;

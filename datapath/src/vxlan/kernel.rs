@@ -241,24 +241,6 @@ impl RecordingKernel {
     }
 }
 
-/// One step on in-memory tables, as the kernel does it.
-fn apply_op(fdb: &mut KernelFdb, op: &FdbOp) {
-    match *op {
-        FdbOp::VxlanSet { mac, dst } => {
-            fdb.vxlan.insert(mac, dst);
-        }
-        FdbOp::VxlanDel { mac } => {
-            fdb.vxlan.remove(&mac);
-        }
-        FdbOp::BridgeSet { mac, port } => {
-            fdb.bridge.insert(mac, port);
-        }
-        FdbOp::BridgeDel { mac } => {
-            fdb.bridge.remove(&mac);
-        }
-    }
-}
-
 fn errno_error(what: &str, errno: i32) -> KernelError {
     KernelError::io(what, io::Error::from_raw_os_error(errno))
 }
@@ -338,7 +320,7 @@ impl VxlanKernel for RecordingKernel {
                     errno: Some(errno),
                     message: io::Error::from_raw_os_error(errno).to_string(),
                 }),
-                None => apply_op(&mut r.fdb, op),
+                None => crate::vxlan::plan::apply(std::slice::from_ref(op), &mut r.fdb),
             }
         }
         if failures.is_empty() {
