@@ -173,14 +173,21 @@ impl FastPath {
         };
         lock(uids).insert(key, uid);
         let conn = uid;
-        // The VXLAN device speaks IPv4 underlays only (so far): an IPv6 peer offers nothing.
+        // The VXLAN device's entries name IPv4 underlay addresses only (so far).
         let IpAddr::V4(underlay) = remote.ip() else {
+            let policy = Policy {
+                local_fast: Err(format!(
+                    "the connection runs over IPv6 ({}); the VXLAN fast path takes IPv4 underlays",
+                    remote.ip()
+                )),
+                ..self.policy(*port)
+            };
             engine.add_connection(
                 peer.to_bytes(),
                 conn,
                 std::net::Ipv4Addr::UNSPECIFIED,
                 None,
-                self.policy(*port),
+                policy,
             );
             return;
         };

@@ -862,6 +862,15 @@ impl Router {
         }
         let ipam = self.ipam.report(self.mesh.topology(), now);
         let mut report = report::build(&self.mesh, &self.info, datapath, links, ipam, now);
+        for c in &mut report.connections {
+            // A connection that never changed datapath has been on it since it started (the
+            // engine says so itself; without a fast path nothing else does).
+            if let (Some(link), Some(up)) = (c.datapath.as_mut(), c.up_secs)
+                && link.datapath_transitions == 0
+            {
+                link.datapath_secs = link.datapath_secs.max(up);
+            }
+        }
         report.mesh_admission = self.params.mesh_port.report();
         report.store = Some(self.store.report(now));
         report.kube = self.kube.as_ref().map(|k| k.shared.report());
