@@ -24,7 +24,8 @@ use std::time::Instant;
 use proptest::prelude::*;
 
 use crate::PeerId;
-use crate::forward::{self, BROADCAST, Decision, Routing};
+use crate::forward::tests::Bfs;
+use crate::forward::{self, BROADCAST, Decision};
 use crate::mac::{Mac, MacOwner, MacTable, is_multicast};
 use crate::vxlan::plan::{self, BridgePort, Desired, KernelFdb, PeerPath};
 
@@ -59,61 +60,6 @@ fn pod_mac(host: usize, pod: usize) -> Mac {
 
 fn underlay(host: usize) -> Ipv4Addr {
     Ipv4Addr::from(0xc000_0201 + host as u32)
-}
-
-/// BFS routing over the sleeve graph, as `weft_gossip::routes` computes it (see the proptests
-/// in `forward`).
-struct Bfs<'a> {
-    local: PeerId,
-    graph: &'a BTreeMap<PeerId, BTreeSet<PeerId>>,
-}
-
-impl Bfs<'_> {
-    fn tree(&self, root: PeerId) -> BTreeMap<PeerId, PeerId> {
-        let mut parent = BTreeMap::new();
-        let mut visited = BTreeSet::from([root]);
-        let mut level = vec![root];
-        while !level.is_empty() {
-            level.sort_unstable();
-            let mut next = Vec::new();
-            for node in &level {
-                for neighbour in self.graph.get(node).into_iter().flatten() {
-                    if visited.insert(*neighbour) {
-                        parent.insert(*neighbour, *node);
-                        next.push(*neighbour);
-                    }
-                }
-            }
-            level = next;
-        }
-        parent
-    }
-}
-
-impl Routing for Bfs<'_> {
-    fn local(&self) -> PeerId {
-        self.local
-    }
-
-    fn next_hop(&self, dst: PeerId) -> Option<PeerId> {
-        let parent = self.tree(self.local);
-        let mut at = dst;
-        loop {
-            let up = *parent.get(&at)?;
-            if up == self.local {
-                return Some(at);
-            }
-            at = up;
-        }
-    }
-
-    fn broadcast_hops(&self, origin: PeerId) -> Vec<PeerId> {
-        self.tree(origin)
-            .into_iter()
-            .filter(|(_, parent)| *parent == self.local)
-            .map(|(child, _)| child)
-            .collect()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

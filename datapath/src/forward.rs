@@ -129,7 +129,7 @@ fn flood(deliver_locally: bool, origin: PeerId, routing: &(impl Routing + ?Sized
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -334,14 +334,15 @@ mod tests {
 
     /// BFS routing over a shared undirected graph, as `weft_gossip::routes` computes it: each
     /// level in PeerId order, a node's parent the first node in that order that reaches it.
-    struct Bfs<'a> {
-        local: PeerId,
-        graph: &'a BTreeMap<PeerId, BTreeSet<PeerId>>,
+    /// (`flood_tests` routes its sleeve graphs with it too.)
+    pub(crate) struct Bfs<'a> {
+        pub(crate) local: PeerId,
+        pub(crate) graph: &'a BTreeMap<PeerId, BTreeSet<PeerId>>,
     }
 
     impl Bfs<'_> {
         /// Parent of every node reached from `root` (the root itself excluded).
-        fn tree(&self, root: PeerId) -> BTreeMap<PeerId, PeerId> {
+        pub(crate) fn tree(&self, root: PeerId) -> BTreeMap<PeerId, PeerId> {
             let mut parent = BTreeMap::new();
             let mut visited = BTreeSet::from([root]);
             let mut level = vec![root];

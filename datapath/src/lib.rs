@@ -77,6 +77,15 @@ const SLEEVE_SEALED: u16 = (sleeve::codec::SEALED_HEADER_LEN
     + ETHERNET_HEADER_LEN) as u16;
 
 impl DatapathKind {
+    /// The name status, metrics and the report use (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathKind::Fastdp => "fastdp",
+            DatapathKind::Vxlan => "vxlan",
+            DatapathKind::Sleeve => "sleeve",
+        }
+    }
+
     /// Bytes the datapath adds around an inner IP packet on an IPv4 underlay.
     pub fn overhead(self, encrypted: bool) -> u16 {
         match (self, encrypted) {

@@ -5,9 +5,12 @@
 //! stopped engine leaves the fast path working (the peer keeps an unreachable peer's entries),
 //! and a restarted one adopts the device and its FDB without interrupting the pods' ping.
 
+#[allow(dead_code)] // each test uses part of it
+mod netns;
+
+use netns::{Ns, is_root};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_datapath::DatapathKind;
@@ -18,63 +21,7 @@ use weft_datapath::vxlan::fastbeat::ETHERTYPE;
 use weft_datapath::vxlan::kernel::{NetlinkKernel, VxlanKernel};
 use weft_datapath::vxlan::plan::{BridgePort, heartbeat_mac};
 use weft_datapath::vxlan::{DEFAULT_VNI, VxlanOffer};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd).args(args).output().expect("run")
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop (also when the test panics).
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("wve{}-{tag}", std::process::id());
-        ok("ip", &["netns", "add", &name]);
-        Ns(name)
-    }
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        ok("ip", &[&["-n", &self.0], args].concat())
-    }
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        run("ip", &[&["netns", "exec", &self.0], args].concat())
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.0]);
-    }
-}
-
-fn mac_str(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+use weft_netlink::link::format_mac;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0x0e, 0x0a];
 const B: [u8; 6] = [0x02, 0, 0, 0, 0x0e, 0x0b];
@@ -96,7 +43,7 @@ fn host(ns: &Ns, pod: &Ns, pod_mac: [u8; 6], n: u8) {
         "link", "add", "pod", "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
     ]);
     ns.ip(&["link", "set", "pod", "master", "wb", "up"]);
-    pod.ip(&["link", "set", "eth0", "address", &mac_str(pod_mac), "up"]);
+    pod.ip(&["link", "set", "eth0", "address", &format_mac(pod_mac), "up"]);
     pod.ip(&["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"]);
 }
 
@@ -180,7 +127,12 @@ fn two_engines_bring_a_connection_onto_vxlan_fall_back_when_blocked_and_return()
         eprintln!("skipped: needs root");
         return;
     }
-    let (a, b, pa, pb) = (Ns::new("a"), Ns::new("b"), Ns::new("pa"), Ns::new("pb"));
+    let (a, b, pa, pb) = (
+        Ns::new("wve", "a"),
+        Ns::new("wve", "b"),
+        Ns::new("wve", "pa"),
+        Ns::new("wve", "pb"),
+    );
     a.ip(&[
         "link", "add", "ua", "type", "veth", "peer", "name", "ub", "netns", &b.0,
     ]);
@@ -197,7 +149,7 @@ fn two_engines_bring_a_connection_onto_vxlan_fall_back_when_blocked_and_return()
         "add",
         "10.99.0.2",
         "lladdr",
-        &mac_str(POD_B),
+        &format_mac(POD_B),
         "dev",
         "eth0",
     ]);
@@ -206,7 +158,7 @@ fn two_engines_bring_a_connection_onto_vxlan_fall_back_when_blocked_and_return()
         "add",
         "10.99.0.1",
         "lladdr",
-        &mac_str(POD_A),
+        &format_mac(POD_A),
         "dev",
         "eth0",
     ]);

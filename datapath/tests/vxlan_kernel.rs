@@ -3,9 +3,12 @@
 //! `bridge fdb show` prints, and a heartbeat sent through a `PacketSocket` on one host's VXLAN
 //! device arrives on the other's (full size, DF set) and never reaches a pod.
 
+#[allow(dead_code)] // each test uses part of it
+mod netns;
+
+use netns::{Ns, is_root};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,74 +16,9 @@ use weft_datapath::packet::PacketSocket;
 use weft_datapath::vxlan::DEFAULT_VNI;
 use weft_datapath::vxlan::kernel::{DeviceSpec, NetlinkKernel, VxlanKernel};
 use weft_datapath::vxlan::plan::{BridgePort, FdbOp, KernelFdb};
+use weft_netlink::link::format_mac;
 
 const HB: u16 = 0x88b5;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Runs a command; its stdout, or a panic with its stderr.
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop (also when the test panics).
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("wvx{}-{tag}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        Ns(name)
-    }
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        run("ip", &[&["-n", &self.0], args].concat())
-    }
-    fn bridge(&self, args: &[&str]) -> String {
-        run("bridge", &[&["-n", &self.0], args].concat())
-    }
-    fn json(&self, cmd: &str, args: &[&str]) -> Value {
-        let out = run(cmd, &[&["-n", &self.0, "-j"], args].concat());
-        serde_json::from_str(&out).expect("json")
-    }
-    fn index(&self, dev: &str) -> u32 {
-        self.json("ip", &["link", "show", dev])[0]["ifindex"]
-            .as_u64()
-            .expect("ifindex") as u32
-    }
-    fn mac(&self, dev: &str) -> String {
-        self.json("ip", &["link", "show", dev])[0]["address"]
-            .as_str()
-            .expect("address")
-            .to_string()
-    }
-    /// Opens a packet socket inside the namespace.
-    fn packet(&self, f: impl FnOnce() -> std::io::Result<PacketSocket> + Send) -> PacketSocket {
-        weft_netlink::in_netns(&self.path(), f).expect("packet socket")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 fn spec(port: u16) -> DeviceSpec {
     DeviceSpec {
@@ -90,13 +28,6 @@ fn spec(port: u16) -> DeviceSpec {
         port,
         mtu: 1450,
     }
-}
-
-fn mac_str(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// A bridge `wb` (up) with a veth `wb-tap` standing in for the sleeve's TAP.
@@ -159,7 +90,7 @@ fn the_device_is_made_then_adopted_and_its_fdb_follows_the_plan() {
         eprintln!("skipped: needs root");
         return;
     }
-    let ns = Ns::new("k");
+    let ns = Ns::new("wvx", "k");
     bridge_with_tap(&ns);
     let bridge_mac = ns.mac("wb");
     let mut k = NetlinkKernel::open_in(&ns.path()).expect("netlink");
@@ -222,7 +153,7 @@ fn the_device_is_made_then_adopted_and_its_fdb_follows_the_plan() {
     k.set_local_heartbeat_mac(H).expect("local again");
     let local = ns.bridge(&["fdb", "show", "dev", "wb"]);
     assert!(
-        local.contains(&format!("{} master wb permanent", mac_str(H))),
+        local.contains(&format!("{} master wb permanent", format_mac(H))),
         "{local}"
     );
     assert_eq!(k.read_fdb("wb-tap").expect("read"), want);
@@ -255,7 +186,7 @@ fn the_device_is_made_then_adopted_and_its_fdb_follows_the_plan() {
     assert_eq!(fdb_from_bridge_tool(&ns), want);
     // One remote per MAC (replaced, not appended).
     let b_lines = ns.bridge(&["fdb", "show", "dev", "wb-vxlan"]);
-    assert_eq!(b_lines.matches(&mac_str(B)).count(), 2, "{b_lines}");
+    assert_eq!(b_lines.matches(&format_mac(B)).count(), 2, "{b_lines}");
 
     // Every op is tried: a TAP that is not there fails its op alone, with its errno.
     let err = k
@@ -333,7 +264,7 @@ fn a_heartbeat_crosses_the_vxlan_path_full_size_and_never_reaches_a_pod() {
         eprintln!("skipped: needs root");
         return;
     }
-    let (a, b) = (Ns::new("a"), Ns::new("b"));
+    let (a, b) = (Ns::new("wvx", "a"), Ns::new("wvx", "b"));
     a.ip(&[
         "link", "add", "ua", "type", "veth", "peer", "name", "ub", "netns", &b.0,
     ]);
@@ -355,12 +286,12 @@ fn a_heartbeat_crosses_the_vxlan_path_full_size_and_never_reaches_a_pod() {
     }
     b.ip(&["link", "add", "pod", "type", "veth", "peer", "name", "podp"]);
     b.ip(&["link", "set", "pod", "master", "wb", "up"]);
-    b.ip(&["link", "set", "podp", "address", &mac_str(POD), "up"]);
+    b.ip(&["link", "set", "podp", "address", &format_mac(POD), "up"]);
     // Replace: the bridge may have learned it already (the pod end sends IPv6 DAD).
     b.bridge(&[
         "fdb",
         "replace",
-        &mac_str(POD),
+        &format_mac(POD),
         "dev",
         "pod",
         "master",
@@ -445,7 +376,7 @@ fn a_device_left_behind_is_adopted_with_its_fdb_and_one_that_differs_is_remade()
         eprintln!("skipped: needs root");
         return;
     }
-    let ns = Ns::new("r");
+    let ns = Ns::new("wvx", "r");
     bridge_with_tap(&ns);
     let vni = DEFAULT_VNI.to_string();
     // Made by hand as weft makes it, but not on the bridge and down: adopted, then joined.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use weft_datapath::DatapathKind;
 use weft_datapath::select::{Policy, Selector, SelectorConfig};
 use weft_datapath::vxlan::engine::{
-    ConnectionPath, VxlanConfig, VxlanEngine, VxlanEvent, VxlanEventSink, VxlanReport,
+    ConnectionPath, VxlanConfig, VxlanEngine, VxlanEvent, VxlanEventSink,
 };
 use weft_datapath::vxlan::kernel::{DeviceSpec, NetlinkKernel, VxlanKernel};
 use weft_datapath::vxlan::{DEFAULT_VNI, VxlanOffer};
@@ -264,16 +264,16 @@ impl FastPath {
                 }
             }
             FastPath::On { engine, .. } => {
-                let paths = engine.paths();
+                // The engine keeps one connection per peer (a new one replaces the old).
+                let paths: HashMap<String, ConnectionPath> = engine
+                    .paths()
+                    .into_iter()
+                    .map(|p| (PeerName::from_bytes(p.peer).to_string(), p))
+                    .collect();
                 for link in links {
-                    let Some(path) = paths
-                        .iter()
-                        .filter(|p| PeerName::from_bytes(p.peer).to_string() == link.peer)
-                        .max_by_key(|p| p.conn)
-                    else {
-                        continue;
-                    };
-                    annotate_one(link, path);
+                    if let Some(path) = paths.get(&link.peer) {
+                        annotate_one(link, path);
+                    }
                 }
             }
         }
@@ -282,19 +282,17 @@ impl FastPath {
     /// The VXLAN device, for the datapath section of the report.
     pub fn device_report(&self) -> Option<VxlanDeviceReport> {
         match self {
-            FastPath::On { engine, .. } => Some(VxlanDeviceReport::from(engine.report())),
-            FastPath::Off { reason } => Some(VxlanDeviceReport::off(reason)),
+            FastPath::On { engine, .. } => Some(engine.report()),
+            FastPath::Off { reason } => Some(VxlanDeviceReport {
+                last_error: Some(reason.clone()),
+                ..VxlanDeviceReport::default()
+            }),
         }
     }
 }
 
 fn annotate_one(link: &mut LinkReport, path: &ConnectionPath) {
-    link.datapath = match path.datapath {
-        DatapathKind::Vxlan => "vxlan",
-        DatapathKind::Fastdp => "fastdp",
-        DatapathKind::Sleeve => "sleeve",
-    }
-    .into();
+    link.datapath = path.datapath.as_str().into();
     link.datapath_reason = path.reason.clone();
     link.datapath_secs = path.in_state.as_secs();
     link.datapath_transitions = path.transitions;
@@ -345,28 +343,6 @@ impl From<VxlanEvent> for FastEvent {
                 kind,
                 reason,
             },
-        }
-    }
-}
-
-impl From<VxlanReport> for VxlanDeviceReport {
-    fn from(r: VxlanReport) -> Self {
-        VxlanDeviceReport {
-            device: r.device,
-            port: r.port,
-            vni: r.vni,
-            mtu: r.mtu,
-            adopted: r.adopted,
-            adopting: r.adopting,
-            fdb_vxlan: r.fdb_vxlan,
-            fdb_bridge: r.fdb_bridge,
-            fdb_ops: r.fdb_ops,
-            fdb_errors: r.fdb_errors,
-            heartbeats_sent: r.heartbeats_sent,
-            heartbeats_received: r.heartbeats_received,
-            heartbeats_rejected: r.heartbeats_rejected,
-            heartbeat_send_errors: r.heartbeat_send_errors,
-            error: r.last_error,
         }
     }
 }

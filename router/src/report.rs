@@ -372,7 +372,7 @@ pub fn render_summary(r: &Report) -> String {
                     let _ = writeln!(
                         s,
                         "      Fast path: off ({})",
-                        v.error.as_deref().unwrap_or("")
+                        v.last_error.as_deref().unwrap_or("")
                     );
                 }
                 None => {}

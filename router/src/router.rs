@@ -734,11 +734,7 @@ impl Router {
             return;
         }
         tracing::info!(%peer, conn, datapath = ?kind, %reason, "connection datapath changed");
-        let to = match kind {
-            weft_datapath::DatapathKind::Vxlan => "vxlan",
-            weft_datapath::DatapathKind::Fastdp => "fastdp",
-            weft_datapath::DatapathKind::Sleeve => "sleeve",
-        };
+        let to = kind.as_str();
         self.metrics
             .datapath
             .transitions

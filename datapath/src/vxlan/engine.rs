@@ -34,7 +34,7 @@ use crate::select::{FastHealth, Policy, Selector, SelectorConfig};
 use crate::vxlan::VxlanOffer;
 use crate::vxlan::fastbeat::{self, FastConfig, FastLiveness};
 use crate::vxlan::kernel::{DeviceSpec, DeviceState, KernelError, VxlanKernel};
-use crate::vxlan::plan::{self, Desired, FdbOp, PeerPath, heartbeat_mac};
+use crate::vxlan::plan::{self, Desired, FdbOp, KernelFdb, PeerPath, heartbeat_mac};
 use crate::{DatapathKind, ETHERNET_HEADER_LEN, PeerId};
 
 /// How often the engine thread wakes.
@@ -139,9 +139,10 @@ pub struct ConnectionPath {
     pub heartbeats_received: u64,
 }
 
-/// The engine's state, for `/report` and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The engine's state, for `/report` (`datapath.vxlan`, as serialized here) and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VxlanReport {
+    /// The device (`weft-vxlan`), or "" when the fast path is off.
     pub device: String,
     pub port: u16,
     pub vni: u32,
@@ -150,12 +151,15 @@ pub struct VxlanReport {
     pub adopted: bool,
     /// Still keeping what the kernel held (after a restart, until the MAC table is learned).
     pub adopting: bool,
-    /// Entries weft holds in the VXLAN device's and the bridge's FDB (at the last read).
+    /// Entries weft holds in the VXLAN device's and the bridge's FDB (as last read, with the
+    /// steps applied since).
     pub fdb_vxlan: usize,
     pub fdb_bridge: usize,
     /// FDB operations applied, and those that failed.
     pub fdb_ops: u64,
     pub fdb_errors: u64,
+    /// Why the fast path is off, or the last error applying forwarding entries.
+    #[serde(rename = "error")]
     pub last_error: Option<String>,
     pub heartbeats_sent: u64,
     pub heartbeats_received: u64,
@@ -194,7 +198,12 @@ pub struct Engine {
     macs_changed: bool,
     last_shape: Option<Shape>,
     last_reconcile: Option<Instant>,
-    fdb_counts: (usize, usize),
+    /// What the kernel holds: as read at the last repair, with our applied steps since. Read
+    /// again only for the repair (every [`REPAIR_INTERVAL`]) or after a step failed, not for
+    /// every change: a dump of the bridge's FDB costs as much as the table is large.
+    kernel_fdb: KernelFdb,
+    kernel_fdb_read: Instant,
+    kernel_fdb_stale: bool,
     buf: Vec<u8>,
     fdb_ops: u64,
     fdb_errors: u64,
@@ -256,7 +265,9 @@ impl Engine {
             macs_changed: false,
             last_shape: None,
             last_reconcile: None,
-            fdb_counts: (fdb.vxlan.len(), fdb.bridge.len()),
+            kernel_fdb: fdb,
+            kernel_fdb_read: now,
+            kernel_fdb_stale: false,
             buf,
             fdb_ops: 0,
             fdb_errors: 0,
@@ -501,18 +512,24 @@ impl Engine {
         self.last_reconcile = Some(now);
         self.macs_changed = false;
         self.last_shape = Some(shape.clone());
-        let current = match self.kernel.read_fdb(&self.config.tap) {
-            Ok(fdb) => fdb,
-            Err(e) => {
-                self.fdb_errors += 1;
-                self.note_error(format!("reading the FDB: {e}"));
-                return;
+        let read_due = now.saturating_duration_since(self.kernel_fdb_read) >= REPAIR_INTERVAL;
+        if read_due || self.kernel_fdb_stale {
+            match self.kernel.read_fdb(&self.config.tap) {
+                Ok(fdb) => {
+                    self.kernel_fdb = fdb;
+                    self.kernel_fdb_read = now;
+                    self.kernel_fdb_stale = false;
+                }
+                Err(e) => {
+                    self.fdb_errors += 1;
+                    self.note_error(format!("reading the FDB: {e}"));
+                    return;
+                }
             }
-        };
+        }
         // The MAC table is cloned only here, when something changed (or for the repair).
         let desired = shape.desired(self.macs.clone());
-        let ops = plan::plan(&desired, &current);
-        self.fdb_counts = (current.vxlan.len(), current.bridge.len());
+        let ops = plan::plan(&desired, &self.kernel_fdb);
         if ops.is_empty() {
             return;
         }
@@ -527,9 +544,9 @@ impl Engine {
             .collect();
         self.fdb_ops += done.len() as u64;
         self.fdb_errors += failures.len() as u64;
-        let mut fdb = current;
-        plan::apply(&done, &mut fdb);
-        self.fdb_counts = (fdb.vxlan.len(), fdb.bridge.len());
+        plan::apply(&done, &mut self.kernel_fdb);
+        // What a failed step left is not known: read it again next time.
+        self.kernel_fdb_stale = !failures.is_empty();
         debug!(ops = ops.len(), failed = failures.len(), "FDB reconciled");
         if let Some(f) = failures.first() {
             self.note_error(format!(
@@ -612,8 +629,8 @@ impl Engine {
                 .last_shape
                 .as_ref()
                 .map_or_else(|| self.shape(now).adopting, |s| s.adopting),
-            fdb_vxlan: self.fdb_counts.0,
-            fdb_bridge: self.fdb_counts.1,
+            fdb_vxlan: self.kernel_fdb.vxlan.len(),
+            fdb_bridge: self.kernel_fdb.bridge.len(),
             fdb_ops: self.fdb_ops,
             fdb_errors: self.fdb_errors,
             last_error: self.last_error.clone(),

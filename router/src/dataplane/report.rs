@@ -43,44 +43,9 @@ pub struct DatapathReport {
     pub vxlan: Option<VxlanDeviceReport>,
 }
 
-/// The VXLAN device and the forwarding entries weft keeps on it and on the bridge.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct VxlanDeviceReport {
-    /// The device (`weft-vxlan`), or "" when the fast path is off.
-    pub device: String,
-    pub port: u16,
-    pub vni: u32,
-    pub mtu: u16,
-    /// The device was there at start (left by the router before a restart) and was kept.
-    pub adopted: bool,
-    /// Still keeping the entries the kernel held at start, until the MAC table is learned.
-    pub adopting: bool,
-    /// Entries on the device (MAC → a peer's underlay address), and static bridge entries
-    /// steering remote MACs to the device or to the sleeve's TAP.
-    pub fdb_vxlan: usize,
-    pub fdb_bridge: usize,
-    /// Forwarding-entry changes made, and those the kernel refused.
-    pub fdb_ops: u64,
-    pub fdb_errors: u64,
-    /// Fast-path heartbeats sent, received, and received but refused (malformed, not for us,
-    /// not from the VXLAN port).
-    pub heartbeats_sent: u64,
-    pub heartbeats_received: u64,
-    pub heartbeats_rejected: u64,
-    /// Heartbeats the kernel refused to send (e.g. larger than the device's MTU).
-    pub heartbeat_send_errors: u64,
-    /// Why the fast path is off, or the last error applying forwarding entries.
-    pub error: Option<String>,
-}
-
-impl VxlanDeviceReport {
-    pub fn off(reason: &str) -> Self {
-        VxlanDeviceReport {
-            error: Some(reason.to_owned()),
-            ..Default::default()
-        }
-    }
-}
+/// The VXLAN device and the forwarding entries weft keeps on it and on the bridge: the
+/// engine's own report, serialized as it is.
+pub use weft_datapath::vxlan::engine::VxlanReport as VxlanDeviceReport;
 
 /// One connection's fast path (heartbeated even while the sleeve carries its data).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
