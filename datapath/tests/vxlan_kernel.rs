@@ -113,6 +113,18 @@ fn the_device_is_made_then_adopted_and_its_fdb_follows_the_plan() {
     assert_eq!(link["mtu"], 1450);
     assert_eq!(link["master"], "wb");
     assert!(link["flags"].as_array().unwrap().contains(&"UP".into()));
+    assert_eq!(
+        link["inet6_addr_gen_mode"], "none",
+        "the device has no address to speak from"
+    );
+    let shown = ns.json("ip", &["-6", "addr", "show", "dev", "wb-vxlan"]);
+    let addresses = shown.as_array().into_iter().flatten();
+    assert!(
+        addresses
+            .flat_map(|l| l["addr_info"].as_array())
+            .all(Vec::is_empty),
+        "{shown}"
+    );
     let port = &ns.json("bridge", &["-d", "link", "show", "dev", "wb-vxlan"])[0];
     for flag in ["learning", "flood", "mcast_flood", "bcast_flood"] {
         assert_eq!(port[flag], false, "{flag}: {port}");

@@ -9,8 +9,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoKind, InfoPortData,
+    InfoPortKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::route::{
@@ -165,6 +165,22 @@ impl RouteSocket {
         mtu: Option<u32>,
     ) -> io::Result<()> {
         self.set_link(link_change(index, master, mtu))
+    }
+
+    /// `ip link set <index> addrgenmode none`: the link gets no IPv6 link-local address, so its
+    /// own stack stays silent (no DAD, router solicitations or MLD reports). Set before the
+    /// link goes up; a kernel without IPv6 has nothing to silence (`Ok`).
+    pub fn set_ipv6_silent(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        match self.set_link(m) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(()),
+            other => other,
+        }
     }
 
     /// `ip link set <index> type bridge_slave hairpin on|off`.

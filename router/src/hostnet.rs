@@ -58,11 +58,15 @@ pub fn ensure_bridge(name: &str, mtu: u16) -> io::Result<()> {
         .map_err(ctx(format!("set {name} mtu {mtu} up")))
 }
 
-/// Makes `port` a bridge port with the bridge's MTU, up.
+/// Makes `port` a bridge port with the bridge's MTU, up, with no IPv6 address of its own.
 pub fn attach(port: &str, bridge: &str, mtu: u16) -> io::Result<()> {
     let mut nl = RouteSocket::open().map_err(ctx("open netlink socket".into()))?;
     let port_index = index_of(&mut nl, port)?;
     let bridge_index = index_of(&mut nl, bridge)?;
+    // A port only carries the bridge's frames. With a link-local address its own stack would
+    // speak on the bridge from its MAC, and the mesh would learn and spread that MAC.
+    nl.set_ipv6_silent(port_index)
+        .map_err(ctx(format!("set {port} addrgenmode none")))?;
     nl.set_up_with(port_index, Some(bridge_index), Some(u32::from(mtu)))
         .map_err(ctx(format!("set {port} master {bridge} mtu {mtu} up")))
 }

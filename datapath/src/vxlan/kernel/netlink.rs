@@ -104,12 +104,18 @@ impl NetlinkKernel {
                 e,
             )
         })?;
-        self.index(&spec.name)?.ok_or_else(|| {
+        let index = self.index(&spec.name)?.ok_or_else(|| {
             KernelError::io(
                 format!("look up {}", spec.name),
                 io::ErrorKind::NotFound.into(),
             )
-        })
+        })?;
+        // Silent before it goes up: with a link-local address the device's own stack would
+        // send from its MAC into the bridge.
+        self.nl
+            .set_ipv6_silent(index)
+            .map_err(|e| KernelError::io(format!("set {} addrgenmode none", spec.name), e))?;
+        Ok(index)
     }
 
     fn apply_one(&mut self, op: &FdbOp, vxlan: u32, tap: Option<u32>) -> io::Result<()> {
