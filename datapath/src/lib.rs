@@ -29,6 +29,7 @@ pub mod forward;
 pub mod heartbeat;
 pub mod icmp;
 pub mod mac;
+pub mod ovs;
 pub mod packet;
 pub mod pmtu;
 pub mod select;
