@@ -51,8 +51,8 @@ pub type PeerId = [u8; 6];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatapathKind {
-    /// Open vSwitch kernel datapath with a VXLAN vport.
-    Fastdp,
+    /// Open vSwitch kernel datapath with a VXLAN vport (`--datapath fastdp`).
+    Ovs,
     /// Linux VXLAN device driven by forwarding-database entries.
     Vxlan,
     /// Userspace: Ethernet frames in UDP, sealed with XSalsa20-Poly1305 when encrypted.
@@ -81,7 +81,7 @@ impl DatapathKind {
     /// The name status, metrics and the report use (as serde writes it).
     pub fn as_str(self) -> &'static str {
         match self {
-            DatapathKind::Fastdp => "fastdp",
+            DatapathKind::Ovs => "ovs",
             DatapathKind::Vxlan => "vxlan",
             DatapathKind::Sleeve => "sleeve",
         }
@@ -90,8 +90,8 @@ impl DatapathKind {
     /// Bytes the datapath adds around an inner IP packet on an IPv4 underlay.
     pub fn overhead(self, encrypted: bool) -> u16 {
         match (self, encrypted) {
-            (DatapathKind::Fastdp | DatapathKind::Vxlan, false) => IPV4_UDP + VXLAN,
-            (DatapathKind::Fastdp | DatapathKind::Vxlan, true) => IPV4_UDP + VXLAN + ESP_MAX,
+            (DatapathKind::Ovs | DatapathKind::Vxlan, false) => IPV4_UDP + VXLAN,
+            (DatapathKind::Ovs | DatapathKind::Vxlan, true) => IPV4_UDP + VXLAN + ESP_MAX,
             (DatapathKind::Sleeve, false) => IPV4_UDP + SLEEVE_PLAIN,
             (DatapathKind::Sleeve, true) => IPV4_UDP + SLEEVE_SEALED,
         }
@@ -139,11 +139,7 @@ mod tests {
 
     #[test]
     fn encryption_costs_mtu_and_tiny_paths_fit_nothing() {
-        for kind in [
-            DatapathKind::Fastdp,
-            DatapathKind::Vxlan,
-            DatapathKind::Sleeve,
-        ] {
+        for kind in [DatapathKind::Ovs, DatapathKind::Vxlan, DatapathKind::Sleeve] {
             assert!(kind.overhead(true) > kind.overhead(false));
             assert_eq!(kind.overlay_mtu(600, true), None);
         }

@@ -13,17 +13,17 @@
 //!    <why>`, never probed;
 //! 3. the peer offers none → sleeve, `peer offers no fast datapath`, never probed;
 //! 4. otherwise the connection starts on the sleeve (`fast path: waiting for heartbeats`) and
-//!    [`Selector::is_starting`] holds until the first decision: [`FastHealth::Up`] → vxlan
+//!    [`Selector::is_starting`] holds until the first decision: [`FastHealth::Up`] → the fast kind
 //!    (`fast path up: heartbeats both ways on udp/<port>`), [`FastHealth::Down`] → stays on the
 //!    sleeve with `fast path: <reason>`.
 //!
 //! After the first decision the selector damps changes with a **hold-down**
 //! ([`SelectorConfig::hold_down`]):
-//! - a return from the sleeve to vxlan needs the fast path up *continuously* for the hold-down
+//! - a return from the sleeve to the fast path needs the fast path up *continuously* for the hold-down
 //!   (reason meanwhile: `fast path: up again, holding down for <n> s`, n the configured
 //!   hold-down in whole seconds, rounded up), and never comes sooner than the hold-down after
 //!   the previous transition;
-//! - a fallback from vxlan to the sleeve is **immediate** as soon as the fast path is not up
+//! - a fallback from the fast path to the sleeve is **immediate** as soon as the fast path is not up
 //!   (down, or starting over): safety beats stability, since frames on a dead fast path are
 //!   lost, while the sleeve always works. This is the one exception to "no two transitions
 //!   closer than the hold-down"; it cannot cause flapping, because the return that would
@@ -65,6 +65,9 @@ pub struct Policy {
     /// The UDP port of the VXLAN fast path (this router's `--vxlan-port`), for the reason
     /// shown when the fast path is up.
     pub vxlan_port: u16,
+    /// What this router's fast path is: [`DatapathKind::Vxlan`] or [`DatapathKind::Ovs`] (both
+    /// speak VXLAN on the wire, so a peer's backend does not matter).
+    pub fast: DatapathKind,
 }
 
 /// The fast path's heartbeat state, as the heartbeat engine sees it.
@@ -109,6 +112,7 @@ pub const REASON_WAITING: &str = "fast path: waiting for heartbeats";
 pub struct Selector {
     config: SelectorConfig,
     vxlan_port: u16,
+    fast: DatapathKind,
     probes: bool,
     starting: bool,
     selection: Selection,
@@ -138,6 +142,7 @@ impl Selector {
         Selector {
             config,
             vxlan_port: policy.vxlan_port,
+            fast: policy.fast,
             probes,
             starting: probes,
             selection: Selection {
@@ -180,7 +185,7 @@ impl Selector {
                 FastHealth::Starting => None,
                 FastHealth::Up => {
                     self.starting = false;
-                    self.switch(DatapathKind::Vxlan, self.up_reason(), now)
+                    self.switch(self.fast, self.up_reason(), now)
                 }
                 FastHealth::Down { reason } => {
                     self.starting = false;
@@ -190,7 +195,7 @@ impl Selector {
             };
         }
         match (self.selection.kind, fast) {
-            (DatapathKind::Vxlan, FastHealth::Up) => None,
+            (kind, FastHealth::Up) if kind == self.fast => None,
             (_, FastHealth::Starting) => {
                 self.up_since = None;
                 self.switch(DatapathKind::Sleeve, REASON_WAITING.to_owned(), now)
@@ -208,7 +213,7 @@ impl Selector {
                         .is_none_or(|at| now.saturating_duration_since(at) >= hold_down);
                 if held {
                     self.up_since = None;
-                    self.switch(DatapathKind::Vxlan, self.up_reason(), now)
+                    self.switch(self.fast, self.up_reason(), now)
                 } else {
                     let secs = hold_down.as_secs() + u64::from(hold_down.subsec_nanos() > 0);
                     self.selection.reason =

@@ -49,6 +49,7 @@ fn host(ns: &Ns, pod: &Ns, pod_mac: [u8; 6], n: u8) {
 
 fn config(local: [u8; 6]) -> VxlanConfig {
     VxlanConfig {
+        kind: DatapathKind::Vxlan,
         local,
         bridge: "wb".into(),
         tap: "wb-tap".into(),
@@ -96,6 +97,7 @@ fn policy() -> Policy {
         encrypted: false,
         esp: false,
         vxlan_port: 6784,
+        fast: DatapathKind::Vxlan,
     }
 }
 

@@ -106,9 +106,10 @@ pub struct RouterArgs {
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value_t = 30.0)]
     pub gossip_interval: f64,
     /// Data plane, chosen per peer connection with fallback to the sleeve and back:
-    /// `auto` (the kernel fast path where it works: the Linux VXLAN device, later Open vSwitch;
-    /// the sleeve elsewhere), `vxlan` (the same, VXLAN only), `fastdp` (Open vSwitch: not built
-    /// yet, refused), `sleeve` (userspace only: frames in UDP, sealed when there is a password)
+    /// `auto` (the kernel fast path where it works: Open vSwitch when the kernel has it, else the
+    /// Linux VXLAN device; the sleeve elsewhere), `fastdp` (the same, Open vSwitch only),
+    /// `vxlan` (the same, VXLAN only), `sleeve` (userspace only: frames in UDP, sealed when
+    /// there is a password)
     /// or `none` (control plane only). With a password every connection stays on the sealed
     /// sleeve until the fast path is encrypted (IPsec ESP).
     #[arg(long, env = "WEFT_DATAPATH", value_enum, default_value = "auto")]
@@ -184,12 +185,17 @@ impl DatapathChoice {
         self != DatapathChoice::None
     }
 
-    /// Whether a kernel fast path is wanted.
-    pub fn wants_fast(self) -> bool {
-        matches!(
-            self,
-            DatapathChoice::Auto | DatapathChoice::Vxlan | DatapathChoice::Fastdp
-        )
+    /// The kernel fast paths wanted, best first (empty: none). `auto` prefers Open vSwitch
+    /// and takes the VXLAN device where the kernel has no openvswitch module; both speak
+    /// VXLAN on the wire, so hosts of either kind are fast to each other.
+    pub fn fast_backends(self) -> Vec<weft_datapath::DatapathKind> {
+        use weft_datapath::DatapathKind::{Ovs, Vxlan};
+        match self {
+            DatapathChoice::Auto => vec![Ovs, Vxlan],
+            DatapathChoice::Fastdp => vec![Ovs],
+            DatapathChoice::Vxlan => vec![Vxlan],
+            DatapathChoice::Sleeve | DatapathChoice::None => Vec::new(),
+        }
     }
 
     pub fn as_str(self) -> &'static str {

@@ -15,7 +15,7 @@ use weft_datapath::select::{Policy, Selector, SelectorConfig};
 use weft_datapath::vxlan::engine::{
     ConnectionPath, VxlanConfig, VxlanEngine, VxlanEvent, VxlanEventSink,
 };
-use weft_datapath::vxlan::kernel::{DeviceSpec, NetlinkKernel, VxlanKernel};
+use weft_datapath::vxlan::kernel::{NetlinkKernel, VxlanKernel};
 use weft_datapath::vxlan::{DEFAULT_VNI, VxlanOffer};
 use weft_gossip::PeerName;
 use weft_gossip::mesh::ConnKey;
@@ -33,8 +33,8 @@ pub struct FastConfig {
     pub port: u16,
     pub underlay_mtu: u16,
     pub encrypted: bool,
-    /// `--datapath` wants a kernel fast path at all.
-    pub wanted: bool,
+    /// The kernel fast paths `--datapath` allows, best first (empty: none).
+    pub backends: Vec<DatapathKind>,
 }
 
 /// The VXLAN device's name on `bridge`.
@@ -45,6 +45,8 @@ pub fn device_name(bridge: &str) -> String {
 pub enum FastPath {
     On {
         engine: VxlanEngine,
+        /// The backend in use: [`DatapathKind::Vxlan`] or [`DatapathKind::Ovs`].
+        kind: DatapathKind,
         port: u16,
         /// The router's key of each connection and the id both ends know it by
         /// (`NewConnection::conn_uid`), which the engine and its heartbeats use.
@@ -62,82 +64,126 @@ fn reason_of(policy: Policy) -> String {
         .clone()
 }
 
-impl FastPath {
-    /// Starts the engine, or says why not. With a password the fast path stays off until it is
-    /// encrypted (ESP), and a VXLAN device an earlier unencrypted run left behind is removed:
-    /// its forwarding entries would carry pod traffic in plaintext.
-    pub fn start(config: &FastConfig, events: VxlanEventSink) -> FastPath {
-        let spec = DeviceSpec {
-            name: device_name(&config.bridge),
-            bridge: config.bridge.clone(),
-            vni: DEFAULT_VNI,
-            port: config.port,
-            mtu: DatapathKind::Vxlan
-                .overlay_mtu(config.underlay_mtu, false)
-                .unwrap_or(0),
+/// What the engine of `kind` is started with.
+fn engine_config(config: &FastConfig, kind: DatapathKind) -> VxlanConfig {
+    VxlanConfig {
+        kind,
+        local: config.local.to_bytes(),
+        bridge: config.bridge.clone(),
+        tap: config.tap.clone(),
+        port: config.port,
+        vni: DEFAULT_VNI,
+        underlay_mtu: config.underlay_mtu,
+    }
+}
+
+/// The kernel edge of a fast backend, or why this host has none (e.g. `no openvswitch module`).
+fn open_kernel(kind: DatapathKind) -> Result<Box<dyn VxlanKernel>, String> {
+    match kind {
+        DatapathKind::Vxlan => NetlinkKernel::open()
+            .map(|k| Box::new(k) as Box<dyn VxlanKernel>)
+            .map_err(|e| format!("cannot open rtnetlink: {e}")),
+        DatapathKind::Ovs => weft_datapath::ovs::kernel::OvsKernel::open()
+            .map(|k| Box::new(k) as Box<dyn VxlanKernel>)
+            .map_err(|e| e.to_string()),
+        DatapathKind::Sleeve => Err("the sleeve is no kernel fast path".into()),
+    }
+}
+
+/// Removes what an earlier run's fast backends other than `keep` left in the kernel (the
+/// VXLAN device, the Open vSwitch datapath): nothing but the chosen backend may forward.
+fn remove_leftovers(config: &FastConfig, keep: Option<DatapathKind>) {
+    for kind in [DatapathKind::Vxlan, DatapathKind::Ovs] {
+        if keep == Some(kind) {
+            continue;
+        }
+        let Ok(spec) = engine_config(config, kind).device_spec() else {
+            continue;
         };
-        let policy = |local_fast: Result<(), String>| Policy {
+        // A kernel without the backend has nothing of it to remove.
+        let Ok(mut kernel) = open_kernel(kind) else {
+            continue;
+        };
+        match kernel.remove_device(&spec) {
+            Ok(true) => {
+                tracing::info!(device = %spec.name, datapath = kind.as_str(), "removed the fast path an earlier run left")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(device = %spec.name, error = %e, "cannot check for a fast path an earlier run left")
+            }
+        }
+    }
+}
+
+impl FastPath {
+    /// Starts the engine on the first backend that works, or says why none does. With a
+    /// password the fast path stays off until it is encrypted (ESP), and the kernel state an
+    /// earlier unencrypted run left behind is removed: its forwarding would carry pod traffic
+    /// in plaintext. So is that of the backends not chosen (a host moved from one to another).
+    pub fn start(config: &FastConfig, events: VxlanEventSink) -> FastPath {
+        let policy = |local_fast: Result<(), String>, fast: DatapathKind| Policy {
             local_fast,
             encrypted: config.encrypted,
             esp: false,
             vxlan_port: config.port,
+            fast,
         };
-        if !config.wanted || config.encrypted {
+        if config.backends.is_empty() || config.encrypted {
             // Nothing of weft's may carry pod traffic outside the sleeve now.
-            let removed = NetlinkKernel::open()
-                .map_err(|e| e.to_string())
-                .and_then(|mut k| k.remove_device(&spec).map_err(|e| e.to_string()));
-            match removed {
-                Ok(true) => {
-                    tracing::info!(device = %spec.name, "removed the VXLAN device of an earlier run")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(device = %spec.name, error = %e, "cannot check for a leftover VXLAN device")
-                }
-            }
+            remove_leftovers(config, None);
             // `--datapath sleeve` is the operator's choice whatever the password: say that.
-            let off = if config.wanted {
-                policy(Ok(()))
-            } else {
+            let off = if config.backends.is_empty() {
                 Policy {
                     encrypted: false,
-                    ..policy(Err("--datapath sleeve".to_owned()))
+                    ..policy(Err("--datapath sleeve".to_owned()), DatapathKind::Vxlan)
                 }
+            } else {
+                policy(Ok(()), DatapathKind::Vxlan)
             };
             return FastPath::Off {
                 reason: reason_of(off),
             };
         }
-        let engine_config = VxlanConfig {
-            local: config.local.to_bytes(),
-            bridge: config.bridge.clone(),
-            tap: config.tap.clone(),
-            port: config.port,
-            vni: DEFAULT_VNI,
-            underlay_mtu: config.underlay_mtu,
-        };
-        let started = NetlinkKernel::open()
-            .map_err(|e| e.to_string())
-            .and_then(|kernel| {
-                VxlanEngine::start(engine_config, Box::new(kernel), events)
+        let mut failures = Vec::new();
+        // One sink per try: a backend that fails to start drops the one it was given.
+        let events = std::sync::Arc::new(events);
+        for &kind in &config.backends {
+            let sink: VxlanEventSink = {
+                let events = events.clone();
+                Box::new(move |event| events(event))
+            };
+            let started = open_kernel(kind).and_then(|kernel| {
+                VxlanEngine::start(engine_config(config, kind), kernel, sink)
                     .map_err(|e| e.to_string())
             });
-        match started {
-            Ok(engine) => {
-                tracing::info!(device = %spec.name, port = config.port, vni = DEFAULT_VNI, "VXLAN fast path ready");
-                FastPath::On {
-                    engine,
-                    port: config.port,
-                    uids: Mutex::default(),
+            match started {
+                Ok(engine) => {
+                    tracing::info!(
+                        datapath = kind.as_str(),
+                        port = config.port,
+                        vni = DEFAULT_VNI,
+                        "kernel fast path ready"
+                    );
+                    remove_leftovers(config, Some(kind));
+                    return FastPath::On {
+                        engine,
+                        kind,
+                        port: config.port,
+                        uids: Mutex::default(),
+                    };
+                }
+                Err(e) => {
+                    tracing::info!(datapath = kind.as_str(), reason = %e, "fast datapath unavailable");
+                    failures.push(format!("{}: {e}", kind.as_str()));
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no VXLAN fast path: every connection uses the sleeve");
-                FastPath::Off {
-                    reason: reason_of(policy(Err(e))),
-                }
-            }
+        }
+        let why = failures.join("; ");
+        tracing::warn!(reason = %why, "no kernel fast path: every connection uses the sleeve");
+        let kind = config.backends[0];
+        FastPath::Off {
+            reason: reason_of(policy(Err(why), kind)),
         }
     }
 
@@ -168,7 +214,13 @@ impl FastPath {
         remote: SocketAddr,
         offer: Option<&DatapathOffer>,
     ) {
-        let FastPath::On { engine, port, uids } = self else {
+        let FastPath::On {
+            engine,
+            kind,
+            port,
+            uids,
+        } = self
+        else {
             return;
         };
         lock(uids).insert(key, uid);
@@ -180,7 +232,7 @@ impl FastPath {
                     "the connection runs over IPv6 ({}); the VXLAN fast path takes IPv4 underlays",
                     remote.ip()
                 )),
-                ..self.policy(*port)
+                ..self.policy(*kind, *port)
             };
             engine.add_connection(
                 peer.to_bytes(),
@@ -202,16 +254,17 @@ impl FastPath {
             conn,
             underlay,
             peer_offer,
-            self.policy(*port),
+            self.policy(*kind, *port),
         );
     }
 
-    fn policy(&self, port: u16) -> Policy {
+    fn policy(&self, fast: DatapathKind, port: u16) -> Policy {
         Policy {
             local_fast: Ok(()),
             encrypted: false,
             esp: false,
             vxlan_port: port,
+            fast,
         }
     }
 

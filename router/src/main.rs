@@ -328,11 +328,10 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         let cni_listener = cni_api::bind(&args.cni_socket)?;
         let dataplane = match args.datapath {
             DatapathChoice::None => None,
-            DatapathChoice::Fastdp => anyhow::bail!(
-                "--datapath fastdp (Open vSwitch) is not built yet: use --datapath auto or vxlan \
-                 (the Linux VXLAN device), or sleeve"
-            ),
-            DatapathChoice::Auto | DatapathChoice::Vxlan | DatapathChoice::Sleeve => {
+            DatapathChoice::Auto
+            | DatapathChoice::Fastdp
+            | DatapathChoice::Vxlan
+            | DatapathChoice::Sleeve => {
                 let macs = SharedMacChannel::new(MacChannel::new(
                     identity.name,
                     MAX_ENTRIES,
@@ -377,7 +376,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                     port: args.vxlan_port.unwrap_or(args.port.wrapping_add(1)),
                     underlay_mtu: args.underlay_mtu,
                     encrypted: password.is_some(),
-                    wanted: args.datapath.wants_fast(),
+                    backends: args.datapath.fast_backends(),
                 },
                 sink,
             )

@@ -13,6 +13,7 @@ fn policy() -> Policy {
         encrypted: false,
         esp: false,
         vxlan_port: PORT,
+        fast: DatapathKind::Vxlan,
     }
 }
 

@@ -56,7 +56,10 @@ const MAX_RECEIVE_PER_STEP: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanConfig {
     pub local: PeerId,
-    /// The bridge pods attach to; the VXLAN device is `{bridge}-vxlan`.
+    /// The fast path's backend: [`DatapathKind::Vxlan`] (the device `{bridge}-vxlan`) or
+    /// [`DatapathKind::Ovs`] (the datapath `{bridge}-ovs`, whose own port joins the bridge).
+    pub kind: DatapathKind,
+    /// The bridge pods attach to.
     pub bridge: String,
     /// The sleeve's TAP port on the bridge.
     pub tap: String,
@@ -66,13 +69,18 @@ pub struct VxlanConfig {
 }
 
 impl VxlanConfig {
-    /// The VXLAN device this configuration asks for.
+    /// The device (the bridge's fast port) this configuration asks for.
     pub fn device_spec(&self) -> Result<DeviceSpec, VxlanError> {
-        let mtu = DatapathKind::Vxlan
+        let mtu = self
+            .kind
             .overlay_mtu(self.underlay_mtu, false)
             .ok_or(VxlanError::Mtu(self.underlay_mtu))?;
+        let suffix = match self.kind {
+            DatapathKind::Ovs => "ovs",
+            _ => "vxlan",
+        };
         Ok(DeviceSpec {
-            name: format!("{}-vxlan", self.bridge),
+            name: format!("{}-{suffix}", self.bridge),
             bridge: self.bridge.clone(),
             vni: self.vni,
             port: self.port,
@@ -467,7 +475,7 @@ impl Engine {
         let mut paths = BTreeMap::new();
         let mut heartbeat_peers = BTreeMap::new();
         for (peer, c) in &self.conns {
-            let path = if c.selector.current().kind == DatapathKind::Vxlan {
+            let path = if c.selector.current().kind != DatapathKind::Sleeve {
                 PeerPath::Fast(c.underlay)
             } else if c.selector.is_starting() {
                 PeerPath::Keep

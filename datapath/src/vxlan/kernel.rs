@@ -53,6 +53,9 @@ pub enum KernelError {
     /// No VXLAN device has been set up yet (or it has been removed).
     #[error("no VXLAN device: ensure_device first")]
     NoDevice,
+    /// This kernel has no such backend (e.g. `no openvswitch module`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl KernelError {
@@ -68,6 +71,7 @@ impl KernelError {
         match self {
             KernelError::Io { source, .. } => source.raw_os_error(),
             KernelError::NoBridge(_) | KernelError::NoDevice => Some(libc::ENODEV),
+            KernelError::Unavailable(_) => Some(libc::ENOENT),
         }
     }
 }

@@ -25,6 +25,7 @@ fn underlay(peer: PeerId) -> Ipv4Addr {
 
 fn config(local: PeerId) -> VxlanConfig {
     VxlanConfig {
+        kind: DatapathKind::Vxlan,
         local,
         bridge: "weft".into(),
         tap: "weft-tap".into(),
@@ -40,6 +41,7 @@ fn policy() -> Policy {
         encrypted: false,
         esp: false,
         vxlan_port: 6784,
+        fast: DatapathKind::Vxlan,
     }
 }
 
