@@ -10,6 +10,7 @@
 //! - `socket`: the one place that talks to the kernel (neli), resolving the families and
 //!   exchanging the codecs' messages.
 
+pub mod flows;
 pub mod kernel;
 
 use std::net::Ipv4Addr;
