@@ -1,35 +1,288 @@
-//! [`VxlanKernel`] over the Open vSwitch datapath (placeholder until the genl client lands).
+//! [`VxlanKernel`] over an Open vSwitch datapath: the VXLAN engine's heartbeats, selectors and
+//! FDB plan stay as they are; what the VXLAN device's own FDB holds (MAC → peer underlay) is
+//! kept as flows ([`super::flows`]) instead.
+//!
+//! The datapath `<bridge>-ovs` has two ports: its own local (internal) port, which is a port of
+//! the pods' bridge like the VXLAN device would be (same flags: no learning, no flooding,
+//! isolated from the sleeve's TAP), and one VXLAN vport on the fast path's UDP port. The bridge's
+//! side (its FDB entries steering each remote MAC to the fast port or the TAP) is the same
+//! rtnetlink code as for the VXLAN device ([`NetlinkKernel`]).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use super::flows::{self, FlowOp, FlowParams};
+use super::{Flow, FlowMatch, PortNo};
 use crate::mac::Mac;
-use crate::vxlan::kernel::{ApplyErrors, DeviceSpec, DeviceState, KernelError, VxlanKernel};
-use crate::vxlan::plan::{FdbOp, KernelFdb};
+use crate::vxlan::kernel::{
+    ApplyErrors, DeviceSpec, DeviceState, KernelError, NetlinkKernel, OpFailure, VxlanKernel,
+};
+use crate::vxlan::plan::{self, FdbOp, KernelFdb};
+
+/// One vport of a datapath, as weft needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vport {
+    pub port_no: PortNo,
+    pub name: String,
+    /// The UDP port, for a VXLAN vport.
+    pub vxlan_port: Option<u16>,
+}
+
+/// The generic-netlink calls [`OvsKernel`] makes (the socket implements it; tests fake it).
+/// Errors carry the request and the kernel's errno ([`KernelError::Io`]).
+pub trait OvsOps: Send {
+    /// The ifindex of the datapath called `name`, if there is one.
+    fn datapath(&mut self, name: &str) -> Result<Option<i32>, KernelError>;
+    fn create_datapath(&mut self, name: &str) -> Result<i32, KernelError>;
+    /// `false` if there was none.
+    fn delete_datapath(&mut self, name: &str) -> Result<bool, KernelError>;
+    fn vports(&mut self, dp: i32) -> Result<Vec<Vport>, KernelError>;
+    fn create_vxlan_vport(&mut self, dp: i32, name: &str, port: u16)
+    -> Result<PortNo, KernelError>;
+    fn delete_vport(&mut self, dp: i32, port_no: PortNo) -> Result<bool, KernelError>;
+    fn flows(&mut self, dp: i32) -> Result<Vec<Flow>, KernelError>;
+    /// Creates the flow or replaces the actions of the flow with its match.
+    fn put_flow(&mut self, dp: i32, flow: &Flow) -> Result<(), KernelError>;
+    /// `false` if there was none.
+    fn delete_flow(&mut self, dp: i32, matching: &FlowMatch) -> Result<bool, KernelError>;
+}
+
+/// The datapath weft works on.
+#[derive(Debug, Clone)]
+struct Active {
+    spec: DeviceSpec,
+    dp: i32,
+    params: FlowParams,
+    /// The flows the datapath holds, as last read or written.
+    flows: BTreeSet<Flow>,
+}
 
 /// The Open vSwitch fast path's kernel edge.
-pub struct OvsKernel {}
+pub struct OvsKernel {
+    ovs: Box<dyn OvsOps>,
+    bridge: NetlinkKernel,
+    active: Option<Active>,
+}
+
+/// The name of the VXLAN vport of the datapath `dp_name` (at most 15 bytes, as any netdev's).
+pub fn vxlan_vport_name(dp_name: &str) -> String {
+    let mut name: String = dp_name.chars().take(12).collect();
+    name.push_str("-vx");
+    name
+}
 
 impl OvsKernel {
+    /// The real edge, in the calling thread's network namespace; `Unavailable("no openvswitch
+    /// module")` on a kernel without Open vSwitch.
     pub fn open() -> Result<Self, KernelError> {
+        // Until the generic-netlink socket lands (same session): no datapath to talk to.
         Err(KernelError::Unavailable("no openvswitch module".into()))
+    }
+
+    /// An edge over `ovs` (the generic-netlink socket, or a fake) and `bridge`.
+    pub fn new(ovs: Box<dyn OvsOps>, bridge: NetlinkKernel) -> Self {
+        Self {
+            ovs,
+            bridge,
+            active: None,
+        }
+    }
+
+    fn active(&mut self) -> Result<&mut Active, KernelError> {
+        self.active.as_mut().ok_or(KernelError::NoDevice)
+    }
+
+    /// Reads the datapath's flows; weft's become the table, any other flow is deleted (the
+    /// datapath is weft's, and a flow it did not make could send pod traffic anywhere).
+    fn load_flows(&mut self) -> Result<BTreeMap<Mac, std::net::Ipv4Addr>, KernelError> {
+        let Active { dp, params, .. } = *self.active()?;
+        let flows = self.ovs.flows(dp)?;
+        let (table, foreign) = params.table(&flows);
+        for flow in &foreign {
+            tracing::warn!(?flow, "deleting a flow weft did not make");
+            self.ovs.delete_flow(dp, &flow.matching)?;
+        }
+        let kept: BTreeSet<Flow> = flows.into_iter().filter(|f| !foreign.contains(f)).collect();
+        self.active()?.flows = kept;
+        Ok(table)
+    }
+
+    /// Creates or adopts the VXLAN vport on `spec.port`; a vport of that name on another port
+    /// is made anew.
+    fn ensure_vxlan_vport(&mut self, dp: i32, spec: &DeviceSpec) -> Result<PortNo, KernelError> {
+        let name = vxlan_vport_name(&spec.name);
+        let vports = self.ovs.vports(dp)?;
+        if let Some(v) = vports.iter().find(|v| v.name == name) {
+            if v.vxlan_port == Some(spec.port) {
+                return Ok(v.port_no);
+            }
+            self.ovs.delete_vport(dp, v.port_no)?;
+        }
+        self.ovs.create_vxlan_vport(dp, &name, spec.port)
     }
 }
 
 impl VxlanKernel for OvsKernel {
-    fn ensure_device(&mut self, _spec: &DeviceSpec) -> Result<DeviceState, KernelError> {
-        Err(KernelError::NoDevice)
+    fn ensure_device(&mut self, spec: &DeviceSpec) -> Result<DeviceState, KernelError> {
+        let bridge_index = self.bridge.pinned_bridge(spec)?;
+        let (dp, adopted) = match self.ovs.datapath(&spec.name)? {
+            Some(dp) => (dp, true),
+            None => (self.ovs.create_datapath(&spec.name)?, false),
+        };
+        let vxlan = self.ensure_vxlan_vport(dp, spec)?;
+        self.active = Some(Active {
+            spec: spec.clone(),
+            dp,
+            params: FlowParams {
+                local: 0,
+                vxlan,
+                vni: spec.vni,
+                tp_dst: spec.port,
+            },
+            flows: BTreeSet::new(),
+        });
+        self.load_flows()?;
+        // The datapath's local port is a netdev of the datapath's name.
+        let (index, is_port) = self
+            .bridge
+            .port_of(&spec.name, bridge_index)?
+            .ok_or_else(|| {
+                KernelError::io(
+                    format!("look up {} (the datapath's own port)", spec.name),
+                    io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?;
+        self.bridge
+            .attach_fast_port(spec, index, bridge_index, is_port)?;
+        Ok(DeviceState {
+            index,
+            bridge_index,
+            adopted,
+        })
     }
-    fn read_fdb(&mut self, _tap: &str) -> Result<KernelFdb, KernelError> {
-        Err(KernelError::NoDevice)
+
+    fn read_fdb(&mut self, tap: &str) -> Result<KernelFdb, KernelError> {
+        // The bridge's entries; the local port holds no forwarding entries of its own.
+        let mut fdb = self.bridge.read_fdb(tap)?;
+        fdb.vxlan = self.load_flows()?;
+        Ok(fdb)
     }
-    fn apply(&mut self, _tap: &str, _ops: &[FdbOp]) -> Result<(), ApplyErrors> {
-        Ok(())
+
+    fn apply(&mut self, tap: &str, ops: &[FdbOp]) -> Result<(), ApplyErrors> {
+        let (fast, bridge): (Vec<FdbOp>, Vec<FdbOp>) = ops
+            .iter()
+            .partition(|op| matches!(op, FdbOp::VxlanSet { .. } | FdbOp::VxlanDel { .. }));
+        let mut failures = Vec::new();
+        if let Err(e) = self.bridge.apply(tap, &bridge) {
+            failures.extend(e.failures);
+        }
+        if !fast.is_empty() {
+            failures.extend(self.apply_flows(&fast));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyErrors {
+                attempted: ops.len(),
+                failures,
+            })
+        }
     }
-    fn set_local_heartbeat_mac(&mut self, _mac: Mac) -> Result<(), KernelError> {
-        Err(KernelError::NoDevice)
+
+    fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError> {
+        self.bridge.set_local_heartbeat_mac(mac)
     }
-    fn isolate(&mut self, _port: &str) -> Result<(), KernelError> {
-        Err(KernelError::NoDevice)
+
+    fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
+        self.bridge.isolate(port)
     }
-    fn remove_device(&mut self, _spec: &DeviceSpec) -> Result<bool, KernelError> {
-        Ok(false)
+
+    fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError> {
+        // Its ports and flows go with it.
+        let removed = self.ovs.delete_datapath(&spec.name)?;
+        self.bridge.forget(&spec.name);
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.spec.name == spec.name)
+        {
+            self.active = None;
+        }
+        Ok(removed)
     }
 }
+
+impl OvsKernel {
+    /// Takes the flows to the table `ops` leads to; the steps that failed, each named by the
+    /// FDB step it served.
+    fn apply_flows(&mut self, ops: &[FdbOp]) -> Vec<OpFailure> {
+        let Some(active) = self.active.as_mut() else {
+            return ops
+                .iter()
+                .map(|op| OpFailure {
+                    op: *op,
+                    errno: KernelError::NoDevice.errno(),
+                    message: KernelError::NoDevice.to_string(),
+                })
+                .collect();
+        };
+        let (mut table, _) = active
+            .params
+            .table(&active.flows.iter().cloned().collect::<Vec<_>>());
+        let mut fdb = KernelFdb {
+            vxlan: std::mem::take(&mut table),
+            bridge: BTreeMap::new(),
+        };
+        plan::apply(ops, &mut fdb);
+        let steps = active.params.plan(&active.flows, &fdb.vxlan);
+        let mut failures = Vec::new();
+        for step in &steps {
+            let result = match step {
+                FlowOp::Put(flow) => self.ovs.put_flow(active.dp, flow),
+                FlowOp::Delete(matching) => self.ovs.delete_flow(active.dp, matching).map(drop),
+            };
+            match result {
+                Ok(()) => flows::apply(std::slice::from_ref(step), &mut active.flows),
+                Err(e) => failures.extend(blame(step, ops, &e)),
+            }
+        }
+        failures
+    }
+}
+
+/// The FDB steps a failed flow step served: an outbound flow's MAC, or every step toward an
+/// inbound flow's peer.
+fn blame(step: &FlowOp, ops: &[FdbOp], error: &KernelError) -> Vec<OpFailure> {
+    let matching = match step {
+        FlowOp::Put(flow) => flow.matching,
+        FlowOp::Delete(matching) => *matching,
+    };
+    let served = |op: &FdbOp| match (*op, matching.eth_dst, matching.tunnel) {
+        (FdbOp::VxlanSet { mac, .. } | FdbOp::VxlanDel { mac }, Some(dst), None) => mac == dst,
+        (FdbOp::VxlanSet { dst, .. }, None, Some(t)) => dst == t.src,
+        _ => false,
+    };
+    let mut blamed: Vec<OpFailure> = ops
+        .iter()
+        .filter(|op| served(op))
+        .map(|op| OpFailure {
+            op: *op,
+            errno: error.errno(),
+            message: error.to_string(),
+        })
+        .collect();
+    if blamed.is_empty() {
+        // A peer's inbound flow left over after its last MAC went: blame the first removal.
+        if let Some(op) = ops.iter().find(|op| matches!(op, FdbOp::VxlanDel { .. })) {
+            blamed.push(OpFailure {
+                op: *op,
+                errno: error.errno(),
+                message: error.to_string(),
+            });
+        }
+    }
+    blamed
+}
+
+#[cfg(test)]
+mod tests;

@@ -56,6 +56,60 @@ impl NetlinkKernel {
         Ok((vxlan, tap))
     }
 
+    /// The index of `spec.bridge`, whose MAC is pinned first: a bridge takes the lowest MAC
+    /// among its ports unless its own is set, and adding the fast port (random MAC) must not
+    /// change the address pods know it by.
+    pub(crate) fn pinned_bridge(&mut self, spec: &DeviceSpec) -> Result<u32, KernelError> {
+        let bridge = self
+            .nl
+            .link_by_name(&spec.bridge)
+            .map_err(|e| KernelError::io(format!("look up {}", spec.bridge), e))?
+            .filter(link::is_bridge)
+            .ok_or_else(|| KernelError::NoBridge(spec.bridge.clone()))?;
+        let bridge_index = bridge.header.index;
+        if let Some(mac) = link::mac_of(&bridge) {
+            self.nl
+                .set_mac(bridge_index, mac)
+                .map_err(|e| KernelError::io(format!("pin the address of {}", spec.bridge), e))?;
+        }
+        Ok(bridge_index)
+    }
+
+    /// Makes the device `index` (called `spec.name`) the bridge's fast port, configured as
+    /// [`VxlanKernel::ensure_device`] says, and the device the other calls work on. Another
+    /// backend's port (Open vSwitch's internal port) is attached with this too.
+    pub(crate) fn attach_fast_port(
+        &mut self,
+        spec: &DeviceSpec,
+        index: u32,
+        bridge_index: u32,
+        is_port: bool,
+    ) -> Result<(), KernelError> {
+        self.configure(spec, index, bridge_index, is_port)?;
+        self.spec = Some(spec.clone());
+        Ok(())
+    }
+
+    /// The index of the device `name` and whether it is a port of `bridge` already.
+    pub(crate) fn port_of(
+        &mut self,
+        name: &str,
+        bridge: u32,
+    ) -> Result<Option<(u32, bool)>, KernelError> {
+        Ok(self
+            .nl
+            .link_by_name(name)
+            .map_err(|e| KernelError::io(format!("look up {name}"), e))?
+            .map(|l| (l.header.index, link::master_of(&l) == Some(bridge))))
+    }
+
+    /// Forgets the fast port (it was removed by its backend).
+    pub(crate) fn forget(&mut self, name: &str) {
+        if self.spec.as_ref().is_some_and(|s| s.name == name) {
+            self.spec = None;
+        }
+    }
+
     /// MTU, master, port flags off, up: on a device just made or adopted. `is_port`: it is a
     /// port of the bridge already, so its flags go off before it comes up (a device made by
     /// [`Self::create`] is, down); else it joins first.
@@ -66,6 +120,11 @@ impl NetlinkKernel {
         bridge: u32,
         is_port: bool,
     ) -> Result<(), KernelError> {
+        // Silent before it goes up: with a link-local address the port's own stack would
+        // send from its MAC into the bridge, and the mesh would learn that MAC.
+        self.nl
+            .set_ipv6_silent(index)
+            .map_err(|e| KernelError::io(format!("set {} addrgenmode none", spec.name), e))?;
         let mtu = Some(u32::from(spec.mtu));
         let result = if is_port {
             self.nl
@@ -104,18 +163,12 @@ impl NetlinkKernel {
                 e,
             )
         })?;
-        let index = self.index(&spec.name)?.ok_or_else(|| {
+        self.index(&spec.name)?.ok_or_else(|| {
             KernelError::io(
                 format!("look up {}", spec.name),
                 io::ErrorKind::NotFound.into(),
             )
-        })?;
-        // Silent before it goes up: with a link-local address the device's own stack would
-        // send from its MAC into the bridge.
-        self.nl
-            .set_ipv6_silent(index)
-            .map_err(|e| KernelError::io(format!("set {} addrgenmode none", spec.name), e))?;
-        Ok(index)
+        })
     }
 
     fn apply_one(&mut self, op: &FdbOp, vxlan: u32, tap: Option<u32>) -> io::Result<()> {
@@ -155,20 +208,7 @@ fn v4(ip: Option<IpAddr>) -> Option<std::net::Ipv4Addr> {
 
 impl VxlanKernel for NetlinkKernel {
     fn ensure_device(&mut self, spec: &DeviceSpec) -> Result<DeviceState, KernelError> {
-        let bridge = self
-            .nl
-            .link_by_name(&spec.bridge)
-            .map_err(|e| KernelError::io(format!("look up {}", spec.bridge), e))?
-            .filter(link::is_bridge)
-            .ok_or_else(|| KernelError::NoBridge(spec.bridge.clone()))?;
-        let bridge_index = bridge.header.index;
-        // A bridge takes the lowest MAC among its ports unless its own is set: pin it, so that
-        // adding the VXLAN port (random MAC) does not change the address pods know it by.
-        if let Some(mac) = link::mac_of(&bridge) {
-            self.nl
-                .set_mac(bridge_index, mac)
-                .map_err(|e| KernelError::io(format!("pin the address of {}", spec.bridge), e))?;
-        }
+        let bridge_index = self.pinned_bridge(spec)?;
         let existing = self
             .nl
             .link_by_name(&spec.name)
@@ -193,8 +233,7 @@ impl VxlanKernel for NetlinkKernel {
             }
             None => (self.create(spec, bridge_index)?, false, true),
         };
-        self.configure(spec, index, bridge_index, is_port)?;
-        self.spec = Some(spec.clone());
+        self.attach_fast_port(spec, index, bridge_index, is_port)?;
         Ok(DeviceState {
             index,
             bridge_index,
