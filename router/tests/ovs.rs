@@ -1,0 +1,251 @@
+//! Acceptance tests of the Open vSwitch fast path (issue 12), with real routers, pods and the
+//! kernel's `openvswitch` module in network namespaces, no password. This host's kernel has no
+//! such module: the tests run in the kernel VM (`tests/kernel-vm/`, from `.ci/run`), where
+//! their `kernel_ovs_` names select them, and return at once elsewhere, saying so.
+//!
+//! Names they rely on (the contract in `docs/datapaths.md`): the datapath `weft-ovs` (its own
+//! port on the bridge `weft`), its VXLAN vport on UDP 6784 (mesh port + 1), `/report`
+//! `.connections[].datapath.{datapath, datapath_reason}` = `ovs` on fast connections.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, ping_all};
+use weft_tests::{HostId, Net, PodId, RouterOpts, SETTLE, require_root};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const BRIDGE: &str = "weft";
+const DATAPATH: &str = "weft-ovs";
+const VXLAN_PORT: u16 = 6784;
+const TRANSFER_BYTES: u64 = 20 * 1024 * 1024;
+/// Software emulation (TCG) is 10-30 times slower than the host.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether this kernel has Open vSwitch (the VM); says why not otherwise.
+fn have_ovs(test: &str) -> bool {
+    if !require_root() {
+        return false;
+    }
+    let have = std::path::Path::new("/sys/module/openvswitch").exists();
+    if !have {
+        eprintln!(
+            "{test}: skipped: no openvswitch module (run in the kernel VM: tests/kernel-vm/)"
+        );
+    }
+    have
+}
+
+fn v4(pod: PodId) -> String {
+    format!("10.250.0.{pod}")
+}
+
+fn v6(pod: PodId) -> String {
+    format!("fd00:40::{pod}")
+}
+
+/// `hosts` hosts whose routers run with the `--datapath` `mode(i)` gives, one pod each; returns
+/// once every sleeve data path is up (the fast paths are checked by the caller).
+fn mesh(hosts: usize, mode: impl Fn(HostId) -> &'static str) -> anyhow::Result<Net> {
+    let net = Net::new(WEFT, hosts)?;
+    net.start_mesh(|i| RouterOpts::new().arg("--datapath").arg(mode(i)))?;
+    net.wait_until("every sleeve data path is up everywhere", SETTLE, || {
+        net.check_data_paths_up(&net.host_ids())
+    })?;
+    for i in net.host_ids() {
+        let mtu = net.report_json(i)?["datapath"]["mtu"]
+            .as_u64()
+            .context("no datapath MTU in the report")?;
+        let pod = net.pod_count() + 1;
+        net.add_pod(i, BRIDGE, &format!("{}/24", v4(pod)), u16::try_from(mtu)?)?;
+        net.add_pod_address(pod, &format!("{}/64", v6(pod)))?;
+    }
+    Ok(net)
+}
+
+/// `ovs-dpctl dump-flows` of host `i`'s datapath (Debian's tool, as a reference reader).
+fn dump_flows(net: &Net, i: HostId) -> anyhow::Result<String> {
+    net.exec(
+        i,
+        &["ovs-dpctl", "dump-flows", &format!("system@{DATAPATH}")],
+    )
+}
+
+#[test]
+fn kernel_ovs_connections_use_ovs_pods_ping_and_20_mb_arrive_intact() -> anyhow::Result<()> {
+    if !have_ovs("kernel_ovs_connections_use_ovs") {
+        return Ok(());
+    }
+    let net = mesh(3, |_| "fastdp")?;
+    net.wait_until("every connection uses ovs", SETTLE, || {
+        net.check_all_on_datapath(&net.host_ids(), "ovs")
+    })?;
+    // IPv4 and IPv6, with ARP and ND through the sleeve's broadcast and unicast on the fast path.
+    ping_all(
+        &net,
+        &[(1, v4(2)), (2, v4(3)), (3, v4(1)), (1, v6(3)), (2, v6(1))],
+    )?;
+    let neighbours = net.pod_exec(1, &["ip", "neigh", "show", &v4(2)])?;
+    let mac2 = net.pod_mac(2)?;
+    ensure!(
+        neighbours.contains(&mac2),
+        "pod1 knows pod2 by its real MAC {mac2}: {neighbours}"
+    );
+    let flows = dump_flows(&net, 1)?;
+    ensure!(
+        flows.contains(&mac2)
+            && flows.contains("10.77.0.2")
+            && flows.contains(&format!("tp_dst={VXLAN_PORT}")),
+        "host1's datapath has a flow to pod2's MAC at host2:\n{flows}"
+    );
+    let report = net.report_json(1)?;
+    eprintln!("host1 datapath report: {}", report["datapath"]["vxlan"]);
+
+    const PORT: &str = "5001";
+    let server = net.spawn_in_pod(2, &["python3", "-c", SHA256_SERVER, &v4(2), PORT])?;
+    net.wait_until("the server listens", SETTLE, || {
+        Ok(server.stdout().contains("listening"))
+    })?;
+    let size = TRANSFER_BYTES.to_string();
+    let client = net
+        .spawn_in_pod(1, &["python3", "-c", SHA256_CLIENT, &v4(2), PORT, &size])?
+        .wait(TRANSFER_TIMEOUT)?;
+    ensure!(
+        client.success(),
+        "the client failed: {}{}",
+        client.stdout,
+        client.stderr
+    );
+    let server = server.wait(SETTLE)?;
+    ensure!(server.success(), "the server failed: {}", server.stderr);
+    let sent = client.stdout.trim();
+    let received = server.stdout.lines().last().unwrap_or_default().trim();
+    ensure!(
+        sent.starts_with(&format!("{size} ")) && received == sent,
+        "sent {sent:?}, received {received:?}"
+    );
+    eprintln!("20 MB: {sent}");
+    net.check_now("every connection still on ovs", || {
+        net.check_all_on_datapath(&net.host_ids(), "ovs")
+    })
+}
+
+#[test]
+fn kernel_ovs_a_blocked_vxlan_port_moves_that_connection_to_the_sleeve_and_back()
+-> anyhow::Result<()> {
+    if !have_ovs("kernel_ovs_a_blocked_vxlan_port") {
+        return Ok(());
+    }
+    let net = mesh(3, |_| "fastdp")?;
+    net.wait_until("every connection uses ovs", SETTLE, || {
+        net.check_all_on_datapath(&net.host_ids(), "ovs")
+    })?;
+    ping_all(&net, &[(1, v4(2)), (1, v4(3))])?;
+    net.block_udp_port(1, 2, VXLAN_PORT)?;
+    net.wait_until(
+        "host1-host2 move to the sleeve with a fast-path reason",
+        SETTLE,
+        || {
+            for (i, peer) in [(1, 2), (2, 1)] {
+                let (kind, reason) = net.datapath_in_use(i, peer)?;
+                ensure!(
+                    kind == "sleeve" && reason.starts_with("fast path:"),
+                    "host{i} -> host{peer}: {kind} ({reason})"
+                );
+            }
+            Ok(true)
+        },
+    )?;
+    let (_, reason) = net.datapath_in_use(1, 2)?;
+    eprintln!("host1 -> host2: sleeve ({reason})");
+    net.check_now("the other connections stay on ovs", || {
+        net.check_datapath(&[(1, 3), (2, 3)], "ovs")
+    })?;
+    net.wait_until("pod1 reaches pod2 through the sleeve", SETTLE, || {
+        Ok(ping_all(&net, &[(1, v4(2))]).is_ok())
+    })?;
+    let flows = dump_flows(&net, 1)?;
+    let mac2 = net.pod_mac(2)?;
+    ensure!(
+        !flows.contains(&mac2),
+        "no flow toward a peer on the sleeve, but host1 has one to pod2:\n{flows}"
+    );
+    net.unblock_udp_port(1, 2, VXLAN_PORT)?;
+    net.wait_until("host1-host2 return to ovs", SETTLE, || {
+        net.check_datapath(&[(1, 2), (2, 1)], "ovs")
+    })?;
+    ping_all(&net, &[(1, v4(2)), (2, v4(1))])
+}
+
+#[test]
+fn kernel_ovs_a_vxlan_host_and_ovs_hosts_are_fast_to_each_other() -> anyhow::Result<()> {
+    if !have_ovs("kernel_ovs_a_vxlan_host_and_ovs_hosts") {
+        return Ok(());
+    }
+    let net = mesh(3, |i| if i == 3 { "vxlan" } else { "fastdp" })?;
+    net.wait_until("hosts 1-2 use ovs, host3 vxlan, all fast", SETTLE, || {
+        net.check_datapath(&[(1, 2), (2, 1), (1, 3), (2, 3)], "ovs")?;
+        net.check_datapath(&[(3, 1), (3, 2)], "vxlan")
+    })?;
+    ping_all(&net, &[(1, v4(3)), (3, v4(2)), (2, v6(3))])?;
+    let flows = dump_flows(&net, 1)?;
+    let mac3 = net.pod_mac(3)?;
+    ensure!(
+        flows.contains(&mac3) && flows.contains("10.77.0.3"),
+        "host1 sends pod3's MAC to host3 in the kernel:\n{flows}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kernel_ovs_a_killed_router_leaves_traffic_flowing_and_its_restart_keeps_it() -> anyhow::Result<()>
+{
+    if !have_ovs("kernel_ovs_a_killed_router") {
+        return Ok(());
+    }
+    const REPLIES: usize = 10;
+    let net = mesh(3, |_| "fastdp")?;
+    net.wait_until("every connection uses ovs", SETTLE, || {
+        net.check_all_on_datapath(&net.host_ids(), "ovs")
+    })?;
+    ping_all(&net, &[(1, v4(2)), (1, v4(3)), (2, v4(3))])?;
+    let flows = [(1, 2), (1, 3), (2, 3)];
+    let pings = flows
+        .iter()
+        .map(|&(from, to)| net.spawn_in_pod(from, &["ping", "-n", "-i", "0.2", &v4(to)]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let replies = |p: &weft_tests::Background| p.stdout().matches("bytes from").count();
+    net.wait_until("the pings are answered", SETTLE, || {
+        Ok(pings.iter().all(|p| replies(p) >= 3))
+    })?;
+    let before = dump_flows(&net, 3)?;
+    net.kill(3)?;
+    let at_kill: Vec<usize> = pings.iter().map(replies).collect();
+    net.wait_until(
+        "the pings go on while host3's router is down",
+        SETTLE,
+        || {
+            Ok(pings
+                .iter()
+                .zip(&at_kill)
+                .all(|(p, at)| replies(p) >= at + REPLIES))
+        },
+    )?;
+    net.restart(3)?;
+    net.wait_until("host3 is back, on ovs", SETTLE, || {
+        net.check_full_mesh(&net.host_ids())?;
+        net.check_all_on_datapath(&net.host_ids(), "ovs")
+    })?;
+    let at_restart: Vec<usize> = pings.iter().map(replies).collect();
+    net.wait_until("the pings go on after the restart", SETTLE, || {
+        Ok(pings
+            .iter()
+            .zip(&at_restart)
+            .all(|(p, at)| replies(p) >= at + REPLIES))
+    })?;
+    let after = dump_flows(&net, 3)?;
+    eprintln!("host3's flows before the kill:\n{before}\nafter the restart:\n{after}");
+    for p in pings {
+        p.stop()?;
+    }
+    Ok(())
+}
