@@ -261,6 +261,9 @@ pub enum StatusWhat {
     Peers,
     Connections,
     Routes,
+    /// The data plane: the bridge, the fast path's backend (the Open vSwitch datapath's ports
+    /// and flows, or the VXLAN device) and each connection's datapath.
+    Datapath,
 }
 
 #[derive(Debug, Args)]

@@ -504,6 +504,7 @@ fn status(args: &config::StatusArgs) -> anyhow::Result<()> {
             StatusWhat::Peers => value["peers"].clone(),
             StatusWhat::Connections => value["connections"].clone(),
             StatusWhat::Routes => value["routes"].clone(),
+            StatusWhat::Datapath => value["datapath"].clone(),
         };
         serde_json::to_string_pretty(&section)? + "\n"
     } else {
@@ -512,6 +513,7 @@ fn status(args: &config::StatusArgs) -> anyhow::Result<()> {
             StatusWhat::Peers => report::render_peers(&report),
             StatusWhat::Connections => report::render_connections(&report),
             StatusWhat::Routes => report::render_routes(&report),
+            StatusWhat::Datapath => report::render_datapath(&report),
         }
     };
     print!("{out}");

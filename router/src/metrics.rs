@@ -86,6 +86,9 @@ pub struct DatapathMetrics {
     pub fdb_entries: Family<TableLabels, Gauge>,
     pub fdb_ops: Counter,
     pub fdb_errors: Counter,
+    /// The Open vSwitch datapath: flows, and packets looked up by result (hit, missed, lost).
+    pub ovs_flows: Gauge,
+    pub ovs_lookups: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -519,6 +522,16 @@ impl Metrics {
             d.fdb_errors.clone(),
         );
         registry.register(
+            "ovs_flows",
+            "Flows in weft's Open vSwitch datapath (outbound per remote MAC, inbound per peer)",
+            d.ovs_flows.clone(),
+        );
+        registry.register(
+            "ovs_lookups",
+            "Packets the Open vSwitch datapath looked up, by result (hit: a flow matched; missed: none did, sent up; lost: missed and dropped)",
+            d.ovs_lookups.clone(),
+        );
+        registry.register(
             "pod_spoofed_frames",
             "Frames from pods' bridge ports dropped because they carried another MAC or address, by kind (mac, arp, nd, ip, ethertype)",
             d.pod_spoofed.clone(),
@@ -818,6 +831,19 @@ impl Metrics {
                 .set(v.fdb_bridge as i64);
             mirror(&d.fdb_ops, v.fdb_ops);
             mirror(&d.fdb_errors, v.fdb_errors);
+            if let Some(details) = &v.details {
+                d.ovs_flows.set(details.flows as i64);
+                for (result, value) in [
+                    ("hit", details.hits),
+                    ("missed", details.misses),
+                    ("lost", details.lost),
+                ] {
+                    mirror(
+                        &d.ovs_lookups.get_or_create(&ResultLabels { result }),
+                        value,
+                    );
+                }
+            }
         }
         for link in report
             .connections

@@ -362,11 +362,7 @@ pub fn render_summary(r: &Report) -> String {
             );
             match &d.vxlan {
                 Some(v) if !v.device.is_empty() => {
-                    let _ = writeln!(
-                        s,
-                        "      Fast path: VXLAN {} (udp/{}, vni {}, mtu {}), {} device / {} bridge entries, {} errors",
-                        v.device, v.port, v.vni, v.mtu, v.fdb_vxlan, v.fdb_bridge, v.fdb_errors
-                    );
+                    let _ = writeln!(s, "      Fast path: {}", fast_path_line(v));
                 }
                 Some(v) => {
                     let _ = writeln!(
@@ -549,6 +545,76 @@ pub fn render_peers(r: &Report) -> String {
 }
 
 /// `weft status connections`: one line per connection, target or recent failure.
+/// The fast path in one line: its backend, device, port and table sizes.
+fn fast_path_line(v: &crate::dataplane::VxlanDeviceReport) -> String {
+    match &v.details {
+        Some(d) if v.backend == "ovs" => format!(
+            "Open vSwitch datapath {} (udp/{}, vni {}, mtu {}), {} flows, {} bridge entries, \
+             lookups: {} hit, {} missed, {} lost; {} errors",
+            v.device,
+            v.port,
+            v.vni,
+            v.mtu,
+            d.flows,
+            v.fdb_bridge,
+            d.hits,
+            d.misses,
+            d.lost,
+            v.fdb_errors
+        ),
+        _ => format!(
+            "VXLAN {} (udp/{}, vni {}, mtu {}), {} device / {} bridge entries, {} errors",
+            v.device, v.port, v.vni, v.mtu, v.fdb_vxlan, v.fdb_bridge, v.fdb_errors
+        ),
+    }
+}
+
+/// `weft status datapath`: the bridge, the fast path (an Open vSwitch datapath's ports and
+/// flows, or the VXLAN device) and the datapath each connection uses, and why.
+pub fn render_datapath(r: &Report) -> String {
+    let mut s = String::new();
+    let Some(d) = &r.datapath else {
+        return "none (control plane only)\n".into();
+    };
+    let _ = writeln!(
+        s,
+        "{} on bridge {} (mtu {}): {} links, {} MACs",
+        d.kind, d.bridge, d.mtu, d.links, d.macs
+    );
+    match &d.vxlan {
+        Some(v) if !v.device.is_empty() => {
+            let _ = writeln!(s, "fast path: {}", fast_path_line(v));
+            if let Some(details) = &v.details {
+                for port in &details.ports {
+                    let _ = writeln!(s, "   port {port}");
+                }
+            }
+            if let Some(error) = &v.last_error {
+                let _ = writeln!(s, "   last error: {error}");
+            }
+        }
+        Some(v) => {
+            let _ = writeln!(
+                s,
+                "fast path: off ({})",
+                v.last_error.as_deref().unwrap_or("")
+            );
+        }
+        None => {}
+    }
+    for c in &r.connections {
+        if let (Some(peer), Some(link)) = (&c.peer, &c.datapath) {
+            let nick = c.nickname.as_deref().unwrap_or("");
+            let _ = write!(s, "{peer}({nick}) {}", link.datapath);
+            if !link.datapath_reason.is_empty() {
+                let _ = write!(s, " ({})", link.datapath_reason);
+            }
+            let _ = writeln!(s, " for {}s", link.datapath_secs);
+        }
+    }
+    s
+}
+
 pub fn render_connections(r: &Report) -> String {
     let mut s = String::new();
     for c in &r.connections {

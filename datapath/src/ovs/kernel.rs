@@ -15,7 +15,8 @@ use super::flows::{self, FlowOp, FlowParams};
 use super::{Flow, FlowMatch, PortNo};
 use crate::mac::Mac;
 use crate::vxlan::kernel::{
-    ApplyErrors, DeviceSpec, DeviceState, KernelError, NetlinkKernel, OpFailure, VxlanKernel,
+    ApplyErrors, BackendDetails, DeviceSpec, DeviceState, KernelError, NetlinkKernel, OpFailure,
+    VxlanKernel,
 };
 use crate::vxlan::plan::{self, FdbOp, KernelFdb};
 
@@ -24,6 +25,8 @@ use crate::vxlan::plan::{self, FdbOp, KernelFdb};
 pub struct Vport {
     pub port_no: PortNo,
     pub name: String,
+    /// `internal`, `netdev`, `vxlan`, ...
+    pub kind: String,
     /// The UDP port, for a VXLAN vport.
     pub vxlan_port: Option<u16>,
 }
@@ -33,6 +36,8 @@ pub struct Vport {
 pub trait OvsOps: Send {
     /// The ifindex of the datapath called `name`, if there is one.
     fn datapath(&mut self, name: &str) -> Result<Option<i32>, KernelError>;
+    /// Its lookup counters (`OVS_DP_ATTR_STATS`): hits, misses, lost.
+    fn datapath_stats(&mut self, name: &str) -> Result<(u64, u64, u64), KernelError>;
     fn create_datapath(&mut self, name: &str) -> Result<i32, KernelError>;
     /// `false` if there was none.
     fn delete_datapath(&mut self, name: &str) -> Result<bool, KernelError>;
@@ -195,6 +200,32 @@ impl VxlanKernel for OvsKernel {
 
     fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
         self.bridge.isolate(port)
+    }
+
+    fn details(&mut self) -> Option<BackendDetails> {
+        let Active {
+            ref spec,
+            dp,
+            ref flows,
+            ..
+        } = *self.active.as_ref()?;
+        let name = spec.name.clone();
+        let flows = flows.len();
+        let ports = self.ovs.vports(dp).ok()?;
+        let (hits, misses, lost) = self.ovs.datapath_stats(&name).ok()?;
+        Some(BackendDetails {
+            ports: ports
+                .iter()
+                .map(|v| match v.vxlan_port {
+                    Some(port) => format!("{}: {} ({} udp/{port})", v.port_no, v.name, v.kind),
+                    None => format!("{}: {} ({})", v.port_no, v.name, v.kind),
+                })
+                .collect(),
+            flows,
+            hits,
+            misses,
+            lost,
+        })
     }
 
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError> {

@@ -33,7 +33,7 @@ use crate::packet::{FramePort, PacketSocket};
 use crate::select::{FastHealth, Policy, Selector, SelectorConfig};
 use crate::vxlan::VxlanOffer;
 use crate::vxlan::fastbeat::{self, FastConfig, FastLiveness};
-use crate::vxlan::kernel::{DeviceSpec, DeviceState, KernelError, VxlanKernel};
+use crate::vxlan::kernel::{BackendDetails, DeviceSpec, DeviceState, KernelError, VxlanKernel};
 use crate::vxlan::plan::{self, Desired, FdbOp, KernelFdb, PeerPath, heartbeat_mac};
 use crate::{DatapathKind, ETHERNET_HEADER_LEN, PeerId};
 
@@ -174,6 +174,11 @@ pub struct VxlanReport {
     /// Frames on the heartbeat socket that were not a beat for one of our connections.
     pub heartbeats_rejected: u64,
     pub heartbeat_send_errors: u64,
+    /// The backend: `vxlan` or `ovs`.
+    pub backend: String,
+    /// The backend's own state (Open vSwitch: ports, flows, hits, misses), as of the last
+    /// repair.
+    pub details: Option<BackendDetails>,
 }
 
 /// One peer connection.
@@ -212,6 +217,7 @@ pub struct Engine {
     kernel_fdb: KernelFdb,
     kernel_fdb_read: Instant,
     kernel_fdb_stale: bool,
+    details: Option<BackendDetails>,
     buf: Vec<u8>,
     fdb_ops: u64,
     fdb_errors: u64,
@@ -244,7 +250,9 @@ impl Engine {
             .map_err(VxlanError::HeartbeatMac)?;
         kernel.isolate(&config.tap).map_err(VxlanError::Isolate)?;
         let fdb = kernel.read_fdb(&config.tap).map_err(VxlanError::ReadFdb)?;
+        let details = kernel.details();
         info!(
+            backend = config.kind.as_str(),
             device = %spec.name,
             port = spec.port,
             vni = spec.vni,
@@ -252,7 +260,7 @@ impl Engine {
             adopted = device.adopted,
             fdb_vxlan = fdb.vxlan.len(),
             fdb_bridge = fdb.bridge.len(),
-            "VXLAN fast path ready"
+            "kernel fast path ready"
         );
         let (send, recv) = open_ports(&device)?;
         let buf = vec![0; usize::from(spec.mtu) + ETHERNET_HEADER_LEN + 64];
@@ -276,6 +284,7 @@ impl Engine {
             kernel_fdb: fdb,
             kernel_fdb_read: now,
             kernel_fdb_stale: false,
+            details,
             buf,
             fdb_ops: 0,
             fdb_errors: 0,
@@ -527,6 +536,7 @@ impl Engine {
                     self.kernel_fdb = fdb;
                     self.kernel_fdb_read = now;
                     self.kernel_fdb_stale = false;
+                    self.details = self.kernel.details();
                 }
                 Err(e) => {
                     self.fdb_errors += 1;
@@ -646,6 +656,8 @@ impl Engine {
             heartbeats_received: self.received,
             heartbeats_rejected: self.rejected,
             heartbeat_send_errors: self.send_errors,
+            backend: self.config.kind.as_str().to_owned(),
+            details: self.details.clone(),
         }
     }
 }

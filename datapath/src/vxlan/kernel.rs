@@ -119,6 +119,19 @@ pub fn format_op(op: &FdbOp) -> String {
     }
 }
 
+/// What a backend shows of itself beyond the FDB (Open vSwitch: its ports, flows, counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendDetails {
+    /// The datapath's ports, as `<port_no>: <name> (<kind>)`.
+    pub ports: Vec<String>,
+    pub flows: usize,
+    /// Packets that matched a flow, that matched none (misses, sent up as upcalls), and misses
+    /// lost (no reader, or its queue full).
+    pub hits: u64,
+    pub misses: u64,
+    pub lost: u64,
+}
+
 /// The kernel edge of the VXLAN fast path.
 pub trait VxlanKernel: Send {
     /// Creates the device (kind vxlan, VNI, UDP port, learning off, outer DF set, MTU, on the
@@ -143,6 +156,10 @@ pub trait VxlanKernel: Send {
     fn isolate(&mut self, port: &str) -> Result<(), KernelError>;
     /// Deletes the device (and with it its entries); `false` if there was none.
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError>;
+    /// The backend's own state, for status (the VXLAN device has nothing beyond its FDB).
+    fn details(&mut self) -> Option<BackendDetails> {
+        None
+    }
 }
 
 /// A call made on a [`RecordingKernel`].

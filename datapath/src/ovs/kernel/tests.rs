@@ -31,6 +31,9 @@ impl OvsOps for FakeOvs {
     fn datapath(&mut self, _name: &str) -> Result<Option<i32>, KernelError> {
         Ok(Some(7))
     }
+    fn datapath_stats(&mut self, _name: &str) -> Result<(u64, u64, u64), KernelError> {
+        Ok((0, 0, 0))
+    }
     fn create_datapath(&mut self, _name: &str) -> Result<i32, KernelError> {
         Ok(7)
     }
