@@ -42,6 +42,11 @@ pub fn device_name(bridge: &str) -> String {
     format!("{bridge}-vxlan")
 }
 
+/// The Open vSwitch datapath's name (and its own port's) on `bridge`.
+pub fn ovs_datapath_name(bridge: &str) -> String {
+    format!("{bridge}-ovs")
+}
+
 pub enum FastPath {
     On {
         engine: VxlanEngine,

@@ -10,8 +10,9 @@
 //!   network's config of that name is left alone, and said so);
 //! - `weft-cni` in the bin dir;
 //! - the bridge (only if the device of that name is a bridge), its TAP `<bridge>-tap`, its VXLAN
-//!   device `<bridge>-vxlan` (a router's stop leaves it, so that pod traffic on fast connections
-//!   keeps flowing across a restart; an uninstall removes it with its forwarding entries), and the
+//!   device `<bridge>-vxlan` and its Open vSwitch datapath `<bridge>-ovs` (a router's stop leaves
+//!   them, so that pod traffic on fast connections keeps flowing across a restart; an uninstall
+//!   removes them with their forwarding entries and flows), and the
 //!   host ends of pod veths (`vw…`, `weft_cni::plugin::HOST_VETH_PREFIX`) still attached to it.
 //!   Those veths carry nothing once the bridge is gone, and deleting one also deletes the pod's
 //!   end, as `weave reset` deletes its `vethwepl*`. Other ports of the bridge are left (the
@@ -184,10 +185,27 @@ pub struct Observed {
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    RemoveFile { path: PathBuf, what: &'static str },
-    DeleteLink { name: String, what: &'static str },
-    DeleteTable { family: String, name: String },
-    RemoveDir { path: PathBuf, what: &'static str },
+    RemoveFile {
+        path: PathBuf,
+        what: &'static str,
+    },
+    DeleteLink {
+        name: String,
+        what: &'static str,
+    },
+    /// An Open vSwitch datapath (its own port is the device of its name, which rtnetlink
+    /// cannot delete; its vports and flows go with it).
+    DeleteOvsDatapath {
+        name: String,
+    },
+    DeleteTable {
+        family: String,
+        name: String,
+    },
+    RemoveDir {
+        path: PathBuf,
+        what: &'static str,
+    },
 }
 
 impl std::fmt::Display for Step {
@@ -197,6 +215,7 @@ impl std::fmt::Display for Step {
                 write!(f, "{what} {}", path.display())
             }
             Step::DeleteLink { name, what } => write!(f, "{what} {name}"),
+            Step::DeleteOvsDatapath { name } => write!(f, "Open vSwitch datapath {name}"),
             Step::DeleteTable { family, name } => write!(f, "nftables table {family} {name}"),
         }
     }
@@ -258,6 +277,7 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
 
     let tap = target.tap();
     let vxlan = crate::fastpath::device_name(&target.bridge);
+    let ovs = crate::fastpath::ovs_datapath_name(&target.bridge);
     let bridge = seen.links.iter().find(|l| l.name == target.bridge);
     let bridge_index = match bridge {
         Some(b) if b.is_bridge => Some(b.index),
@@ -274,7 +294,9 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
         let mut ports: Vec<&LinkSeen> = seen
             .links
             .iter()
-            .filter(|l| l.master == Some(index) && l.name != tap && l.name != vxlan)
+            .filter(|l| {
+                l.master == Some(index) && l.name != tap && l.name != vxlan && l.name != ovs
+            })
             .collect();
         ports.sort_by(|a, b| a.name.cmp(&b.name));
         for port in ports {
@@ -302,6 +324,9 @@ pub fn plan(target: &Target, seen: &Observed) -> Plan {
             name: vxlan,
             what: "VXLAN device",
         });
+    }
+    if seen.links.iter().any(|l| l.name == ovs) {
+        plan.steps.push(Step::DeleteOvsDatapath { name: ovs });
     }
     if bridge_index.is_some() {
         plan.steps.push(Step::DeleteLink {
@@ -553,6 +578,9 @@ fn execute(step: &Step) -> io::Result<bool> {
         Step::RemoveFile { path, .. } => gone_is_fine(std::fs::remove_file(path)),
         Step::RemoveDir { path, .. } => gone_is_fine(std::fs::remove_dir(path)),
         Step::DeleteLink { name, .. } => RouteSocket::open()?.delete_link(name),
+        Step::DeleteOvsDatapath { name } => {
+            weft_datapath::ovs::kernel::delete_datapath(name).map_err(io::Error::other)
+        }
         Step::DeleteTable { family, name } => {
             crate::nft::apply(&format!("delete table {family} {name}\n")).map(|()| true)
         }
@@ -606,6 +634,8 @@ mod tests {
                 link("vwaaaaaaaaaa", 6, false, Some(3)),
                 link("other0", 7, false, Some(3)),
                 link("vwbbbbbbbbbb", 8, false, None),
+                link("weft-vxlan", 9, false, Some(3)),
+                link("weft-ovs", 10, false, Some(3)),
             ],
             tables: vec![
                 ("ip".into(), "nat".into()),
@@ -638,6 +668,8 @@ mod tests {
                 "pod veth vw0123456789",
                 "pod veth vwaaaaaaaaaa",
                 "TAP weft-tap",
+                "VXLAN device weft-vxlan",
+                "Open vSwitch datapath weft-ovs",
                 "bridge weft",
                 "nftables table ip weft",
                 "nftables table bridge weft",

@@ -69,6 +69,13 @@ pub struct OvsKernel {
     active: Option<Active>,
 }
 
+/// Deletes the datapath `name` (`weft reset`); `false` if there was none.
+pub fn delete_datapath(name: &str) -> Result<bool, KernelError> {
+    let _ = name;
+    // Until the generic-netlink socket lands (same session).
+    Err(KernelError::Unavailable("no openvswitch module".into()))
+}
+
 /// The name of the VXLAN vport of the datapath `dp_name` (at most 15 bytes, as any netdev's).
 pub fn vxlan_vport_name(dp_name: &str) -> String {
     let mut name: String = dp_name.chars().take(12).collect();
