@@ -6,8 +6,10 @@
 #
 #   --quick            1 s runs, fewer pings (a smoke test)
 #   --only CONFIGS     comma-separated subset of:
-#                      vxlan,weft-fast,weft-fast-masq,sleeve-plain,sleeve-encrypted
-#   --datapath MODE    the weft-fast rows' `weft router --datapath` (default auto)
+#                      vxlan,weft-fast,weft-fast-masq,weft-ovs,sleeve-plain,sleeve-encrypted
+#                      (weft-ovs needs the openvswitch module: run it in the kernel VM with
+#                      bench/ovs-vm.sh)
+#   --datapath MODE    the weft-fast rows' `weft router --datapath` (default vxlan)
 #
 # weft-fast runs the routers with `--masquerade false`: masquerading (pod traffic leaving the
 # range) registers NAT hooks, which turn on conntrack for every packet the bridge passes to
@@ -21,7 +23,7 @@
 # builds two hosts out of network namespaces on this machine.
 set -euo pipefail
 
-CONFIGS_ALL=(vxlan weft-fast weft-fast-masq sleeve-plain sleeve-encrypted)
+CONFIGS_ALL=(vxlan weft-fast weft-fast-masq weft-ovs sleeve-plain sleeve-encrypted)
 PREFIX=wbvx$$-
 H1=${PREFIX}host1
 H2=${PREFIX}host2
@@ -36,7 +38,7 @@ pings=${WEFT_BENCH_PINGS:-50}
 timeout=${WEFT_BENCH_TIMEOUT:-60}
 quick=0
 only=""
-fast_mode=auto
+fast_mode=vxlan
 
 usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 
@@ -102,17 +104,31 @@ source "$ROOT/scripts/deps.sh"
 weft_deps
 bench_build
 
-# The weft-fast row is only worth its name when pod traffic takes the VXLAN device: count what
-# the device carried during the measurements against the pod's own traffic.
+# A fast row is only worth its name when pod traffic takes the kernel fast path: count what its
+# VXLAN device (weft-vxlan, or the Open vSwitch datapath's VXLAN vport weft-ovs-vx) carried
+# during the measurements against the pod's own traffic.
+fast_device() {
+    case "$1" in
+    weft-fast*) echo weft-vxlan ;;
+    weft-ovs) echo weft-ovs-vx ;;
+    esac
+}
+fast_kind() {
+    case "$1" in
+    weft-fast*) echo vxlan ;;
+    weft-ovs) echo ovs ;;
+    esac
+}
 measure_extra() {
-    [[ "$1" == weft-fast* ]] || return 0
-    local sent pod_sent
-    sent=$(ip netns exec "$H1" cat /sys/class/net/weft-vxlan/statistics/tx_bytes 2>/dev/null || echo 0)
+    local device sent pod_sent
+    device=$(fast_device "$1")
+    [[ -n "$device" ]] || return 0
+    sent=$(ip netns exec "$H1" cat "/sys/class/net/$device/statistics/tx_bytes" 2>/dev/null || echo 0)
     pod_sent=$(ip netns exec "$P1" cat /sys/class/net/eth0/statistics/tx_bytes)
-    echo "  weft-vxlan on host1 sent $((sent / 1000000)) MB of pod1's $((pod_sent / 1000000)) MB so far" >&2
+    echo "  $device on host1 sent $((sent / 1000000)) MB of pod1's $((pod_sent / 1000000)) MB so far" >&2
     if ((sent < pod_sent / 2)); then
         echo "  WARNING: pod traffic did not take the fast path" >&2
-        record "$1" note "pod traffic did not take the fast path (weft-vxlan sent $sent bytes, pod1 $pod_sent)"
+        record "$1" note "pod traffic did not take the fast path ($device sent $sent bytes, pod1 $pod_sent)"
     fi
 }
 
@@ -130,7 +146,7 @@ for cfg in "${configs[@]}"; do
         mtu=1450
         bridge=vxbr
         ;;
-    weft-fast | weft-fast-masq | sleeve-plain | sleeve-encrypted)
+    weft-fast | weft-fast-masq | weft-ovs | sleeve-plain | sleeve-encrypted)
         password=""
         if [[ "$cfg" == sleeve-encrypted ]]; then
             password=$dir/password
@@ -141,6 +157,9 @@ for cfg in "${configs[@]}"; do
                 start_routers "$dir" "$fast_mode" vxlan
         elif [[ "$cfg" == weft-fast-masq ]]; then
             start_routers "$dir" "$fast_mode" vxlan
+        elif [[ "$cfg" == weft-ovs ]]; then
+            WEFT_BENCH_ROUTER_ARGS="--masquerade false ${WEFT_BENCH_ROUTER_ARGS:-}" \
+                start_routers "$dir" fastdp ovs
         else
             start_routers "$dir" sleeve sleeve "$password"
         fi
@@ -154,11 +173,12 @@ for cfg in "${configs[@]}"; do
     echo "  pods attached to bridge $bridge, MTU $mtu" >&2
     wait_pods
     measure "$cfg"
-    if [[ "$cfg" == weft-fast* ]]; then
+    kind=$(fast_kind "$cfg")
+    if [[ -n "$kind" ]]; then
         # Still on the fast path after the UDP flood?
         state=$(host_report "$H1" '",".join(str((c.get("datapath") or {}).get("datapath")) for c in r["connections"] if c["state"] == "established")')
         echo "  host1's connection after the runs: datapath ${state:-unknown}" >&2
-        [[ "$state" == vxlan ]] || record "$cfg" note "left the fast path during the runs: $state"
+        [[ "$state" == "$kind" ]] || record "$cfg" note "left the fast path during the runs: $state"
     fi
     teardown
 done
@@ -171,9 +191,10 @@ echo
 # Targets (issue 11): the fast path against the hand-made VXLAN; the sleeve's from issue 3.
 print_tables '{
     "weft-fast": {"tcp1_gbps": [">=", 0.95], "tcp4_gbps": [">=", 0.95], "udp_kpps": [">=", 0.95], "rtt_ms": ["<=", 1.1]},
+    "weft-ovs": {"tcp1_gbps": [">=", 0.9], "tcp4_gbps": [">=", 0.9], "udp_kpps": [">=", 0.9]},
     "sleeve-encrypted": {"tcp1_gbps": [">=", 0.07], "tcp4_gbps": [">=", 0.07], "rtt_ms": ["<=", 2.0]},
     "sleeve-plain": {"tcp1_gbps": [">=", 0.20], "tcp4_gbps": [">=", 0.20], "rtt_ms": ["<=", 2.0]}
-}' "targets: weft-fast >= 0.95x vxlan throughput (TCP x1, x4, UDP), RTT <= 1.1x; sleeve as in issue 3; weft-fast-masq (conntrack on) has none"
+}' "targets: weft-fast >= 0.95x vxlan throughput (TCP x1, x4, UDP), RTT <= 1.1x; weft-ovs >= 0.9x vxlan (issue 12); sleeve as in issue 3; weft-fast-masq (conntrack on) has none"
 if grep -q $'\tnote\t' "$RESULTS"; then
     echo
     grep $'\tnote\t' "$RESULTS" | cut -f1,3 | sed 's/\t/: /'
