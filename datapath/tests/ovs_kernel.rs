@@ -312,3 +312,153 @@ fn capture_ovs_fixtures() {
         }
     }
 }
+
+/// What the kernel accepts for masked flows with only weft's fields: prints the errno of each
+/// variant (run in the VM with `--ignored probe_ --nocapture`).
+#[test]
+#[ignore = "prints what the kernel accepts; run in the kernel VM"]
+fn probe_ovs_flow_key_requirements() {
+    use weft_datapath::ovs::flow::{OVS_FLOW_ATTR_ACTIONS, OVS_FLOW_ATTR_KEY, OVS_FLOW_ATTR_MASK};
+    use weft_datapath::ovs::key::*;
+    use weft_datapath::ovs::msg::{CMD_DEL, CMD_NEW, Family, NLM_F_ACK, NLM_F_CREATE, Request};
+    use weft_datapath::ovs::nla::NlaWriter;
+
+    let Some(mut sock) = open_or_skip() else {
+        return;
+    };
+    let dp_name = format!("wkp{}", std::process::id());
+    let _guard = DatapathGuard(dp_name.clone());
+    let dp = sock.create_datapath(&dp_name, 0).unwrap().ifindex;
+    let vx = sock
+        .create_vport(
+            dp,
+            &VportSpec {
+                name: format!("wkq{}", std::process::id()),
+                kind: VportType::Vxlan,
+                dst_port: Some(VXLAN_PORT + 1),
+                upcall_pid: 0,
+            },
+        )
+        .unwrap()
+        .port_no;
+    let attrs = |key: &dyn Fn(&mut NlaWriter), mask: &dyn Fn(&mut NlaWriter), actions: bool| {
+        let mut w = NlaWriter::new();
+        w.nested(OVS_FLOW_ATTR_KEY, |k| key(k));
+        w.nested(OVS_FLOW_ATTR_MASK, |m| mask(m));
+        if actions {
+            w.nested(OVS_FLOW_ATTR_ACTIONS, |a| a.put_u32(1, 0));
+        }
+        w.into_bytes()
+    };
+    let mut try_req = |label: &str, cmd: u8, attrs: Vec<u8>| {
+        let req = Request {
+            family: Family::Flow,
+            cmd,
+            flags: NLM_F_ACK | if cmd == CMD_NEW { NLM_F_CREATE } else { 0 },
+            dp_ifindex: dp,
+            attrs,
+            what: label.into(),
+        };
+        match sock.request(&req) {
+            Ok(_) => println!("probe {label}: ok"),
+            Err(e) => println!("probe {label}: {e}"),
+        }
+    };
+    let in_port = |k: &mut NlaWriter| k.put_u32(OVS_KEY_ATTR_IN_PORT, vx);
+    let in_port_mask = |k: &mut NlaWriter| k.put_u32(OVS_KEY_ATTR_IN_PORT, u32::MAX);
+    let tunnel = |dst: bool, ttl: bool| {
+        move |k: &mut NlaWriter| {
+            k.put_u32(OVS_KEY_ATTR_IN_PORT, vx);
+            k.nested(OVS_KEY_ATTR_TUNNEL, |t| {
+                t.put_be64(OVS_TUNNEL_KEY_ATTR_ID, 7);
+                t.put(OVS_TUNNEL_KEY_ATTR_IPV4_SRC, &[10, 0, 0, 9]);
+                if dst {
+                    t.put(OVS_TUNNEL_KEY_ATTR_IPV4_DST, &[10, 0, 0, 1]);
+                }
+                if ttl {
+                    t.put_u8(OVS_TUNNEL_KEY_ATTR_TTL, 64);
+                }
+            });
+            k.put(OVS_KEY_ATTR_ETHERNET, &[0; 12]);
+        }
+    };
+    let tunnel_mask = |k: &mut NlaWriter| {
+        k.put_u32(OVS_KEY_ATTR_IN_PORT, u32::MAX);
+        k.nested(OVS_KEY_ATTR_TUNNEL, |t| {
+            t.put_be64(OVS_TUNNEL_KEY_ATTR_ID, 0xff_ffff);
+            t.put(OVS_TUNNEL_KEY_ATTR_IPV4_SRC, &[0xff; 4]);
+        });
+        k.put(OVS_KEY_ATTR_ETHERNET, &[0; 12]);
+    };
+    try_req(
+        "in_port only, no ETHERNET",
+        CMD_NEW,
+        attrs(&in_port, &in_port_mask, true),
+    );
+    let eth_key = |k: &mut NlaWriter| {
+        k.put_u32(OVS_KEY_ATTR_IN_PORT, vx);
+        k.put(OVS_KEY_ATTR_ETHERNET, &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+    };
+    let eth_mask = |k: &mut NlaWriter| {
+        k.put_u32(OVS_KEY_ATTR_IN_PORT, u32::MAX);
+        k.put(OVS_KEY_ATTR_ETHERNET, &[0xff; 12]);
+    };
+    try_req(
+        "in_port+ETHERNET",
+        CMD_NEW,
+        attrs(&eth_key, &eth_mask, true),
+    );
+    let mut del_eth = NlaWriter::new();
+    del_eth.nested(OVS_FLOW_ATTR_KEY, |k| eth_key(k));
+    try_req(
+        "DEL by key, in_port+ETHERNET",
+        CMD_DEL,
+        del_eth.into_bytes(),
+    );
+    let mut del_eth = NlaWriter::new();
+    del_eth.nested(OVS_FLOW_ATTR_KEY, |k| eth_key(k));
+    try_req(
+        "DEL by key, in_port+ETHERNET again",
+        CMD_DEL,
+        del_eth.into_bytes(),
+    );
+    try_req(
+        "mask ETHERNET without key ETHERNET",
+        CMD_NEW,
+        attrs(
+            &in_port,
+            &|m: &mut NlaWriter| {
+                m.put_u32(OVS_KEY_ATTR_IN_PORT, u32::MAX);
+                m.put(OVS_KEY_ATTR_ETHERNET, &[0xff; 12]);
+            },
+            true,
+        ),
+    );
+    try_req(
+        "tunnel key without dst, ttl",
+        CMD_NEW,
+        attrs(&tunnel(false, false), &tunnel_mask, true),
+    );
+    try_req(
+        "tunnel key without ttl",
+        CMD_NEW,
+        attrs(&tunnel(true, false), &tunnel_mask, true),
+    );
+    try_req(
+        "tunnel key without dst",
+        CMD_NEW,
+        attrs(&tunnel(false, true), &tunnel_mask, true),
+    );
+    try_req(
+        "tunnel key with dst, ttl",
+        CMD_NEW,
+        attrs(&tunnel(true, true), &tunnel_mask, true),
+    );
+    let mut del_key = NlaWriter::new();
+    del_key.nested(OVS_FLOW_ATTR_KEY, |k| tunnel(true, true)(k));
+    try_req("DEL by key, tunnel", CMD_DEL, del_key.into_bytes());
+    let mut del_key = NlaWriter::new();
+    del_key.nested(OVS_FLOW_ATTR_KEY, |k| tunnel(true, true)(k));
+    try_req("DEL by key, tunnel again", CMD_DEL, del_key.into_bytes());
+    try_req("flush", CMD_DEL, Vec::new());
+}

@@ -1,10 +1,10 @@
 //! `ovs_flow` and `ovs_packet` messages: flows put, deleted and dumped; packets executed;
 //! upcalls read.
 //!
-//! Flows carry a UFID (`OVS_FLOW_ATTR_UFID`) derived from their match: the kernel then
-//! indexes them by it, so a delete names the UFID. Deleting by key alone cannot work for
-//! tunnel flows: the key must carry a tunnel destination and TTL the mask wildcards, and an
-//! exact-key lookup compares those against the stored (masked, zeroed) key.
+//! Flows carry a UFID (`OVS_FLOW_ATTR_UFID`) derived from their match, as ovs-vswitchd's do:
+//! the kernel indexes them by it and a delete names only the UFID. (A delete by key works
+//! too, placeholders included, as the VM probe shows; the UFID keeps the identity of a flow
+//! independent of the key encoding.)
 
 use std::net::Ipv4Addr;
 

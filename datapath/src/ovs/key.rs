@@ -1,14 +1,17 @@
 //! Flow keys and masks (`OVS_KEY_ATTR_*`) for [`FlowMatch`], and reading them back.
 //!
-//! What the kernel requires of a masked flow with only these fields (net/openvswitch/
-//! flow_netlink.c, and checked in the VM by `tests/ovs_kernel.rs`):
-//! - a mask attribute must have its key attribute (`match_validate`: the mask may only name
-//!   key attributes, plus tunnel, in_port and ethertype);
-//! - a tunnel *key* (not mask) needs a non-zero `IPV4_DST` and a `TTL`
-//!   (`ip_tun_from_nlattr`), even when the mask wildcards them: weft puts placeholders there
-//!   and leaves them out of the mask, so the kernel stores them masked to zero;
-//! - no `ETHERTYPE` is needed: without it the key's type is `ETH_P_802_2` and the mask's 0
-//!   (wildcard); `ETHERNET` is always sent (zeros where wildcarded) so the flow is an L2 flow.
+//! What the kernel (Debian 6.1, net/openvswitch/flow_netlink.c) requires of a masked flow with
+//! only these fields, each checked in the VM (`probe_ovs_flow_key_requirements` in
+//! `tests/ovs_kernel.rs`, the kernel's log in brackets):
+//! - the key needs `ETHERNET` or `ETHERTYPE` ("Either Ethernet header or EtherType is
+//!   required"), even when no Ethernet field is matched: weft always sends `ETHERNET` (zeros
+//!   where wildcarded) in key and mask. `ETHERTYPE` is not needed: the key's type becomes
+//!   `ETH_P_802_2` and the dumped mask shows it wildcarded (`eth_type` mask 0);
+//! - a mask attribute without its key attribute is refused (EINVAL);
+//! - a tunnel *key* needs a non-zero `IPV4_DST` ("IPv4 tunnel dst address is zero") and a
+//!   `TTL` ("IP tunnel TTL not specified"), even when the mask wildcards them: weft puts
+//!   placeholders there and leaves them out of the mask, so the kernel stores them masked to
+//!   zero (and dumps them so).
 
 use std::net::Ipv4Addr;
 

@@ -189,6 +189,12 @@ impl OvsSocket {
         result.map(|()| out)
     }
 
+    /// Any request built by the codecs; the attribute bytes of each reply. For requests this
+    /// socket has no method for, and for probing what the kernel accepts.
+    pub fn request(&mut self, req: &Request) -> Result<Vec<Vec<u8>>, OvsError> {
+        self.exchange(req, |_, _, attrs| Ok(attrs.to_vec()))
+    }
+
     fn one<T>(&mut self, req: &Request, found: Vec<T>) -> Result<T, OvsError> {
         found.into_iter().next().ok_or_else(|| OvsError::Decode {
             request: req.describe(),
