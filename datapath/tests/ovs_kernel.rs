@@ -245,6 +245,7 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         sock.delete_vport(dp.ifindex, internal.port_no)
             .expect("del internal")
     );
+    step(sock, &mut rec, "vport_del_internal");
     assert!(sock.delete_datapath(&dp_name).expect("del dp"));
     step(sock, &mut rec, "dp_del");
     assert!(!sock.delete_datapath(&dp_name).expect("del dp again"));
