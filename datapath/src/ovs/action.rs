@@ -29,10 +29,11 @@ pub fn encode_actions(actions: &[FlowAction]) -> Vec<u8> {
                     k.put_be64(OVS_TUNNEL_KEY_ATTR_ID, u64::from(t.id));
                     k.put(OVS_TUNNEL_KEY_ATTR_IPV4_DST, &t.dst.octets());
                     k.put_u8(OVS_TUNNEL_KEY_ATTR_TTL, t.ttl);
+                    // The order ovs-dpctl writes (tests/fixtures/ovs/dpctl).
+                    k.put_be16(OVS_TUNNEL_KEY_ATTR_TP_DST, t.tp_dst);
                     if t.dont_fragment {
                         k.put_flag(OVS_TUNNEL_KEY_ATTR_DONT_FRAGMENT);
                     }
-                    k.put_be16(OVS_TUNNEL_KEY_ATTR_TP_DST, t.tp_dst);
                 })
             }),
         }
