@@ -517,3 +517,21 @@ fn datapath_and_vport_requests_carry_what_ovs_dpctl_sends() {
     ours.sort();
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn the_captured_miss_decodes() {
+    // The internal port went up and the host's IPv6 stack sent into the datapath.
+    let internal = vport("vport_new_internal.reply0").port_no;
+    let upcall = decode_upcall_datagram(&fixture("upcall_miss.reply0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(upcall.kind, UpcallKind::Miss);
+    assert_eq!(upcall.in_port, Some(internal));
+    assert_eq!(upcall.eth_dst.unwrap()[..2], [0x33, 0x33]);
+    assert_eq!(
+        upcall.eth_src,
+        Some(upcall.packet[6..12].try_into().unwrap())
+    );
+    assert_eq!(upcall.packet[12..14], [0x86, 0xdd]);
+    assert_eq!(upcall.tunnel, None);
+}

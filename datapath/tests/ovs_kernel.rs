@@ -225,6 +225,47 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         assert_eq!(upcall.eth_dst, Some([0xff; 6]));
     }
 
+    if let Some(upcalls) = upcalls {
+        // A miss: the internal port going up makes the host send (IPv6 DAD, MLD) into the
+        // datapath, where no flow matches packets from it.
+        let mut route = weft_netlink::RouteSocket::open().expect("rtnetlink");
+        let link = route
+            .link_by_name(&internal.name)
+            .expect("link")
+            .expect("internal port's netdev");
+        route.set_up(link.header.index).expect("set up");
+        let mut buf = vec![0; 70_000];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (n, upcall) = loop {
+            match upcalls.recv_datagram(&mut buf) {
+                Ok(n) => match decode_upcall_datagram(&buf[..n]).unwrap() {
+                    Some(u) if u.kind == UpcallKind::Miss => break (n, u),
+                    _ => {}
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no miss upcall in 10 s");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("upcall recv: {e}"),
+            }
+        };
+        rec.push((
+            "upcall_miss".into(),
+            Exchange {
+                request: Vec::new(),
+                replies: vec![buf[..n].to_vec()],
+            },
+        ));
+        assert_eq!(upcall.in_port, Some(internal.port_no));
+        assert_eq!(upcall.dp_ifindex, dp.ifindex);
+        assert_eq!(
+            upcall.eth_src,
+            Some(upcall.packet[6..12].try_into().unwrap())
+        );
+        assert_eq!(upcall.eth_dst, Some(upcall.packet[..6].try_into().unwrap()));
+        assert_eq!(upcall.tunnel, None);
+    }
+
     sock.flush_flows(dp.ifindex).expect("flush");
     step(sock, &mut rec, "flow_flush");
     assert!(sock.flows(dp.ifindex).unwrap().is_empty());
