@@ -266,6 +266,15 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         assert_eq!(upcall.tunnel, None);
     }
 
+    if let Some(upcalls) = upcalls {
+        // Nothing else is sent: the timeout ends the wait.
+        let mut buf = vec![0; 70_000];
+        while upcalls
+            .recv_timeout(&mut buf, Duration::from_millis(300))
+            .expect("recv_timeout")
+            .is_some()
+        {}
+    }
     sock.flush_flows(dp.ifindex).expect("flush");
     step(sock, &mut rec, "flow_flush");
     assert!(sock.flows(dp.ifindex).unwrap().is_empty());

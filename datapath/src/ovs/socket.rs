@@ -4,6 +4,8 @@
 //! Synchronous like the rest of weft: one request, its replies up to the ACK (or DONE).
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use neli::consts::socket::{Msg, NlFamily};
 use neli::router::synchronous::NlRouter;
@@ -341,9 +343,54 @@ impl UpcallSocket {
         }
     }
 
+    /// The next upcall, or `None` if none came within `timeout` (in either mode).
+    pub fn recv_timeout(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Upcall>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !wait_readable(self.sock.as_raw_fd(), left)? {
+                return Ok(None);
+            }
+            match self.recv_datagram(buf) {
+                Ok(n) => {
+                    if let Some(upcall) =
+                        decode_upcall_datagram(&buf[..n]).map_err(io::Error::other)?
+                    {
+                        return Ok(Some(upcall));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// One raw datagram into `buf`; its length.
     pub fn recv_datagram(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.sock.recv(&mut *buf, Msg::empty()).map(|(n, _)| n)
+    }
+}
+
+/// Whether `fd` became readable within `timeout`.
+#[allow(unsafe_code)]
+fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: one valid pollfd for the duration of the call; the fd is owned by the
+        // socket borrowed by the caller.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
