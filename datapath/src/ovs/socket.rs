@@ -290,6 +290,16 @@ impl OvsSocket {
         actions: &[FlowAction],
     ) -> Result<(), OvsError> {
         let req = flow::packet_execute(dp_ifindex, packet, in_port, actions);
+        // An attribute's length is 16 bits: a bigger packet cannot be encoded.
+        if packet.len() > usize::from(u16::MAX) - 4 {
+            return Err(OvsError::Io {
+                request: req.describe(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "packet larger than a netlink attribute",
+                ),
+            });
+        }
         self.exchange(&req, |_, _, _| Ok(())).map(drop)
     }
 }
