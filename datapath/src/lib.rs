@@ -24,6 +24,8 @@
 //! TAP port on the pods' bridge, the UDP socket, per-peer links and their threads (TAP reader,
 //! UDP reader, housekeeping: heartbeats, liveness, path-MTU probes, MAC expiry), counters.
 //! [`vxlan`] is the kernel VXLAN fast path (in progress, issue 11).
+//! [`ovs`] programs the kernel Open vSwitch datapath over generic netlink (in progress,
+//! issue 12): pure codecs of the four `ovs_*` families and one synchronous socket.
 
 pub mod forward;
 pub mod heartbeat;

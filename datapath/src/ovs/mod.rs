@@ -15,6 +15,17 @@ pub mod kernel;
 
 use std::net::Ipv4Addr;
 
+pub mod action;
+pub mod flow;
+pub mod key;
+pub mod msg;
+pub mod nla;
+pub mod socket;
+
+pub use flow::{FlowEntry, Upcall, UpcallKind};
+pub use msg::{DatapathInfo, DatapathStats, OvsError, VportInfo, VportSpec, VportStats, VportType};
+pub use socket::{OvsSocket, UpcallSocket};
+
 use crate::mac::Mac;
 
 /// A port number in one OVS datapath (`OVS_VPORT_ATTR_PORT_NO`); 0 is the datapath's own
