@@ -9,6 +9,8 @@
 #   internal-quiet  same, the internal port with learning/flooding off and isolated on; the
 #                   remote pod's MAC as a static FDB entry and a static neighbour in the pod
 #   veth            Weave's way: a veth pair, one end on the bridge, the other an OVS netdev vport
+#   local-port      the datapath's own local port (port 0, named after the datapath) on the bridge,
+#                   no extra internal vport
 #   split-netns     the datapath (and its VXLAN vport) in one netns, its internal vport moved
 #                   into another netns that holds the bridge and the pod
 #
@@ -109,6 +111,18 @@ probe_flooding() {
     results+=("$1: 3 unknown-unicast + 3 broadcast frames from the pod: h1 datapath misses $before -> $after")
 }
 
+# probe_mtu NAME: a 1500-byte and a 1450-byte IP packet with DF from pod 1 (VXLAN adds 50 bytes;
+# the underlay MTU is 1500)
+probe_mtu() {
+    local size rc
+    for size in 1472 1422; do
+        rc=0
+        run h p1 ping -M "do" -c 2 -i 0.3 -W 2 -s "$size" 10.40.0.2 || rc=$?
+        results+=("$1: ping with DF, $((size + 28))-byte IP packets: $([[ $rc == 0 ]] && echo WORKS || echo FAILS)")
+    done
+    run h h1 ip -s link show u1
+}
+
 show() { # show NS...: what the datapaths and bridges did
     local ns
     for ns in "$@"; do
@@ -152,6 +166,7 @@ variant_internal() { # the internal vport on the bridge, bridge defaults
     echo "  -- tcpdump on h2's underlay:"
     sed 's/^/    /' "/tmp/tcpdump-$S"
     probe_flooding internal
+    probe_mtu internal
     show h1 h2
     show_bridge h1
 }
@@ -195,6 +210,21 @@ variant_veth() { # Weave's way: a veth pair between the bridge and an OVS netdev
     show_bridge h1
 }
 
+variant_local_port() { # the datapath's own local port (port 0) on the bridge
+    local i ok=1
+    underlay
+    for i in 1 2; do
+        bridge_and_pod "$i"
+        datapath "$i" "h$i" || ok=0
+        run h "h$i" ip link set "dp$i" master weft up || ok=0
+        flows "$i" 0
+    done
+    ((ok)) || { results+=("local-port: setup FAILED"); return 1; }
+    ping_pods local-port
+    show h1
+    show_bridge h1
+}
+
 variant_split_netns() { # datapath in hI, its internal vport moved to bI with the bridge and pod
     local i ok=1
     underlay
@@ -217,7 +247,7 @@ variant_split_netns() { # datapath in hI, its internal vport moved to bI with th
 
 echo "== kernel $(uname -r); $(ovs-dpctl --version | head -n 1)"
 variants=("$@")
-((${#variants[@]} > 0)) || variants=(internal internal-quiet veth split-netns)
+((${#variants[@]} > 0)) || variants=(internal internal-quiet veth local-port split-netns)
 for v in "${variants[@]}"; do
     echo
     echo "======== variant $v"
