@@ -76,8 +76,10 @@ bridge_and_pod() {
 
 # flows I BRIDGE_PORT: host I's datapath sends what its bridge port gets for the other pod through
 # VXLAN to the other host, and what VXLAN brings from there back to the bridge port.
-# What the kernel insists on (EINVAL otherwise, ovs-dpctl only says "Invalid argument"):
-# - an output action is the bare port number (ODP syntax), not output(N);
+# The kernel answered EINVAL (ovs-dpctl says only "Invalid argument") to a first try that lacked
+# all of the following at once, and accepted the flows with them; which rule is which comes from
+# reading net/openvswitch/flow_netlink.c, not from trying them one by one:
+# - an output action is the bare port number (ODP syntax; ovs-dpctl rejects output(N) itself);
 # - a key with eth_type(0x0800) must carry ipv4(...), one with 0x0806 arp(...) (may be wildcarded);
 # - a key without eth() is an L3 (ptap) packet: tunnel flows need eth() to see Ethernet frames;
 # - a tunnel key needs its dst (this host's underlay address) and ttl, even if wildcarded;
