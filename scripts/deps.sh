@@ -123,6 +123,31 @@ weft_deps() {
     echo "deps: installed ${missing[*]}"
 }
 
+# The kernel VM that tests/kernel-vm/run-kernel-tests boots (the test stage's `vm` part): where
+# run-in-kernel-vm is (WEFT_KERNEL_VM, else beside the clone in ../shared/kernel-vm/, as in CI).
+weft_kernel_vm() {
+    local root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+    echo "${WEFT_KERNEL_VM:-$root/../shared/kernel-vm/run-in-kernel-vm}"
+}
+
+# weft_kernel_vm_prepare: installs qemu and caches the VM's kernel, modules and initramfs
+# (run-in-kernel-vm --prepare: about 75 s the first time, 0 s after), so that the vm stage's
+# time is the tests' and not downloads'. Fails in CI (CI=true) when the VM cannot be had; a
+# developer without it gets a note, and the vm stage skips itself.
+weft_kernel_vm_prepare() {
+    local vm
+    vm=$(weft_kernel_vm)
+    if [[ -x "$vm" ]] && "$vm" --prepare; then
+        return 0
+    fi
+    if [[ "${CI:-}" == true ]]; then
+        echo "deps: the kernel VM cannot be prepared ($vm): CI needs it for the kernel datapath tests" >&2
+        return 1
+    fi
+    echo "deps: note: no kernel VM here ($vm; set WEFT_KERNEL_VM): the vm stage will skip itself" >&2
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     if [[ "${1:-}" == --cni-clients ]]; then

@@ -12,11 +12,14 @@
 #   build   cargo build --workspace --all-targets
 #   image   scripts/image.sh (as root only: the image router/tests/chart_cri.rs runs)
 #   test    cargo test --workspace (unit, integration and doc tests)
+#   vm      the kernel-datapath tests (`kernel_*`) in the kernel VM (tests/kernel-vm/run-kernel-tests:
+#           Debian's 6.1 kernel under qemu, which has Open vSwitch; one boot for all of them)
 #   fuzz    scripts/fuzz.sh (every cargo-fuzz target, WEFT_FUZZ_SECONDS each, default 20)
 #
 # The multi-host integration tests create network namespaces and need root; without root they
 # skip themselves (and pass). CI runs as root. WEFT_TEST_TIMEOUT (seconds, default 1500) bounds
-# the test stage.
+# the test stage. WEFT_KERNEL_VM_TIMEOUT (seconds, default 900) bounds the vm stage; without a
+# kernel VM (no run-in-kernel-vm, no qemu) the vm stage fails in CI (CI=true) and skips elsewhere.
 #
 # Kernel limits: a test with more than ~30 hosts on one bridge would need a bigger neighbour
 # table (sysctl net.ipv4.neigh.default.gc_thresh3, 1024 by default). No test needs it now;
@@ -69,6 +72,7 @@ deps() {
     source "$ROOT/scripts/deps.sh"
     # Called as `stage deps deps`, i.e. in an `||` context where errexit is off: check each step.
     weft_deps || return 1
+    weft_kernel_vm_prepare || return 1
     cargo --version && cargo clippy --version && cargo fmt --version || return 1
     if ((EUID != 0)); then
         echo "note: not root: the multi-host integration tests will skip themselves"
@@ -139,13 +143,46 @@ if ((EUID == 0)); then
     export WEFT_IMAGE_ARCHIVE
 fi
 
-test_rc=0
+# The tests that need a kernel the host does not have (Open vSwitch), in the kernel VM: the test
+# binaries the test stage built, the tests named kernel_* in them (they skip themselves on the
+# host). Exit 125 means the VM cannot run here at all.
+vm_tests() {
+    local rc=0
+    WEFT_KERNEL_VM=$(weft_kernel_vm) bash tests/kernel-vm/run-kernel-tests \
+        --timeout "${WEFT_KERNEL_VM_TIMEOUT:-900}" -p weft-datapath || rc=$?
+    if ((rc == 125)) && [[ "${CI:-}" != true ]]; then
+        echo "test.sh: SKIPPED stage 'vm': the kernel VM cannot run here (see above); CI runs it" >&2
+        VM_SKIPPED=1
+        return 0
+    fi
+    if ((rc == 125)); then
+        echo "test.sh: the kernel VM cannot run here (exit 125, see above): CI must run the kernel datapath tests" >&2
+    elif ((rc == 124)); then
+        echo "test.sh: the kernel VM tests did not finish within ${WEFT_KERNEL_VM_TIMEOUT:-900}s (WEFT_KERNEL_VM_TIMEOUT)" >&2
+    fi
+    return "$rc"
+}
+
+test_rc=0 failed_stage=test VM_SKIPPED=0
 test_start=$SECONDS
 echo
 echo "==> [test] cargo test --workspace --no-fail-fast (timeout ${TEST_TIMEOUT}s)"
 run_tests || test_rc=$?
 stage_names+=(test)
 stage_secs+=("$((SECONDS - test_start))")
+if ((test_rc == 0)); then
+    vm_start=$SECONDS
+    echo
+    echo "==> [vm] tests/kernel-vm/run-kernel-tests -p weft-datapath"
+    if ! vm_tests; then
+        test_rc=1 failed_stage=vm
+        TEST_FAILED=$((TEST_FAILED + 1))
+    fi
+    stage_names+=(vm)
+    stage_secs+=("$((SECONDS - vm_start))")
+    ((VM_SKIPPED == 0)) || stage_names[-1]=vm-skip
+    echo "<== [vm] $( ((test_rc == 0)) && echo ok || echo FAILED) ($((SECONDS - vm_start))s wall)"
+fi
 summary
 echo
 if [[ -s "$LOG_DIR/slow.txt" ]]; then
@@ -154,7 +191,7 @@ if [[ -s "$LOG_DIR/slow.txt" ]]; then
 fi
 echo "test binaries: $TEST_BINARIES (unit, integration and doc tests); skipped = #[ignore]d"
 if ((test_rc != 0)); then
-    echo "test.sh: FAILED at stage 'test' (exit $test_rc)" >&2
+    echo "test.sh: FAILED at stage '$failed_stage' (exit $test_rc)" >&2
 else
     # Decoders and state machines that take network input are fuzzed on every run, briefly.
     fuzz_start=$SECONDS
