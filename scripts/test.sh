@@ -149,7 +149,7 @@ fi
 vm_tests() {
     local rc=0
     WEFT_KERNEL_VM=$(weft_kernel_vm) bash tests/kernel-vm/run-kernel-tests \
-        --timeout "${WEFT_KERNEL_VM_TIMEOUT:-900}" -p weft-datapath || rc=$?
+        --timeout "${WEFT_KERNEL_VM_TIMEOUT:-900}" -p weft-datapath -p weft-router --test ovs || rc=$?
     if ((rc == 125)) && [[ "${CI:-}" != true ]]; then
         echo "test.sh: SKIPPED stage 'vm': the kernel VM cannot run here (see above); CI runs it" >&2
         VM_SKIPPED=1
@@ -173,7 +173,7 @@ stage_secs+=("$((SECONDS - test_start))")
 if ((test_rc == 0)); then
     vm_start=$SECONDS
     echo
-    echo "==> [vm] tests/kernel-vm/run-kernel-tests -p weft-datapath"
+    echo "==> [vm] tests/kernel-vm/run-kernel-tests -p weft-datapath -p weft-router --test ovs"
     if ! vm_tests; then
         test_rc=1 failed_stage=vm
         TEST_FAILED=$((TEST_FAILED + 1))

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::flows::{self, FlowOp, FlowParams};
-use super::{Flow, FlowMatch, PortNo};
+use super::{Flow, FlowMatch, OvsError, OvsSocket, PortNo, VportSpec, VportType};
 use crate::mac::Mac;
 use crate::vxlan::kernel::{
     ApplyErrors, BackendDetails, DeviceSpec, DeviceState, KernelError, NetlinkKernel, OpFailure,
@@ -71,9 +71,94 @@ pub struct OvsKernel {
 
 /// Deletes the datapath `name` (`weft reset`); `false` if there was none.
 pub fn delete_datapath(name: &str) -> Result<bool, KernelError> {
-    let _ = name;
-    // Until the generic-netlink socket lands (same session).
-    Err(KernelError::Unavailable("no openvswitch module".into()))
+    match OvsSocket::open() {
+        // No module, no datapath.
+        Err(OvsError::NoOvs) => Ok(false),
+        Err(e) => Err(kernel_error(e)),
+        Ok(mut ovs) => OvsOps::delete_datapath(&mut ovs, name),
+    }
+}
+
+/// The kernel edge's error for a socket's: the request and the errno stay in the message.
+fn kernel_error(e: OvsError) -> KernelError {
+    match e {
+        OvsError::NoOvs => KernelError::Unavailable(e.to_string()),
+        OvsError::Kernel { request, errno } => {
+            KernelError::io(request, io::Error::from_raw_os_error(errno))
+        }
+        OvsError::Io { request, source } => KernelError::io(request, source),
+        OvsError::Decode { request, source } => {
+            KernelError::io(request, io::Error::other(source.to_string()))
+        }
+    }
+}
+
+/// The socket is the real [`OvsOps`]. Datapaths and vports send no upcalls (pid 0): weft
+/// installs its flows from gossip, and the datapath counts the misses as lost.
+impl OvsOps for OvsSocket {
+    fn datapath(&mut self, name: &str) -> Result<Option<i32>, KernelError> {
+        Ok(OvsSocket::datapath(self, name)
+            .map_err(kernel_error)?
+            .map(|d| d.ifindex))
+    }
+    fn datapath_stats(&mut self, name: &str) -> Result<(u64, u64, u64), KernelError> {
+        let info = OvsSocket::datapath(self, name)
+            .map_err(kernel_error)?
+            .ok_or(KernelError::NoDevice)?;
+        Ok((info.stats.hit, info.stats.missed, info.stats.lost))
+    }
+    fn create_datapath(&mut self, name: &str) -> Result<i32, KernelError> {
+        Ok(OvsSocket::create_datapath(self, name, 0)
+            .map_err(kernel_error)?
+            .ifindex)
+    }
+    fn delete_datapath(&mut self, name: &str) -> Result<bool, KernelError> {
+        OvsSocket::delete_datapath(self, name).map_err(kernel_error)
+    }
+    fn vports(&mut self, dp: i32) -> Result<Vec<Vport>, KernelError> {
+        Ok(OvsSocket::vports(self, dp)
+            .map_err(kernel_error)?
+            .into_iter()
+            .map(|v| Vport {
+                port_no: v.port_no,
+                name: v.name,
+                kind: format!("{:?}", v.kind).to_lowercase(),
+                vxlan_port: v.dst_port.filter(|_| v.kind == VportType::Vxlan),
+            })
+            .collect())
+    }
+    fn create_vxlan_vport(
+        &mut self,
+        dp: i32,
+        name: &str,
+        port: u16,
+    ) -> Result<PortNo, KernelError> {
+        let spec = VportSpec {
+            name: name.to_owned(),
+            kind: VportType::Vxlan,
+            dst_port: Some(port),
+            upcall_pid: 0,
+        };
+        Ok(OvsSocket::create_vport(self, dp, &spec)
+            .map_err(kernel_error)?
+            .port_no)
+    }
+    fn delete_vport(&mut self, dp: i32, port_no: PortNo) -> Result<bool, KernelError> {
+        OvsSocket::delete_vport(self, dp, port_no).map_err(kernel_error)
+    }
+    fn flows(&mut self, dp: i32) -> Result<Vec<Flow>, KernelError> {
+        Ok(OvsSocket::flows(self, dp)
+            .map_err(kernel_error)?
+            .into_iter()
+            .map(|e| e.flow)
+            .collect())
+    }
+    fn put_flow(&mut self, dp: i32, flow: &Flow) -> Result<(), KernelError> {
+        OvsSocket::put_flow(self, dp, flow).map_err(kernel_error)
+    }
+    fn delete_flow(&mut self, dp: i32, matching: &FlowMatch) -> Result<bool, KernelError> {
+        OvsSocket::delete_flow(self, dp, matching).map_err(kernel_error)
+    }
 }
 
 /// The name of the VXLAN vport of the datapath `dp_name` (at most 15 bytes, as any netdev's).
@@ -87,8 +172,10 @@ impl OvsKernel {
     /// The real edge, in the calling thread's network namespace; `Unavailable("no openvswitch
     /// module")` on a kernel without Open vSwitch.
     pub fn open() -> Result<Self, KernelError> {
-        // Until the generic-netlink socket lands (same session): no datapath to talk to.
-        Err(KernelError::Unavailable("no openvswitch module".into()))
+        let ovs = OvsSocket::open().map_err(kernel_error)?;
+        let bridge =
+            NetlinkKernel::open().map_err(|e| KernelError::io("open an rtnetlink socket", e))?;
+        Ok(Self::new(Box::new(ovs), bridge))
     }
 
     /// An edge over `ovs` (the generic-netlink socket, or a fake) and `bridge`.
