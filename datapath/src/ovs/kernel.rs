@@ -278,14 +278,7 @@ impl VxlanKernel for OvsKernel {
         if !fast.is_empty() {
             failures.extend(self.apply_flows(&fast));
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyErrors {
-                attempted: ops.len(),
-                failures,
-            })
-        }
+        ApplyErrors::check(ops.len(), failures)
     }
 
     fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError> {

@@ -94,6 +94,20 @@ pub struct ApplyErrors {
     pub failures: Vec<OpFailure>,
 }
 
+impl ApplyErrors {
+    /// `Ok` when no step of the `attempted` failed.
+    pub fn check(attempted: usize, failures: Vec<OpFailure>) -> Result<(), ApplyErrors> {
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyErrors {
+                attempted,
+                failures,
+            })
+        }
+    }
+}
+
 fn describe(failures: &[OpFailure]) -> String {
     failures
         .iter()
@@ -344,14 +358,7 @@ impl VxlanKernel for RecordingKernel {
                 None => crate::vxlan::plan::apply(std::slice::from_ref(op), &mut r.fdb),
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyErrors {
-                attempted: ops.len(),
-                failures,
-            })
-        }
+        ApplyErrors::check(ops.len(), failures)
     }
 
     fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError> {

@@ -291,14 +291,7 @@ impl VxlanKernel for NetlinkKernel {
                 })
             })
             .collect();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyErrors {
-                attempted: ops.len(),
-                failures,
-            })
-        }
+        ApplyErrors::check(ops.len(), failures)
     }
 
     fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError> {
