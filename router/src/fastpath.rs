@@ -159,6 +159,9 @@ impl FastPath {
                 Box::new(move |event| events(event))
             };
             let started = open_kernel(kind).and_then(|kernel| {
+                // The other backends' leftovers go first: a VXLAN device an earlier run left
+                // holds the UDP port an Open vSwitch vport needs (and the other way round).
+                remove_leftovers(config, Some(kind));
                 VxlanEngine::start(engine_config(config, kind), kernel, sink)
                     .map_err(|e| e.to_string())
             });
@@ -170,7 +173,6 @@ impl FastPath {
                         vni = DEFAULT_VNI,
                         "kernel fast path ready"
                     );
-                    remove_leftovers(config, Some(kind));
                     return FastPath::On {
                         engine,
                         kind,
