@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(wire_decode handshake mesh_messages sleeve_decap sleeve_fragments icmp_too_big fast_heartbeat)
+[ ${#targets[@]} -gt 0 ] || targets=(wire_decode handshake mesh_messages sleeve_decap sleeve_fragments icmp_too_big fast_heartbeat ovs_messages)
 
 CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then

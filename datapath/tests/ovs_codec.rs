@@ -3,6 +3,9 @@
 //! sent byte for byte (sequence number and port id normalised to 0), and every reply decodes
 //! to what the lifecycle did. Runs on the host; no kernel module needed.
 
+mod ovs_common;
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, flows_put};
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,10 +18,6 @@ use weft_datapath::ovs::{
     DatapathInfo, Flow, FlowAction, FlowMatch, TunnelMatch, TunnelSet, VportInfo, VportSpec,
     VportType,
 };
-
-const VXLAN_PORT: u16 = 14789;
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ovs")
@@ -95,41 +94,6 @@ fn datapath(name: &str) -> DatapathInfo {
 fn vport(name: &str) -> VportInfo {
     let (_, dp, attrs) = genl(&fixture(name)).remove(0);
     msg::decode_vport(dp, &attrs).unwrap()
-}
-
-/// The flows the lifecycle put (the same as `ovs_kernel.rs`).
-fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
-    let to_peer = Flow {
-        matching: FlowMatch {
-            in_port: internal,
-            eth_src: None,
-            eth_dst: Some(MAC_B),
-            tunnel: None,
-        },
-        actions: vec![
-            FlowAction::SetTunnel(TunnelSet {
-                id: 42,
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                tp_dst: VXLAN_PORT,
-                ttl: 64,
-                dont_fragment: true,
-            }),
-            FlowAction::Output(vxlan),
-        ],
-    };
-    let from_peer = Flow {
-        matching: FlowMatch {
-            in_port: vxlan,
-            eth_src: Some(MAC_B),
-            eth_dst: Some(MAC_A),
-            tunnel: Some(TunnelMatch {
-                id: 42,
-                src: Ipv4Addr::new(10, 0, 0, 2),
-            }),
-        },
-        actions: vec![FlowAction::Output(internal)],
-    };
-    (to_peer, from_peer)
 }
 
 fn arp_frame() -> Vec<u8> {
@@ -534,4 +498,54 @@ fn the_captured_miss_decodes() {
     );
     assert_eq!(upcall.packet[12..14], [0x86, 0xdd]);
     assert_eq!(upcall.tunnel, None);
+}
+
+/// A flow another program put with an action weft never uses (`push_vlan`) does not keep
+/// weft from reading the dump: it comes back raw, and is deleted by its UFID, or its key
+/// when it has none.
+#[test]
+fn a_flow_weft_cannot_model_is_kept_raw_to_be_deleted() {
+    use weft_datapath::ovs::key;
+    use weft_datapath::ovs::nla::NlaWriter;
+    const OVS_ACTION_ATTR_PUSH_VLAN: u16 = 4;
+    let (to_peer, _) = flows_put(0, 1);
+    let mut actions = NlaWriter::new();
+    actions.put(OVS_ACTION_ATTR_PUSH_VLAN, &[0x81, 0x00, 0x10, 0x01]);
+    let actions = actions.into_bytes();
+    let attrs = |ufid: Option<&[u8]>| {
+        let mut w = NlaWriter::new();
+        w.put(flow::OVS_FLOW_ATTR_KEY, &key::encode_key(&to_peer.matching));
+        w.put(flow::OVS_FLOW_ATTR_ACTIONS, &actions);
+        if let Some(ufid) = ufid {
+            w.put(flow::OVS_FLOW_ATTR_UFID, ufid);
+        }
+        w.into_bytes()
+    };
+    let ufid = [7u8; 16];
+
+    let with_ufid = attrs(Some(&ufid));
+    let error = flow::decode_flow(&with_ufid).unwrap_err();
+    assert!(error.to_string().contains("action 4"), "{error}");
+    let raw = flow::raw_flow(&with_ufid, &error).unwrap();
+    assert_eq!(raw.ufid.as_deref(), Some(&ufid[..]));
+    let del = flow::raw_flow_del(5, &raw);
+    assert_eq!(
+        (del.family, del.cmd, del.dp_ifindex),
+        (Family::Flow, msg::CMD_DEL, 5)
+    );
+    let mut by_ufid = NlaWriter::new();
+    by_ufid.put(flow::OVS_FLOW_ATTR_UFID, &ufid);
+    assert_eq!(del.attrs, by_ufid.into_bytes());
+
+    let without = attrs(None);
+    let raw = flow::raw_flow(&without, &flow::decode_flow(&without).unwrap_err()).unwrap();
+    assert_eq!(raw.ufid, None);
+    let mut by_key = NlaWriter::new();
+    by_key.put(flow::OVS_FLOW_ATTR_KEY, &key::encode_key(&to_peer.matching));
+    assert_eq!(flow::raw_flow_del(5, &raw).attrs, by_key.into_bytes());
+    assert!(
+        flow::raw_flow_del(5, &raw)
+            .describe()
+            .contains("cannot model")
+    );
 }

@@ -5,19 +5,16 @@
 //! `tests/fixtures/ovs/` for the host's golden-byte tests:
 //! `run-in-kernel-vm --rw $PWD/datapath/tests/fixtures/ovs -- <test binary> --ignored capture_`
 
+mod ovs_common;
+use ovs_common::{MAC_A, VXLAN_PORT, flows_put};
+
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use weft_datapath::ovs::socket::{Exchange, decode_upcall_datagram};
 use weft_datapath::ovs::{
-    Flow, FlowAction, FlowMatch, OvsError, OvsSocket, TunnelMatch, TunnelSet, UpcallKind,
-    UpcallSocket, VportSpec, VportType,
+    Flow, FlowAction, OvsError, OvsSocket, UpcallKind, UpcallSocket, VportSpec, VportType,
 };
-
-const VXLAN_PORT: u16 = 14789;
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 /// Deletes the datapath (and with it its vports) however the test ends.
 struct DatapathGuard(String);
@@ -53,40 +50,6 @@ fn step(sock: &mut OvsSocket, out: &mut Recorded, name: &str) {
         };
         out.push((n, e));
     }
-}
-
-fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
-    let to_peer = Flow {
-        matching: FlowMatch {
-            in_port: internal,
-            eth_src: None,
-            eth_dst: Some(MAC_B),
-            tunnel: None,
-        },
-        actions: vec![
-            FlowAction::SetTunnel(TunnelSet {
-                id: 42,
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                tp_dst: VXLAN_PORT,
-                ttl: 64,
-                dont_fragment: true,
-            }),
-            FlowAction::Output(vxlan),
-        ],
-    };
-    let from_peer = Flow {
-        matching: FlowMatch {
-            in_port: vxlan,
-            eth_src: Some(MAC_B),
-            eth_dst: Some(MAC_A),
-            tunnel: Some(TunnelMatch {
-                id: 42,
-                src: Ipv4Addr::new(10, 0, 0, 2),
-            }),
-        },
-        actions: vec![FlowAction::Output(internal)],
-    };
-    (to_peer, from_peer)
 }
 
 /// The whole lifecycle; returns each step's bytes.

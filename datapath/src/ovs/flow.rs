@@ -103,6 +103,53 @@ pub fn flow_del(dp_ifindex: i32, m: &FlowMatch) -> Request {
     }
 }
 
+/// A flow in a dump that weft's model cannot hold (another program's: actions or key fields
+/// weft never uses). Kept as the kernel named it, so that it can be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFlow {
+    /// `OVS_FLOW_ATTR_UFID`, when the flow was put with one.
+    pub ufid: Option<Vec<u8>>,
+    /// `OVS_FLOW_ATTR_KEY`, as the kernel reported it.
+    pub key: Vec<u8>,
+    /// Why it does not decode.
+    pub error: String,
+}
+
+/// A dump entry that does not decode into the model, as a [`RawFlow`] (an error only if it
+/// has neither a UFID nor a key to name it by).
+pub fn raw_flow(attrs: &[u8], error: &DecodeError) -> Result<RawFlow, DecodeError> {
+    let attrs = nla::parse(attrs)?;
+    let ufid = nla::find(&attrs, OVS_FLOW_ATTR_UFID).map(|u| u.payload.to_vec());
+    let key = nla::find(&attrs, OVS_FLOW_ATTR_KEY).map(|k| k.payload.to_vec());
+    if ufid.is_none() && key.is_none() {
+        return Err(DecodeError::Unexpected(format!(
+            "a flow with neither UFID nor key ({error})"
+        )));
+    }
+    Ok(RawFlow {
+        ufid,
+        key: key.unwrap_or_default(),
+        error: error.to_string(),
+    })
+}
+
+/// OVS_FLOW_CMD_DEL of a flow weft cannot model, by its UFID or else its key.
+pub fn raw_flow_del(dp_ifindex: i32, raw: &RawFlow) -> Request {
+    let mut w = NlaWriter::new();
+    match &raw.ufid {
+        Some(ufid) => w.put(OVS_FLOW_ATTR_UFID, ufid),
+        None => w.put(OVS_FLOW_ATTR_KEY, &raw.key),
+    }
+    Request {
+        family: Family::Flow,
+        cmd: CMD_DEL,
+        flags: NLM_F_ACK,
+        dp_ifindex,
+        attrs: w.into_bytes(),
+        what: format!("a flow weft cannot model ({})", raw.error),
+    }
+}
+
 /// OVS_FLOW_CMD_DEL without a key: every flow of the datapath.
 pub fn flow_flush(dp_ifindex: i32) -> Request {
     Request {

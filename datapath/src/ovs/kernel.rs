@@ -45,6 +45,8 @@ pub trait OvsOps: Send {
     fn create_vxlan_vport(&mut self, dp: i32, name: &str, port: u16)
     -> Result<PortNo, KernelError>;
     fn delete_vport(&mut self, dp: i32, port_no: PortNo) -> Result<bool, KernelError>;
+    /// The datapath's flows that weft's model holds; flows it cannot hold (another
+    /// program's actions or key fields) are deleted on the way.
     fn flows(&mut self, dp: i32) -> Result<Vec<Flow>, KernelError>;
     /// Creates the flow or replaces the actions of the flow with its match.
     fn put_flow(&mut self, dp: i32, flow: &Flow) -> Result<(), KernelError>;
@@ -147,11 +149,14 @@ impl OvsOps for OvsSocket {
         OvsSocket::delete_vport(self, dp, port_no).map_err(kernel_error)
     }
     fn flows(&mut self, dp: i32) -> Result<Vec<Flow>, KernelError> {
-        Ok(OvsSocket::flows(self, dp)
-            .map_err(kernel_error)?
-            .into_iter()
-            .map(|e| e.flow)
-            .collect())
+        let (entries, raw) = OvsSocket::dump_flows(self, dp).map_err(kernel_error)?;
+        // A flow weft's model cannot even hold is not weft's: like any foreign flow in weft's
+        // datapath it goes (it could send pod traffic anywhere).
+        for flow in &raw {
+            tracing::warn!(error = %flow.error, "deleting a flow weft cannot model");
+            OvsSocket::delete_raw_flow(self, dp, flow).map_err(kernel_error)?;
+        }
+        Ok(entries.into_iter().map(|e| e.flow).collect())
     }
     fn put_flow(&mut self, dp: i32, flow: &Flow) -> Result<(), KernelError> {
         OvsSocket::put_flow(self, dp, flow).map_err(kernel_error)

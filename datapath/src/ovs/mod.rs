@@ -22,7 +22,7 @@ pub mod msg;
 pub mod nla;
 pub mod socket;
 
-pub use flow::{FlowEntry, Upcall, UpcallKind};
+pub use flow::{FlowEntry, RawFlow, Upcall, UpcallKind};
 pub use msg::{DatapathInfo, DatapathStats, OvsError, VportInfo, VportSpec, VportStats, VportType};
 pub use socket::{OvsSocket, UpcallSocket};
 

@@ -22,6 +22,8 @@ pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_ECHO: u16 = 0x8;
 pub const NLM_F_DUMP: u16 = 0x300;
+/// On a dump reply: the table changed while it was read (entries may be missing or repeated).
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLM_F_CREATE: u16 = 0x400;
 
 // Commands (the same numbering in the datapath, vport and flow families).

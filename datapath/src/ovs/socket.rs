@@ -13,7 +13,7 @@ use neli::socket::NlSocket;
 use neli::utils::Groups;
 use tracing::debug;
 
-use super::flow::{self, FlowEntry, Upcall};
+use super::flow::{self, FlowEntry, RawFlow, Upcall};
 use super::msg::{self, DatapathInfo, Family, Incoming, OvsError, Request, VportInfo, VportSpec};
 use super::{Flow, FlowAction, FlowMatch, PortNo};
 
@@ -72,6 +72,9 @@ pub struct Exchange {
     pub replies: Vec<Vec<u8>>,
 }
 
+/// How often a dump the kernel marks interrupted is read again before giving up.
+const DUMP_ATTEMPTS: usize = 3;
+
 /// A generic-netlink socket for the OVS families.
 pub struct OvsSocket {
     sock: NlSocket,
@@ -127,6 +130,28 @@ impl OvsSocket {
         req: &Request,
         mut decode: impl FnMut(u8, i32, &[u8]) -> Result<T, msg::DecodeError>,
     ) -> Result<Vec<T>, OvsError> {
+        // A dump the kernel marks interrupted (the table changed while it was read) may miss
+        // or repeat entries: read it again, a few times, then say so.
+        for _ in 0..DUMP_ATTEMPTS {
+            match self.exchange_once(req, &mut decode)? {
+                (out, false) => return Ok(out),
+                (_, true) => debug!(request = %req.describe(), "ovs dump interrupted; again"),
+            }
+        }
+        Err(OvsError::Io {
+            request: req.describe(),
+            source: io::Error::other(format!(
+                "dump interrupted (NLM_F_DUMP_INTR) {DUMP_ATTEMPTS} times in a row"
+            )),
+        })
+    }
+
+    /// One request and its replies; `true` with them if a reply carried NLM_F_DUMP_INTR.
+    fn exchange_once<T>(
+        &mut self,
+        req: &Request,
+        decode: &mut impl FnMut(u8, i32, &[u8]) -> Result<T, msg::DecodeError>,
+    ) -> Result<(Vec<T>, bool), OvsError> {
         self.seq = self.seq.wrapping_add(1);
         let bytes = req.encode(self.ids.get(req.family), self.seq, self.pid);
         let io_err = |source| OvsError::Io {
@@ -139,6 +164,7 @@ impl OvsSocket {
             replies: Vec::new(),
         };
         let mut out = Vec::new();
+        let mut interrupted = false;
         let result = 'recv: loop {
             let (n, _) = match self.sock.recv(&mut self.buf[..], Msg::empty()) {
                 Ok(r) => r,
@@ -159,6 +185,7 @@ impl OvsSocket {
                 if m.header().seq != self.seq {
                     continue;
                 }
+                interrupted |= m.header().flags & msg::NLM_F_DUMP_INTR != 0;
                 match m {
                     Incoming::Genl {
                         cmd,
@@ -188,7 +215,7 @@ impl OvsSocket {
             record.push(exchange);
         }
         debug!(request = %req.describe(), ok = result.is_ok(), "ovs netlink");
-        result.map(|()| out)
+        result.map(|()| (out, interrupted))
     }
 
     /// Any request built by the codecs; the attribute bytes of each reply. For requests this
@@ -270,9 +297,37 @@ impl OvsSocket {
         absent_is_false(self.exchange(&flow::flow_del(dp_ifindex, m), |_, _, _| Ok(())))
     }
 
-    /// Every flow of the datapath.
+    /// Every flow of the datapath that weft's model holds.
     pub fn flows(&mut self, dp_ifindex: i32) -> Result<Vec<FlowEntry>, OvsError> {
-        self.exchange(&flow::flow_dump(dp_ifindex), |_, _, a| flow::decode_flow(a))
+        Ok(self.dump_flows(dp_ifindex)?.0)
+    }
+
+    /// Every flow of the datapath: those weft's model holds, and the others (another
+    /// program's), which one foreign action must not keep weft from reading.
+    pub fn dump_flows(
+        &mut self,
+        dp_ifindex: i32,
+    ) -> Result<(Vec<FlowEntry>, Vec<RawFlow>), OvsError> {
+        let all = self.exchange(&flow::flow_dump(dp_ifindex), |_, _, a| {
+            Ok(match flow::decode_flow(a) {
+                Ok(entry) => Ok(entry),
+                Err(e) => Err(flow::raw_flow(a, &e)?),
+            })
+        })?;
+        let mut entries = Vec::new();
+        let mut raw = Vec::new();
+        for one in all {
+            match one {
+                Ok(entry) => entries.push(entry),
+                Err(r) => raw.push(r),
+            }
+        }
+        Ok((entries, raw))
+    }
+
+    /// Deletes a flow weft's model cannot hold; `false` if it was gone.
+    pub fn delete_raw_flow(&mut self, dp_ifindex: i32, raw: &RawFlow) -> Result<bool, OvsError> {
+        absent_is_false(self.exchange(&flow::raw_flow_del(dp_ifindex, raw), |_, _, _| Ok(())))
     }
 
     /// Deletes every flow of the datapath.
