@@ -52,6 +52,51 @@ fn step(sock: &mut OvsSocket, out: &mut Recorded, name: &str) {
     }
 }
 
+/// A flow another program put without a UFID and with an action weft never uses
+/// (`push_vlan`): the dump still reads, with that flow raw, and deleting it by its key works.
+fn foreign_flow_is_read_raw_and_deleted(
+    sock: &mut OvsSocket,
+    dp_ifindex: i32,
+    in_port: u32,
+    weft_flow: &Flow,
+) {
+    use weft_datapath::ovs::msg::{CMD_NEW, Family, NLM_F_ACK, NLM_F_CREATE, Request};
+    use weft_datapath::ovs::nla::NlaWriter;
+    use weft_datapath::ovs::{FlowMatch, flow, key};
+    const OVS_ACTION_ATTR_PUSH_VLAN: u16 = 4;
+    let matching = FlowMatch {
+        in_port,
+        eth_src: None,
+        eth_dst: Some([0x02, 0, 0, 0, 0, 0x0c]),
+        tunnel: None,
+    };
+    let mut actions = NlaWriter::new();
+    // TPID 0x8100, TCI with the CFI bit (the kernel wants it) and VLAN 1.
+    actions.put(OVS_ACTION_ATTR_PUSH_VLAN, &[0x81, 0x00, 0x10, 0x01]);
+    actions.put_u32(1, in_port);
+    let mut attrs = NlaWriter::new();
+    attrs.put(flow::OVS_FLOW_ATTR_KEY, &key::encode_key(&matching));
+    attrs.put(flow::OVS_FLOW_ATTR_MASK, &key::encode_mask(&matching));
+    attrs.put(flow::OVS_FLOW_ATTR_ACTIONS, &actions.into_bytes());
+    sock.request(&Request {
+        family: Family::Flow,
+        cmd: CMD_NEW,
+        flags: NLM_F_ACK | NLM_F_CREATE,
+        dp_ifindex,
+        attrs: attrs.into_bytes(),
+        what: "a foreign flow".into(),
+    })
+    .expect("put a flow with push_vlan");
+    let (entries, raw) = sock.dump_flows(dp_ifindex).expect("dump with a foreign flow");
+    let entries: Vec<Flow> = entries.into_iter().map(|e| e.flow).collect();
+    assert_eq!(entries, vec![weft_flow.clone()]);
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    assert!(raw[0].error.contains("action 4"), "{raw:?}");
+    assert!(sock.delete_raw_flow(dp_ifindex, &raw[0]).expect("delete it"));
+    let (entries, raw) = sock.dump_flows(dp_ifindex).expect("dump after");
+    assert_eq!((entries.len(), raw.len()), (1, 0));
+}
+
 /// The whole lifecycle; returns each step's bytes.
 fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
     let pid = std::process::id();
@@ -144,7 +189,10 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         .map(|e| e.flow)
         .collect();
     step(sock, &mut rec, "flow_dump_one");
-    assert_eq!(left, vec![from_peer]);
+    assert_eq!(left, vec![from_peer.clone()]);
+    foreign_flow_is_read_raw_and_deleted(sock, dp.ifindex, internal.port_no, &from_peer);
+    // Not part of the captured lifecycle.
+    sock.take_recorded();
 
     // A broadcast ARP request, sent up to the upcall socket by the Userspace action.
     let mut frame = vec![0xff; 6];
