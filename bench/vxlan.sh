@@ -17,6 +17,8 @@
 # firewall, not of the datapath, that a Kubernetes node pays anyway for kube-proxy.
 # weft-fast-masq is the same with the router's defaults, to show that cost.
 #
+# WEFT_BENCH_PAUSE_ROUTERS=1 pauses the fast rows' routers (SIGSTOP) while their pod traffic is
+# measured: the kernel forwards it alone (bench/ovs-vm.sh sets it; see there).
 # Environment: WEFT_BENCH_SECONDS (length of each iperf3 run, default 5), WEFT_BENCH_PINGS
 # (default 50), WEFT_BENCH_TIMEOUT (seconds to wait for routers and pods, default 60),
 # WEFT_BENCH_BIN (measure this binary, skip the build), CARGO_TARGET_DIR. Needs root: it
@@ -172,9 +174,19 @@ for cfg in "${configs[@]}"; do
     attach_pods "$bridge" "$mtu"
     echo "  pods attached to bridge $bridge, MTU $mtu" >&2
     wait_pods
-    measure "$cfg"
     kind=$(fast_kind "$cfg")
-    if [[ -n "$kind" ]]; then
+    if ((${WEFT_BENCH_PAUSE_ROUTERS:-0})) && [[ -n "$kind" ]]; then
+        # The kernel forwards a fast row's pod traffic alone; pausing its routers keeps their
+        # timers off the CPU the datapaths are compared on (what counts under emulation).
+        kill -STOP "${router_pids[@]}"
+        echo "  routers paused (SIGSTOP) during the measurement" >&2
+        record "$cfg" note "routers paused during the measurement (WEFT_BENCH_PAUSE_ROUTERS=1)"
+        measure "$cfg"
+        kill -CONT "${router_pids[@]}"
+    else
+        measure "$cfg"
+    fi
+    if [[ -n "$kind" ]] && ! ((${WEFT_BENCH_PAUSE_ROUTERS:-0})); then
         # Still on the fast path after the UDP flood?
         state=$(host_report "$H1" '",".join(str((c.get("datapath") or {}).get("datapath")) for c in r["connections"] if c["state"] == "established")')
         echo "  host1's connection after the runs: datapath ${state:-unknown}" >&2
