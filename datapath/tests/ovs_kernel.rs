@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use weft_datapath::ovs::socket::{Exchange, decode_upcall_datagram};
 use weft_datapath::ovs::{
-    Flow, FlowAction, FlowMatch, OvsError, OvsSocket, TunnelMatch, TunnelSet, UpcallKind,
+    Flow, FlowAction, FlowMatch, MacMatch, OvsError, OvsSocket, TunnelMatch, TunnelSet, UpcallKind,
     UpcallSocket, VportSpec, VportType,
 };
 
@@ -60,7 +60,7 @@ fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
         matching: FlowMatch {
             in_port: internal,
             eth_src: None,
-            eth_dst: Some(MAC_B),
+            eth_dst: Some(MacMatch::exact(MAC_B)),
             tunnel: None,
         },
         actions: vec![
@@ -78,7 +78,7 @@ fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
         matching: FlowMatch {
             in_port: vxlan,
             eth_src: Some(MAC_B),
-            eth_dst: Some(MAC_A),
+            eth_dst: Some(MacMatch::exact(MAC_A)),
             tunnel: Some(TunnelMatch {
                 id: 42,
                 src: Ipv4Addr::new(10, 0, 0, 2),

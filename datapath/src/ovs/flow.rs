@@ -46,11 +46,19 @@ pub struct FlowEntry {
 pub fn ufid(m: &FlowMatch) -> [u8; 16] {
     let mut bytes = Vec::with_capacity(32);
     bytes.extend_from_slice(&m.in_port.to_be_bytes());
-    for mac in [m.eth_src, m.eth_dst] {
+    // An exact address is hashed as it always was (flows a running datapath holds keep
+    // their ids across an upgrade); a masked one is tagged 2 and carries its mask.
+    let dst = m.eth_dst.map(|d| (d.as_exact(), d));
+    for mac in [m.eth_src.map(|s| (Some(s), super::MacMatch::exact(s))), dst] {
         match mac {
-            Some(mac) => {
+            Some((Some(mac), _)) => {
                 bytes.push(1);
                 bytes.extend_from_slice(&mac);
+            }
+            Some((None, masked)) => {
+                bytes.push(2);
+                bytes.extend_from_slice(&masked.addr);
+                bytes.extend_from_slice(&masked.mask);
             }
             None => bytes.push(0),
         }
