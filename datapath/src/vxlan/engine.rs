@@ -10,7 +10,10 @@
 //! 3. rebuild the [`Desired`] FDB (MACs from [`VxlanEngine::set_macs`], each peer's path from
 //!    its selector) and, when it changed or every [`REPAIR_INTERVAL`] (to repair drift), plan
 //!    against what the kernel holds and apply;
-//! 4. send the heartbeats that are due (after the FDB step, so a new peer's heartbeat MAC entry
+//! 4. (Open vSwitch) keep the group flow replicating this host's own multicast and broadcast
+//!    frames to its *fast leaves* ([`Engine::set_group_candidates`] among the connections on
+//!    the fast path), and tell the sleeve which peers it serves ([`FastGroupPeers`]);
+//! 5. send the heartbeats that are due (after the FDB step, so a new peer's heartbeat MAC entry
 //!    exists before its first beat).
 //!
 //! After a restart the engine adopts what the kernel holds: [`Desired::adopting`] stays set
@@ -28,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::forward::FastGroupPeers;
 use crate::mac::Mac;
+use crate::ovs::flows::MAX_GROUP_DSTS;
 use crate::packet::{FramePort, PacketSocket};
 use crate::select::{FastHealth, Policy, Selector, SelectorConfig};
 use crate::vxlan::VxlanOffer;
@@ -179,6 +184,10 @@ pub struct VxlanReport {
     /// The backend's own state (Open vSwitch: ports, flows, hits, misses), as of the last
     /// repair.
     pub details: Option<BackendDetails>,
+    /// The peers (underlay addresses) the kernel sends this host's own group frames to
+    /// (Open vSwitch's head-end replication), as last set.
+    #[serde(default)]
+    pub group_dsts: Vec<Ipv4Addr>,
 }
 
 /// One peer connection.
@@ -218,6 +227,7 @@ pub struct Engine {
     kernel_fdb_read: Instant,
     kernel_fdb_stale: bool,
     details: Option<BackendDetails>,
+    group: Group,
     buf: Vec<u8>,
     fdb_ops: u64,
     fdb_errors: u64,
@@ -285,6 +295,7 @@ impl Engine {
             kernel_fdb_read: now,
             kernel_fdb_stale: false,
             details,
+            group: Group::default(),
             buf,
             fdb_ops: 0,
             fdb_errors: 0,
@@ -398,12 +409,114 @@ impl Engine {
         }
     }
 
-    /// One round: heartbeats in, selectors, FDB, heartbeats out.
+    /// The leaves of this host's own broadcast tree (from the routes): the peers that may get
+    /// its group frames from the kernel (see [`Engine::group_wanted`]).
+    pub fn set_group_candidates(&mut self, peers: BTreeSet<PeerId>) {
+        self.group.candidates = peers;
+    }
+
+    /// Where to publish the peers the kernel sends this host's group frames to (the sleeve's
+    /// set); published again at the next step.
+    pub fn set_group_out(&mut self, out: FastGroupPeers) {
+        self.group.out = out;
+        self.group.published = None;
+    }
+
+    /// One round: heartbeats in, selectors, FDB, group flow, heartbeats out.
     pub fn step(&mut self, now: Instant) {
         self.receive(now);
         self.select(now);
         self.reconcile(now);
+        self.replicate(now);
         self.send_due(now);
+    }
+
+    /// The fast leaves: the candidates whose connection is on the fast path (its selector
+    /// says so only while heartbeats are fresh both ways, so the peer takes VXLAN from us), at
+    /// most [`MAX_GROUP_DSTS`], by their underlay address. Peers sharing an address are left
+    /// out (one copy could not serve both). Only Open vSwitch replicates.
+    pub fn group_wanted(&self) -> BTreeMap<PeerId, Ipv4Addr> {
+        if self.config.kind != DatapathKind::Ovs {
+            return BTreeMap::new();
+        }
+        let fast: Vec<(PeerId, Ipv4Addr)> = self
+            .group
+            .candidates
+            .iter()
+            .filter_map(|peer| {
+                let c = self.conns.get(peer)?;
+                (c.selector.current().kind != DatapathKind::Sleeve).then_some((*peer, c.underlay))
+            })
+            .collect();
+        let shared = |dst: &Ipv4Addr| fast.iter().filter(|(_, d)| d == dst).count() > 1;
+        fast.iter()
+            .filter(|(_, dst)| !dst.is_unspecified() && !shared(dst))
+            .take(MAX_GROUP_DSTS)
+            .copied()
+            .collect()
+    }
+
+    /// Takes the group flow to [`Self::group_wanted`] (when it changed, and at each repair),
+    /// ordered so that no peer misses a group frame: the sleeve stops skipping the peers that
+    /// leave before the kernel stops sending to them, and starts skipping the ones that join
+    /// only once the kernel sends to them. A peer moving gets a copy from both for that
+    /// instant: a brief duplicate, never a loss.
+    fn replicate(&mut self, now: Instant) {
+        if self.config.kind != DatapathKind::Ovs {
+            return;
+        }
+        let wanted = self.group_wanted();
+        let repair = self
+            .group
+            .repaired
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPAIR_INTERVAL);
+        if self.group.kernel.as_ref() != Some(&wanted) || repair {
+            self.publish_group(&wanted);
+            let dsts: BTreeSet<Ipv4Addr> = wanted.values().copied().collect();
+            match self.kernel.set_group_dsts(&dsts) {
+                Ok(replicates) => {
+                    self.group.repaired = Some(now);
+                    if self.group.kernel.as_ref() != Some(&wanted) {
+                        info!(
+                            peers = wanted.len(),
+                            ?dsts,
+                            "group frames replicated in the kernel"
+                        );
+                    }
+                    self.group.kernel = Some(if replicates {
+                        wanted.clone()
+                    } else {
+                        BTreeMap::new()
+                    });
+                }
+                Err(e) => {
+                    // A refused put changed nothing: the kernel holds what it held.
+                    self.fdb_errors += 1;
+                    self.note_error(format!("putting the group flow: {e}"));
+                }
+            }
+        }
+        self.publish_group(&wanted);
+    }
+
+    /// Publishes to the sleeve the peers both wanted and served by the kernel.
+    fn publish_group(&mut self, wanted: &BTreeMap<PeerId, Ipv4Addr>) {
+        let served: BTreeSet<PeerId> = self
+            .group
+            .kernel
+            .iter()
+            .flatten()
+            .filter(|(peer, dst)| wanted.get(*peer) == Some(*dst))
+            .map(|(peer, _)| *peer)
+            .collect();
+        if self.group.published.as_ref() != Some(&served) {
+            debug!(
+                peers = served.len(),
+                "sleeve skips the fast leaves for our group frames"
+            );
+            self.group.out.set(served.clone());
+            self.group.published = Some(served);
+        }
     }
 
     fn receive(&mut self, now: Instant) {
@@ -658,8 +771,28 @@ impl Engine {
             heartbeat_send_errors: self.send_errors,
             backend: self.config.kind.as_str().to_owned(),
             details: self.details.clone(),
+            group_dsts: self
+                .group
+                .kernel
+                .iter()
+                .flatten()
+                .map(|(_, dst)| *dst)
+                .collect(),
         }
     }
+}
+
+/// Head-end replication of this host's group frames (Open vSwitch).
+#[derive(Debug, Default)]
+struct Group {
+    /// The leaves of our own broadcast tree, from the routes.
+    candidates: BTreeSet<PeerId>,
+    /// The peers the kernel's group flow sends to, as last put (None: not known yet).
+    kernel: Option<BTreeMap<PeerId, Ipv4Addr>>,
+    /// The sleeve's set, and what was last written to it.
+    out: FastGroupPeers,
+    published: Option<BTreeSet<PeerId>>,
+    repaired: Option<Instant>,
 }
 
 /// The two heartbeat sockets: sending on the VXLAN device, receiving on the bridge.
@@ -806,6 +939,14 @@ impl VxlanEngine {
 
     pub fn set_macs(&self, remote: BTreeMap<Mac, PeerId>) {
         self.engine().set_macs(remote);
+    }
+
+    pub fn set_group_candidates(&self, peers: BTreeSet<PeerId>) {
+        self.engine().set_group_candidates(peers);
+    }
+
+    pub fn set_group_out(&self, out: FastGroupPeers) {
+        self.engine().set_group_out(out);
     }
 
     pub fn paths(&self) -> Vec<ConnectionPath> {
