@@ -61,12 +61,12 @@ impl FlowParams {
                 eth_dst: Some(MacMatch::exact(mac)),
                 tunnel: None,
             },
-            actions: self.to_peer(dst).to_vec(),
+            actions: self.tunnel_to(dst).to_vec(),
         }
     }
 
     /// Set the tunnel to the peer at `dst`, send out of the VXLAN vport.
-    fn to_peer(&self, dst: Ipv4Addr) -> [FlowAction; 2] {
+    fn tunnel_to(&self, dst: Ipv4Addr) -> [FlowAction; 2] {
         [
             FlowAction::SetTunnel(TunnelSet {
                 id: self.vni,
@@ -97,14 +97,14 @@ impl FlowParams {
             actions: dsts
                 .iter()
                 .take(MAX_GROUP_DSTS)
-                .flat_map(|dst| self.to_peer(*dst))
+                .flat_map(|dst| self.tunnel_to(*dst))
                 .collect(),
         }
     }
 
     /// The peers a group flow of ours sends to; None if `flow` is no group flow of ours.
     pub fn group_dsts(&self, flow: &Flow) -> Option<BTreeSet<Ipv4Addr>> {
-        if flow.matching != self.group_match() || flow.actions.len() % 2 != 0 {
+        if flow.matching != self.group_match() || !flow.actions.len().is_multiple_of(2) {
             return None;
         }
         let dsts: BTreeSet<Ipv4Addr> = flow

@@ -717,11 +717,14 @@ mod convergence {
     }
 }
 
+/// Each group flow put: the peers asked for, and the sleeve's set then.
+type Puts = Arc<Mutex<Vec<(BTreeSet<Ipv4Addr>, BTreeSet<PeerId>)>>>;
+
 /// The recording kernel, noting at each group flow put what the sleeve's set was.
 struct GroupSpy {
     inner: RecordingKernel,
     sleeve: FastGroupPeers,
-    puts: Arc<Mutex<Vec<(BTreeSet<Ipv4Addr>, BTreeSet<PeerId>)>>>,
+    puts: Puts,
 }
 
 impl VxlanKernel for GroupSpy {
@@ -761,11 +764,7 @@ impl VxlanKernel for GroupSpy {
 }
 
 /// A mesh of A (Open vSwitch, its kernel spied on), B and C (VXLAN devices).
-fn ovs_mesh() -> (
-    Mesh,
-    FastGroupPeers,
-    Arc<Mutex<Vec<(BTreeSet<Ipv4Addr>, BTreeSet<PeerId>)>>>,
-) {
+fn ovs_mesh() -> (Mesh, FastGroupPeers, Puts) {
     let mut m = Mesh::new(&[A, B, C]);
     let kernel = RecordingKernel::new();
     let sleeve = FastGroupPeers::default();
