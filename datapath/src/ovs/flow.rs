@@ -79,8 +79,9 @@ pub fn ufid(m: &FlowMatch) -> [u8; 16] {
     out
 }
 
-/// OVS_FLOW_CMD_NEW with NLM_F_CREATE: creates the flow, or replaces the actions of the flow
-/// with the same match.
+/// OVS_FLOW_CMD_NEW with NLM_F_CREATE: creates the flow; EEXIST if there is one with this
+/// match (the kernel takes NLM_F_CREATE for NLM_F_EXCL, which generic netlink cannot carry).
+/// [`flow_modify`] replaces one.
 pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
     let mut w = NlaWriter::new();
     w.put(OVS_FLOW_ATTR_KEY, &encode_key(&flow.matching));
@@ -94,6 +95,15 @@ pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
         dp_ifindex,
         attrs: w.into_bytes(),
         what: key::describe(&flow.matching),
+    }
+}
+
+/// OVS_FLOW_CMD_NEW without NLM_F_CREATE: replaces the actions of the flow with this match
+/// and UFID at once (packets see the old actions or the new, never none), or creates it.
+pub fn flow_modify(dp_ifindex: i32, flow: &Flow) -> Request {
+    Request {
+        flags: NLM_F_ACK,
+        ..flow_new(dp_ifindex, flow)
     }
 }
 

@@ -33,7 +33,6 @@ use tracing::{debug, info, warn};
 
 use crate::forward::FastGroupPeers;
 use crate::mac::Mac;
-use crate::ovs::flows::MAX_GROUP_DSTS;
 use crate::packet::{FramePort, PacketSocket};
 use crate::select::{FastHealth, Policy, Selector, SelectorConfig};
 use crate::vxlan::VxlanOffer;
@@ -227,7 +226,7 @@ pub struct Engine {
     kernel_fdb_read: Instant,
     kernel_fdb_stale: bool,
     details: Option<BackendDetails>,
-    group: Group,
+    group: group::Group,
     buf: Vec<u8>,
     fdb_ops: u64,
     fdb_errors: u64,
@@ -295,7 +294,7 @@ impl Engine {
             kernel_fdb_read: now,
             kernel_fdb_stale: false,
             details,
-            group: Group::default(),
+            group: group::Group::default(),
             buf,
             fdb_ops: 0,
             fdb_errors: 0,
@@ -429,94 +428,6 @@ impl Engine {
         self.reconcile(now);
         self.replicate(now);
         self.send_due(now);
-    }
-
-    /// The fast leaves: the candidates whose connection is on the fast path (its selector
-    /// says so only while heartbeats are fresh both ways, so the peer takes VXLAN from us), at
-    /// most [`MAX_GROUP_DSTS`], by their underlay address. Peers sharing an address are left
-    /// out (one copy could not serve both). Only Open vSwitch replicates.
-    pub fn group_wanted(&self) -> BTreeMap<PeerId, Ipv4Addr> {
-        if self.config.kind != DatapathKind::Ovs {
-            return BTreeMap::new();
-        }
-        let fast: Vec<(PeerId, Ipv4Addr)> = self
-            .group
-            .candidates
-            .iter()
-            .filter_map(|peer| {
-                let c = self.conns.get(peer)?;
-                (c.selector.current().kind != DatapathKind::Sleeve).then_some((*peer, c.underlay))
-            })
-            .collect();
-        let shared = |dst: &Ipv4Addr| fast.iter().filter(|(_, d)| d == dst).count() > 1;
-        fast.iter()
-            .filter(|(_, dst)| !dst.is_unspecified() && !shared(dst))
-            .take(MAX_GROUP_DSTS)
-            .copied()
-            .collect()
-    }
-
-    /// Takes the group flow to [`Self::group_wanted`] (when it changed, and at each repair),
-    /// ordered so that no peer misses a group frame: the sleeve stops skipping the peers that
-    /// leave before the kernel stops sending to them, and starts skipping the ones that join
-    /// only once the kernel sends to them. A peer moving gets a copy from both for that
-    /// instant: a brief duplicate, never a loss.
-    fn replicate(&mut self, now: Instant) {
-        if self.config.kind != DatapathKind::Ovs {
-            return;
-        }
-        let wanted = self.group_wanted();
-        let repair = self
-            .group
-            .repaired
-            .is_none_or(|at| now.saturating_duration_since(at) >= REPAIR_INTERVAL);
-        if self.group.kernel.as_ref() != Some(&wanted) || repair {
-            self.publish_group(&wanted);
-            let dsts: BTreeSet<Ipv4Addr> = wanted.values().copied().collect();
-            match self.kernel.set_group_dsts(&dsts) {
-                Ok(replicates) => {
-                    self.group.repaired = Some(now);
-                    if self.group.kernel.as_ref() != Some(&wanted) {
-                        info!(
-                            peers = wanted.len(),
-                            ?dsts,
-                            "group frames replicated in the kernel"
-                        );
-                    }
-                    self.group.kernel = Some(if replicates {
-                        wanted.clone()
-                    } else {
-                        BTreeMap::new()
-                    });
-                }
-                Err(e) => {
-                    // A refused put changed nothing: the kernel holds what it held.
-                    self.fdb_errors += 1;
-                    self.note_error(format!("putting the group flow: {e}"));
-                }
-            }
-        }
-        self.publish_group(&wanted);
-    }
-
-    /// Publishes to the sleeve the peers both wanted and served by the kernel.
-    fn publish_group(&mut self, wanted: &BTreeMap<PeerId, Ipv4Addr>) {
-        let served: BTreeSet<PeerId> = self
-            .group
-            .kernel
-            .iter()
-            .flatten()
-            .filter(|(peer, dst)| wanted.get(*peer) == Some(*dst))
-            .map(|(peer, _)| *peer)
-            .collect();
-        if self.group.published.as_ref() != Some(&served) {
-            debug!(
-                peers = served.len(),
-                "sleeve skips the fast leaves for our group frames"
-            );
-            self.group.out.set(served.clone());
-            self.group.published = Some(served);
-        }
     }
 
     fn receive(&mut self, now: Instant) {
@@ -782,19 +693,6 @@ impl Engine {
     }
 }
 
-/// Head-end replication of this host's group frames (Open vSwitch).
-#[derive(Debug, Default)]
-struct Group {
-    /// The leaves of our own broadcast tree, from the routes.
-    candidates: BTreeSet<PeerId>,
-    /// The peers the kernel's group flow sends to, as last put (None: not known yet).
-    kernel: Option<BTreeMap<PeerId, Ipv4Addr>>,
-    /// The sleeve's set, and what was last written to it.
-    out: FastGroupPeers,
-    published: Option<BTreeSet<PeerId>>,
-    repaired: Option<Instant>,
-}
-
 /// The two heartbeat sockets: sending on the VXLAN device, receiving on the bridge.
 pub type Ports = (Box<dyn FramePort>, Box<dyn FramePort>);
 
@@ -992,5 +890,6 @@ impl Drop for VxlanEngine {
     }
 }
 
+mod group;
 #[cfg(test)]
 mod tests;
