@@ -303,13 +303,14 @@ impl VxlanKernel for OvsKernel {
 
     fn set_group_dsts(&mut self, dsts: &BTreeSet<std::net::Ipv4Addr>) -> Result<bool, KernelError> {
         let active = self.active()?;
-        active.group = dsts.clone();
         let flow = active.params.group(dsts);
         if !active.flows.contains(&flow) {
             let dp = active.dp;
+            // Refused: the datapath holds the flow it held, and so does `group`.
             self.ovs.put_flow(dp, &flow)?;
             flows::apply(&[FlowOp::Put(flow)], &mut self.active()?.flows);
         }
+        self.active()?.group = dsts.clone();
         Ok(true)
     }
 
