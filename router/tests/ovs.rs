@@ -71,12 +71,13 @@ fn wait_group(net: &Net, i: HostId, to: &[HostId]) -> anyhow::Result<()> {
         SETTLE,
         || {
             let report = net.report_json(i)?;
-            let got: Vec<String> = report["datapath"]["vxlan"]["group_dsts"]
+            let mut got: Vec<String> = report["datapath"]["vxlan"]["group_dsts"]
                 .as_array()
                 .context("no group_dsts in the report")?
                 .iter()
                 .filter_map(|d| d.as_str().map(str::to_owned))
                 .collect();
+            got.sort();
             ensure!(got == want, "host{i}: group_dsts {got:?}, want {want:?}");
             Ok(true)
         },
