@@ -650,15 +650,18 @@ fn a_group_flows_ufid_differs_from_every_exact_ones() {
 }
 
 #[test]
-fn a_flow_is_replaced_by_new_without_create() {
-    // The kernel answers NEW|CREATE on an existing match with EEXIST: the modify request is
-    // the same but for NLM_F_CREATE.
+fn a_flow_is_replaced_with_set() {
+    // The kernel answers NEW|CREATE on an existing match with EEXIST: the replacement is a
+    // SET of the same attributes (key, mask, actions, UFID: it finds the flow by its UFID).
     let flow = group_flow(&[Ipv4Addr::new(10, 0, 0, 2)]);
     let (new, modify) = (flow::flow_new(7, &flow), flow::flow_modify(7, &flow));
-    assert_eq!(new.flags, msg::NLM_F_ACK | msg::NLM_F_CREATE);
-    assert_eq!(modify.flags, msg::NLM_F_ACK);
     assert_eq!(
-        (modify.cmd, modify.attrs, modify.what),
-        (new.cmd, new.attrs, new.what)
+        (new.cmd, new.flags),
+        (msg::CMD_NEW, msg::NLM_F_ACK | msg::NLM_F_CREATE)
+    );
+    assert_eq!((modify.cmd, modify.flags), (msg::CMD_SET, msg::NLM_F_ACK));
+    assert_eq!(
+        (modify.family, modify.attrs, modify.what),
+        (new.family, new.attrs, new.what)
     );
 }

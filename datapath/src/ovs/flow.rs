@@ -98,10 +98,13 @@ pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
     }
 }
 
-/// OVS_FLOW_CMD_NEW without NLM_F_CREATE: replaces the actions of the flow with this match
-/// and UFID at once (packets see the old actions or the new, never none), or creates it.
+/// OVS_FLOW_CMD_SET: replaces the actions of the flow with this UFID at once (packets see the
+/// old actions or the new, never none); ENOENT if there is none. (NEW without NLM_F_CREATE
+/// would also replace, but first compares the stored, masked key with the key as sent, whose
+/// wildcarded fields the kernel fills in (`eth_type`, the tunnel placeholders): ENOENT.)
 pub fn flow_modify(dp_ifindex: i32, flow: &Flow) -> Request {
     Request {
+        cmd: super::msg::CMD_SET,
         flags: NLM_F_ACK,
         ..flow_new(dp_ifindex, flow)
     }
