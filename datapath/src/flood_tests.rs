@@ -16,6 +16,15 @@
 //!
 //! So BUM traffic only ever travels the sleeve's broadcast tree, which reaches every host once,
 //! whatever the mix of fast and sleeve connections; known unicast takes the owner's datapath.
+//!
+//! Except from Open vSwitch hosts (`ovs`), whose fast port is the datapath's local port with
+//! `mcast_flood` and `bcast_flood` on (unknown unicast still off): a multicast or broadcast
+//! frame from a local pod also goes to it, and the group flow sends one copy to each of the
+//! host's *fast leaves* (its children in its own broadcast tree that have no children there,
+//! on a fast connection); the sleeve, told that set, skips those leaves for such frames. Both
+//! fast ports and the TAP are isolated: a frame that came in through one reaches pods only.
+//! During changes the kernel's set and the sleeve's may differ: the sleeve's is always a
+//! subset of the kernel's, which is what makes any change a brief duplicate, never a loss.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
@@ -25,7 +34,7 @@ use proptest::prelude::*;
 
 use crate::PeerId;
 use crate::forward::tests::Bfs;
-use crate::forward::{self, BROADCAST, Decision};
+use crate::forward::{self, BROADCAST, Decision, Routing};
 use crate::mac::{Mac, MacOwner, MacTable, is_multicast};
 use crate::vxlan::plan::{self, BridgePort, Desired, KernelFdb, PeerPath};
 
@@ -52,6 +61,8 @@ struct Topology {
     links: BTreeMap<(usize, usize), Link>,
     /// Pods per host.
     pods: Vec<usize>,
+    /// Hosts whose fast path is Open vSwitch (head-end replication of group frames).
+    ovs: Vec<bool>,
 }
 
 fn pod_mac(host: usize, pod: usize) -> Mac {
@@ -110,6 +121,10 @@ struct Model {
     macs: Vec<MacTable>,
     /// Pods whose MAC no other host knows yet (host, pod).
     quiet: BTreeSet<(usize, usize)>,
+    /// Per Open vSwitch host: the hosts its group flow sends to, and the peers its sleeve is
+    /// told the kernel serves.
+    group_kernel: Vec<BTreeSet<usize>>,
+    group_sleeve: Vec<BTreeSet<PeerId>>,
     now: Instant,
 }
 
@@ -158,14 +173,43 @@ impl Model {
             fdb.push(held);
             macs.push(table);
         }
-        Model {
+        let mut model = Model {
             topology,
             graph,
             fdb,
             macs,
             quiet,
+            group_kernel: vec![BTreeSet::new(); n],
+            group_sleeve: vec![BTreeSet::new(); n],
             now,
+        };
+        for host in 0..n {
+            let leaves = model.fast_leaves(host);
+            model.group_sleeve[host] = leaves.iter().map(|h| model.topology.ids[*h]).collect();
+            model.group_kernel[host] = leaves;
         }
+        model
+    }
+
+    /// What the router and the engine of an Open vSwitch host settle on: its children in its
+    /// own tree that have no children of their own, on a fast connection.
+    fn fast_leaves(&self, host: usize) -> BTreeSet<usize> {
+        if !self.topology.ovs[host] {
+            return BTreeSet::new();
+        }
+        let at = self.at(host);
+        (0..self.hosts())
+            .filter(|h| *h != host)
+            .filter(|h| at.is_broadcast_leaf(self.topology.ids[*h]))
+            .filter(|h| matches!(self.link(host, *h), Some(Link::Fast { .. })))
+            .collect()
+    }
+
+    /// A view in transition: the kernel sends to `kernel` (any fast neighbours, leaves or not)
+    /// and the sleeve skips `sleeve`, a subset of it.
+    fn in_transition(&mut self, host: usize, kernel: BTreeSet<usize>, sleeve: BTreeSet<usize>) {
+        self.group_sleeve[host] = sleeve.iter().map(|h| self.topology.ids[*h]).collect();
+        self.group_kernel[host] = kernel;
     }
 
     fn at(&self, host: usize) -> Bfs<'_> {
@@ -253,24 +297,55 @@ impl Model {
         if !matches!(ingress, Port::Pod(_)) {
             *out.arrivals.entry(host).or_default() += 1;
         }
+        // The fast port (VXLAN device or Open vSwitch's local port) and the TAP are isolated
+        // from each other; a bridge never sends a frame back out of its ingress port.
+        let allowed = |port: &Port| {
+            *port != ingress
+                && !matches!(
+                    (ingress, port),
+                    (Port::Tap, Port::Vxlan) | (Port::Vxlan, Port::Tap)
+                )
+        };
+        // Flooded to the fast port: never unknown unicast; group frames on Open vSwitch hosts.
+        let fast_floods = self.topology.ovs[host] && is_multicast(&dst_mac);
         let egress: Vec<Port> = match self.bridge_lookup(host, &dst_mac) {
             Some(port) if port == ingress => vec![],
             Some(port) => vec![port],
-            // Flood: every port but the ingress, never the VXLAN port (flooding off on it).
             None => (0..self.topology.pods[host])
                 .map(Port::Pod)
                 .chain([Port::Tap])
-                .filter(|port| *port != ingress)
+                .chain(fast_floods.then_some(Port::Vxlan))
+                .filter(allowed)
                 .collect(),
         };
         for port in egress {
             match port {
                 Port::Pod(pod) => *out.delivered.entry((host, pod)).or_default() += 1,
                 Port::Tap => {
-                    let decision =
-                        forward::from_bridge(&dst_mac, &self.macs[host], &self.at(host), self.now);
+                    let decision = forward::from_bridge(
+                        &dst_mac,
+                        &self.macs[host],
+                        &self.at(host),
+                        &self.group_sleeve[host],
+                        self.now,
+                    );
                     let origin = self.topology.ids[host];
                     self.router(host, origin, dst_mac, decision, out, queue);
+                }
+                Port::Vxlan if is_multicast(&dst_mac) => {
+                    // The group flow: one copy to each host of the set, none elsewhere.
+                    for to in &self.group_kernel[host] {
+                        out.vxlan_sent += 1;
+                        if !matches!(self.link(host, *to), Some(Link::Fast { .. })) {
+                            out.faults
+                                .push(format!("group copy {host} -> {to} is no fast link"));
+                        }
+                        queue.push_back(Event::Bridge {
+                            host: *to,
+                            ingress: Port::Vxlan,
+                            dst_mac,
+                        });
+                    }
                 }
                 Port::Vxlan => {
                     out.vxlan_sent += 1;
@@ -350,9 +425,10 @@ impl Model {
         self.topology.ids.len()
     }
 
-    /// Checks that a BUM frame from (`host`, `pod`) reached every other host's bridge once,
-    /// never came back to its origin, reached every other pod once and never took VXLAN.
-    fn check_flood(&self, host: usize, pod: usize, out: &Outcome) -> Result<(), String> {
+    /// Checks that a BUM frame to `dst` from (`host`, `pod`) reached every other host's bridge
+    /// once, never came back to its origin, reached every other pod once and took VXLAN only
+    /// from an Open vSwitch origin to its fast leaves.
+    fn check_flood(&self, host: usize, pod: usize, dst: &Mac, out: &Outcome) -> Result<(), String> {
         if !out.faults.is_empty() {
             return Err(format!("faults: {:?}", out.faults));
         }
@@ -371,8 +447,42 @@ impl Model {
         if out.delivered != want {
             return Err(format!("delivered {:?}, want {want:?}", out.delivered));
         }
-        if out.vxlan_sent != 0 {
-            return Err(format!("{} BUM copies took VXLAN", out.vxlan_sent));
+        let fast = if is_multicast(dst) {
+            self.group_kernel[host].len()
+        } else {
+            0
+        };
+        if out.vxlan_sent as usize != fast {
+            return Err(format!(
+                "{} BUM copies took VXLAN, want {fast}",
+                out.vxlan_sent
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that a BUM frame from (`host`, `pod`) reached every other host's bridge once or
+    /// twice (a duplicate while views differ), every other pod at least once, and never came
+    /// back.
+    fn check_no_loss(&self, host: usize, pod: usize, out: &Outcome) -> Result<(), String> {
+        if !out.faults.is_empty() {
+            return Err(format!("faults: {:?}", out.faults));
+        }
+        for h in 0..self.hosts() {
+            let got = out.arrivals.get(&h).copied().unwrap_or(0);
+            let ok = if h == host {
+                got == 0
+            } else {
+                (1..=2).contains(&got)
+            };
+            if !ok {
+                return Err(format!("host {h} got {got} copies: {:?}", out.arrivals));
+            }
+            for p in 0..self.topology.pods[h] {
+                if (h, p) != (host, pod) && !out.delivered.contains_key(&(h, p)) {
+                    return Err(format!("pod {p} on host {h} got nothing"));
+                }
+            }
         }
         Ok(())
     }
@@ -398,9 +508,10 @@ fn arb_topology() -> impl Strategy<Value = Topology> {
             let tree: Vec<_> = (1..n).map(|i| (0..i, sleeve_link.clone())).collect();
             let extra = prop::collection::vec((0..n, 0..n, any_link.clone()), 0..2 * n);
             let pods = prop::collection::vec(1usize..=2, n);
-            (ids, tree, extra, pods)
+            let ovs = prop::collection::vec(any::<bool>(), n);
+            (ids, tree, extra, pods, ovs)
         })
-        .prop_map(|(ids, tree, extra, pods)| {
+        .prop_map(|(ids, tree, extra, pods, ovs)| {
             let mut links = BTreeMap::new();
             for (i, (parent, kind)) in tree.into_iter().enumerate() {
                 links.insert((parent, i + 1), kind);
@@ -410,7 +521,12 @@ fn arb_topology() -> impl Strategy<Value = Topology> {
                     links.entry((a.min(b), a.max(b))).or_insert(kind);
                 }
             }
-            Topology { ids, links, pods }
+            Topology {
+                ids,
+                links,
+                pods,
+                ovs,
+            }
         })
 }
 
@@ -429,7 +545,53 @@ proptest! {
         let model = Model::new(topology, BTreeSet::new());
         let host = sender.index(model.hosts());
         let out = model.send(host, 0, dst_mac);
-        prop_assert_eq!(model.check_flood(host, 0, &out), Ok(()), "{:?}", model.topology);
+        prop_assert_eq!(model.check_flood(host, 0, &dst_mac, &out), Ok(()), "{:?}", model.topology);
+    }
+
+    #[test]
+    fn while_the_kernels_and_the_sleeves_sets_change_no_group_frame_is_lost(
+        topology in arb_topology(),
+        sender in any::<prop::sample::Index>(),
+        kernel_bits in any::<u16>(),
+        sleeve_bits in any::<u16>(),
+        dst_mac in prop_oneof![
+            Just([0xff; 6]),
+            any::<Mac>().prop_map(|mut mac| { mac[0] |= 1; mac }),
+        ],
+    ) {
+        // Any fast neighbours in the kernel's set (stale leaves, relays, links whose sleeve is
+        // down), any subset of it in the sleeve's: a copy may be doubled, never lost.
+        let mut model = Model::new(topology, BTreeSet::new());
+        let host = sender.index(model.hosts());
+        prop_assume!(model.topology.ovs[host]);
+        let fast: Vec<usize> = (0..model.hosts())
+            .filter(|h| matches!(model.link(host, *h), Some(Link::Fast { .. })))
+            .collect();
+        let pick = |bits: u16, from: &[usize]| -> BTreeSet<usize> {
+            from.iter().enumerate().filter(|(i, _)| bits >> i & 1 == 1).map(|(_, h)| *h).collect()
+        };
+        let kernel = pick(kernel_bits, &fast);
+        let sleeve = pick(sleeve_bits, &kernel.iter().copied().collect::<Vec<_>>());
+        model.in_transition(host, kernel, sleeve);
+        let out = model.send(host, 0, dst_mac);
+        prop_assert_eq!(model.check_no_loss(host, 0, &out), Ok(()), "{:?}", model.topology);
+    }
+
+    #[test]
+    fn in_a_full_mesh_of_fast_ovs_hosts_group_frames_never_take_the_sleeve(
+        n in 2usize..=8,
+        sender in any::<prop::sample::Index>(),
+        dst_mac in any::<Mac>().prop_map(|mut mac| { mac[0] |= 1; mac }),
+    ) {
+        let ids: Vec<PeerId> = (0..n).map(|i| [0x02, 0, 0, 0, 1, i as u8]).collect();
+        let links = (0..n)
+            .flat_map(|a| (a + 1..n).map(move |b| ((a, b), Link::Fast { sleeve: true })))
+            .collect();
+        let model = Model::new(Topology { ids, links, pods: vec![1; n], ovs: vec![true; n] }, BTreeSet::new());
+        let host = sender.index(n);
+        let out = model.send(host, 0, dst_mac);
+        prop_assert_eq!(model.check_flood(host, 0, &dst_mac, &out), Ok(()));
+        prop_assert_eq!((out.vxlan_sent as usize, out.sleeve_sent), (n - 1, 0));
     }
 
     #[test]
@@ -470,6 +632,7 @@ fn mixed() -> Topology {
             ((1, 3), Link::Sleeve),
         ]),
         pods: vec![2, 1, 2, 1],
+        ovs: vec![false; 4],
     }
 }
 
@@ -484,7 +647,7 @@ fn multicast_reaches_every_other_pod_once_over_the_sleeve_tree() {
         for host in 0..model.hosts() {
             let out = model.send(host, 0, dst);
             assert_eq!(
-                model.check_flood(host, 0, &out),
+                model.check_flood(host, 0, &dst, &out),
                 Ok(()),
                 "{dst:?} from {host}"
             );

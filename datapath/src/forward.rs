@@ -5,7 +5,14 @@
 //! multicast and unknown unicast follow the BFS tree rooted at the frame's origin, each peer
 //! forwarding to its children in it, so every peer gets exactly one copy when all peers agree
 //! on the topology. The frame header's `src` is always the origin peer, never the relay.
+//!
+//! One exception, for the Open vSwitch fast path's head-end replication (`docs/datapaths.md`):
+//! this host's own multicast and broadcast frames are not sent over the sleeve to the peers
+//! the kernel sent a copy to already ([`FastGroupPeers`]), as long as they are leaves of our
+//! tree ([`Routing::is_broadcast_leaf`]): a relay must still get the sleeve's copy to pass on.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::PeerId;
@@ -23,6 +30,30 @@ pub trait Routing {
     /// Next hops for a broadcast that entered the mesh at `origin` and reached us (our children
     /// in origin's broadcast tree).
     fn broadcast_hops(&self, origin: PeerId) -> Vec<PeerId>;
+    /// Whether `peer` is a leaf of our own broadcast tree: our child in it, with no child of
+    /// its own. A copy of our broadcast that reaches it by another way needs no relaying.
+    /// Without this knowledge: no peer is (every group frame then takes the whole tree).
+    fn is_broadcast_leaf(&self, peer: PeerId) -> bool {
+        let _ = peer;
+        false
+    }
+}
+
+/// The peers that get this host's own multicast and broadcast frames from the kernel fast
+/// path (head-end replication): written by the fast path's engine, only ever a subset of the
+/// peers its kernel replicates to; read by the sleeve for each group frame from the bridge.
+/// Clones share the set.
+#[derive(Debug, Clone, Default)]
+pub struct FastGroupPeers(Arc<RwLock<BTreeSet<PeerId>>>);
+
+impl FastGroupPeers {
+    pub fn set(&self, peers: BTreeSet<PeerId>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, BTreeSet<PeerId>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What to do with one frame.
@@ -55,21 +86,38 @@ pub enum DropReason {
 
 /// A frame captured from the local bridge, with destination MAC `dst_mac`.
 ///
-/// - dst multicast/broadcast or unknown MAC → Flood along our own broadcast tree
+/// - dst multicast/broadcast → [`from_bridge_group`]
+/// - unknown MAC → Flood along our own broadcast tree
 /// - known remote owner P → Unicast towards P, or Drop(NoRoute)
 /// - known local owner → Drop(LocalDestination) (the bridge already delivered it)
 pub fn from_bridge(
     dst_mac: &Mac,
     macs: &MacTable,
     routing: &(impl Routing + ?Sized),
+    fast_group: &BTreeSet<PeerId>,
     now: Instant,
 ) -> Decision {
-    let owner = if is_multicast(dst_mac) {
-        None
+    if is_multicast(dst_mac) {
+        from_bridge_group(routing, fast_group)
     } else {
-        macs.lookup(dst_mac, now)
-    };
-    from_bridge_to(owner, routing)
+        from_bridge_to(macs.lookup(dst_mac, now), routing)
+    }
+}
+
+/// A multicast or broadcast frame captured from the local bridge: Flood along our own
+/// broadcast tree, except to the children that are leaves of it and in `fast_group` (the
+/// kernel sent them a copy). Unknown unicast is not excepted: the fast path never floods it.
+pub fn from_bridge_group(
+    routing: &(impl Routing + ?Sized),
+    fast_group: &BTreeSet<PeerId>,
+) -> Decision {
+    let mut decision = flood(false, routing.local(), routing);
+    if let Decision::Flood { hops, .. } = &mut decision
+        && !fast_group.is_empty()
+    {
+        hops.retain(|hop| !(fast_group.contains(hop) && routing.is_broadcast_leaf(*hop)));
+    }
+    decision
 }
 
 /// [`from_bridge`] for a caller that has looked up the destination MAC already: `owner` is
@@ -148,6 +196,7 @@ pub(crate) mod tests {
         local: PeerId,
         next_hops: HashMap<PeerId, PeerId>,
         trees: HashMap<PeerId, Vec<PeerId>>,
+        leaves: Vec<PeerId>,
     }
 
     impl Routing for Fixed {
@@ -160,6 +209,9 @@ pub(crate) mod tests {
         fn broadcast_hops(&self, origin: PeerId) -> Vec<PeerId> {
             self.trees.get(&origin).cloned().unwrap_or_default()
         }
+        fn is_broadcast_leaf(&self, peer: PeerId) -> bool {
+            self.leaves.contains(&peer)
+        }
     }
 
     /// We are A; B is direct, C is behind B, D is unreachable. A's tree: A → B; B's tree:
@@ -169,6 +221,7 @@ pub(crate) mod tests {
             local: A,
             next_hops: HashMap::from([(B, B), (C, B)]),
             trees: HashMap::from([(A, vec![B]), (B, vec![C])]),
+            leaves: vec![],
         }
     }
 
@@ -188,12 +241,72 @@ pub(crate) mod tests {
             [0x33, 0x33, 0, 0, 0, 1],
         ] {
             assert_eq!(
-                from_bridge(&dst, &table, &routing_at_a(), now),
+                from_bridge(&dst, &table, &routing_at_a(), &BTreeSet::new(), now),
                 Decision::Flood {
                     deliver_locally: false,
                     hops: vec![B]
                 }
             );
+        }
+    }
+
+    #[test]
+    fn our_group_frames_skip_the_fast_leaves_the_kernel_served_and_nothing_else() {
+        let now = Instant::now();
+        // A's tree: A → B, C, D; B relays to others, C and D are leaves.
+        let routing = Fixed {
+            local: A,
+            next_hops: HashMap::from([(B, B), (C, C), (D, D)]),
+            trees: HashMap::from([(A, vec![B, C, D])]),
+            leaves: vec![C, D],
+        };
+        let flood = |hops: Vec<PeerId>| Decision::Flood {
+            deliver_locally: false,
+            hops,
+        };
+        // The kernel served B (a relay: stale), C (a leaf), and A itself (nonsense).
+        let fast = BTreeSet::from([A, B, C]);
+        for dst in [
+            [0xff; 6],
+            [0x01, 0, 0x5e, 0, 0, 0xfb],
+            [0x33, 0x33, 0, 0, 0, 1],
+        ] {
+            assert_eq!(
+                from_bridge(&dst, &MacTable::default(), &routing, &fast, now),
+                flood(vec![B, D])
+            );
+        }
+        // Unknown unicast takes the whole tree: the kernel never floods it.
+        assert_eq!(
+            from_bridge(&POD, &MacTable::default(), &routing, &fast, now),
+            flood(vec![B, C, D])
+        );
+        // Without the set, or without leaf knowledge, nothing is skipped.
+        assert_eq!(
+            from_bridge_group(&routing, &BTreeSet::new()),
+            flood(vec![B, C, D])
+        );
+        let unknowing = Fixed {
+            leaves: vec![],
+            ..routing
+        };
+        assert_eq!(from_bridge_group(&unknowing, &fast), flood(vec![B, C, D]));
+        // Frames from the mesh are never affected.
+        assert_eq!(
+            from_mesh(B, BROADCAST, &unknowing),
+            flood(vec![]).with_local()
+        );
+    }
+
+    impl Decision {
+        fn with_local(self) -> Self {
+            match self {
+                Decision::Flood { hops, .. } => Decision::Flood {
+                    deliver_locally: true,
+                    hops,
+                },
+                other => other,
+            }
         }
     }
 
@@ -205,12 +318,24 @@ pub(crate) mod tests {
             hops: vec![B],
         };
         assert_eq!(
-            from_bridge(&POD, &MacTable::default(), &routing_at_a(), now),
+            from_bridge(
+                &POD,
+                &MacTable::default(),
+                &routing_at_a(),
+                &BTreeSet::new(),
+                now
+            ),
             flood
         );
         let table = table_with(POD, MacOwner::Remote(C), now);
         assert_eq!(
-            from_bridge(&POD, &table, &routing_at_a(), now + DEFAULT_EXPIRY),
+            from_bridge(
+                &POD,
+                &table,
+                &routing_at_a(),
+                &BTreeSet::new(),
+                now + DEFAULT_EXPIRY
+            ),
             flood
         );
     }
@@ -220,7 +345,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let table = table_with(POD, MacOwner::Remote(C), now);
         assert_eq!(
-            from_bridge(&POD, &table, &routing_at_a(), now),
+            from_bridge(&POD, &table, &routing_at_a(), &BTreeSet::new(), now),
             Decision::Unicast {
                 next_hop: B,
                 dst: C
@@ -233,7 +358,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let table = table_with(POD, MacOwner::Remote(D), now);
         assert_eq!(
-            from_bridge(&POD, &table, &routing_at_a(), now),
+            from_bridge(&POD, &table, &routing_at_a(), &BTreeSet::new(), now),
             Decision::Drop(DropReason::NoRoute)
         );
     }
@@ -243,7 +368,13 @@ pub(crate) mod tests {
         let now = Instant::now();
         let table = table_with(POD, MacOwner::Local, now);
         assert_eq!(
-            from_bridge(&POD, &table, &routing_at_a(), now + Duration::from_secs(1)),
+            from_bridge(
+                &POD,
+                &table,
+                &routing_at_a(),
+                &BTreeSet::new(),
+                now + Duration::from_secs(1)
+            ),
             Decision::Drop(DropReason::LocalDestination)
         );
     }
@@ -254,7 +385,7 @@ pub(crate) mod tests {
         for bogus in [A, BROADCAST] {
             let table = table_with(POD, MacOwner::Remote(bogus), now);
             assert_eq!(
-                from_bridge(&POD, &table, &routing_at_a(), now),
+                from_bridge(&POD, &table, &routing_at_a(), &BTreeSet::new(), now),
                 Decision::Flood {
                     deliver_locally: false,
                     hops: vec![B]
@@ -318,6 +449,7 @@ pub(crate) mod tests {
             local: A,
             next_hops: HashMap::from([(C, A)]),
             trees: HashMap::from([(B, vec![A, B, BROADCAST, C])]),
+            leaves: vec![],
         };
         assert_eq!(
             from_mesh(B, C, &confused),
@@ -387,6 +519,11 @@ pub(crate) mod tests {
                 .map(|(child, _)| child)
                 .collect()
         }
+
+        fn is_broadcast_leaf(&self, peer: PeerId) -> bool {
+            let tree = self.tree(self.local);
+            tree.get(&peer) == Some(&self.local) && !tree.values().any(|p| *p == peer)
+        }
     }
 
     /// A random connected graph of 2..=12 peers with shuffled ids: a random spanning tree plus
@@ -437,7 +574,7 @@ pub(crate) mod tests {
             let origin = *origin.get(&ids);
             let at = |local| Bfs { local, graph: &graph };
             // Nothing learned: unicast MACs are unknown and flood like broadcast.
-            let decision = from_bridge(&dst_mac, &MacTable::default(), &at(origin), now);
+            let decision = from_bridge(&dst_mac, &MacTable::default(), &at(origin), &BTreeSet::new(), now);
             let Decision::Flood { deliver_locally: false, hops } = decision else {
                 return Err(TestCaseError::fail(format!("origin decided {decision:?}")));
             };
@@ -486,7 +623,7 @@ pub(crate) mod tests {
             let mut table = MacTable::default();
             prop_assert_eq!(table.learn(mac, MacOwner::Remote(owner), now), Some(crate::mac::Learned::New));
 
-            let decision = from_bridge(&mac, &table, &at(src), now);
+            let decision = from_bridge(&mac, &table, &at(src), &BTreeSet::new(), now);
             let Decision::Unicast { mut next_hop, dst } = decision else {
                 return Err(TestCaseError::fail(format!("{src:?} decided {decision:?}")));
             };

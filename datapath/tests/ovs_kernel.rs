@@ -6,14 +6,15 @@
 //! `run-in-kernel-vm --rw $PWD/datapath/tests/fixtures/ovs -- <test binary> --ignored capture_`
 
 mod ovs_common;
-use ovs_common::{MAC_A, VXLAN_PORT, flows_put};
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, flows_put};
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use weft_datapath::ovs::socket::{Exchange, decode_upcall_datagram};
 use weft_datapath::ovs::{
-    Flow, FlowAction, OvsError, OvsSocket, UpcallKind, UpcallSocket, VportSpec, VportType,
+    Flow, FlowAction, MacMatch, OvsError, OvsSocket, UpcallKind, UpcallSocket, VportSpec, VportType,
 };
 
 /// Deletes the datapath (and with it its vports) however the test ends.
@@ -67,7 +68,7 @@ fn foreign_flow_is_read_raw_and_deleted(
     let matching = FlowMatch {
         in_port,
         eth_src: None,
-        eth_dst: Some([0x02, 0, 0, 0, 0, 0x0c]),
+        eth_dst: Some(MacMatch::exact([0x02, 0, 0, 0, 0, 0x0c])),
         tunnel: None,
     };
     let mut actions = NlaWriter::new();
@@ -87,12 +88,17 @@ fn foreign_flow_is_read_raw_and_deleted(
         what: "a foreign flow".into(),
     })
     .expect("put a flow with push_vlan");
-    let (entries, raw) = sock.dump_flows(dp_ifindex).expect("dump with a foreign flow");
+    let (entries, raw) = sock
+        .dump_flows(dp_ifindex)
+        .expect("dump with a foreign flow");
     let entries: Vec<Flow> = entries.into_iter().map(|e| e.flow).collect();
     assert_eq!(entries, vec![weft_flow.clone()]);
     assert_eq!(raw.len(), 1, "{raw:?}");
     assert!(raw[0].error.contains("action 4"), "{raw:?}");
-    assert!(sock.delete_raw_flow(dp_ifindex, &raw[0]).expect("delete it"));
+    assert!(
+        sock.delete_raw_flow(dp_ifindex, &raw[0])
+            .expect("delete it")
+    );
     let (entries, raw) = sock.dump_flows(dp_ifindex).expect("dump after");
     assert_eq!((entries.len(), raw.len()), (1, 0));
 }
@@ -523,4 +529,82 @@ fn probe_ovs_flow_key_requirements() {
     del_key.nested(OVS_FLOW_ATTR_KEY, |k| tunnel(true, true)(k));
     try_req("DEL by key, tunnel again", CMD_DEL, del_key.into_bytes());
     try_req("flush", CMD_DEL, Vec::new());
+}
+
+/// Flows weft changes in place: a second put of a match replaces its actions (NEW|CREATE
+/// answers EEXIST, then SET by UFID), for an exact flow and for the group flow, whose masked
+/// destination reads back from a dump as it was put.
+#[test]
+fn kernel_ovs_flows_are_replaced_in_place_and_the_group_flow_reads_back() {
+    let Some(mut sock) = open_or_skip() else {
+        return;
+    };
+    let pid = std::process::id();
+    let dp_name = format!("wkr{pid}");
+    let _guard = DatapathGuard(dp_name.clone());
+    let dp = sock.create_datapath(&dp_name, 0).expect("create datapath");
+    let vxlan = sock
+        .create_vport(
+            dp.ifindex,
+            &VportSpec {
+                name: format!("wkv{pid}"),
+                kind: VportType::Vxlan,
+                dst_port: Some(VXLAN_PORT),
+                upcall_pid: 0,
+            },
+        )
+        .expect("vxlan vport");
+    let params = weft_datapath::ovs::flows::FlowParams {
+        local: 0,
+        vxlan: vxlan.port_no,
+        vni: 42,
+        tp_dst: VXLAN_PORT,
+    };
+    let (a, b) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+    let dump = |sock: &mut OvsSocket| -> Vec<Flow> {
+        let mut flows: Vec<Flow> = sock
+            .flows(dp.ifindex)
+            .expect("dump")
+            .into_iter()
+            .map(|e| e.flow)
+            .collect();
+        flows.sort();
+        flows
+    };
+    let none = std::collections::BTreeSet::new();
+    for (table, group) in [
+        (BTreeMap::from([(MAC_B, a)]), none.clone()),
+        (BTreeMap::from([(MAC_B, b)]), [a, b].into_iter().collect()),
+        (BTreeMap::from([(MAC_B, b)]), [b].into_iter().collect()),
+        (BTreeMap::from([(MAC_B, a)]), none.clone()),
+    ] {
+        let wanted = params.flows(&table, &group);
+        for flow in &wanted {
+            sock.put_flow(dp.ifindex, flow)
+                .unwrap_or_else(|e| panic!("put {flow:?}: {e}"));
+        }
+        // Inbound flows of peers no longer in the table stay: delete them as the plan would.
+        for flow in dump(&mut sock) {
+            if !wanted.iter().any(|w| w.matching == flow.matching) {
+                sock.delete_flow(dp.ifindex, &flow.matching).expect("del");
+            }
+        }
+        let got = dump(&mut sock);
+        assert_eq!(got, wanted.iter().cloned().collect::<Vec<_>>());
+        let (read, foreign) = params.table(&got);
+        assert_eq!((read, foreign), (table, vec![]));
+        let groups: Vec<_> = got.iter().filter_map(|f| params.group_dsts(f)).collect();
+        assert_eq!(groups, vec![group]);
+    }
+    assert!(
+        sock.delete_flow(dp.ifindex, &params.group_match())
+            .expect("del group")
+    );
+    assert_eq!(
+        dump(&mut sock)
+            .iter()
+            .filter(|f| f.matching.eth_dst == Some(MacMatch::GROUP))
+            .count(),
+        0
+    );
 }

@@ -202,6 +202,28 @@ impl Routes {
             .clone()
     }
 
+    /// The leaves of our own broadcast tree: our children in the BFS tree rooted at us that
+    /// have no children of their own, sorted by name. A copy of our broadcast that reaches one
+    /// of them by another way (the kernel fast path's head-end replication) needs no relaying
+    /// from it; a child with children must get the tree's copy, to pass on.
+    pub fn broadcast_leaves(&self, links: LinkSet) -> Vec<PeerName> {
+        let Ok(local) = self.names.binary_search(&self.local) else {
+            return Vec::new();
+        };
+        let tree = self.graphs[links.index()].bfs(local);
+        let mut has_children = vec![false; self.names.len()];
+        for parent in tree.parent.iter().flatten() {
+            has_children[*parent] = true;
+        }
+        tree.order
+            .iter()
+            .filter(|&&node| tree.parent[node] == Some(local) && !has_children[node])
+            .map(|&node| self.names[node])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
     /// Peers reachable from us (excluding us), sorted.
     pub fn reachable(&self, links: LinkSet) -> Vec<PeerName> {
         self.first_hops[links.index()].keys().copied().collect()
@@ -308,6 +330,59 @@ mod tests {
                     .broadcast(set, name(1))
                     .is_empty()
             );
+        }
+    }
+
+    #[test]
+    fn the_leaves_of_our_tree_are_our_children_without_children() {
+        // 1 - 2 - 3, 1 - 4, 1 - 5 - 6, 4 - 6: from 1, 2 relays to 3, 4 reaches 6 first (name
+        // order), so 5 is a leaf and 4 is not.
+        let peers = entries(&links(&[(1, 2), (2, 3), (1, 4), (1, 5), (5, 6), (4, 6)]));
+        for set in BOTH {
+            let routes = Routes::compute(name(1), &peers);
+            assert_eq!(routes.broadcast_leaves(set), vec![name(5)]);
+            // A full mesh: every peer is a leaf.
+            let mesh = entries(&links(&[(1, 2), (1, 3), (2, 3)]));
+            assert_eq!(
+                Routes::compute(name(1), &mesh).broadcast_leaves(set),
+                vec![name(2), name(3)]
+            );
+            // No entry of our own: no tree.
+            assert!(
+                Routes::compute(name(9), &peers)
+                    .broadcast_leaves(set)
+                    .is_empty()
+            );
+        }
+        // A half-established edge counts in All only.
+        let half = entries(&[(1, 2, true), (2, 1, false), (1, 3, true), (3, 1, true)]);
+        let routes = Routes::compute(name(1), &half);
+        assert_eq!(
+            routes.broadcast_leaves(LinkSet::EstablishedSymmetric),
+            vec![name(3)]
+        );
+        assert_eq!(
+            routes.broadcast_leaves(LinkSet::All),
+            vec![name(2), name(3)]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn leaves_are_exactly_the_children_that_forward_nothing(
+            edges in proptest::collection::vec((1u64..8, 1u64..8), 0..20),
+        ) {
+            let peers = entries(&links(&edges));
+            let local = name(1);
+            let routes = Routes::compute(local, &peers);
+            let set = LinkSet::EstablishedSymmetric;
+            let children = routes.broadcast(set, local);
+            let want: Vec<PeerName> = children
+                .iter()
+                .copied()
+                .filter(|c| Routes::compute(*c, &peers).broadcast(set, local).is_empty())
+                .collect();
+            prop_assert_eq!(routes.broadcast_leaves(set), want);
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use weft_datapath::DatapathKind;
+use weft_datapath::forward::FastGroupPeers;
 use weft_datapath::select::{Policy, Selector, SelectorConfig};
 use weft_datapath::vxlan::engine::{
     ConnectionPath, VxlanConfig, VxlanEngine, VxlanEvent, VxlanEventSink,
@@ -35,6 +36,9 @@ pub struct FastConfig {
     pub encrypted: bool,
     /// The kernel fast paths `--datapath` allows, best first (empty: none).
     pub backends: Vec<DatapathKind>,
+    /// The sleeve's set of peers the kernel sends this host's own group frames to (written by
+    /// the engine: Open vSwitch's head-end replication).
+    pub group_peers: FastGroupPeers,
 }
 
 /// The VXLAN device's name on `bridge`.
@@ -167,6 +171,7 @@ impl FastPath {
             });
             match started {
                 Ok(engine) => {
+                    engine.set_group_out(config.group_peers.clone());
                     tracing::info!(
                         datapath = kind.as_str(),
                         port = config.port,
@@ -298,6 +303,14 @@ impl FastPath {
     pub fn set_reachable(&self, peers: impl IntoIterator<Item = PeerName>) {
         if let FastPath::On { engine, .. } = self {
             engine.set_reachable(peers.into_iter().map(PeerName::to_bytes).collect());
+        }
+    }
+
+    /// The leaves of this host's own broadcast tree: the peers that get its group frames from
+    /// the kernel (Open vSwitch) while their connection is on the fast path.
+    pub fn set_group_candidates(&self, peers: impl IntoIterator<Item = PeerName>) {
+        if let FastPath::On { engine, .. } = self {
+            engine.set_group_candidates(peers.into_iter().map(PeerName::to_bytes).collect());
         }
     }
 

@@ -377,6 +377,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                     underlay_mtu: args.underlay_mtu,
                     encrypted: password.is_some(),
                     backends: args.datapath.fast_backends(),
+                    group_peers: dataplane.fast_group_peers(),
                 },
                 sink,
             )

@@ -341,7 +341,12 @@ impl Router {
                 self.ipam
                     .set_reachable(self.mesh.routes().reachable(LinkSet::All), now);
                 if let Some(fast) = &self.fast {
-                    fast.set_reachable(self.mesh.routes().reachable(LinkSet::EstablishedSymmetric));
+                    let routes = self.mesh.routes();
+                    fast.set_reachable(routes.reachable(LinkSet::EstablishedSymmetric));
+                    // The sleeve's broadcast tree (same link set): see `forward`.
+                    fast.set_group_candidates(
+                        routes.broadcast_leaves(LinkSet::EstablishedSymmetric),
+                    );
                 }
                 self.update_known_addresses();
             }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, ping_all};
+use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, check_bum_exactly_once, ping_all};
 use weft_tests::{HostId, Net, PodId, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -60,6 +60,46 @@ fn mesh(hosts: usize, mode: impl Fn(HostId) -> &'static str) -> anyhow::Result<N
         net.add_pod_address(pod, &format!("{}/64", v6(pod)))?;
     }
     Ok(net)
+}
+
+/// Host `i`'s group flow replicates to exactly the hosts `to` (its report, and
+/// `ovs-dpctl dump-flows`: the masked destination, a tunnel to each of them).
+fn wait_group(net: &Net, i: HostId, to: &[HostId]) -> anyhow::Result<()> {
+    let want: Vec<String> = to.iter().map(|h| format!("10.77.0.{h}")).collect();
+    net.wait_until(
+        &format!("host{i} replicates group frames to hosts {to:?}"),
+        SETTLE,
+        || {
+            let report = net.report_json(i)?;
+            let mut got: Vec<String> = report["datapath"]["vxlan"]["group_dsts"]
+                .as_array()
+                .context("no group_dsts in the report")?
+                .iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect();
+            got.sort();
+            ensure!(got == want, "host{i}: group_dsts {got:?}, want {want:?}");
+            Ok(true)
+        },
+    )?;
+    let flows = dump_flows(net, i)?;
+    let group = flows
+        .lines()
+        .find(|l| l.contains("dst=01:00:00:00:00:00/01:00:00:00:00:00"))
+        .with_context(|| format!("host{i} has no group flow:\n{flows}"))?;
+    ensure!(
+        group.matches("set(tunnel(").count() == to.len()
+            && want.iter().all(|dst| group.contains(&format!("dst={dst}"))),
+        "host{i}'s group flow sends to {want:?}: {group}"
+    );
+    eprintln!("host{i}'s group flow: {group}");
+    Ok(())
+}
+
+/// Every pod's broadcasts and multicasts reach every other pod exactly once.
+fn check_bum(net: &Net, round: &str) -> anyhow::Result<()> {
+    let pods: Vec<PodId> = (1..=net.pod_count()).collect();
+    check_bum_exactly_once(net, &pods, round, v4, "10.250.0.255")
 }
 
 /// `ovs-dpctl dump-flows` of host `i`'s datapath (Debian's tool, as a reference reader).
@@ -169,6 +209,13 @@ fn kernel_ovs_a_blocked_vxlan_port_moves_that_connection_to_the_sleeve_and_back(
         !flows.contains(&mac2),
         "no flow toward a peer on the sleeve, but host1 has one to pod2:\n{flows}"
     );
+    // Group frames: each host replicates to its fast leaves only (in this full mesh, every
+    // peer is a leaf): host1 and host2 to host3 alone, host3 to both; the sleeve carries the
+    // rest, and every pod gets each frame once.
+    wait_group(&net, 1, &[3])?;
+    wait_group(&net, 2, &[3])?;
+    wait_group(&net, 3, &[1, 2])?;
+    check_bum(&net, "host1-host2 on the sleeve")?;
     net.unblock_udp_port(1, 2, VXLAN_PORT)?;
     net.wait_until("host1-host2 return to ovs", SETTLE, || {
         net.check_datapath(&[(1, 2), (2, 1)], "ovs")
@@ -202,6 +249,20 @@ fn kernel_ovs_a_vxlan_host_and_ovs_hosts_are_fast_to_each_other() -> anyhow::Res
     ensure!(
         flows.contains(&mac3) && flows.contains("10.77.0.3"),
         "host1 sends pod3's MAC to host3 in the kernel:\n{flows}"
+    );
+    // The Open vSwitch hosts replicate their pods' group frames to every peer (a full mesh:
+    // all leaves), the VXLAN host's take the sleeve: each arrives once, at every other pod.
+    wait_group(&net, 1, &[2, 3])?;
+    wait_group(&net, 2, &[1, 3])?;
+    check_bum(&net, "ovs and vxlan")?;
+    let flows = dump_flows(&net, 1)?;
+    let group = flows
+        .lines()
+        .find(|l| l.contains("dst=01:00:00:00:00:00/01:00:00:00:00:00"))
+        .unwrap_or_default();
+    ensure!(
+        !group.contains("packets:0,"),
+        "host1's group flow carried its pod's group frames: {group}"
     );
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! What the datapath tests make pods send and look for: pings (one pair, or many pairs at
 //! once), sha256-checked TCP transfers, byte strings in captured payloads.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
 use anyhow::ensure;
 
-use crate::{Net, PodId};
+use crate::{Capture, Net, PodId, SETTLE};
 
 /// `count` pings from pod `from` to `to` (either family), `extra` flags before the address;
 /// every echo request must be answered.
@@ -99,4 +102,126 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Lowercase hex, no separators.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends argv[4] numbered broadcasts (to argv[2]:4242) and as many multicasts (to argv[3]:4243,
+/// out of the pod's address argv[1]), 20 ms apart; each payload says round (argv[5]), kind,
+/// sender and number.
+pub const BUM_SENDER: &str = "
+import socket, sys, time
+me, bcast, group, n, rnd = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+m.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(me))
+m.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+for seq in range(n):
+    b.sendto(('weft-copy %s bcast %s %d' % (rnd, me, seq)).encode(), (bcast, 4242))
+    m.sendto(('weft-copy %s mcast %s %d' % (rnd, me, seq)).encode(), (group, 4243))
+    time.sleep(0.02)
+";
+pub const BUM_PER_KIND: usize = 10;
+pub const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
+
+/// Every pod sends [`BUM_PER_KIND`] broadcasts (to `broadcast`) and multicasts tagged `round`;
+/// checks that every other pod receives each exactly once, none comes back to its sender, and
+/// no fast-path heartbeat reaches a pod. `v4`: a pod's IPv4 address.
+pub fn check_bum_exactly_once(
+    net: &Net,
+    pods: &[PodId],
+    round: &str,
+    v4: impl Fn(PodId) -> String,
+    broadcast: &str,
+) -> anyhow::Result<()> {
+    let filter =
+        format!("udp dst port 4242 or udp dst port 4243 or ether proto {HEARTBEAT_ETHERTYPE:#06x}");
+    let mut captures: Vec<(PodId, Capture)> = pods
+        .iter()
+        .map(|&p| Ok((p, net.capture_pod_inbound(p, &filter)?)))
+        .collect::<anyhow::Result<_>>()?;
+    for &pod in pods {
+        let n = BUM_PER_KIND.to_string();
+        let me = v4(pod);
+        net.pod_exec(
+            pod,
+            &[
+                "python3",
+                "-c",
+                BUM_SENDER,
+                &me,
+                broadcast,
+                "239.1.2.3",
+                &n,
+                round,
+            ],
+        )?;
+    }
+    // copies[receiver][(kind, sender, seq)]
+    let count = |capture: &Capture| -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut copies = BTreeMap::new();
+        let prefix = format!("weft-copy {round} ");
+        for d in capture.datagrams()? {
+            let text = String::from_utf8_lossy(&d.payload);
+            if let Some(key) = text.strip_prefix(&prefix) {
+                *copies.entry(key.to_owned()).or_insert(0) += 1;
+            }
+        }
+        Ok(copies)
+    };
+    let expected = |receiver: PodId| -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for &sender in pods.iter().filter(|&&s| s != receiver) {
+            for kind in ["bcast", "mcast"] {
+                for seq in 0..BUM_PER_KIND {
+                    keys.insert(format!("{kind} {} {seq}", v4(sender)));
+                }
+            }
+        }
+        keys
+    };
+    net.wait_until(
+        &format!("every pod received every other pod's broadcasts and multicasts ({round})"),
+        SETTLE,
+        || {
+            for (pod, capture) in &captures {
+                let copies = count(capture)?;
+                let missing: Vec<String> = expected(*pod)
+                    .into_iter()
+                    .filter(|k| !copies.contains_key(k))
+                    .collect();
+                ensure!(
+                    missing.is_empty(),
+                    "pod{pod} misses {} of them, e.g. {:?}",
+                    missing.len(),
+                    missing.first()
+                );
+            }
+            Ok(true)
+        },
+    )?;
+    // Give a duplicate or a looped copy time to show up (not a timed assertion: copies are
+    // counted after the fact).
+    std::thread::sleep(Duration::from_secs(1));
+    for (pod, capture) in &mut captures {
+        capture.stop()?;
+        let copies = count(capture)?;
+        let wanted = expected(*pod);
+        for (key, n) in &copies {
+            ensure!(
+                wanted.contains(key),
+                "pod{pod} received its own or an unexpected frame back ({round}): {key} x{n}"
+            );
+            ensure!(*n == 1, "pod{pod} received {key} {n} times ({round})");
+        }
+        let heartbeats = capture
+            .frames()?
+            .iter()
+            .filter(|f| f.get(12..14) == Some(&HEARTBEAT_ETHERTYPE.to_be_bytes()[..]))
+            .count();
+        ensure!(
+            heartbeats == 0,
+            "pod{pod} received {heartbeats} fast-path heartbeats ({round})"
+        );
+    }
+    Ok(())
 }

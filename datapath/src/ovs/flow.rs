@@ -46,11 +46,19 @@ pub struct FlowEntry {
 pub fn ufid(m: &FlowMatch) -> [u8; 16] {
     let mut bytes = Vec::with_capacity(32);
     bytes.extend_from_slice(&m.in_port.to_be_bytes());
-    for mac in [m.eth_src, m.eth_dst] {
+    // An exact address is hashed as it always was (flows a running datapath holds keep
+    // their ids across an upgrade); a masked one is tagged 2 and carries its mask.
+    let dst = m.eth_dst.map(|d| (d.as_exact(), d));
+    for mac in [m.eth_src.map(|s| (Some(s), super::MacMatch::exact(s))), dst] {
         match mac {
-            Some(mac) => {
+            Some((Some(mac), _)) => {
                 bytes.push(1);
                 bytes.extend_from_slice(&mac);
+            }
+            Some((None, masked)) => {
+                bytes.push(2);
+                bytes.extend_from_slice(&masked.addr);
+                bytes.extend_from_slice(&masked.mask);
             }
             None => bytes.push(0),
         }
@@ -71,8 +79,9 @@ pub fn ufid(m: &FlowMatch) -> [u8; 16] {
     out
 }
 
-/// OVS_FLOW_CMD_NEW with NLM_F_CREATE: creates the flow, or replaces the actions of the flow
-/// with the same match.
+/// OVS_FLOW_CMD_NEW with NLM_F_CREATE: creates the flow; EEXIST if there is one with this
+/// match (the kernel takes NLM_F_CREATE for NLM_F_EXCL, which generic netlink cannot carry).
+/// [`flow_modify`] replaces one.
 pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
     let mut w = NlaWriter::new();
     w.put(OVS_FLOW_ATTR_KEY, &encode_key(&flow.matching));
@@ -86,6 +95,18 @@ pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
         dp_ifindex,
         attrs: w.into_bytes(),
         what: key::describe(&flow.matching),
+    }
+}
+
+/// OVS_FLOW_CMD_SET: replaces the actions of the flow with this UFID at once (packets see the
+/// old actions or the new, never none); ENOENT if there is none. (NEW without NLM_F_CREATE
+/// would also replace, but first compares the stored, masked key with the key as sent, whose
+/// wildcarded fields the kernel fills in (`eth_type`, the tunnel placeholders): ENOENT.)
+pub fn flow_modify(dp_ifindex: i32, flow: &Flow) -> Request {
+    Request {
+        cmd: super::msg::CMD_SET,
+        flags: NLM_F_ACK,
+        ..flow_new(dp_ifindex, flow)
     }
 }
 

@@ -7,7 +7,13 @@
 //! - **outbound**, one per MAC: `in_port(local), eth(dst=MAC)` → set the tunnel (VNI, the
 //!   peer's address, UDP port, DF) → output to the VXLAN vport;
 //! - **inbound**, one per peer address in the table: `in_port(vxlan), tunnel(id=VNI,
-//!   src=peer)` → output to the local port, into the bridge.
+//!   src=peer)` → output to the local port, into the bridge;
+//! - **group**, always exactly one: `in_port(local), eth(dst=01:00:00:00:00:00/01:00:..)`
+//!   (every multicast and broadcast frame this host's pods send; the bridge floods them to the
+//!   local port, whose `mcast_flood` and `bcast_flood` are on) → for each *fast leaf* (see
+//!   `docs/datapaths.md`) set the tunnel to it and output to the VXLAN vport: head-end
+//!   replication. With no fast leaf its actions are empty: a drop, counted as a hit, where
+//!   no flow would make every group frame a miss (an upcall).
 //!
 //! A frame matching neither (a MAC of a peer on the sleeve, a sender weft does not probe) is a
 //! miss. The bridge sends the datapath only what its FDB steers there, so misses are rare.
@@ -15,11 +21,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::{Flow, FlowAction, FlowMatch, PortNo, TunnelMatch, TunnelSet};
+use super::{Flow, FlowAction, FlowMatch, MacMatch, PortNo, TunnelMatch, TunnelSet};
 use crate::mac::Mac;
 
 /// The outer TTL of tunnelled frames.
 pub const TUNNEL_TTL: u8 = 64;
+
+/// The most peers the group flow replicates to: its actions (about 70 bytes per peer) stay
+/// well under the kernel's 32 KiB. Fast leaves beyond it get group frames over the sleeve.
+pub const MAX_GROUP_DSTS: usize = 256;
 
 /// What weft's flows are made of besides the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,20 +58,64 @@ impl FlowParams {
             matching: FlowMatch {
                 in_port: self.local,
                 eth_src: None,
-                eth_dst: Some(mac),
+                eth_dst: Some(MacMatch::exact(mac)),
                 tunnel: None,
             },
-            actions: vec![
-                FlowAction::SetTunnel(TunnelSet {
-                    id: self.vni,
-                    dst,
-                    tp_dst: self.tp_dst,
-                    ttl: TUNNEL_TTL,
-                    dont_fragment: true,
-                }),
-                FlowAction::Output(self.vxlan),
-            ],
+            actions: self.tunnel_to(dst).to_vec(),
         }
+    }
+
+    /// Set the tunnel to the peer at `dst`, send out of the VXLAN vport.
+    fn tunnel_to(&self, dst: Ipv4Addr) -> [FlowAction; 2] {
+        [
+            FlowAction::SetTunnel(TunnelSet {
+                id: self.vni,
+                dst,
+                tp_dst: self.tp_dst,
+                ttl: TUNNEL_TTL,
+                dont_fragment: true,
+            }),
+            FlowAction::Output(self.vxlan),
+        ]
+    }
+
+    /// The match of the group flow: every multicast or broadcast frame from the bridge.
+    pub fn group_match(&self) -> FlowMatch {
+        FlowMatch {
+            in_port: self.local,
+            eth_src: None,
+            eth_dst: Some(MacMatch::GROUP),
+            tunnel: None,
+        }
+    }
+
+    /// Group frames from the bridge go to each peer of `dsts` (at most [`MAX_GROUP_DSTS`], the
+    /// first in address order), one copy each; none: dropped.
+    pub fn group(&self, dsts: &BTreeSet<Ipv4Addr>) -> Flow {
+        Flow {
+            matching: self.group_match(),
+            actions: dsts
+                .iter()
+                .take(MAX_GROUP_DSTS)
+                .flat_map(|dst| self.tunnel_to(*dst))
+                .collect(),
+        }
+    }
+
+    /// The peers a group flow of ours sends to; None if `flow` is no group flow of ours.
+    pub fn group_dsts(&self, flow: &Flow) -> Option<BTreeSet<Ipv4Addr>> {
+        if flow.matching != self.group_match() || !flow.actions.len().is_multiple_of(2) {
+            return None;
+        }
+        let dsts: BTreeSet<Ipv4Addr> = flow
+            .actions
+            .chunks(2)
+            .map(|pair| match pair {
+                [FlowAction::SetTunnel(set), FlowAction::Output(_)] => Some(set.dst),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        (*flow == self.group(&dsts)).then_some(dsts)
     }
 
     /// Frames the peer at `src` sends are delivered into the bridge.
@@ -77,18 +131,24 @@ impl FlowParams {
         }
     }
 
-    /// Every flow `table` asks for.
-    pub fn flows(&self, table: &BTreeMap<Mac, Ipv4Addr>) -> BTreeSet<Flow> {
+    /// Every flow `table` and the group's peers `group` ask for.
+    pub fn flows(
+        &self,
+        table: &BTreeMap<Mac, Ipv4Addr>,
+        group: &BTreeSet<Ipv4Addr>,
+    ) -> BTreeSet<Flow> {
         let peers: BTreeSet<Ipv4Addr> = table.values().copied().collect();
         table
             .iter()
             .map(|(&mac, &dst)| self.outbound(mac, dst))
             .chain(peers.into_iter().map(|src| self.inbound(src)))
+            .chain([self.group(group)])
             .collect()
     }
 
     /// The table that weft's flows among `flows` stand for, and the flows that are not
     /// weft's (another program's, or of other parameters): the caller removes or reports them.
+    /// The group flow is weft's ([`Self::group_dsts`] reads it).
     pub fn table(&self, flows: &[Flow]) -> (BTreeMap<Mac, Ipv4Addr>, Vec<Flow>) {
         let mut table = BTreeMap::new();
         let mut foreign = Vec::new();
@@ -97,7 +157,7 @@ impl FlowParams {
                 Some((mac, dst)) => {
                     table.insert(mac, dst);
                 }
-                None if self.is_inbound(flow) => {}
+                None if self.is_inbound(flow) || self.group_dsts(flow).is_some() => {}
                 None => foreign.push(flow.clone()),
             }
         }
@@ -108,6 +168,7 @@ impl FlowParams {
         let m = &flow.matching;
         let mac = m
             .eth_dst
+            .and_then(|d| d.as_exact())
             .filter(|_| m.in_port == self.local && m.eth_src.is_none())?;
         if m.tunnel.is_some() {
             return None;
@@ -128,11 +189,17 @@ impl FlowParams {
             .is_some_and(|t| *flow == self.inbound(t.src))
     }
 
-    /// The steps from `current` (the flows the datapath holds) to the flows of `table`:
-    /// puts first (new peers' inbound flows before the outbound ones that make them answer),
-    /// then deletions.
-    pub fn plan(&self, current: &BTreeSet<Flow>, table: &BTreeMap<Mac, Ipv4Addr>) -> Vec<FlowOp> {
-        let wanted = self.flows(table);
+    /// The steps from `current` (the flows the datapath holds) to the flows of `table` and
+    /// `group`: puts first (new peers' inbound flows before the outbound ones that make them
+    /// answer), then deletions. A change of the group's peers is one put (the kernel replaces
+    /// a flow's actions at once).
+    pub fn plan(
+        &self,
+        current: &BTreeSet<Flow>,
+        table: &BTreeMap<Mac, Ipv4Addr>,
+        group: &BTreeSet<Ipv4Addr>,
+    ) -> Vec<FlowOp> {
+        let wanted = self.flows(table, group);
         let wanted_matches: BTreeSet<FlowMatch> = wanted.iter().map(|f| f.matching).collect();
         let mut puts: Vec<&Flow> = wanted.difference(current).collect();
         // Inbound (tunnel matches) first.

@@ -19,6 +19,7 @@ use crate::vxlan::kernel::{
     VxlanKernel,
 };
 use crate::vxlan::plan::{self, FdbOp, KernelFdb};
+use weft_netlink::vxlan::PortFlags;
 
 /// One vport of a datapath, as weft needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,8 @@ struct Active {
     params: FlowParams,
     /// The flows the datapath holds, as last read or written.
     flows: BTreeSet<Flow>,
+    /// The peers the group flow replicates to ([`VxlanKernel::set_group_dsts`]).
+    group: BTreeSet<std::net::Ipv4Addr>,
 }
 
 /// The Open vSwitch fast path's kernel edge.
@@ -244,8 +247,17 @@ impl VxlanKernel for OvsKernel {
                 tp_dst: spec.port,
             },
             flows: BTreeSet::new(),
+            group: BTreeSet::new(),
         });
         self.load_flows()?;
+        // The group flow before the port floods group frames into the datapath: as an earlier
+        // run left it (the engine replaces it once it knows its peers), or a drop.
+        let active = self.active()?;
+        let adopted_group = active
+            .flows
+            .iter()
+            .find_map(|f| active.params.group_dsts(f));
+        self.set_group_dsts(&adopted_group.unwrap_or_default())?;
         // The datapath's local port is a netdev of the datapath's name.
         let (index, is_port) = self
             .bridge
@@ -257,7 +269,7 @@ impl VxlanKernel for OvsKernel {
                 )
             })?;
         self.bridge
-            .attach_fast_port(spec, index, bridge_index, is_port)?;
+            .attach_fast_port(spec, index, bridge_index, is_port, GROUP_FLOOD)?;
         Ok(DeviceState {
             index,
             bridge_index,
@@ -292,6 +304,19 @@ impl VxlanKernel for OvsKernel {
 
     fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
         self.bridge.isolate(port)
+    }
+
+    fn set_group_dsts(&mut self, dsts: &BTreeSet<std::net::Ipv4Addr>) -> Result<bool, KernelError> {
+        let active = self.active()?;
+        let flow = active.params.group(dsts);
+        if !active.flows.contains(&flow) {
+            let dp = active.dp;
+            // Refused: the datapath holds the flow it held, and so does `group`.
+            self.ovs.put_flow(dp, &flow)?;
+            flows::apply(&[FlowOp::Put(flow)], &mut self.active()?.flows);
+        }
+        self.active()?.group = dsts.clone();
+        Ok(true)
     }
 
     fn details(&mut self) -> Option<BackendDetails> {
@@ -357,7 +382,7 @@ impl OvsKernel {
             bridge: BTreeMap::new(),
         };
         plan::apply(ops, &mut fdb);
-        let steps = active.params.plan(&active.flows, &fdb.vxlan);
+        let steps = active.params.plan(&active.flows, &fdb.vxlan, &active.group);
         let mut failures = Vec::new();
         for step in &steps {
             let result = match step {
@@ -373,6 +398,16 @@ impl OvsKernel {
     }
 }
 
+/// The bridge-port flags of the datapath's local port: no learning, no unknown-unicast
+/// flooding (unknown unicast travels the sleeve's tree only), but multicast and broadcast
+/// flooded in, for the group flow's head-end replication (`docs/datapaths.md`).
+const GROUP_FLOOD: PortFlags = PortFlags {
+    learning: false,
+    unicast_flood: false,
+    mcast_flood: true,
+    bcast_flood: true,
+};
+
 /// The FDB steps a failed flow step served: an outbound flow's MAC, or every step toward an
 /// inbound flow's peer.
 fn blame(step: &FlowOp, ops: &[FdbOp], error: &KernelError) -> Vec<OpFailure> {
@@ -380,7 +415,8 @@ fn blame(step: &FlowOp, ops: &[FdbOp], error: &KernelError) -> Vec<OpFailure> {
         FlowOp::Put(flow) => flow.matching,
         FlowOp::Delete(matching) => *matching,
     };
-    let served = |op: &FdbOp| match (*op, matching.eth_dst, matching.tunnel) {
+    let eth_dst = matching.eth_dst.and_then(|d| d.as_exact());
+    let served = |op: &FdbOp| match (*op, eth_dst, matching.tunnel) {
         (FdbOp::VxlanSet { mac, .. } | FdbOp::VxlanDel { mac }, Some(dst), None) => mac == dst,
         (FdbOp::VxlanSet { dst, .. }, None, Some(t)) => dst == t.src,
         _ => false,

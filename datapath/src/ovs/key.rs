@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 
 use super::msg::DecodeError;
 use super::nla::{Nla, NlaWriter};
-use super::{FlowMatch, TunnelMatch};
+use super::{FlowMatch, MacMatch, TunnelMatch};
 use crate::mac::Mac;
 
 pub const OVS_KEY_ATTR_IN_PORT: u16 = 3;
@@ -56,7 +56,10 @@ pub fn encode_key(m: &FlowMatch) -> Vec<u8> {
     }
     w.put(
         OVS_KEY_ATTR_ETHERNET,
-        &ethernet(m.eth_src.unwrap_or_default(), m.eth_dst.unwrap_or_default()),
+        &ethernet(
+            m.eth_src.unwrap_or_default(),
+            m.eth_dst.map(|d| d.addr).unwrap_or_default(),
+        ),
     );
     w.into_bytes()
 }
@@ -74,7 +77,10 @@ pub fn encode_mask(m: &FlowMatch) -> Vec<u8> {
     let ones = |o: Option<Mac>| if o.is_some() { [0xff; 6] } else { [0; 6] };
     w.put(
         OVS_KEY_ATTR_ETHERNET,
-        &ethernet(ones(m.eth_src), ones(m.eth_dst)),
+        &ethernet(
+            ones(m.eth_src),
+            m.eth_dst.map(|d| d.mask).unwrap_or_default(),
+        ),
     );
     w.into_bytes()
 }
@@ -132,8 +138,10 @@ impl KeyFields {
     }
 }
 
-/// The match a key and its mask express. A field counts as matched when its mask is all ones;
-/// without a mask (an exact-match flow) every field the key has is matched.
+/// The match a key and its mask express. `eth_src` counts as matched when its mask is all
+/// ones, `eth_dst` on the bits its mask sets (none: wildcarded); without a mask (an
+/// exact-match flow) every field the key has is matched. The kernel dumps a masked flow's key
+/// masked (`key & mask`), so a group match reads back as it was put.
 pub fn decode_match(key: &[u8], mask: Option<&[u8]>) -> Result<FlowMatch, DecodeError> {
     let k = KeyFields::decode(key)?;
     let m = mask.map(KeyFields::decode).transpose()?;
@@ -157,10 +165,17 @@ pub fn decode_match(key: &[u8], mask: Option<&[u8]>) -> Result<FlowMatch, Decode
         }),
         _ => None,
     };
+    let eth_dst = match m.map(|m| m.eth_dst) {
+        None => k.eth_dst.map(MacMatch::exact),
+        Some(mask) => match (k.eth_dst, mask) {
+            (Some(addr), Some(mask)) if mask != [0; 6] => Some(MacMatch::new(addr, mask)),
+            _ => None,
+        },
+    };
     Ok(FlowMatch {
         in_port,
         eth_src: exact(k.eth_src, m.map(|m| m.eth_src)),
-        eth_dst: exact(k.eth_dst, m.map(|m| m.eth_dst)),
+        eth_dst,
         tunnel,
     })
 }
@@ -180,8 +195,10 @@ pub fn describe(m: &FlowMatch) -> String {
     if let Some(src) = m.eth_src {
         s.push_str(&format!(",eth_src({})", mac(src)));
     }
-    if let Some(dst) = m.eth_dst {
-        s.push_str(&format!(",eth_dst({})", mac(dst)));
+    match m.eth_dst.map(|d| (d, d.as_exact())) {
+        Some((_, Some(dst))) => s.push_str(&format!(",eth_dst({})", mac(dst))),
+        Some((d, None)) => s.push_str(&format!(",eth_dst({}/{})", mac(d.addr), mac(d.mask))),
+        None => {}
     }
     s
 }

@@ -41,13 +41,62 @@ pub struct TunnelMatch {
     pub src: Ipv4Addr,
 }
 
-/// What a flow matches: the fields that are `Some` exactly, every other field wildcarded.
+/// What a flow matches: the fields that are `Some` (`eth_src`, `tunnel`: exactly; `eth_dst`:
+/// on the bits of its mask), every other field wildcarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowMatch {
     pub in_port: PortNo,
     pub eth_src: Option<Mac>,
-    pub eth_dst: Option<Mac>,
+    pub eth_dst: Option<MacMatch>,
     pub tunnel: Option<TunnelMatch>,
+}
+
+/// A match on an Ethernet address: the bits set in `mask` equal those of `addr`. Canonical as
+/// the kernel keeps it (and [`MacMatch::new`] makes it): `addr` has no bit outside `mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacMatch {
+    pub addr: Mac,
+    pub mask: Mac,
+}
+
+impl MacMatch {
+    /// Every group address: the multicast bit (the low bit of the first byte) set, broadcast
+    /// included; `01:00:00:00:00:00/01:00:00:00:00:00`. No unicast address matches it, so a
+    /// flow of it never overlaps a flow of one unicast address.
+    pub const GROUP: MacMatch = MacMatch {
+        addr: [1, 0, 0, 0, 0, 0],
+        mask: [1, 0, 0, 0, 0, 0],
+    };
+
+    /// `addr` exactly.
+    pub const fn exact(addr: Mac) -> Self {
+        MacMatch {
+            addr,
+            mask: [0xff; 6],
+        }
+    }
+
+    /// `addr` on the bits of `mask` (the others cleared).
+    pub fn new(addr: Mac, mask: Mac) -> Self {
+        let mut addr = addr;
+        for (a, m) in addr.iter_mut().zip(mask) {
+            *a &= m;
+        }
+        MacMatch { addr, mask }
+    }
+
+    /// The address, if this matches one address exactly.
+    pub fn as_exact(&self) -> Option<Mac> {
+        (self.mask == [0xff; 6]).then_some(self.addr)
+    }
+
+    /// Whether `mac` matches.
+    pub fn matches(&self, mac: &Mac) -> bool {
+        mac.iter()
+            .zip(self.mask)
+            .zip(self.addr)
+            .all(|((b, m), a)| b & m == a)
+    }
 }
 
 /// The outer headers a packet sent into a tunnel gets (`OVS_ACTION_ATTR_SET` of

@@ -30,6 +30,8 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const CMD_NEW: u8 = 1;
 pub const CMD_DEL: u8 = 2;
 pub const CMD_GET: u8 = 3;
+/// `OVS_FLOW_CMD_SET` (flows only).
+pub const CMD_SET: u8 = 4;
 
 pub const OVS_DP_ATTR_NAME: u16 = 1;
 pub const OVS_DP_ATTR_UPCALL_PID: u16 = 2;
@@ -92,6 +94,7 @@ impl Family {
             (_, CMD_NEW) => "NEW",
             (_, CMD_DEL) => "DEL",
             (_, CMD_GET) => "GET",
+            (_, CMD_SET) => "SET",
             _ => "?",
         }
     }

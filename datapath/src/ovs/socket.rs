@@ -288,8 +288,14 @@ impl OvsSocket {
 
     /// Creates the flow, or replaces the actions of the one with the same match.
     pub fn put_flow(&mut self, dp_ifindex: i32, flow: &Flow) -> Result<(), OvsError> {
-        self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(()))
-            .map(drop)
+        // NLM_F_CREATE makes NEW exclusive (EEXIST on a flow with this match): then it is a
+        // replacement of the actions, a SET.
+        match self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(())) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => self
+                .exchange(&flow::flow_modify(dp_ifindex, flow), |_, _, _| Ok(()))
+                .map(drop),
+            other => other.map(drop),
+        }
     }
 
     /// Deletes the flow weft put for this match; `false` if there was none.

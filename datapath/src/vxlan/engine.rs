@@ -10,7 +10,10 @@
 //! 3. rebuild the [`Desired`] FDB (MACs from [`VxlanEngine::set_macs`], each peer's path from
 //!    its selector) and, when it changed or every [`REPAIR_INTERVAL`] (to repair drift), plan
 //!    against what the kernel holds and apply;
-//! 4. send the heartbeats that are due (after the FDB step, so a new peer's heartbeat MAC entry
+//! 4. (Open vSwitch) keep the group flow replicating this host's own multicast and broadcast
+//!    frames to its *fast leaves* ([`Engine::set_group_candidates`] among the connections on
+//!    the fast path), and tell the sleeve which peers it serves ([`FastGroupPeers`]);
+//! 5. send the heartbeats that are due (after the FDB step, so a new peer's heartbeat MAC entry
 //!    exists before its first beat).
 //!
 //! After a restart the engine adopts what the kernel holds: [`Desired::adopting`] stays set
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::forward::FastGroupPeers;
 use crate::mac::Mac;
 use crate::packet::{FramePort, PacketSocket};
 use crate::select::{FastHealth, Policy, Selector, SelectorConfig};
@@ -179,6 +183,10 @@ pub struct VxlanReport {
     /// The backend's own state (Open vSwitch: ports, flows, hits, misses), as of the last
     /// repair.
     pub details: Option<BackendDetails>,
+    /// The peers (underlay addresses) the kernel sends this host's own group frames to
+    /// (Open vSwitch's head-end replication), as last set.
+    #[serde(default)]
+    pub group_dsts: Vec<Ipv4Addr>,
 }
 
 /// One peer connection.
@@ -218,6 +226,7 @@ pub struct Engine {
     kernel_fdb_read: Instant,
     kernel_fdb_stale: bool,
     details: Option<BackendDetails>,
+    group: group::Group,
     buf: Vec<u8>,
     fdb_ops: u64,
     fdb_errors: u64,
@@ -285,6 +294,7 @@ impl Engine {
             kernel_fdb_read: now,
             kernel_fdb_stale: false,
             details,
+            group: group::Group::default(),
             buf,
             fdb_ops: 0,
             fdb_errors: 0,
@@ -398,11 +408,25 @@ impl Engine {
         }
     }
 
-    /// One round: heartbeats in, selectors, FDB, heartbeats out.
+    /// The leaves of this host's own broadcast tree (from the routes): the peers that may get
+    /// its group frames from the kernel (see [`Engine::group_wanted`]).
+    pub fn set_group_candidates(&mut self, peers: BTreeSet<PeerId>) {
+        self.group.candidates = peers;
+    }
+
+    /// Where to publish the peers the kernel sends this host's group frames to (the sleeve's
+    /// set); published again at the next step.
+    pub fn set_group_out(&mut self, out: FastGroupPeers) {
+        self.group.out = out;
+        self.group.published = None;
+    }
+
+    /// One round: heartbeats in, selectors, FDB, group flow, heartbeats out.
     pub fn step(&mut self, now: Instant) {
         self.receive(now);
         self.select(now);
         self.reconcile(now);
+        self.replicate(now);
         self.send_due(now);
     }
 
@@ -658,6 +682,13 @@ impl Engine {
             heartbeat_send_errors: self.send_errors,
             backend: self.config.kind.as_str().to_owned(),
             details: self.details.clone(),
+            group_dsts: self
+                .group
+                .kernel
+                .iter()
+                .flatten()
+                .map(|(_, dst)| *dst)
+                .collect(),
         }
     }
 }
@@ -808,6 +839,14 @@ impl VxlanEngine {
         self.engine().set_macs(remote);
     }
 
+    pub fn set_group_candidates(&self, peers: BTreeSet<PeerId>) {
+        self.engine().set_group_candidates(peers);
+    }
+
+    pub fn set_group_out(&self, out: FastGroupPeers) {
+        self.engine().set_group_out(out);
+    }
+
     pub fn paths(&self) -> Vec<ConnectionPath> {
         self.engine().paths(Instant::now())
     }
@@ -851,5 +890,6 @@ impl Drop for VxlanEngine {
     }
 }
 
+mod group;
 #[cfg(test)]
 mod tests;

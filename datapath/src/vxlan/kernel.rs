@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::plan::{BridgePort, FdbOp, KernelFdb};
@@ -170,6 +171,14 @@ pub trait VxlanKernel: Send {
     fn isolate(&mut self, port: &str) -> Result<(), KernelError>;
     /// Deletes the device (and with it its entries); `false` if there was none.
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError>;
+    /// Head-end replication: the multicast and broadcast frames this host's bridge floods to
+    /// the fast port go, one copy each, to the peers at `dsts` and nowhere else (none: they
+    /// are dropped there). `Ok(false)`: this backend does not replicate (the VXLAN device,
+    /// whose port floods nothing: the sleeve carries every group frame). Idempotent.
+    fn set_group_dsts(&mut self, dsts: &BTreeSet<Ipv4Addr>) -> Result<bool, KernelError> {
+        let _ = dsts;
+        Ok(false)
+    }
     /// The backend's own state, for status (the VXLAN device has nothing beyond its FDB).
     fn details(&mut self) -> Option<BackendDetails> {
         None
@@ -185,6 +194,7 @@ pub enum KernelCall {
     SetLocalHeartbeatMac(Mac),
     Isolate(String),
     RemoveDevice(DeviceSpec),
+    SetGroupDsts(BTreeSet<Ipv4Addr>),
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +205,8 @@ struct Recorded {
     next_index: u32,
     fdb: KernelFdb,
     local_macs: BTreeSet<Mac>,
+    /// The group's peers, once set (a backend that replicates, as Open vSwitch).
+    group: Option<BTreeSet<Ipv4Addr>>,
     fail_ops: Vec<(usize, i32)>,
     fail_ensure: Option<(usize, i32)>,
     fail_read: Option<(usize, i32)>,
@@ -247,6 +259,11 @@ impl RecordingKernel {
     /// The bridge's local (heartbeat) entries.
     pub fn local_macs(&self) -> BTreeSet<Mac> {
         self.lock().local_macs.clone()
+    }
+
+    /// The peers group frames are replicated to, once set.
+    pub fn group(&self) -> Option<BTreeSet<Ipv4Addr>> {
+        self.lock().group.clone()
     }
 
     /// As left by an earlier router: this device, with these entries.
@@ -380,6 +397,25 @@ impl VxlanKernel for RecordingKernel {
         Ok(())
     }
 
+    /// Replicates, as the Open vSwitch backend does; fails with the next FDB step's failure.
+    fn set_group_dsts(&mut self, dsts: &BTreeSet<Ipv4Addr>) -> Result<bool, KernelError> {
+        let mut r = self.lock();
+        r.calls.push(KernelCall::SetGroupDsts(dsts.clone()));
+        if r.device.is_none() {
+            return Err(KernelError::NoDevice);
+        }
+        if let Some((n, errno)) = r.fail_ops.first_mut() {
+            let errno = *errno;
+            *n -= 1;
+            if *n == 0 {
+                r.fail_ops.remove(0);
+            }
+            return Err(errno_error("put the group flow", errno));
+        }
+        r.group = Some(dsts.clone());
+        Ok(true)
+    }
+
     fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError> {
         let mut r = self.lock();
         r.calls.push(KernelCall::RemoveDevice(spec.clone()));
@@ -388,6 +424,7 @@ impl VxlanKernel for RecordingKernel {
                 r.device = None;
                 r.fdb.vxlan.clear();
                 r.fdb.bridge.retain(|_, p| *p != BridgePort::Vxlan);
+                r.group = None;
                 Ok(true)
             }
             _ => Ok(false),
@@ -397,8 +434,6 @@ impl VxlanKernel for RecordingKernel {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
 
     const A: Mac = [2, 0, 0, 0, 0, 1];

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use weft_datapath::ovs::{Flow, FlowAction, FlowMatch, TunnelMatch, TunnelSet};
+use weft_datapath::ovs::{Flow, FlowAction, FlowMatch, MacMatch, TunnelMatch, TunnelSet};
 
 /// The VXLAN vport's UDP port in the lifecycle.
 pub const VXLAN_PORT: u16 = 14789;
@@ -16,7 +16,7 @@ pub fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
         matching: FlowMatch {
             in_port: internal,
             eth_src: None,
-            eth_dst: Some(MAC_B),
+            eth_dst: Some(MacMatch::exact(MAC_B)),
             tunnel: None,
         },
         actions: vec![
@@ -34,7 +34,7 @@ pub fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
         matching: FlowMatch {
             in_port: vxlan,
             eth_src: Some(MAC_B),
-            eth_dst: Some(MAC_A),
+            eth_dst: Some(MacMatch::exact(MAC_A)),
             tunnel: Some(TunnelMatch {
                 id: 42,
                 src: Ipv4Addr::new(10, 0, 0, 2),

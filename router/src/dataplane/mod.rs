@@ -5,13 +5,14 @@
 //! channel → MAC hints, engine events → [`DataplaneEvent`], and the engine's plain report →
 //! the `/report` types in `report`. The bridge itself comes from `hostnet`.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use weft_datapath::PeerId;
-use weft_datapath::forward::Routing;
+use weft_datapath::forward::{FastGroupPeers, Routing};
 use weft_datapath::heartbeat::Health;
 use weft_datapath::mac::{Mac, MacOwner};
 use weft_datapath::sleeve::engine::{
@@ -75,6 +76,24 @@ pub type EventSink = Box<dyn Fn(DataplaneEvent) + Send + Sync>;
 struct RouteSnapshot {
     local: PeerName,
     routes: Routes,
+    /// The leaves of our own broadcast tree (see `Routing::is_broadcast_leaf`), computed once:
+    /// the sleeve asks for each group frame.
+    leaves: BTreeSet<PeerId>,
+}
+
+impl RouteSnapshot {
+    fn new(local: PeerName, routes: Routes) -> Self {
+        let leaves = routes
+            .broadcast_leaves(LinkSet::EstablishedSymmetric)
+            .into_iter()
+            .map(PeerName::to_bytes)
+            .collect();
+        RouteSnapshot {
+            local,
+            routes,
+            leaves,
+        }
+    }
 }
 
 impl Routing for RouteSnapshot {
@@ -94,6 +113,10 @@ impl Routing for RouteSnapshot {
             .routes
             .broadcast(LinkSet::EstablishedSymmetric, PeerName::from_bytes(origin));
         hops.into_iter().map(PeerName::to_bytes).collect()
+    }
+
+    fn is_broadcast_leaf(&self, peer: PeerId) -> bool {
+        self.leaves.contains(&peer)
     }
 }
 
@@ -143,7 +166,7 @@ impl Dataplane {
             local.to_bytes(),
             config,
             &HostBridge,
-            Arc::new(RouteSnapshot { local, routes }),
+            Arc::new(RouteSnapshot::new(local, routes)),
             Arc::new(GossipHints(gossip_macs.clone())),
             Box::new(move |event| events(event.into())),
         )?;
@@ -164,6 +187,12 @@ impl Dataplane {
         keys: Option<LinkKeys>,
     ) {
         self.engine.add_peer(peer.to_bytes(), conn, addr, keys);
+    }
+
+    /// The peers the kernel fast path sends this host's own group frames to, which the
+    /// sleeve then skips (a clone for the fast path's engine to write).
+    pub fn fast_group_peers(&self) -> FastGroupPeers {
+        self.engine.fast_group_peers()
     }
 
     /// The MAC-to-peer gossip channel the dataplane consults (the mesh hosts it).
@@ -206,7 +235,7 @@ impl Dataplane {
     pub fn set_routes(&self, routes: Routes) {
         let local = self.local;
         self.engine
-            .set_routes(Arc::new(RouteSnapshot { local, routes }));
+            .set_routes(Arc::new(RouteSnapshot::new(local, routes)));
     }
 
     /// Each link's state, for the connections section of the report.
@@ -368,12 +397,10 @@ mod tests {
 
     #[test]
     fn routes_are_seen_through_peer_ids() {
-        let snapshot = RouteSnapshot {
-            local: name(1),
-            routes: Routes::compute(name(1), &Default::default()),
-        };
+        let snapshot = RouteSnapshot::new(name(1), Routes::compute(name(1), &Default::default()));
         assert_eq!(snapshot.local(), name(1).to_bytes());
         assert_eq!(snapshot.next_hop(name(2).to_bytes()), None);
+        assert!(!snapshot.is_broadcast_leaf(name(2).to_bytes()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ struct FakeState {
     flows: BTreeMap<FlowMatch, Flow>,
     /// Puts of flows to this underlay address fail with EINVAL.
     refuse_dst: Option<Ipv4Addr>,
+    puts: usize,
 }
 
 #[derive(Clone, Default)]
@@ -62,6 +63,7 @@ impl OvsOps for FakeOvs {
             return Err(refused("ovs_flow NEW"));
         }
         s.flows.insert(flow.matching, flow.clone());
+        s.puts += 1;
         Ok(())
     }
     fn delete_flow(&mut self, _dp: i32, matching: &FlowMatch) -> Result<bool, KernelError> {
@@ -92,6 +94,7 @@ fn kernel(fake: &FakeOvs) -> OvsKernel {
         dp: 7,
         params: PARAMS,
         flows: BTreeSet::new(),
+        group: BTreeSet::new(),
     });
     k
 }
@@ -109,7 +112,11 @@ fn fdb_steps_become_flows_and_read_back_as_the_table() {
         FdbOp::VxlanSet { mac: M2, dst: b },
     ];
     k.apply_flows(&ops);
-    assert_eq!(fake.state().flows.len(), 4, "two outbound, two inbound");
+    assert_eq!(
+        fake.state().flows.len(),
+        5,
+        "two outbound, two inbound, the group flow (a drop)"
+    );
     let table = k.load_flows().unwrap();
     assert_eq!(table, BTreeMap::from([(M1, a), (M2, b)]));
 
@@ -120,14 +127,46 @@ fn fdb_steps_become_flows_and_read_back_as_the_table() {
     );
     let flows: Vec<Flow> = fake.state().flows.values().cloned().collect();
     assert_eq!(
-        PARAMS.flows(&BTreeMap::from([(M1, a), (M2, a)])),
+        PARAMS.flows(&BTreeMap::from([(M1, a), (M2, a)]), &BTreeSet::new()),
         flows.into_iter().collect()
     );
     assert!(
         k.apply_flows(&[FdbOp::VxlanDel { mac: M1 }, FdbOp::VxlanDel { mac: M2 }])
             .is_empty()
     );
-    assert!(fake.state().flows.is_empty());
+    let left: Vec<Flow> = fake.state().flows.values().cloned().collect();
+    assert_eq!(left, vec![PARAMS.group(&BTreeSet::new())]);
+}
+
+#[test]
+fn the_group_flow_follows_its_peers_with_one_put_each_and_survives_the_fdb_steps() {
+    let fake = FakeOvs::default();
+    let mut k = kernel(&fake);
+    let (a, b) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+    assert!(k.set_group_dsts(&BTreeSet::from([a, b])).unwrap());
+    let group = |fake: &FakeOvs| fake.state().flows.get(&PARAMS.group_match()).cloned();
+    assert_eq!(group(&fake), Some(PARAMS.group(&BTreeSet::from([a, b]))));
+    assert_eq!(fake.state().puts, 1);
+    // The same again: nothing to do.
+    k.set_group_dsts(&BTreeSet::from([a, b])).unwrap();
+    assert_eq!(fake.state().puts, 1);
+    // FDB steps keep it; reading the flows back does not take it for a foreign one.
+    assert!(
+        k.apply_flows(&[FdbOp::VxlanSet { mac: M1, dst: a }])
+            .is_empty()
+    );
+    assert!(k.load_flows().is_ok());
+    assert_eq!(group(&fake), Some(PARAMS.group(&BTreeSet::from([a, b]))));
+    // One leaves: one put; none left: a drop flow.
+    k.set_group_dsts(&BTreeSet::from([b])).unwrap();
+    assert_eq!(group(&fake), Some(PARAMS.group(&BTreeSet::from([b]))));
+    k.set_group_dsts(&BTreeSet::new()).unwrap();
+    assert_eq!(group(&fake).map(|f| f.actions), Some(vec![]));
+    // Deleted behind weft's back: the next set (the engine's repair) puts it again.
+    fake.state().flows.remove(&PARAMS.group_match());
+    k.load_flows().unwrap();
+    k.set_group_dsts(&BTreeSet::new()).unwrap();
+    assert_eq!(group(&fake).map(|f| f.actions), Some(vec![]));
 }
 
 #[test]

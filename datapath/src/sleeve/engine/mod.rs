@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::forward::Routing;
+use crate::forward::{FastGroupPeers, Routing};
 use crate::mac::{Mac, MacTable, format_mac};
 use crate::sleeve::codec::{Decapsulator, Encapsulator, Frame, FrameKind, KeySchedule};
 use crate::sleeve::offload::{VNET_HDR_LEN, VnetHeader};
@@ -175,6 +175,8 @@ struct Shared {
     udp: UdpEdge,
     links: RwLock<HashMap<PeerId, Arc<PeerLink>>>,
     routes: RwLock<Arc<dyn RoutingSnapshot>>,
+    /// The peers the kernel fast path sends this host's own group frames to.
+    fast_group: FastGroupPeers,
     macs: Mutex<MacTable>,
     /// Identifies the super-segments this router cuts into pieces.
     next_fragment_id: AtomicU32,
@@ -283,6 +285,7 @@ impl SleeveEngine {
             udp,
             links: RwLock::new(HashMap::new()),
             routes: RwLock::new(routing),
+            fast_group: FastGroupPeers::default(),
             macs: Mutex::new(MacTable::default()),
             next_fragment_id: AtomicU32::new(weft_crypto::random_u64() as u32),
             counters: Counters::default(),
@@ -345,6 +348,14 @@ impl SleeveEngine {
         if let Some(link) = self.shared.link(&peer) {
             lock(&link.state).set_standby(standby);
         }
+    }
+
+    /// The set of peers the kernel fast path sends this host's own multicast and broadcast
+    /// frames to (head-end replication), which the sleeve then does not send them to when
+    /// they are leaves of its tree ([`crate::forward::from_bridge_group`]). Empty until the
+    /// fast path's engine, given a clone, writes it.
+    pub fn fast_group_peers(&self) -> FastGroupPeers {
+        self.shared.fast_group.clone()
     }
 
     /// The routes to forward by from now on.

@@ -103,7 +103,11 @@ fn from_tap(
         };
         (learned, owner)
     };
-    let decision = forward::from_bridge_to(owner, routes);
+    let decision = if crate::mac::is_multicast(&dst_mac) {
+        forward::from_bridge_group(routes, &shared.fast_group.read())
+    } else {
+        forward::from_bridge_to(owner, routes)
+    };
     if matches!(learned, Some(Learned::New | Learned::Moved { .. })) {
         (shared.events)(SleeveEvent::LocalMac(src_mac));
     }

@@ -8,7 +8,7 @@ use super::*;
 use crate::packet::FakeFramePort;
 use crate::select::REASON_ESP;
 use crate::vxlan::DEFAULT_VNI;
-use crate::vxlan::kernel::RecordingKernel;
+use crate::vxlan::kernel::{KernelCall, RecordingKernel};
 use crate::vxlan::plan::{BridgePort, KernelFdb};
 
 const A: PeerId = [0x02, 0, 0, 0, 0, 0x0a];
@@ -56,13 +56,25 @@ struct Host {
 
 impl Host {
     fn new(id: PeerId, kernel: RecordingKernel, now: Instant) -> Host {
+        let edge = Box::new(kernel.clone());
+        Host::with(config(id), kernel, edge, now)
+    }
+
+    /// A host of `config` whose engine drives `edge` (over `kernel`'s state).
+    fn with(
+        config: VxlanConfig,
+        kernel: RecordingKernel,
+        edge: Box<dyn VxlanKernel>,
+        now: Instant,
+    ) -> Host {
+        let id = config.local;
         let (send, recv) = (FakeFramePort::new(), FakeFramePort::new());
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let ports = (send.clone(), recv.clone());
         let engine = Engine::new(
-            config(id),
-            Box::new(kernel.clone()),
+            config,
+            edge,
             move |_| {
                 Ok((
                     Box::new(ports.0) as Box<dyn FramePort>,
@@ -703,4 +715,180 @@ mod convergence {
                 m.h(A).path(B, now), m.h(B).path(A, now));
         }
     }
+}
+
+/// Each group flow put: the peers asked for, and the sleeve's set then.
+type Puts = Arc<Mutex<Vec<(BTreeSet<Ipv4Addr>, BTreeSet<PeerId>)>>>;
+
+/// The recording kernel, noting at each group flow put what the sleeve's set was.
+struct GroupSpy {
+    inner: RecordingKernel,
+    sleeve: FastGroupPeers,
+    puts: Puts,
+}
+
+impl VxlanKernel for GroupSpy {
+    fn ensure_device(&mut self, spec: &DeviceSpec) -> Result<DeviceState, KernelError> {
+        self.inner.ensure_device(spec)
+    }
+    fn read_fdb(&mut self, tap: &str) -> Result<KernelFdb, KernelError> {
+        self.inner.read_fdb(tap)
+    }
+    fn apply(&mut self, tap: &str, ops: &[FdbOp]) -> Result<(), crate::vxlan::kernel::ApplyErrors> {
+        self.inner.apply(tap, ops)
+    }
+    fn set_local_heartbeat_mac(&mut self, mac: Mac) -> Result<(), KernelError> {
+        self.inner.set_local_heartbeat_mac(mac)
+    }
+    fn isolate(&mut self, port: &str) -> Result<(), KernelError> {
+        self.inner.isolate(port)
+    }
+    fn remove_device(&mut self, spec: &DeviceSpec) -> Result<bool, KernelError> {
+        self.inner.remove_device(spec)
+    }
+    fn set_group_dsts(&mut self, dsts: &BTreeSet<Ipv4Addr>) -> Result<bool, KernelError> {
+        let before = self.inner.group().unwrap_or_default();
+        let result = self.inner.set_group_dsts(dsts);
+        let after = self.inner.group().unwrap_or_default();
+        // The sleeve skips only peers the kernel serves before and after the put.
+        let sleeve = self.sleeve.read().clone();
+        for peer in &sleeve {
+            assert!(
+                before.contains(&underlay(*peer)) && after.contains(&underlay(*peer)),
+                "the sleeve skips {peer:?} across a put from {before:?} to {after:?}"
+            );
+        }
+        self.puts.lock().unwrap().push((dsts.clone(), sleeve));
+        result
+    }
+}
+
+/// A mesh of A (Open vSwitch, its kernel spied on), B and C (VXLAN devices).
+fn ovs_mesh() -> (Mesh, FastGroupPeers, Puts) {
+    let mut m = Mesh::new(&[A, B, C]);
+    let kernel = RecordingKernel::new();
+    let sleeve = FastGroupPeers::default();
+    let puts = Arc::default();
+    let spy = GroupSpy {
+        inner: kernel.clone(),
+        sleeve: sleeve.clone(),
+        puts: Arc::clone(&puts),
+    };
+    let config = VxlanConfig {
+        kind: DatapathKind::Ovs,
+        ..config(A)
+    };
+    m.hosts[0] = Host::with(config, kernel, Box::new(spy), m.now);
+    m.hosts[0].engine.set_group_out(sleeve.clone());
+    (m, sleeve, puts)
+}
+
+#[test]
+fn an_ovs_host_replicates_group_frames_to_its_fast_leaves_and_tells_the_sleeve_after() {
+    let (mut m, sleeve, puts) = ovs_mesh();
+    m.full_mesh(policy());
+    m.tick();
+    // No candidates yet: a drop flow, the sleeve skips nobody.
+    assert_eq!(m.h(A).kernel.group(), Some(BTreeSet::new()));
+    assert!(sleeve.read().is_empty());
+    m.host(A)
+        .engine
+        .set_group_candidates(BTreeSet::from([B, C]));
+    m.until(secs(5), "both on vxlan", |m| m.all_on(DatapathKind::Vxlan));
+    m.tick();
+    let both = BTreeSet::from([underlay(B), underlay(C)]);
+    assert_eq!(m.h(A).kernel.group(), Some(both.clone()));
+    assert_eq!(*sleeve.read(), BTreeSet::from([B, C]));
+    assert_eq!(
+        m.h(A).engine.report(m.now).group_dsts,
+        both.iter().copied().collect::<Vec<_>>()
+    );
+    // VXLAN-device hosts never replicate.
+    for h in [B, C] {
+        assert!(
+            !m.h(h)
+                .kernel
+                .calls()
+                .iter()
+                .any(|c| matches!(c, KernelCall::SetGroupDsts(_))),
+            "{h:?}"
+        );
+    }
+
+    // C stops being a leaf (the routes changed): the sleeve sends it our frames again first.
+    m.host(A).engine.set_group_candidates(BTreeSet::from([B]));
+    m.tick();
+    assert_eq!(m.h(A).kernel.group(), Some(BTreeSet::from([underlay(B)])));
+    assert_eq!(*sleeve.read(), BTreeSet::from([B]));
+
+    // B's fast path dies: B leaves the group flow with its connection.
+    m.filter = Box::new(|from, to, _| !(from == A && to == B));
+    m.until(secs(6), "A to B on the sleeve", |m| {
+        m.h(A).kind(B, m.now) == DatapathKind::Sleeve
+    });
+    m.tick();
+    assert_eq!(m.h(A).kernel.group(), Some(BTreeSet::new()));
+    assert!(sleeve.read().is_empty());
+    // Every put above was checked by the spy: the sleeve never skipped a peer the kernel did
+    // not serve on both sides of the put.
+    assert!(puts.lock().unwrap().len() >= 4);
+}
+
+#[test]
+fn a_refused_group_flow_leaves_the_sleeve_sending_and_is_retried() {
+    let (mut m, sleeve, _) = ovs_mesh();
+    m.full_mesh(policy());
+    m.host(A)
+        .engine
+        .set_group_candidates(BTreeSet::from([B, C]));
+    m.until(secs(5), "both on vxlan", |m| m.all_on(DatapathKind::Vxlan));
+    // Settled: then the candidates change while the kernel refuses.
+    m.run(REPAIR_INTERVAL);
+    m.host(A).engine.set_group_candidates(BTreeSet::from([B]));
+    m.h(A).kernel.fail_next_ops(1, libc::ENOMEM);
+    m.tick();
+    // The kernel still sends to both; the sleeve skips only B (wanted and served).
+    assert_eq!(
+        m.h(A).kernel.group(),
+        Some(BTreeSet::from([underlay(B), underlay(C)]))
+    );
+    assert_eq!(*sleeve.read(), BTreeSet::from([B]));
+    let report = m.h(A).engine.report(m.now);
+    assert!(
+        report
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("putting the group flow")),
+        "{report:?}"
+    );
+    m.tick();
+    assert_eq!(m.h(A).kernel.group(), Some(BTreeSet::from([underlay(B)])));
+}
+
+#[test]
+fn the_group_flow_is_repaired_and_a_connection_still_confirming_is_no_fast_leaf() {
+    let (mut m, sleeve, puts) = ovs_mesh();
+    m.full_mesh(policy());
+    m.host(A)
+        .engine
+        .set_group_candidates(BTreeSet::from([B, C]));
+    m.until(secs(5), "both on vxlan", |m| m.all_on(DatapathKind::Vxlan));
+    m.tick();
+    let settled = puts.lock().unwrap().len();
+    m.run(REPAIR_INTERVAL + TICK);
+    // Put again on the repair interval (the kernel edge makes that a no-op when it holds it).
+    assert!(puts.lock().unwrap().len() > settled);
+    assert_eq!(*sleeve.read(), BTreeSet::from([B, C]));
+    // C reconnects: until its new connection is confirmed fast, the sleeve serves it.
+    let now = m.now;
+    let offer = m.h(A).engine.offer();
+    m.host(A)
+        .engine
+        .add_connection(C, 99, underlay(C), Some(offer), policy(), now);
+    assert_eq!(
+        m.h(A).engine.group_wanted(),
+        BTreeMap::from([(B, underlay(B))])
+    );
+    m.tick();
+    assert_eq!(*sleeve.read(), BTreeSet::from([B]));
 }

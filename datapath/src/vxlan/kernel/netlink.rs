@@ -76,16 +76,18 @@ impl NetlinkKernel {
     }
 
     /// Makes the device `index` (called `spec.name`) the bridge's fast port, configured as
-    /// [`VxlanKernel::ensure_device`] says, and the device the other calls work on. Another
-    /// backend's port (Open vSwitch's internal port) is attached with this too.
+    /// [`VxlanKernel::ensure_device`] says but with the port flags `flags`, and the device the
+    /// other calls work on. Another backend's port (Open vSwitch's internal port) is attached
+    /// with this too.
     pub(crate) fn attach_fast_port(
         &mut self,
         spec: &DeviceSpec,
         index: u32,
         bridge_index: u32,
         is_port: bool,
+        flags: PortFlags,
     ) -> Result<(), KernelError> {
-        self.configure(spec, index, bridge_index, is_port)?;
+        self.configure(spec, index, bridge_index, is_port, flags)?;
         self.spec = Some(spec.clone());
         Ok(())
     }
@@ -110,15 +112,17 @@ impl NetlinkKernel {
         }
     }
 
-    /// MTU, master, port flags off, up: on a device just made or adopted. `is_port`: it is a
-    /// port of the bridge already, so its flags go off before it comes up (a device made by
-    /// [`Self::create`] is, down); else it joins first.
+    /// MTU, master, port flags (`flags`: the VXLAN device's are all off), up: on a device
+    /// just made or adopted. `is_port`: it is a port of the bridge already, so its flags are
+    /// set before it comes up (a device made by [`Self::create`] is, down); else it joins
+    /// first.
     fn configure(
         &mut self,
         spec: &DeviceSpec,
         index: u32,
         bridge: u32,
         is_port: bool,
+        flags: PortFlags,
     ) -> Result<(), KernelError> {
         // Silent before it goes up: with a link-local address the port's own stack would
         // send from its MAC into the bridge, and the mesh would learn that MAC.
@@ -128,17 +132,22 @@ impl NetlinkKernel {
         let mtu = Some(u32::from(spec.mtu));
         let result = if is_port {
             self.nl
-                .set_port_flags(index, PortFlags::QUIET)
+                .set_port_flags(index, flags)
                 .and_then(|()| self.nl.set_up_with(index, Some(bridge), mtu))
         } else {
             self.nl
                 .set_up_with(index, Some(bridge), mtu)
-                .and_then(|()| self.nl.set_port_flags(index, PortFlags::QUIET))
+                .and_then(|()| self.nl.set_port_flags(index, flags))
+        };
+        let group = if flags.mcast_flood {
+            ", mcast_flood/bcast_flood on"
+        } else {
+            ""
         };
         result.map_err(|e| {
             KernelError::io(
                 format!(
-                    "set {} master {} mtu {} learning/flood off up",
+                    "set {} master {} mtu {} learning/flood off{group} up",
                     spec.name, spec.bridge, spec.mtu
                 ),
                 e,
@@ -233,7 +242,7 @@ impl VxlanKernel for NetlinkKernel {
             }
             None => (self.create(spec, bridge_index)?, false, true),
         };
-        self.attach_fast_port(spec, index, bridge_index, is_port)?;
+        self.attach_fast_port(spec, index, bridge_index, is_port, PortFlags::QUIET)?;
         Ok(DeviceState {
             index,
             bridge_index,
