@@ -28,6 +28,8 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const CMD_NEW: u8 = 1;
 pub const CMD_DEL: u8 = 2;
 pub const CMD_GET: u8 = 3;
+/// `OVS_VPORT_CMD_SET` (and the datapath's and flow's `SET`).
+pub const CMD_SET: u8 = 4;
 
 pub const OVS_DP_ATTR_NAME: u16 = 1;
 pub const OVS_DP_ATTR_UPCALL_PID: u16 = 2;
@@ -90,6 +92,7 @@ impl Family {
             (_, CMD_NEW) => "NEW",
             (_, CMD_DEL) => "DEL",
             (_, CMD_GET) => "GET",
+            (_, CMD_SET) => "SET",
             _ => "?",
         }
     }
@@ -511,6 +514,22 @@ pub fn vport_del(dp_ifindex: i32, port_no: PortNo) -> Request {
         dp_ifindex,
         attrs: w.into_bytes(),
         what: format!("port {port_no}"),
+    }
+}
+
+/// OVS_VPORT_CMD_SET of the upcall pid: where the vport's misses go from now on (a datapath
+/// adopted from a router that exited still names that router's socket).
+pub fn vport_set_upcall_pid(dp_ifindex: i32, port_no: PortNo, upcall_pid: u32) -> Request {
+    let mut w = NlaWriter::new();
+    w.put_u32(OVS_VPORT_ATTR_PORT_NO, port_no);
+    w.put_u32(OVS_VPORT_ATTR_UPCALL_PID, upcall_pid);
+    Request {
+        family: Family::Vport,
+        cmd: CMD_SET,
+        flags: NLM_F_ACK,
+        dp_ifindex,
+        attrs: w.into_bytes(),
+        what: format!("port {port_no} upcall pid {upcall_pid}"),
     }
 }
 

@@ -259,6 +259,18 @@ impl OvsSocket {
         absent_is_false(self.exchange(&msg::vport_del(dp_ifindex, port_no), |_, _, _| Ok(())))
     }
 
+    /// Sends the vport's misses to `upcall_pid` from now on.
+    pub fn set_vport_upcall_pid(
+        &mut self,
+        dp_ifindex: i32,
+        port_no: PortNo,
+        upcall_pid: u32,
+    ) -> Result<(), OvsError> {
+        let req = msg::vport_set_upcall_pid(dp_ifindex, port_no, upcall_pid);
+        // The kernel answers with the vport, then the ACK.
+        self.exchange(&req, |_, _, _| Ok(())).map(drop)
+    }
+
     /// Creates the flow, or replaces the actions of the one with the same match.
     pub fn put_flow(&mut self, dp_ifindex: i32, flow: &Flow) -> Result<(), OvsError> {
         self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(()))
