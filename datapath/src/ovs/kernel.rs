@@ -110,7 +110,7 @@ pub struct OvsKernel {
     /// Where the datapath's and vports' misses go: the upcall socket's port id (0: nowhere).
     upcall_pid: u32,
     /// Dropped (stopped and joined) with the edge.
-    _upcalls: Option<UpcallThread>,
+    _upcall_thread: Option<UpcallThread>,
 }
 
 /// Deletes the datapath `name` (`weft reset`); `false` if there was none.
@@ -144,7 +144,7 @@ impl OvsKernel {
         let mut kernel = Self::new(Box::new(ovs), bridge);
         kernel.upcall_pid = upcalls.pid();
         let handler = kernel.miss_handler(Box::new(answering));
-        kernel._upcalls = Some(
+        kernel._upcall_thread = Some(
             UpcallThread::spawn(upcalls, handler)
                 .map_err(|e| KernelError::io("start the ovs upcall thread", e))?,
         );
@@ -160,7 +160,7 @@ impl OvsKernel {
             active: None,
             shared: Arc::new(Mutex::new(Shared::default())),
             upcall_pid: 0,
-            _upcalls: None,
+            _upcall_thread: None,
         }
     }
 
@@ -263,7 +263,7 @@ impl OvsKernel {
     /// an adopted datapath still names the socket of the router that made it (gone: the kernel
     /// counts its misses as lost). A vport's upcall pid can be set in place
     /// (`OVS_VPORT_CMD_SET`), the local port's too, so nothing is made anew.
-    fn point_upcalls(&mut self, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
+    fn point_upcall_thread(&mut self, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
         let pid = self.upcall_pid;
         for v in self.ovs.vports(dp)? {
             if (v.port_no == 0 || v.port_no == vxlan) && v.upcall_pids != [pid] {
@@ -286,7 +286,7 @@ impl VxlanKernel for OvsKernel {
             ),
         };
         let vxlan = self.ensure_vxlan_vport(dp, spec)?;
-        self.point_upcalls(dp, vxlan)?;
+        self.point_upcall_thread(dp, vxlan)?;
         self.active = Some(Active {
             spec: spec.clone(),
             dp,
