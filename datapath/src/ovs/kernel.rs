@@ -263,7 +263,7 @@ impl OvsKernel {
     /// an adopted datapath still names the socket of the router that made it (gone: the kernel
     /// counts its misses as lost). A vport's upcall pid can be set in place
     /// (`OVS_VPORT_CMD_SET`), the local port's too, so nothing is made anew.
-    fn point_upcall_thread(&mut self, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
+    fn point_upcalls(&mut self, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
         let pid = self.upcall_pid;
         for v in self.ovs.vports(dp)? {
             if (v.port_no == 0 || v.port_no == vxlan) && v.upcall_pids != [pid] {
@@ -286,7 +286,7 @@ impl VxlanKernel for OvsKernel {
             ),
         };
         let vxlan = self.ensure_vxlan_vport(dp, spec)?;
-        self.point_upcall_thread(dp, vxlan)?;
+        self.point_upcalls(dp, vxlan)?;
         self.active = Some(Active {
             spec: spec.clone(),
             dp,
