@@ -63,6 +63,10 @@ pub trait OvsOps: Send {
         port: u16,
         upcall_pid: u32,
     ) -> Result<PortNo, KernelError>;
+    /// Sends the datapath's misses to `upcall_pid` in per-CPU dispatch mode (or sets per-vport
+    /// dispatch where the kernel has no per-CPU mode); `true` if per-CPU.
+    fn set_datapath_upcall_pid(&mut self, name: &str, upcall_pid: u32)
+    -> Result<bool, KernelError>;
     /// Sends the vport's misses to `upcall_pid` from now on.
     fn set_upcall_pid(
         &mut self,
@@ -259,12 +263,27 @@ impl OvsKernel {
             .create_vxlan_vport(dp, &name, spec.port, self.upcall_pid)
     }
 
-    /// Points the misses of the local port and the VXLAN vport at this edge's upcall socket:
-    /// an adopted datapath still names the socket of the router that made it (gone: the kernel
-    /// counts its misses as lost). A vport's upcall pid can be set in place
-    /// (`OVS_VPORT_CMD_SET`), the local port's too, so nothing is made anew.
-    fn point_upcalls(&mut self, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
+    /// Points the datapath's misses at this edge's upcall socket in both of the kernel's
+    /// dispatch modes, so that whichever mode the datapath is in they come here:
+    /// - per vport: the local port's and the VXLAN vport's upcall pids. An adopted datapath
+    ///   still names the socket of the router that made it (gone: the kernel counts its misses
+    ///   as lost); a vport's upcall pid is set in place (`OVS_VPORT_CMD_SET`), the local
+    ///   port's too, so nothing is made anew;
+    /// - per CPU (`OVS_DP_CMD_SET` of the features and `OVS_DP_ATTR_PER_CPU_PIDS`), the mode
+    ///   weft leaves the datapath in: any `ovs-dpctl` command that opens the datapath switches
+    ///   it to per-CPU dispatch (Open vSwitch's own preference) without naming pids, which
+    ///   would otherwise send every miss nowhere. Per-CPU pids it keeps.
+    fn point_upcalls(&mut self, name: &str, dp: i32, vxlan: PortNo) -> Result<(), KernelError> {
         let pid = self.upcall_pid;
+        if pid != 0 {
+            let per_cpu = self.ovs.set_datapath_upcall_pid(name, pid)?;
+            tracing::debug!(
+                datapath = name,
+                pid,
+                per_cpu,
+                "datapath upcalls pointed here"
+            );
+        }
         for v in self.ovs.vports(dp)? {
             if (v.port_no == 0 || v.port_no == vxlan) && v.upcall_pids != [pid] {
                 tracing::info!(port = v.port_no, name = %v.name, from = ?v.upcall_pids, to = pid, "re-pointing a vport's upcalls");
@@ -286,7 +305,7 @@ impl VxlanKernel for OvsKernel {
             ),
         };
         let vxlan = self.ensure_vxlan_vport(dp, spec)?;
-        self.point_upcalls(dp, vxlan)?;
+        self.point_upcalls(&spec.name, dp, vxlan)?;
         self.active = Some(Active {
             spec: spec.clone(),
             dp,

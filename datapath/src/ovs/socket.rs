@@ -259,6 +259,24 @@ impl OvsSocket {
         absent_is_false(self.exchange(&msg::vport_del(dp_ifindex, port_no), |_, _, _| Ok(())))
     }
 
+    /// Sends the datapath's misses to `upcall_pid` in per-CPU dispatch mode, or, on a kernel
+    /// without it, sets per-vport dispatch (the vports' pids then decide). `true` if per-CPU.
+    pub fn set_datapath_upcall_pid(
+        &mut self,
+        name: &str,
+        upcall_pid: u32,
+    ) -> Result<bool, OvsError> {
+        let per_cpu = msg::datapath_set_upcalls(name, upcall_pid, true);
+        match self.exchange(&per_cpu, |_, _, _| Ok(())) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+                let per_vport = msg::datapath_set_upcalls(name, upcall_pid, false);
+                self.exchange(&per_vport, |_, _, _| Ok(())).map(|_| false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the vport's misses to `upcall_pid` from now on.
     pub fn set_vport_upcall_pid(
         &mut self,

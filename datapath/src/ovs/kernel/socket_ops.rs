@@ -79,6 +79,13 @@ impl OvsOps for OvsSocket {
     ) -> Result<(), KernelError> {
         OvsSocket::set_vport_upcall_pid(self, dp, port_no, upcall_pid).map_err(kernel_error)
     }
+    fn set_datapath_upcall_pid(
+        &mut self,
+        name: &str,
+        upcall_pid: u32,
+    ) -> Result<bool, KernelError> {
+        OvsSocket::set_datapath_upcall_pid(self, name, upcall_pid).map_err(kernel_error)
+    }
     fn delete_vport(&mut self, dp: i32, port_no: PortNo) -> Result<bool, KernelError> {
         OvsSocket::delete_vport(self, dp, port_no).map_err(kernel_error)
     }

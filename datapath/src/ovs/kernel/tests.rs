@@ -18,6 +18,8 @@ struct FakeState {
     refuse_dst: Option<Ipv4Addr>,
     /// Port number → upcall pid, for the local port (0) and the VXLAN vport (2).
     upcall_pids: BTreeMap<PortNo, u32>,
+    /// The datapath's per-CPU upcall pid, once set.
+    per_cpu_pid: Option<u32>,
     /// Whether the datapath exists (else `create_datapath` makes it).
     exists: bool,
     /// Every put, in order.
@@ -97,6 +99,10 @@ impl OvsOps for FakeOvs {
     fn set_upcall_pid(&mut self, _: i32, port_no: PortNo, pid: u32) -> Result<(), KernelError> {
         self.state().upcall_pids.insert(port_no, pid);
         Ok(())
+    }
+    fn set_datapath_upcall_pid(&mut self, _: &str, pid: u32) -> Result<bool, KernelError> {
+        self.state().per_cpu_pid = Some(pid);
+        Ok(true)
     }
     fn delete_vport(&mut self, _: i32, port_no: PortNo) -> Result<bool, KernelError> {
         Ok(self.state().upcall_pids.remove(&port_no).is_some())
@@ -479,8 +485,9 @@ fn an_adopted_datapath_s_upcalls_are_pointed_at_this_edge() {
     k.upcall_pid = 99;
     let vxlan = k.ensure_vxlan_vport(7, &spec()).unwrap();
     assert_eq!(vxlan, 2, "adopted");
-    k.point_upcalls(7, vxlan).unwrap();
+    k.point_upcalls("wt-ovs", 7, vxlan).unwrap();
     assert_eq!(fake.state().upcall_pids, BTreeMap::from([(0, 99), (2, 99)]));
+    assert_eq!(fake.state().per_cpu_pid, Some(99));
 }
 
 #[test]
