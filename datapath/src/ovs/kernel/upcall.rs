@@ -88,9 +88,7 @@ impl MissHandler {
                 *s.counters.unanswered.entry(why).or_default() += 1;
                 tracing::debug!(
                     reason = why.as_str(),
-                    in_port = ?upcall.in_port,
-                    eth_dst = ?upcall.eth_dst,
-                    tunnel = ?upcall.tunnel,
+                    packet = %describe(upcall),
                     "ovs miss not answered"
                 );
                 return MissOutcome::Unanswered(why);
@@ -138,6 +136,17 @@ impl MissHandler {
             }
         }
     }
+}
+
+/// `in_port(0),eth_dst(33:33:00:00:00:16)`: what a missed packet's key says, as flows are
+/// described.
+fn describe(upcall: &Upcall) -> String {
+    crate::ovs::key::describe(&crate::ovs::FlowMatch {
+        in_port: upcall.in_port.unwrap_or(u32::MAX),
+        eth_src: None,
+        eth_dst: upcall.eth_dst,
+        tunnel: upcall.tunnel,
+    })
 }
 
 /// How long the upcall thread waits for an upcall before it looks at its stop flag: the
