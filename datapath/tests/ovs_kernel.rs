@@ -181,7 +181,25 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         .map(|e| e.flow)
         .collect();
     step(sock, &mut rec, "flow_dump_one");
-    assert_eq!(left, vec![from_peer]);
+    assert_eq!(left, vec![from_peer.clone()]);
+
+    // A put over a flow with the same match replaces its actions (the kernel refuses
+    // NLM_F_CREATE with EEXIST; the socket then puts without it).
+    let mut rerouted = from_peer.clone();
+    rerouted.actions = vec![FlowAction::Output(internal.port_no)];
+    sock.put_flow(dp.ifindex, &rerouted)
+        .expect("put over an existing flow");
+    step(sock, &mut rec, "flow_replace");
+    let replaced: Vec<Flow> = sock
+        .flows(dp.ifindex)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.flow)
+        .collect();
+    step(sock, &mut rec, "flow_dump_replaced");
+    assert_eq!(replaced, vec![rerouted]);
+    sock.put_flow(dp.ifindex, &from_peer).expect("put back");
+    step(sock, &mut rec, "flow_replace_back");
 
     // A broadcast ARP request, sent up to the upcall socket by the Userspace action.
     let mut frame = vec![0xff; 6];

@@ -71,8 +71,8 @@ pub fn ufid(m: &FlowMatch) -> [u8; 16] {
     out
 }
 
-/// OVS_FLOW_CMD_NEW with NLM_F_CREATE: creates the flow, or replaces the actions of the flow
-/// with the same match.
+/// OVS_FLOW_CMD_NEW with NLM_F_CREATE (as `ovs-dpctl add-flow` sends it): creates the flow;
+/// EEXIST if there is one with this match (see [`flow_replace`]).
 pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
     let mut w = NlaWriter::new();
     w.put(OVS_FLOW_ATTR_KEY, &encode_key(&flow.matching));
@@ -86,6 +86,16 @@ pub fn flow_new(dp_ifindex: i32, flow: &Flow) -> Request {
         dp_ifindex,
         attrs: w.into_bytes(),
         what: key::describe(&flow.matching),
+    }
+}
+
+/// OVS_FLOW_CMD_NEW without NLM_F_CREATE: replaces the actions of the flow with this match, or
+/// creates it. The kernel reads NLM_F_CREATE as "exclusive" (generic netlink takes NLM_F_EXCL
+/// for a dump flag) and refuses it with EEXIST when the flow is there.
+pub fn flow_replace(dp_ifindex: i32, flow: &Flow) -> Request {
+    Request {
+        flags: NLM_F_ACK,
+        ..flow_new(dp_ifindex, flow)
     }
 }
 

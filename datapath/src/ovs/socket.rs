@@ -291,8 +291,13 @@ impl OvsSocket {
 
     /// Creates the flow, or replaces the actions of the one with the same match.
     pub fn put_flow(&mut self, dp_ifindex: i32, flow: &Flow) -> Result<(), OvsError> {
-        self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(()))
-            .map(drop)
+        match self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(())) {
+            // There is one (a MAC that moved, two misses of one flow): replace its actions.
+            Err(e) if e.errno() == Some(libc::EEXIST) => self
+                .exchange(&flow::flow_replace(dp_ifindex, flow), |_, _, _| Ok(()))
+                .map(drop),
+            other => other.map(drop),
+        }
     }
 
     /// Deletes the flow weft put for this match; `false` if there was none.
