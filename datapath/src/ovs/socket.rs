@@ -291,11 +291,23 @@ impl OvsSocket {
 
     /// Creates the flow, or replaces the actions of the one with the same match.
     pub fn put_flow(&mut self, dp_ifindex: i32, flow: &Flow) -> Result<(), OvsError> {
-        match self.exchange(&flow::flow_new(dp_ifindex, flow), |_, _, _| Ok(())) {
+        let new = flow::flow_new(dp_ifindex, flow);
+        match self.exchange(&new, |_, _, _| Ok(())) {
             // There is one (a MAC that moved, two misses of one flow): replace its actions.
-            Err(e) if e.errno() == Some(libc::EEXIST) => self
-                .exchange(&flow::flow_replace(dp_ifindex, flow), |_, _, _| Ok(()))
-                .map(drop),
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                let replace = flow::flow_replace(dp_ifindex, flow);
+                match self.exchange(&replace, |_, _, _| Ok(())) {
+                    // A flow matching a tunnel: the kernel compares the request's key, with the
+                    // placeholders a tunnel key needs, to the stored masked key, and finds no
+                    // flow to update. Delete it and create it again (a packet in between
+                    // misses, and its miss is answered).
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {
+                        self.delete_flow(dp_ifindex, &flow.matching)?;
+                        self.exchange(&new, |_, _, _| Ok(())).map(drop)
+                    }
+                    other => other.map(drop),
+                }
+            }
             other => other.map(drop),
         }
     }
