@@ -679,3 +679,49 @@ fn a_flow_is_replaced_with_set() {
         (new.family, new.attrs, new.what)
     );
 }
+
+/// The requests the miss path added, which have no capture yet: what they carry.
+#[test]
+fn the_upcall_pointing_and_flow_replacing_requests_carry_what_the_kernel_reads() {
+    use weft_datapath::ovs::nla;
+    let u32_of = |attrs: &[u8], kind: u16| {
+        let parsed = nla::parse(attrs).unwrap();
+        nla::find(&parsed, kind).map(|a| a.u32().unwrap())
+    };
+
+    let vport = msg::vport_set_upcall_pid(5, 1, 4242);
+    assert_eq!(
+        (vport.family, vport.cmd, vport.flags),
+        (Family::Vport, 4, msg::NLM_F_ACK)
+    );
+    assert_eq!(u32_of(&vport.attrs, msg::OVS_VPORT_ATTR_PORT_NO), Some(1));
+    assert_eq!(
+        u32_of(&vport.attrs, msg::OVS_VPORT_ATTR_UPCALL_PID),
+        Some(4242)
+    );
+    assert!(
+        vport.describe().starts_with("ovs_vport SET on dp 5"),
+        "{}",
+        vport.describe()
+    );
+
+    let per_cpu = msg::datapath_set_upcalls("weft-ovs", 4242, true);
+    assert_eq!((per_cpu.family, per_cpu.cmd), (Family::Datapath, 4));
+    assert_eq!(
+        u32_of(&per_cpu.attrs, msg::OVS_DP_ATTR_USER_FEATURES),
+        Some(msg::OVS_DP_F_UNALIGNED | msg::OVS_DP_F_DISPATCH_UPCALL_PER_CPU)
+    );
+    assert_eq!(
+        u32_of(&per_cpu.attrs, msg::OVS_DP_ATTR_PER_CPU_PIDS),
+        Some(4242)
+    );
+    let per_vport = msg::datapath_set_upcalls("weft-ovs", 4242, false);
+    assert_eq!(
+        u32_of(&per_vport.attrs, msg::OVS_DP_ATTR_USER_FEATURES),
+        Some(msg::DATAPATH_FEATURES)
+    );
+    assert_eq!(
+        u32_of(&per_vport.attrs, msg::OVS_DP_ATTR_PER_CPU_PIDS),
+        None
+    );
+}

@@ -196,6 +196,47 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         .collect();
     step(sock, &mut rec, "flow_dump_one");
     assert_eq!(left, vec![from_peer.clone()]);
+
+    // A put over a flow with the same match replaces its actions (the kernel refuses
+    // NLM_F_CREATE with EEXIST; the socket then sends SET by the flow's UFID), also for this
+    // flow matching a tunnel.
+    let mut rerouted = from_peer.clone();
+    rerouted.actions = vec![FlowAction::Output(internal.port_no)];
+    sock.put_flow(dp.ifindex, &rerouted)
+        .expect("put over an existing flow");
+    step(sock, &mut rec, "flow_replace");
+    let replaced: Vec<Flow> = sock
+        .flows(dp.ifindex)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.flow)
+        .collect();
+    step(sock, &mut rec, "flow_dump_replaced");
+    assert_eq!(replaced, vec![rerouted]);
+    sock.put_flow(dp.ifindex, &from_peer).expect("put back");
+    step(sock, &mut rec, "flow_replace_back");
+    // And one without a tunnel match, replaced in place.
+    let mut to_other = to_peer.clone();
+    if let Some(FlowAction::SetTunnel(t)) = to_other.actions.first_mut() {
+        t.dst = Ipv4Addr::new(10, 0, 0, 9);
+    }
+    sock.put_flow(dp.ifindex, &to_peer)
+        .expect("put to peer again");
+    sock.put_flow(dp.ifindex, &to_other).expect("put over it");
+    step(sock, &mut rec, "flow_replace_outbound");
+    let mut now: Vec<Flow> = sock
+        .flows(dp.ifindex)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.flow)
+        .collect();
+    step(sock, &mut rec, "flow_dump_replaced_outbound");
+    now.sort();
+    let mut expected = vec![to_other.clone(), from_peer.clone()];
+    expected.sort();
+    assert_eq!(now, expected);
+    assert!(sock.delete_flow(dp.ifindex, &to_other.matching).unwrap());
+    step(sock, &mut rec, "flow_del_replaced_outbound");
     foreign_flow_is_read_raw_and_deleted(sock, dp.ifindex, internal.port_no, &from_peer);
     // Not part of the captured lifecycle.
     sock.take_recorded();

@@ -89,6 +89,15 @@ pub struct DatapathMetrics {
     /// The Open vSwitch datapath: flows, and packets looked up by result (hit, missed, lost).
     pub ovs_flows: Gauge,
     pub ovs_lookups: Family<ResultLabels, Counter>,
+    /// Misses that came up, by what became of them (answered, rate_limited, failed, or why
+    /// not answered), and flows deleted for idleness.
+    pub ovs_upcalls: Family<UpcallLabels, Counter>,
+    pub ovs_flows_expired: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpcallLabels {
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -532,6 +541,16 @@ impl Metrics {
             d.ovs_lookups.clone(),
         );
         registry.register(
+            "ovs_upcalls",
+            "Misses the Open vSwitch datapath sent up, by result (answered: flow put and packet sent on; rate_limited; failed: the put or execute was refused; unknown_mac, unknown_peer, wrong_vni, unknown_port, incomplete, not_a_miss, other_datapath: not answered)",
+            d.ovs_upcalls.clone(),
+        );
+        registry.register(
+            "ovs_flows_expired",
+            "Open vSwitch flows deleted after carrying no packet for the idle timeout (the next packet's miss puts them back)",
+            d.ovs_flows_expired.clone(),
+        );
+        registry.register(
             "pod_spoofed_frames",
             "Frames from pods' bridge ports dropped because they carried another MAC or address, by kind (mac, arp, nd, ip, ethertype)",
             d.pod_spoofed.clone(),
@@ -843,6 +862,22 @@ impl Metrics {
                         value,
                     );
                 }
+                let upcalls = [
+                    ("answered", details.upcalls_answered),
+                    ("rate_limited", details.upcalls_rate_limited),
+                    ("failed", details.upcalls_failed),
+                ];
+                let unanswered = details
+                    .upcalls_unanswered
+                    .iter()
+                    .map(|(reason, n)| (reason.as_str(), *n));
+                for (result, value) in upcalls.into_iter().chain(unanswered) {
+                    let labels = UpcallLabels {
+                        result: result.to_owned(),
+                    };
+                    mirror(&d.ovs_upcalls.get_or_create(&labels), value);
+                }
+                mirror(&d.ovs_flows_expired, details.flows_expired);
             }
         }
         for link in report
@@ -913,6 +948,24 @@ mod tests {
 
     fn observe(metrics: &Metrics, report: &serde_json::Value) {
         metrics.observe(&serde_json::from_value(report.clone()).unwrap());
+    }
+
+    #[test]
+    fn the_ovs_miss_path_is_counted() {
+        let metrics = Metrics::default();
+        observe(&metrics, &crate::report::tests::with_ovs());
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry()).unwrap();
+        for sample in [
+            "weft_ovs_upcalls_total{result=\"answered\"} 5",
+            "weft_ovs_upcalls_total{result=\"unknown_mac\"} 2",
+            "weft_ovs_upcalls_total{result=\"rate_limited\"} 1",
+            "weft_ovs_upcalls_total{result=\"failed\"} 0",
+            "weft_ovs_flows_expired_total 3",
+            "weft_ovs_flows 3",
+        ] {
+            assert!(text.lines().any(|l| l == sample), "no {sample} in\n{text}");
+        }
     }
 
     #[test]

@@ -569,6 +569,29 @@ fn fast_path_line(v: &crate::dataplane::VxlanDeviceReport) -> String {
     }
 }
 
+/// The Open vSwitch miss path in one line: what became of the upcalls, and the flows expired.
+fn upcalls_line(d: &weft_datapath::vxlan::kernel::BackendDetails) -> String {
+    let unanswered: u64 = d.upcalls_unanswered.values().sum();
+    let mut s = format!(
+        "upcalls: {} answered, {} unanswered",
+        d.upcalls_answered, unanswered
+    );
+    if unanswered > 0 {
+        let why: Vec<String> = d
+            .upcalls_unanswered
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = write!(s, " ({})", why.join(", "));
+    }
+    let _ = write!(
+        s,
+        ", {} rate-limited, {} failed; {} idle flows expired",
+        d.upcalls_rate_limited, d.upcalls_failed, d.flows_expired
+    );
+    s
+}
+
 /// `weft status datapath`: the bridge, the fast path (an Open vSwitch datapath's ports and
 /// flows, or the VXLAN device) and the datapath each connection uses, and why.
 pub fn render_datapath(r: &Report) -> String {
@@ -587,6 +610,9 @@ pub fn render_datapath(r: &Report) -> String {
             if let Some(details) = &v.details {
                 for port in &details.ports {
                     let _ = writeln!(s, "   port {port}");
+                }
+                if v.backend == "ovs" {
+                    let _ = writeln!(s, "   {}", upcalls_line(details));
                 }
             }
             if let Some(error) = &v.last_error {
@@ -706,4 +732,46 @@ pub fn render_routes(r: &Report) -> String {
         let _ = writeln!(s, "{}({}) {how}", route.peer, route.nickname);
     }
     s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::cluster::tests::mesh;
+
+    /// [`mesh`] with an Open vSwitch fast path whose miss path answered 5 upcalls, left 2
+    /// (unknown MACs), dropped 1 over the limit and expired 3 idle flows.
+    pub(crate) fn with_ovs() -> Value {
+        let mut report = mesh();
+        report["datapath"]["vxlan"] = json!({
+            "device": "weft-ovs", "port": 6784, "vni": 30566, "mtu": 1376,
+            "adopted": false, "adopting": false, "fdb_vxlan": 2, "fdb_bridge": 2,
+            "fdb_ops": 4, "fdb_errors": 0, "error": null,
+            "heartbeats_sent": 0, "heartbeats_received": 0, "heartbeats_rejected": 0,
+            "heartbeat_send_errors": 0, "backend": "ovs",
+            "details": {
+                "ports": ["0: weft-ovs (internal)", "1: weft-ovs-vx (vxlan udp/6784)"],
+                "flows": 3, "hits": 100, "misses": 8, "lost": 0,
+                "upcalls_answered": 5, "upcalls_unanswered": {"unknown_mac": 2},
+                "upcalls_rate_limited": 1, "upcalls_failed": 0, "flows_expired": 3
+            }
+        });
+        report
+    }
+
+    #[test]
+    fn the_datapath_status_shows_the_ovs_miss_path() {
+        let report: Report = serde_json::from_value(with_ovs()).unwrap();
+        let text = render_datapath(&report);
+        assert!(
+            text.contains(
+                "   upcalls: 5 answered, 2 unanswered (unknown_mac 2), 1 rate-limited, 0 failed; \
+                 3 idle flows expired\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("3 flows"), "{text}");
+    }
 }

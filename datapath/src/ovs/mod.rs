@@ -12,6 +12,7 @@
 
 pub mod flows;
 pub mod kernel;
+pub mod miss;
 
 use std::net::Ipv4Addr;
 

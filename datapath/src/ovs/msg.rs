@@ -30,7 +30,7 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const CMD_NEW: u8 = 1;
 pub const CMD_DEL: u8 = 2;
 pub const CMD_GET: u8 = 3;
-/// `OVS_FLOW_CMD_SET` (flows only).
+/// `OVS_*_CMD_SET`: a datapath's or vport's upcall pids, a flow's actions.
 pub const CMD_SET: u8 = 4;
 
 pub const OVS_DP_ATTR_NAME: u16 = 1;
@@ -41,6 +41,12 @@ pub const OVS_DP_ATTR_USER_FEATURES: u16 = 5;
 pub const OVS_DP_F_UNALIGNED: u32 = 1 << 0;
 /// Each vport has its own upcall pid(s).
 pub const OVS_DP_F_VPORT_PIDS: u32 = 1 << 1;
+/// Misses go to the datapath's per-CPU upcall pids (`OVS_DP_ATTR_PER_CPU_PIDS`), not the
+/// vports' (Linux 5.14+).
+pub const OVS_DP_F_DISPATCH_UPCALL_PER_CPU: u32 = 1 << 3;
+pub const OVS_DP_ATTR_PER_CPU_PIDS: u16 = 8;
+/// `OVS_DP_CMD_SET`.
+pub const DP_CMD_SET: u8 = 4;
 
 pub const OVS_VPORT_ATTR_PORT_NO: u16 = 1;
 pub const OVS_VPORT_ATTR_TYPE: u16 = 2;
@@ -367,6 +373,31 @@ fn datapath_by_name(cmd: u8, flags: u16, name: &str) -> Request {
     }
 }
 
+/// OVS_DP_CMD_SET by name: upcalls dispatched per CPU, every CPU's to `upcall_pid` (the kernel
+/// takes `pids[cpu % n]`). With `per_cpu` false: back to per-vport pids (a kernel without
+/// per-CPU dispatch). The kernel sets the features to exactly those given.
+pub fn datapath_set_upcalls(name: &str, upcall_pid: u32, per_cpu: bool) -> Request {
+    let mut w = NlaWriter::new();
+    w.put_str(OVS_DP_ATTR_NAME, name);
+    if per_cpu {
+        w.put_u32(
+            OVS_DP_ATTR_USER_FEATURES,
+            OVS_DP_F_UNALIGNED | OVS_DP_F_DISPATCH_UPCALL_PER_CPU,
+        );
+        w.put_u32(OVS_DP_ATTR_PER_CPU_PIDS, upcall_pid);
+    } else {
+        w.put_u32(OVS_DP_ATTR_USER_FEATURES, DATAPATH_FEATURES);
+    }
+    Request {
+        family: Family::Datapath,
+        cmd: DP_CMD_SET,
+        flags: NLM_F_ACK,
+        dp_ifindex: 0,
+        attrs: w.into_bytes(),
+        what: format!("{name} upcall pid {upcall_pid}"),
+    }
+}
+
 /// OVS_DP_CMD_GET by name.
 pub fn datapath_get(name: &str) -> Request {
     datapath_by_name(CMD_GET, NLM_F_ACK, name)
@@ -516,6 +547,22 @@ pub fn vport_del(dp_ifindex: i32, port_no: PortNo) -> Request {
         dp_ifindex,
         attrs: w.into_bytes(),
         what: format!("port {port_no}"),
+    }
+}
+
+/// OVS_VPORT_CMD_SET of the upcall pid: where the vport's misses go from now on (a datapath
+/// adopted from a router that exited still names that router's socket).
+pub fn vport_set_upcall_pid(dp_ifindex: i32, port_no: PortNo, upcall_pid: u32) -> Request {
+    let mut w = NlaWriter::new();
+    w.put_u32(OVS_VPORT_ATTR_PORT_NO, port_no);
+    w.put_u32(OVS_VPORT_ATTR_UPCALL_PID, upcall_pid);
+    Request {
+        family: Family::Vport,
+        cmd: CMD_SET,
+        flags: NLM_F_ACK,
+        dp_ifindex,
+        attrs: w.into_bytes(),
+        what: format!("port {port_no} upcall pid {upcall_pid}"),
     }
 }
 

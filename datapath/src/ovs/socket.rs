@@ -286,6 +286,36 @@ impl OvsSocket {
         absent_is_false(self.exchange(&msg::vport_del(dp_ifindex, port_no), |_, _, _| Ok(())))
     }
 
+    /// Sends the datapath's misses to `upcall_pid` in per-CPU dispatch mode, or, on a kernel
+    /// without it, sets per-vport dispatch (the vports' pids then decide). `true` if per-CPU.
+    pub fn set_datapath_upcall_pid(
+        &mut self,
+        name: &str,
+        upcall_pid: u32,
+    ) -> Result<bool, OvsError> {
+        let per_cpu = msg::datapath_set_upcalls(name, upcall_pid, true);
+        match self.exchange(&per_cpu, |_, _, _| Ok(())) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+                let per_vport = msg::datapath_set_upcalls(name, upcall_pid, false);
+                self.exchange(&per_vport, |_, _, _| Ok(())).map(|_| false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the vport's misses to `upcall_pid` from now on.
+    pub fn set_vport_upcall_pid(
+        &mut self,
+        dp_ifindex: i32,
+        port_no: PortNo,
+        upcall_pid: u32,
+    ) -> Result<(), OvsError> {
+        let req = msg::vport_set_upcall_pid(dp_ifindex, port_no, upcall_pid);
+        // The kernel answers with the vport, then the ACK.
+        self.exchange(&req, |_, _, _| Ok(())).map(drop)
+    }
+
     /// Creates the flow, or replaces the actions of the one with the same match.
     pub fn put_flow(&mut self, dp_ifindex: i32, flow: &Flow) -> Result<(), OvsError> {
         // NLM_F_CREATE makes NEW exclusive (EEXIST on a flow with this match): then it is a

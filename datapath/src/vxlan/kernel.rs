@@ -3,7 +3,7 @@
 //! the VXLAN and TAP ports), behind [`VxlanKernel`] so that the engine can be tested with
 //! [`RecordingKernel`]. The real edge is [`NetlinkKernel`] (rtnetlink, no `ip` binary).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,6 +145,21 @@ pub struct BackendDetails {
     pub hits: u64,
     pub misses: u64,
     pub lost: u64,
+    /// Misses weft answered (the flow put, the packet sent on).
+    #[serde(default)]
+    pub upcalls_answered: u64,
+    /// Misses not answered, by why (`unknown_mac`, `unknown_peer`, `wrong_vni`, ...).
+    #[serde(default)]
+    pub upcalls_unanswered: BTreeMap<String, u64>,
+    /// Answerable misses over the rate limit (dropped, counted).
+    #[serde(default)]
+    pub upcalls_rate_limited: u64,
+    /// Answered, but the flow's put or the packet's execute failed.
+    #[serde(default)]
+    pub upcalls_failed: u64,
+    /// Flows deleted after carrying no packet for the idle timeout.
+    #[serde(default)]
+    pub flows_expired: u64,
 }
 
 /// The kernel edge of the VXLAN fast path.
