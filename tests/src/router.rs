@@ -16,6 +16,15 @@ use crate::report::Report;
 /// How long a router may take to serve its status endpoint after being spawned.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// [`STARTUP_TIMEOUT`], or `WEFT_TEST_STARTUP_SECS`: the kernel VM emulates its CPU and reads
+/// the binary over 9p, and the first router of a boot can take longer than 20 s to answer.
+fn startup_timeout() -> Duration {
+    std::env::var("WEFT_TEST_STARTUP_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(STARTUP_TIMEOUT, Duration::from_secs)
+}
+
 /// Fast failure detection and gossip, so scenarios settle in seconds.
 const FAST_TIMERS: [&str; 4] = ["--heartbeat-interval", "1", "--gossip-interval", "2"];
 
@@ -328,7 +337,8 @@ impl Net {
     }
 
     fn wait_for_status_endpoint(&self, i: HostId) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let timeout = startup_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             if let RouterState::Exited(status) = self.router_state(i) {
                 bail!(
@@ -353,7 +363,7 @@ impl Net {
             if Instant::now() >= deadline {
                 bail!(
                     "the router on host{i} did not serve status within {}s; log:\n{}",
-                    STARTUP_TIMEOUT.as_secs(),
+                    timeout.as_secs(),
                     self.log(i)
                 );
             }
