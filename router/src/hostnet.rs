@@ -54,6 +54,19 @@ pub fn ensure_bridge(name: &str, mtu: u16) -> io::Result<()> {
             index_of(&mut nl, name)?
         }
     };
+    // Its address pinned (set explicitly, so kept) before any port joins: a bridge without one
+    // takes the lowest of its ports' addresses, which may be the sleeve TAP's, made anew with
+    // another address at each start. The bridge's own frames would then leave from the TAP's
+    // address in one run (the router takes them for its own) and from a new one in the next.
+    if let Some(mac) = nl
+        .link_by_name(name)
+        .map_err(ctx(format!("look up {name}")))?
+        .as_ref()
+        .and_then(link::mac_of)
+    {
+        nl.set_mac(index, mac)
+            .map_err(ctx(format!("pin the address of {name}")))?;
+    }
     nl.set_up_with(index, None, Some(u32::from(mtu)))
         .map_err(ctx(format!("set {name} mtu {mtu} up")))
 }
