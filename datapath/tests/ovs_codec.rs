@@ -4,7 +4,7 @@
 //! to what the lifecycle did. Runs on the host; no kernel module needed.
 
 mod ovs_common;
-use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, flows_put};
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -94,17 +94,6 @@ fn datapath(name: &str) -> DatapathInfo {
 fn vport(name: &str) -> VportInfo {
     let (_, dp, attrs) = genl(&fixture(name)).remove(0);
     msg::decode_vport(dp, &attrs).unwrap()
-}
-
-fn arp_frame() -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&MAC_A);
-    frame.extend_from_slice(&[0x08, 0x06]);
-    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&MAC_A);
-    frame.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
-    frame.resize(60, 0);
-    frame
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! `run-in-kernel-vm --rw $PWD/datapath/tests/fixtures/ovs -- <test binary> --ignored capture_`
 
 mod ovs_common;
-use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, flows_put};
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -242,13 +242,7 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
     sock.take_recorded();
 
     // A broadcast ARP request, sent up to the upcall socket by the Userspace action.
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&MAC_A);
-    frame.extend_from_slice(&[0x08, 0x06]);
-    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&MAC_A);
-    frame.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
-    frame.resize(60, 0);
+    let frame = arp_frame();
     let actions = [FlowAction::Userspace { pid: upcall_pid }];
     sock.execute(dp.ifindex, &frame, internal.port_no, &actions)
         .expect("execute");

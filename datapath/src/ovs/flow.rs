@@ -114,13 +114,18 @@ pub fn flow_modify(dp_ifindex: i32, flow: &Flow) -> Request {
 pub fn flow_del(dp_ifindex: i32, m: &FlowMatch) -> Request {
     let mut w = NlaWriter::new();
     w.put(OVS_FLOW_ATTR_UFID, &ufid(m));
+    del_request(dp_ifindex, w, key::describe(m))
+}
+
+/// OVS_FLOW_CMD_DEL of the flow `attrs` names (by UFID or key).
+fn del_request(dp_ifindex: i32, attrs: NlaWriter, what: String) -> Request {
     Request {
         family: Family::Flow,
         cmd: CMD_DEL,
         flags: NLM_F_ACK,
         dp_ifindex,
-        attrs: w.into_bytes(),
-        what: key::describe(m),
+        attrs: attrs.into_bytes(),
+        what,
     }
 }
 
@@ -161,14 +166,11 @@ pub fn raw_flow_del(dp_ifindex: i32, raw: &RawFlow) -> Request {
         Some(ufid) => w.put(OVS_FLOW_ATTR_UFID, ufid),
         None => w.put(OVS_FLOW_ATTR_KEY, &raw.key),
     }
-    Request {
-        family: Family::Flow,
-        cmd: CMD_DEL,
-        flags: NLM_F_ACK,
+    del_request(
         dp_ifindex,
-        attrs: w.into_bytes(),
-        what: format!("a flow weft cannot model ({})", raw.error),
-    }
+        w,
+        format!("a flow weft cannot model ({})", raw.error),
+    )
 }
 
 /// OVS_FLOW_CMD_DEL without a key: every flow of the datapath.

@@ -44,3 +44,15 @@ pub fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
     };
     (to_peer, from_peer)
 }
+
+/// A broadcast ARP request from MAC_A (10.0.0.1 asks for 10.0.0.2), padded to 60 bytes.
+pub fn arp_frame() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&MAC_A);
+    frame.extend_from_slice(&[0x08, 0x06]);
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&MAC_A);
+    frame.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    frame.resize(60, 0);
+    frame
+}
