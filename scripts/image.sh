@@ -43,6 +43,15 @@ log() { echo "image: $*" >&2; }
 # Where this runs inside a container that may not raise rlimits, runc cannot give a container the
 # defaults podman asks for (nofile, nproc at the host's maximum): the checks ask for less.
 RUN_OPTS=(--rm --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
+# On a host with the hybrid cgroup layout (v1 controllers beside /sys/fs/cgroup/unified) crun,
+# podman's default runtime, refuses to run anything ("cgroups in hybrid mode not supported");
+# runc (which containerd brings) runs there. runc, unlike crun, keeps /proc/sys/net read-only in a
+# container with a network namespace of its own, where the smoke run's router sets sysctls.
+SMOKE_OPTS=()
+if [[ -d /sys/fs/cgroup/unified ]] && command -v runc >/dev/null 2>&1; then
+    RUN_OPTS+=(--runtime runc)
+    SMOKE_OPTS+=(--security-opt systempaths=unconfined)
+fi
 
 check() {
     local out
@@ -95,7 +104,7 @@ smoke() {
     local ctr=weft-image-check-$$ i out
     # shellcheck disable=SC2064 # the name is fixed now
     trap "podman rm -f $ctr >/dev/null 2>&1 || true; trap - RETURN" RETURN
-    podman run -d --name "$ctr" "${RUN_OPTS[@]:1}" --cap-add NET_ADMIN,NET_RAW \
+    podman run -d --name "$ctr" "${RUN_OPTS[@]:1}" "${SMOKE_OPTS[@]}" --cap-add NET_ADMIN,NET_RAW \
         --device /dev/net/tun --tmpfs /var/lib/weft:mode=0700 --tmpfs /run/weft:mode=0755 \
         -e WEFT_PASSWORD=image-check-only -e WEFT_NAME=02:00:00:00:00:01 "$IMAGE" >/dev/null
     for ((i = 0; i < 100; i++)); do

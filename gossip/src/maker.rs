@@ -109,6 +109,11 @@ impl ConnectionMaker {
         self.targets.remove(address).is_some()
     }
 
+    /// Whether `address` is a target.
+    pub fn contains(&self, address: &str) -> bool {
+        self.targets.contains_key(address)
+    }
+
     pub fn direct_targets(&self) -> Vec<String> {
         self.targets
             .iter()

@@ -311,6 +311,7 @@ impl Mesh {
             },
         );
         self.by_peer.insert(peer, key);
+        self.mark_targets_connected(peer, remote_listen);
         let info = ConnectionInfo {
             remote_addr: Some(remote_listen),
             outbound: new.outbound,
@@ -337,6 +338,27 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// A connection to `peer` is up, whoever dialled it: every target that leads to that peer
+    /// counts as connected, and so does the address it listens on when that is a target. A
+    /// target left waiting would be dialled again when its backoff ran out, and the duplicate
+    /// connection that made could replace the working one (the tie-break keeps the lower
+    /// connection uid), cutting the peer's data path while the new one comes up.
+    fn mark_targets_connected(&mut self, peer: PeerName, remote_listen: SocketAddr) {
+        let listen = remote_listen.to_string();
+        if self.maker.contains(&listen) {
+            self.target_peer.insert(listen, peer);
+        }
+        let targets: Vec<String> = self
+            .target_peer
+            .iter()
+            .filter(|(_, p)| **p == peer)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for target in targets {
+            self.maker.connected(&target);
+        }
     }
 
     fn check_registration(
@@ -444,6 +466,14 @@ impl Mesh {
     pub fn dial_failed(&mut self, target: &str, reason: String, retry: Retry, now: Instant) {
         let jitter = self.jitter();
         self.attempting = self.attempting.saturating_sub(1);
+        // The peer this address leads to may have dialled us meanwhile: then the target is
+        // connected, not failed.
+        if let Some(peer) = self.target_peer.get(target)
+            && self.by_peer.contains_key(peer)
+        {
+            self.maker.connected(target);
+            return;
+        }
         self.maker.failed(target, now, reason, retry, jitter);
     }
 

@@ -49,6 +49,8 @@ struct Sim {
     delivered: Vec<(usize, ControlMsg)>,
     /// Nodes added from now on announce links only once their data path is confirmed.
     confirm_data_path: bool,
+    /// Every dial, as (node, address).
+    dials: Vec<(usize, String)>,
 }
 
 fn name(node: usize) -> PeerName {
@@ -70,6 +72,7 @@ impl Sim {
             seed: 0x9e37_79b9_7f4a_7c15,
             delivered: Vec::new(),
             confirm_data_path: false,
+            dials: Vec::new(),
         };
         for node in 0..n {
             sim.add_node(node);
@@ -228,6 +231,7 @@ impl Sim {
                 Action::Send { conn, msg } => self.deliver(conn, msg),
                 Action::Close { conn, reason } => self.close(conn, &reason),
                 Action::Dial { address } => {
+                    self.dials.push((node, address.clone()));
                     let to = node_of(&address).filter(|to| *to < self.meshes.len());
                     match to {
                         Some(to) if !self.is_blocked(node, to) => self.connect(node, to, address),
@@ -372,6 +376,51 @@ fn a_restarted_peer_keeps_its_name_and_its_new_incarnation_wins() {
     let new_uid = sim.uids[3];
     for mesh in &sim.meshes {
         assert_eq!(mesh.topology().get(name(3)).unwrap().uid, new_uid);
+    }
+}
+
+#[test]
+fn a_peer_that_redials_after_its_restart_is_not_dialled_again_so_its_connection_stays() {
+    // Both ends name each other (Kubernetes Nodes do): when one restarts and dials first, the
+    // other's target must count as connected. Dialled again once its backoff ran out, the
+    // duplicate could replace the working connection and cut the data path meanwhile.
+    let mut sim = Sim::new(3);
+    for node in 0..3 {
+        let others: Vec<usize> = (0..3).filter(|o| *o != node).collect();
+        sim.tell(node, &others);
+    }
+    sim.run_until("full mesh", Sim::full_mesh);
+    sim.kill(1);
+    // The others' dials fail while it is down, so their next ones are a while off.
+    for _ in 0..4 {
+        sim.advance(Duration::from_secs(5));
+    }
+    sim.add_node(1);
+    sim.tell(1, &[0, 2]);
+    sim.advance(Duration::ZERO);
+    for peer in [0, 2] {
+        assert!(
+            sim.meshes[1].connection_to(name(peer)).is_some(),
+            "the restarted node dialled {peer} at once"
+        );
+    }
+    let links: BTreeSet<ConnKey> = sim.links.keys().copied().collect();
+    let dials = sim.dials.len();
+    for _ in 0..20 {
+        sim.advance(Duration::from_secs(30));
+    }
+    assert_eq!(
+        sim.links.keys().copied().collect::<BTreeSet<_>>(),
+        links,
+        "a working connection was replaced"
+    );
+    assert_eq!(sim.dials[dials..], [], "dials to a connected peer");
+    assert!(sim.full_mesh());
+    for node in [0, 2] {
+        let target = addr(1).to_string();
+        let status = sim.meshes[node].targets(sim.now);
+        let state = status.iter().find(|t| t.address == target).unwrap();
+        assert_eq!(state.state, "connected", "node {node}: {state:?}");
     }
 }
 

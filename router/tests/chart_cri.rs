@@ -20,11 +20,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use weft_tests::fakeapi::{FakeApi, FakeApiOpts};
 use weft_tests::kubelet::{self, Node, NodeOpts};
-use weft_tests::{HostId, Net, SETTLE, require_root};
+use weft_tests::{HostId, Net, SETTLE, log_tail, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const NAMESPACE: &str = "kube-system";
@@ -547,10 +547,13 @@ fn three_nodes_from_the_api_run_the_chart_defaults_end_to_end() -> anyhow::Resul
             "rolling restart of {}: pod ping host{} -> host{}: {received}/{sent} replies",
             node.name, pods[a].host, pods[b].host
         );
-        ensure!(
-            sent >= 5 && received + 1 >= sent,
-            "the ping between the other nodes stopped flowing: {text}"
-        );
+        if sent < 5 || received + 1 < sent {
+            let mut seen = String::new();
+            for i in [a, b] {
+                seen += &other_router_state(&net, &nodes[i], pods[i].host);
+            }
+            bail!("the ping between the other nodes stopped flowing: {text}\n{seen}");
+        }
     }
     net.wait_until(
         "every pod pings every other after the rolling restart",
@@ -681,6 +684,38 @@ fn check_nothing_left(net: &Net, node: &Node) -> anyhow::Result<()> {
 
 /// (sent, answered) from `ping -O`'s lines (it gets SIGTERM, so there is no summary): one
 /// "bytes from" per reply, one "no answer yet" per request unanswered after `-W`.
+/// What a router that should not have been disturbed saw: its log's tail and its frame and
+/// drop counters, for the failure message.
+fn other_router_state(net: &Net, node: &Node, host: HostId) -> String {
+    let log = node
+        .logs("weft")
+        .map(|log| log_tail(&log, 60))
+        .unwrap_or_else(|e| format!("(no log: {e:#})"));
+    let counters = net
+        .exec(
+            host,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:6782/metrics",
+            ],
+        )
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.contains("drop") || l.contains("transition") || l.contains("route"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|e| format!("(no metrics: {e:#})"));
+    format!(
+        "--- {}: router log tail\n{log}--- {}: counters\n{counters}\n",
+        node.name, node.name
+    )
+}
+
 fn ping_counts(text: &str) -> (u64, u64) {
     let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u64;
     let lost = text.lines().filter(|l| l.contains("no answer yet")).count() as u64;

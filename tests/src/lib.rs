@@ -52,6 +52,7 @@ pub use net::{HostId, Net};
 pub use pods::PodId;
 pub use report::{Connection, Counters, Peer, PeerConnection, Report, Route};
 pub use router::RouterOpts;
+pub use wait::log_tail;
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;

@@ -103,7 +103,7 @@ impl Net {
 }
 
 /// The last `lines` lines of `log`.
-pub(crate) fn log_tail(log: &str, lines: usize) -> String {
+pub fn log_tail(log: &str, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     let mut tail = all[all.len().saturating_sub(lines)..].join("\n");
     tail.push('\n');
