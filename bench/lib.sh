@@ -168,6 +168,59 @@ setup_vxlan() {
     done
 }
 
+# Open vSwitch by hand (in the kernel VM): per host a datapath `wbovs` made with Debian's
+# ovs-dpctl, its local port on a bridge `ovsbr` and a VXLAN vport, with the flows weft-ovs would
+# hold (ovs_hand_flows, once the pods' MACs exist): what the kernel's datapath costs without weft.
+setup_ovs_hand() {
+    local i
+    for i in 1 2; do
+        local h=${PREFIX}host$i
+        ip netns exec "$h" ovs-dpctl add-dp wbovs
+        ip netns exec "$h" ovs-dpctl add-if wbovs "wbovs-vx,type=vxlan,remote_ip=flow,key=flow,dst_port=4789"
+        ip -n "$h" link add ovsbr type bridge
+        ip -n "$h" link set wbovs master ovsbr up
+        ip -n "$h" link set ovsbr up
+    done
+}
+
+# ovs_hand_flows: outbound, in_port(local) and the other pod's MAC (or broadcast) into a tunnel to
+# the other host; inbound, that host's tunnel to the local port. Masked as weft's are: only the
+# fields named (eth_type wildcarded).
+ovs_hand_flows() {
+    local i j h vx mac dst any='eth(src=00:00:00:00:00:00/00:00:00:00:00:00,dst=00:00:00:00:00:00/00:00:00:00:00:00)'
+    for i in 1 2; do
+        j=$((3 - i))
+        h=${PREFIX}host$i
+        # ovs-dpctl names a VXLAN vport after its UDP port, whatever add-if was told.
+        vx=$(ip netns exec "$h" ovs-dpctl show wbovs | awk '$1 == "port" && $3 == "vxlan_sys_4789" { sub(":", "", $2); print $2 }')
+        mac=$(ip -n "${PREFIX}pod$j" -br link show eth0 | awk '{ print $3 }')
+        for dst in "$mac" ff:ff:ff:ff:ff:ff; do
+            ip netns exec "$h" ovs-dpctl add-flow wbovs \
+                "in_port(0),eth(src=00:00:00:00:00:00/00:00:00:00:00:00,dst=$dst)" \
+                "set(tunnel(tun_id=0x2a,dst=$UNDERLAY.$j,ttl=64,tp_dst=4789,flags(df|key))),$vx"
+        done
+        ip netns exec "$h" ovs-dpctl add-flow wbovs \
+            "in_port($vx),tunnel(tun_id=0x2a,src=$UNDERLAY.$j,dst=$UNDERLAY.$i,ttl=64/0,flags(+key)),$any" 0
+        ip netns exec "$h" ovs-dpctl dump-flows wbovs | sed 's/^/    flow: /' >&2
+    done
+}
+
+# row_password CONFIG DIR: for sleeve-encrypted, makes a password file in DIR and prints its
+# path; for any other row prints nothing.
+row_password() {
+    [[ "$1" == sleeve-encrypted ]] || return 0
+    (umask 077 && head -c 24 /dev/urandom | base64 >"$2/password")
+    echo "$2/password"
+}
+
+# weft_mtu: the pods' MTU, as host1's router reports it.
+weft_mtu() {
+    local mtu
+    mtu=$(host_report "$H1" 'r["datapath"]["mtu"]')
+    [[ "$mtu" =~ ^[0-9]+$ ]] || die "cannot read the datapath MTU from host1's report"
+    echo "$mtu"
+}
+
 # host_report HOST [PYTHON-EXPRESSION over r]: the router's /report, or nothing while it is down.
 host_report() {
     local h=$1 expr=${2:-r}
@@ -244,7 +297,8 @@ wait_pods() {
 }
 
 # --- measurements ------------------------------------------------------------------------------
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; } # record CONFIG METRIC VALUE
+# record CONFIG METRIC VALUE: under the current round (BENCH_ROUND, 1 unless a script repeats).
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${BENCH_ROUND:-1}" >>"$RESULTS"; }
 
 start_iperf_server() {
     ip netns exec "$P2" iperf3 -s -D -B "$POD_NET.2" --pidfile "$STATE_DIR/iperf3.pid" >/dev/null
@@ -308,7 +362,20 @@ measure() {
     fi
 
     # Last: a UDP flood may upset the mesh's control traffic for a while.
+    # WEFT_BENCH_PROFILE=1: where the kernel spends the flood's time, system-wide (perf).
+    local perf_pid=""
+    if ((${WEFT_BENCH_PROFILE:-0})); then
+        perf record -q -a -g -e cpu-clock -F 499 -o "$out-udp.perf" -- sleep "$seconds" \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     iperf_client "$out-udp.json" -u -l 64 -b 0
+    if [[ -n "$perf_pid" ]]; then
+        wait "$perf_pid" || true
+        echo "  perf, system-wide during the UDP run: self time per symbol" >&2
+        perf report -q -i "$out-udp.perf" --no-children --sort sym --percent-limit 1 \
+            --stdio 2>/dev/null | grep -v '^$' | grep '%' | head -n 30 | sed 's/^/    /' >&2 || true
+    fi
     local sent
     read -r value sent <<<"$(iperf_value "$out-udp.json" udp)"
     record "$cfg" udp_kpps "$value"
@@ -322,18 +389,37 @@ print_tables() {
     "$PY" - "$RESULTS" "$1" "$2" <<'EOF'
 import json, math, sys
 
-rows = {}
+# Every round's values, then each row's median per metric. A ratio is the median of the
+# per-round ratios: each round measures the reference and the row close together in time, so
+# the machine's drift between rounds cancels out of it.
+per_round = {}  # (cfg, metric) -> {round: value}
 order = []
 for line in open(sys.argv[1]):
-    cfg, metric, value = line.rstrip("\n").split("\t")
-    if cfg not in rows:
-        rows[cfg] = {}
+    cfg, metric, value, rnd = (line.rstrip("\n").split("\t") + ["1"])[:4]
+    if cfg not in order:
         order.append(cfg)
     try:
-        rows[cfg][metric] = float(value)
+        v = float(value)
     except ValueError:
-        rows[cfg][metric] = math.nan
+        v = math.nan
+    per_round.setdefault((cfg, metric), {})[rnd] = v
 targets, footer = json.loads(sys.argv[2]), sys.argv[3]
+rounds = max((len(v) for v in per_round.values()), default=1)
+
+def median(values):
+    values = sorted(v for v in values if not math.isnan(v))
+    if not values:
+        return math.nan
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+rows = {cfg: {} for cfg in order}
+for (cfg, metric), by_round in per_round.items():
+    rows[cfg][metric] = median(by_round.values())
+
+def ratio_of(cfg, metric):
+    a, b = per_round.get((cfg, metric), {}), per_round.get(("vxlan", metric), {})
+    return median([a[r] / b[r] for r in a if r in b and b[r] and not math.isnan(b[r])])
 
 def fmt(v, spec):
     return "n/a" if v is None or math.isnan(v) else format(v, spec)
@@ -360,8 +446,7 @@ if others:
         for cfg in others:
             cells = []
             for k, _, _ in cols:
-                a, b = rows[cfg].get(k, math.nan), ref.get(k, math.nan)
-                ratio = a / b if b and not (math.isnan(a) or math.isnan(b)) else math.nan
+                ratio = ratio_of(cfg, k)
                 cell = fmt(ratio, ".3f") + "x"
                 t = targets.get(cfg, {}).get(k)
                 if t:
@@ -375,5 +460,14 @@ if others:
                 cells.append(cell)
             print("%-18s %5s" % (cfg, "") + "".join(" %25s" % c for c in cells))
         print(footer)
+if rounds > 1:
+    print("%d rounds: the table shows each row's median; a ratio is the median of the"
+          " per-round ratios" % rounds)
+    for cfg in order:
+        for k, name, f in cols:
+            by_round = per_round.get((cfg, k))
+            if by_round and len(by_round) > 1:
+                print("  %-16s %-14s %s" % (cfg, name, " ".join(
+                    fmt(by_round[r], f) for r in sorted(by_round, key=int))))
 EOF
 }

@@ -210,14 +210,9 @@ for cfg in "${configs[@]}"; do
         bridge=vxbr
         ;;
     sleeve-plain | sleeve-encrypted)
-        password=""
-        if [[ "$cfg" == sleeve-encrypted ]]; then
-            password=$dir/password
-            (umask 077 && head -c 24 /dev/urandom | base64 >"$password")
-        fi
+        password=$(row_password "$cfg" "$dir")
         start_routers "$dir" sleeve sleeve "$password"
-        mtu=$(host_report "$H1" 'r["datapath"]["mtu"]')
-        [[ "$mtu" =~ ^[0-9]+$ ]] || die "cannot read the datapath MTU from host1's report"
+        mtu=$(weft_mtu)
         bridge=weft
         ;;
     esac

@@ -2,13 +2,16 @@
 # weft fast-path benchmark: weft's VXLAN fast path against a hand-made kernel VXLAN, with the
 # sleeve rows (plain and encrypted) in the same table.
 #
-#   bash bench/vxlan.sh [--quick] [--only CONFIGS] [--datapath auto|vxlan]
+#   bash bench/vxlan.sh [--quick] [--rounds N] [--only CONFIGS] [--datapath auto|vxlan]
 #
 #   --quick            1 s runs, fewer pings (a smoke test)
+#   --rounds N         measure every configuration N times, round after round (default 1): the
+#                      table shows medians, a ratio is the median of the per-round ratios
 #   --only CONFIGS     comma-separated subset of:
-#                      vxlan,weft-fast,weft-fast-masq,weft-ovs,sleeve-plain,sleeve-encrypted
-#                      (weft-ovs needs the openvswitch module: run it in the kernel VM with
-#                      bench/ovs-vm.sh)
+#                      vxlan,weft-fast,weft-fast-masq,ovs-hand,weft-ovs,sleeve-plain,
+#                      sleeve-encrypted (ovs-hand, an Open vSwitch datapath made by hand with
+#                      ovs-dpctl, and weft-ovs need the openvswitch module: run them in the
+#                      kernel VM with bench/ovs-vm.sh)
 #   --datapath MODE    the weft-fast rows' `weft router --datapath` (default vxlan)
 #
 # weft-fast runs the routers with `--masquerade false`: masquerading (pod traffic leaving the
@@ -19,13 +22,14 @@
 #
 # WEFT_BENCH_PAUSE_ROUTERS=1 pauses the fast rows' routers (SIGSTOP) while their pod traffic is
 # measured: the kernel forwards it alone (bench/ovs-vm.sh sets it; see there).
-# Environment: WEFT_BENCH_SECONDS (length of each iperf3 run, default 5), WEFT_BENCH_PINGS
-# (default 50), WEFT_BENCH_TIMEOUT (seconds to wait for routers and pods, default 60),
-# WEFT_BENCH_BIN (measure this binary, skip the build), CARGO_TARGET_DIR. Needs root: it
-# builds two hosts out of network namespaces on this machine.
+# WEFT_BENCH_PROFILE=1 profiles the UDP run system-wide with perf (self time per kernel symbol).
+# Environment: WEFT_BENCH_ROUNDS (as --rounds), WEFT_BENCH_SECONDS (length of each iperf3 run,
+# default 5), WEFT_BENCH_PINGS (default 50), WEFT_BENCH_TIMEOUT (seconds to wait for routers and
+# pods, default 60), WEFT_BENCH_BIN (measure this binary, skip the build), CARGO_TARGET_DIR.
+# Needs root: it builds two hosts out of network namespaces on this machine.
 set -euo pipefail
 
-CONFIGS_ALL=(vxlan weft-fast weft-fast-masq weft-ovs sleeve-plain sleeve-encrypted)
+CONFIGS_ALL=(vxlan weft-fast weft-fast-masq ovs-hand weft-ovs sleeve-plain sleeve-encrypted)
 PREFIX=wbvx$$-
 H1=${PREFIX}host1
 H2=${PREFIX}host2
@@ -38,6 +42,7 @@ STATUS_ADDR=127.0.0.1:6784
 seconds=${WEFT_BENCH_SECONDS:-5}
 pings=${WEFT_BENCH_PINGS:-50}
 timeout=${WEFT_BENCH_TIMEOUT:-60}
+rounds=${WEFT_BENCH_ROUNDS:-1}
 quick=0
 only=""
 fast_mode=vxlan
@@ -47,12 +52,17 @@ usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 while (($#)); do
     case "$1" in
     --quick) quick=1; shift ;;
-    --only | --datapath)
+    --only | --datapath | --rounds)
         [[ $# -ge 2 ]] || { usage >&2; exit 2; }
-        if [[ "$1" == --only ]]; then only=$2; else fast_mode=$2; fi
+        case "$1" in
+        --only) only=$2 ;;
+        --datapath) fast_mode=$2 ;;
+        --rounds) rounds=$2 ;;
+        esac
         shift 2
         ;;
     --only=*) only=${1#--only=}; shift ;;
+    --rounds=*) rounds=${1#--rounds=}; shift ;;
     --datapath=*) fast_mode=${1#--datapath=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -66,7 +76,7 @@ if ((quick)); then
     seconds=1
     pings=10
 fi
-for v in seconds pings timeout; do
+for v in seconds pings timeout rounds; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
         echo "bench: $v must be a positive whole number (got '${!v}')" >&2
         exit 2
@@ -137,62 +147,65 @@ measure_extra() {
 HEADER=$(bench_header "weft fast-path benchmark (weft-fast: weft router --datapath $fast_mode)")
 echo "$HEADER" >&2
 
-for cfg in "${configs[@]}"; do
-    log "$cfg"
-    make_hosts
-    dir=$STATE_DIR/$cfg
-    mkdir -p "$dir"
-    case "$cfg" in
-    vxlan)
-        setup_vxlan
-        mtu=1450
-        bridge=vxbr
-        ;;
-    weft-fast | weft-fast-masq | weft-ovs | sleeve-plain | sleeve-encrypted)
-        password=""
-        if [[ "$cfg" == sleeve-encrypted ]]; then
-            password=$dir/password
-            (umask 077 && head -c 24 /dev/urandom | base64 >"$password")
-        fi
-        if [[ "$cfg" == weft-fast ]]; then
-            WEFT_BENCH_ROUTER_ARGS="--masquerade false ${WEFT_BENCH_ROUTER_ARGS:-}" \
+for ((BENCH_ROUND = 1; BENCH_ROUND <= rounds; BENCH_ROUND++)); do
+    for cfg in "${configs[@]}"; do
+        if ((rounds > 1)); then log "$cfg (round $BENCH_ROUND of $rounds)"; else log "$cfg"; fi
+        make_hosts
+        dir=$STATE_DIR/$cfg-$BENCH_ROUND
+        mkdir -p "$dir"
+        case "$cfg" in
+        vxlan)
+            setup_vxlan
+            mtu=1450
+            bridge=vxbr
+            ;;
+        ovs-hand)
+            setup_ovs_hand
+            mtu=1450
+            bridge=ovsbr
+            ;;
+        weft-fast | weft-fast-masq | weft-ovs | sleeve-plain | sleeve-encrypted)
+            password=$(row_password "$cfg" "$dir")
+            if [[ "$cfg" == weft-fast ]]; then
+                WEFT_BENCH_ROUTER_ARGS="--masquerade false ${WEFT_BENCH_ROUTER_ARGS:-}" \
+                    start_routers "$dir" "$fast_mode" vxlan
+            elif [[ "$cfg" == weft-fast-masq ]]; then
                 start_routers "$dir" "$fast_mode" vxlan
-        elif [[ "$cfg" == weft-fast-masq ]]; then
-            start_routers "$dir" "$fast_mode" vxlan
-        elif [[ "$cfg" == weft-ovs ]]; then
-            WEFT_BENCH_ROUTER_ARGS="--masquerade false ${WEFT_BENCH_ROUTER_ARGS:-}" \
-                start_routers "$dir" fastdp ovs
+            elif [[ "$cfg" == weft-ovs ]]; then
+                WEFT_BENCH_ROUTER_ARGS="--masquerade false ${WEFT_BENCH_ROUTER_ARGS:-}" \
+                    start_routers "$dir" fastdp ovs
+            else
+                start_routers "$dir" sleeve sleeve "$password"
+            fi
+            mtu=$(weft_mtu)
+            bridge=weft
+            ;;
+        esac
+        record "$cfg" mtu "$mtu"
+        attach_pods "$bridge" "$mtu"
+        echo "  pods attached to bridge $bridge, MTU $mtu" >&2
+        [[ "$cfg" != ovs-hand ]] || ovs_hand_flows
+        wait_pods
+        kind=$(fast_kind "$cfg")
+        if ((${WEFT_BENCH_PAUSE_ROUTERS:-0})) && [[ -n "$kind" ]]; then
+            # The kernel forwards a fast row's pod traffic alone; pausing its routers keeps their
+            # timers off the CPU the datapaths are compared on (what counts under emulation).
+            kill -STOP "${router_pids[@]}"
+            echo "  routers paused (SIGSTOP) during the measurement" >&2
+            record "$cfg" note "routers paused during the measurement (WEFT_BENCH_PAUSE_ROUTERS=1)"
+            measure "$cfg"
+            kill -CONT "${router_pids[@]}"
         else
-            start_routers "$dir" sleeve sleeve "$password"
+            measure "$cfg"
         fi
-        mtu=$(host_report "$H1" 'r["datapath"]["mtu"]')
-        [[ "$mtu" =~ ^[0-9]+$ ]] || die "cannot read the datapath MTU from host1's report"
-        bridge=weft
-        ;;
-    esac
-    record "$cfg" mtu "$mtu"
-    attach_pods "$bridge" "$mtu"
-    echo "  pods attached to bridge $bridge, MTU $mtu" >&2
-    wait_pods
-    kind=$(fast_kind "$cfg")
-    if ((${WEFT_BENCH_PAUSE_ROUTERS:-0})) && [[ -n "$kind" ]]; then
-        # The kernel forwards a fast row's pod traffic alone; pausing its routers keeps their
-        # timers off the CPU the datapaths are compared on (what counts under emulation).
-        kill -STOP "${router_pids[@]}"
-        echo "  routers paused (SIGSTOP) during the measurement" >&2
-        record "$cfg" note "routers paused during the measurement (WEFT_BENCH_PAUSE_ROUTERS=1)"
-        measure "$cfg"
-        kill -CONT "${router_pids[@]}"
-    else
-        measure "$cfg"
-    fi
-    if [[ -n "$kind" ]] && ! ((${WEFT_BENCH_PAUSE_ROUTERS:-0})); then
-        # Still on the fast path after the UDP flood?
-        state=$(host_report "$H1" '",".join(str((c.get("datapath") or {}).get("datapath")) for c in r["connections"] if c["state"] == "established")')
-        echo "  host1's connection after the runs: datapath ${state:-unknown}" >&2
-        [[ "$state" == "$kind" ]] || record "$cfg" note "left the fast path during the runs: $state"
-    fi
-    teardown
+        if [[ -n "$kind" ]] && ! ((${WEFT_BENCH_PAUSE_ROUTERS:-0})); then
+            # Still on the fast path after the UDP flood?
+            state=$(host_report "$H1" '",".join(str((c.get("datapath") or {}).get("datapath")) for c in r["connections"] if c["state"] == "established")')
+            echo "  host1's connection after the runs: datapath ${state:-unknown}" >&2
+            [[ "$state" == "$kind" ]] || record "$cfg" note "left the fast path during the runs: $state"
+        fi
+        teardown
+    done
 done
 
 # --- report ----------------------------------------------------------------------------------

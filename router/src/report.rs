@@ -544,7 +544,6 @@ pub fn render_peers(r: &Report) -> String {
     s
 }
 
-/// `weft status connections`: one line per connection, target or recent failure.
 /// The fast path in one line: its backend, device, port and table sizes.
 fn fast_path_line(v: &crate::dataplane::VxlanDeviceReport) -> String {
     match &v.details {
@@ -592,6 +591,18 @@ fn upcalls_line(d: &weft_datapath::vxlan::kernel::BackendDetails) -> String {
     s
 }
 
+/// Where the kernel replicates this host's own broadcasts and multicasts (the group flow).
+fn group_line(dsts: &[std::net::Ipv4Addr]) -> String {
+    if dsts.is_empty() {
+        return "group frames: none replicated in the kernel (the sleeve carries them)".into();
+    }
+    let dsts: Vec<String> = dsts.iter().map(|d| d.to_string()).collect();
+    format!(
+        "group frames: replicated in the kernel to {} (the sleeve carries them to the rest)",
+        dsts.join(", ")
+    )
+}
+
 /// `weft status datapath`: the bridge, the fast path (an Open vSwitch datapath's ports and
 /// flows, or the VXLAN device) and the datapath each connection uses, and why.
 pub fn render_datapath(r: &Report) -> String {
@@ -613,6 +624,7 @@ pub fn render_datapath(r: &Report) -> String {
                 }
                 if v.backend == "ovs" {
                     let _ = writeln!(s, "   {}", upcalls_line(details));
+                    let _ = writeln!(s, "   {}", group_line(&v.group_dsts));
                 }
             }
             if let Some(error) = &v.last_error {
@@ -641,6 +653,7 @@ pub fn render_datapath(r: &Report) -> String {
     s
 }
 
+/// `weft status connections`: one line per connection, target or recent failure.
 pub fn render_connections(r: &Report) -> String {
     let mut s = String::new();
     for c in &r.connections {
@@ -756,7 +769,8 @@ pub(crate) mod tests {
                 "flows": 3, "hits": 100, "misses": 8, "lost": 0,
                 "upcalls_answered": 5, "upcalls_unanswered": {"unknown_mac": 2},
                 "upcalls_rate_limited": 1, "upcalls_failed": 0, "flows_expired": 3
-            }
+            },
+            "group_dsts": ["10.77.0.2", "10.77.0.3"]
         });
         report
     }
@@ -773,5 +787,12 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("3 flows"), "{text}");
+        assert!(
+            text.contains(
+                "   group frames: replicated in the kernel to 10.77.0.2, 10.77.0.3 (the sleeve \
+                 carries them to the rest)\n"
+            ),
+            "{text}"
+        );
     }
 }
