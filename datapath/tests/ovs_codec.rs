@@ -4,7 +4,7 @@
 //! to what the lifecycle did. Runs on the host; no kernel module needed.
 
 mod ovs_common;
-use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put};
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put, group_flow};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -104,6 +104,7 @@ fn every_request_encodes_to_the_captured_bytes() {
     let internal = vport("vport_new_internal.reply0").port_no;
     let vxlan = vport("vport_new_vxlan.reply0").port_no;
     let (to_peer, from_peer) = flows_put(internal, vxlan);
+    let group = group_flow(internal, vxlan);
     let spec = |name: String, kind, dst_port| VportSpec {
         name,
         kind,
@@ -135,6 +136,9 @@ fn every_request_encodes_to_the_captured_bytes() {
         ("flow_del", flow::flow_del(dp, &to_peer.matching)),
         ("flow_del_missing", flow::flow_del(dp, &to_peer.matching)),
         ("flow_dump_one", flow::flow_dump(dp)),
+        ("flow_new_group", flow::flow_new(dp, &group)),
+        ("flow_dump_group", flow::flow_dump(dp)),
+        ("flow_del_group", flow::flow_del(dp, &group.matching)),
         (
             "packet_execute",
             flow::packet_execute(
@@ -160,7 +164,7 @@ fn every_request_encodes_to_the_captured_bytes() {
             "{name}"
         );
     }
-    assert_eq!(expected.len(), 20);
+    assert_eq!(expected.len(), 23);
 }
 
 #[test]
@@ -242,8 +246,14 @@ fn dumped_flows_decode_to_what_was_put() {
     let mut both = vec![to_peer.clone(), from_peer.clone()];
     both.sort();
     assert_eq!(decode("flow_dump_two.reply0"), both);
-    assert_eq!(decode("flow_dump_one.reply0"), vec![from_peer]);
+    assert_eq!(decode("flow_dump_one.reply0"), vec![from_peer.clone()]);
     assert_eq!(decode("flow_dump_empty.reply0"), vec![]);
+    // The group flow: its masked destination and both copies come back as put.
+    let mut with_group = vec![group_flow(internal, vxlan), from_peer];
+    with_group.sort();
+    assert_eq!(decode("flow_dump_group.reply0"), with_group);
+    assert_eq!(errno_of(&fixture("flow_new_group.reply0")), None);
+    assert_eq!(errno_of(&fixture("flow_del_group.reply0")), None);
     assert_eq!(errno_of(&fixture("flow_new_set_tunnel.reply0")), None);
     assert_eq!(errno_of(&fixture("flow_del.reply0")), None);
     assert_eq!(
@@ -549,7 +559,7 @@ fn a_flow_weft_cannot_model_is_kept_raw_to_be_deleted() {
 // dump holds the key masked (`ovs_nla_put_masked_key`) and the mask (`ovs_nla_put_mask`),
 // so a dump entry of it is these same key and mask attributes.
 
-fn group_flow(dsts: &[Ipv4Addr]) -> Flow {
+fn group_flow_to(dsts: &[Ipv4Addr]) -> Flow {
     let params = weft_datapath::ovs::flows::FlowParams {
         local: 0,
         vxlan: 2,
@@ -561,7 +571,7 @@ fn group_flow(dsts: &[Ipv4Addr]) -> Flow {
 
 #[test]
 fn the_group_flow_matches_the_multicast_bit_alone() {
-    let flow = group_flow(&[Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]);
+    let flow = group_flow_to(&[Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]);
     let req = flow::flow_new(7, &flow);
     let attrs = weft_datapath::ovs::nla::parse(&req.attrs).unwrap();
     let payload = |kind| {
@@ -634,7 +644,7 @@ fn a_dumped_key_with_bits_outside_its_mask_reads_back_masked_and_a_zero_mask_as_
 
 #[test]
 fn a_group_flows_ufid_differs_from_every_exact_ones() {
-    let group = group_flow(&[]).matching;
+    let group = group_flow_to(&[]).matching;
     let exact = |mac| FlowMatch {
         eth_dst: Some(MacMatch::exact(mac)),
         ..group
@@ -656,7 +666,7 @@ fn a_group_flows_ufid_differs_from_every_exact_ones() {
 fn a_flow_is_replaced_with_set() {
     // The kernel answers NEW|CREATE on an existing match with EEXIST: the replacement is a
     // SET of the same attributes (key, mask, actions, UFID: it finds the flow by its UFID).
-    let flow = group_flow(&[Ipv4Addr::new(10, 0, 0, 2)]);
+    let flow = group_flow_to(&[Ipv4Addr::new(10, 0, 0, 2)]);
     let (new, modify) = (flow::flow_new(7, &flow), flow::flow_modify(7, &flow));
     assert_eq!(
         (new.cmd, new.flags),

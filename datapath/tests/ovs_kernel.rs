@@ -6,7 +6,7 @@
 //! `run-in-kernel-vm --rw $PWD/datapath/tests/fixtures/ovs -- <test binary> --ignored capture_`
 
 mod ovs_common;
-use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put};
+use ovs_common::{MAC_A, MAC_B, VXLAN_PORT, arp_frame, flows_put, group_flow};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -237,6 +237,23 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
     assert_eq!(now, expected);
     assert!(sock.delete_flow(dp.ifindex, &to_other.matching).unwrap());
     step(sock, &mut rec, "flow_del_replaced_outbound");
+    // The group flow: a masked destination and two copies.
+    let group = group_flow(internal.port_no, vxlan.port_no);
+    sock.put_flow(dp.ifindex, &group).expect("put group flow");
+    step(sock, &mut rec, "flow_new_group");
+    let mut with_group: Vec<Flow> = sock
+        .flows(dp.ifindex)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.flow)
+        .collect();
+    step(sock, &mut rec, "flow_dump_group");
+    with_group.sort();
+    let mut expected = vec![group.clone(), from_peer.clone()];
+    expected.sort();
+    assert_eq!(with_group, expected);
+    assert!(sock.delete_flow(dp.ifindex, &group.matching).unwrap());
+    step(sock, &mut rec, "flow_del_group");
     foreign_flow_is_read_raw_and_deleted(sock, dp.ifindex, internal.port_no, &from_peer);
     // Not part of the captured lifecycle.
     sock.take_recorded();

@@ -45,6 +45,18 @@ pub fn flows_put(internal: u32, vxlan: u32) -> (Flow, Flow) {
     (to_peer, from_peer)
 }
 
+/// The lifecycle's group flow, as weft's head-end replication builds it: this host's
+/// broadcasts and multicasts (the masked group bit) copied to two peers.
+pub fn group_flow(internal: u32, vxlan: u32) -> Flow {
+    let params = weft_datapath::ovs::flows::FlowParams {
+        local: internal,
+        vxlan,
+        vni: 42,
+        tp_dst: VXLAN_PORT,
+    };
+    params.group(&[Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)].into())
+}
+
 /// A broadcast ARP request from MAC_A (10.0.0.1 asks for 10.0.0.2), padded to 60 bytes.
 pub fn arp_frame() -> Vec<u8> {
     let mut frame = vec![0xff; 6];
