@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, check_bum_exactly_once, ping_all};
+use weft_tests::traffic::{
+    SHA256_CLIENT, SHA256_SERVER, check_bum_exactly_once, ping_all, pod_v4 as v4, pod_v6 as v6,
+};
 use weft_tests::{HostId, Net, PodId, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -33,14 +35,6 @@ fn have_ovs(test: &str) -> bool {
         );
     }
     have
-}
-
-fn v4(pod: PodId) -> String {
-    format!("10.250.0.{pod}")
-}
-
-fn v6(pod: PodId) -> String {
-    format!("fd00:40::{pod}")
 }
 
 /// `hosts` hosts whose routers run with the `--datapath` `mode(i)` gives, one pod each; returns
@@ -236,21 +230,7 @@ fn kernel_ovs_a_blocked_vxlan_port_moves_that_connection_to_the_sleeve_and_back(
     })?;
     ping_all(&net, &[(1, v4(2)), (1, v4(3))])?;
     net.block_udp_port(1, 2, VXLAN_PORT)?;
-    net.wait_until(
-        "host1-host2 move to the sleeve with a fast-path reason",
-        SETTLE,
-        || {
-            for (i, peer) in [(1, 2), (2, 1)] {
-                let (kind, reason) = net.datapath_in_use(i, peer)?;
-                ensure!(
-                    kind == "sleeve" && reason.starts_with("fast path:"),
-                    "host{i} -> host{peer}: {kind} ({reason})"
-                );
-            }
-            Ok(true)
-        },
-    )?;
-    let (_, reason) = net.datapath_in_use(1, 2)?;
+    let reason = net.wait_until_on_sleeve_for_the_fast_path(1, 2)?;
     eprintln!("host1 -> host2: sleeve ({reason})");
     net.check_now("the other connections stay on ovs", || {
         net.check_datapath(&[(1, 3), (2, 3)], "ovs")

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
-use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, contains, hex, ping_all, ping_n};
+use weft_tests::traffic::{
+    SHA256_CLIENT, SHA256_SERVER, check_real_macs, contains, every_pair_both_families, hex,
+    ping_all, ping_n, pod_v4 as v4, pod_v6 as v6,
+};
 use weft_tests::{Capture, Datagram, HostId, Net, PodId, RouterOpts, SETTLE, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -77,14 +80,6 @@ fn host_of(pod: PodId) -> HostId {
 
 fn pods(net: &Net) -> Vec<PodId> {
     (1..=net.host_ids().len() * PODS_PER_HOST).collect()
-}
-
-fn v4(pod: PodId) -> String {
-    format!("10.250.0.{pod}")
-}
-
-fn v6(pod: PodId) -> String {
-    format!("fd00:40::{pod}")
 }
 
 /// `ping` from pod `from` to `to` (either family); every echo request must be answered.
@@ -155,40 +150,11 @@ fn six_pods_on_three_hosts_ping_each_other_over_ipv4_and_ipv6_and_learn_real_mac
         .map(|i| drops(&net, i))
         .collect::<anyhow::Result<_>>()?;
     let pods = pods(&net);
-    let mut pairs = Vec::new();
-    for &from in &pods {
-        for &to in pods.iter().filter(|&&to| to != from) {
-            pairs.push((from, v4(to)));
-            pairs.push((from, v6(to)));
-        }
-    }
-    ping_all(&net, &pairs)?;
+    ping_all(&net, &every_pair_both_families(&pods))?;
 
     // ARP and neighbour discovery crossed the mesh: each pod resolved the pods on other hosts
     // to their real MACs.
-    let macs: Vec<String> = pods
-        .iter()
-        .map(|&p| net.pod_mac(p))
-        .collect::<anyhow::Result<_>>()?;
-    for &pod in &pods {
-        for (family, address_of) in [("-4", v4 as fn(PodId) -> String), ("-6", v6)] {
-            let json = net.pod_exec(pod, &["ip", "-j", family, "neigh", "show", "dev", "eth0"])?;
-            let neighbours: Value = serde_json::from_str(&json)?;
-            for &remote in pods.iter().filter(|&&p| host_of(p) != host_of(pod)) {
-                let address = address_of(remote);
-                let entry = neighbours
-                    .as_array()
-                    .and_then(|all| all.iter().find(|n| n["dst"] == address.as_str()));
-                let lladdr = entry.and_then(|n| n["lladdr"].as_str());
-                ensure!(
-                    lladdr == Some(macs[remote - 1].as_str()),
-                    "pod{pod} resolves {address} to {lladdr:?}, pod{remote} has MAC {}; \
-                     neighbours: {json}",
-                    macs[remote - 1]
-                );
-            }
-        }
-    }
+    check_real_macs(&net, &pods)?;
     for i in net.host_ids() {
         let datapath = datapath(&net, i)?;
         ensure!(datapath["encrypted"] == true, "host{i}: {datapath}");

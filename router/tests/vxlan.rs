@@ -16,7 +16,10 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use weft_datapath::vxlan::DEFAULT_VNI;
-use weft_tests::traffic::{SHA256_CLIENT, SHA256_SERVER, contains, hex, ping_all, ping_n};
+use weft_tests::traffic::{
+    SHA256_CLIENT, SHA256_SERVER, check_real_macs, contains, every_pair_both_families, hex,
+    ping_all, ping_n, pod_v4 as v4, pod_v6 as v6,
+};
 use weft_tests::{FdbEntry, HostId, Net, PodId, RouterOpts, SETTLE, pairs_of, require_root};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -75,14 +78,6 @@ fn mesh(
 /// Hosts with `--datapath auto`, no password, on the fast path.
 fn fast_mesh(hosts: usize, pods_per_host: usize) -> anyhow::Result<Net> {
     mesh(hosts, pods_per_host, "auto", None, "vxlan")
-}
-
-fn v4(pod: PodId) -> String {
-    format!("10.250.0.{pod}")
-}
-
-fn v6(pod: PodId) -> String {
-    format!("fd00:40::{pod}")
 }
 
 /// The pods' MTU host `i`'s router reports (`.datapath.mtu`).
@@ -251,38 +246,15 @@ fn connections_come_up_on_vxlan_and_pods_ping_over_ipv4_and_ipv6_with_real_macs(
         ensure!(fast == 2, "host{i}: {fast} connections on vxlan in metrics");
     }
 
-    let mut pairs = Vec::new();
-    for &from in &pods {
-        for &to in pods.iter().filter(|&&to| to != from) {
-            pairs.push((from, v4(to)));
-            pairs.push((from, v6(to)));
-        }
-    }
-    ping_all(&net, &pairs)?;
+    ping_all(&net, &every_pair_both_families(&pods))?;
 
-    // ARP and neighbour discovery crossed the mesh: real MACs everywhere.
+    // ARP and neighbour discovery crossed the mesh: each pod resolved the pods on other hosts
+    // to their real MACs.
+    check_real_macs(&net, &pods)?;
     let macs: Vec<String> = pods
         .iter()
         .map(|&p| net.pod_mac(p))
         .collect::<anyhow::Result<_>>()?;
-    for &pod in &pods {
-        for (family, address_of) in [("-4", v4 as fn(PodId) -> String), ("-6", v6)] {
-            let json = net.pod_exec(pod, &["ip", "-j", family, "neigh", "show", "dev", "eth0"])?;
-            let neighbours: Value = serde_json::from_str(&json)?;
-            for &remote in pods.iter().filter(|&&p| host_of(p) != host_of(pod)) {
-                let address = address_of(remote);
-                let lladdr = neighbours
-                    .as_array()
-                    .and_then(|all| all.iter().find(|n| n["dst"] == address.as_str()))
-                    .and_then(|n| n["lladdr"].as_str());
-                ensure!(
-                    lladdr == Some(macs[remote - 1].as_str()),
-                    "pod{pod} resolves {address} to {lladdr:?}, pod{remote} has {}",
-                    macs[remote - 1]
-                );
-            }
-        }
-    }
 
     // Every host points every remote pod's MAC at its owner over VXLAN.
     for i in net.host_ids() {
@@ -433,24 +405,10 @@ fn a_blocked_vxlan_port_moves_that_connection_alone_to_the_sleeve_and_unblocking
     })?;
 
     net.block_udp_port(1, 2, VXLAN_PORT)?;
-    net.wait_until(
-        "host1-host2 move to the sleeve with a fast-path reason",
-        SETTLE,
-        || {
-            for (i, peer) in [(1, 2), (2, 1)] {
-                let (kind, reason) = net.datapath_in_use(i, peer)?;
-                ensure!(
-                    kind == "sleeve" && reason.starts_with("fast path:"),
-                    "host{i} -> host{peer}: {kind} ({reason})"
-                );
-            }
-            Ok(true)
-        },
-    )?;
+    let reason = net.wait_until_on_sleeve_for_the_fast_path(1, 2)?;
     net.check_now("the other connections stay on vxlan", || {
         net.check_datapath(&[(1, 3), (2, 3)], "vxlan")
     })?;
-    let (_, reason) = net.datapath_in_use(1, 2)?;
     eprintln!("host1 -> host2: sleeve ({reason})");
     let text = net.weft_status(1, &["connections"])?;
     ensure!(

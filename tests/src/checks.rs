@@ -101,6 +101,30 @@ impl Net {
         Ok(true)
     }
 
+    /// Waits until the connection between hosts `a` and `b` is on the sleeve at both ends
+    /// for a fast-path reason (its fast path was blocked); returns `a`'s reason.
+    pub fn wait_until_on_sleeve_for_the_fast_path(
+        &self,
+        a: HostId,
+        b: HostId,
+    ) -> anyhow::Result<String> {
+        self.wait_until(
+            &format!("host{a}-host{b} move to the sleeve with a fast-path reason"),
+            crate::SETTLE,
+            || {
+                for (i, peer) in [(a, b), (b, a)] {
+                    let (kind, reason) = self.datapath_in_use(i, peer)?;
+                    ensure!(
+                        kind == "sleeve" && reason.starts_with("fast path:"),
+                        "host{i} -> host{peer}: {kind} ({reason})"
+                    );
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(self.datapath_in_use(a, b)?.1)
+    }
+
     /// Every connection among `hosts` uses datapath `kind` (see [`Net::check_datapath`]).
     pub fn check_all_on_datapath(&self, hosts: &[HostId], kind: &str) -> anyhow::Result<bool> {
         self.check_datapath(&pairs_of(hosts), kind)

@@ -8,6 +8,65 @@ use anyhow::ensure;
 
 use crate::{Capture, Net, PodId, SETTLE};
 
+/// Pod `pod`'s IPv4 address in the datapath tests' pods (10.250.0.N).
+pub fn pod_v4(pod: PodId) -> String {
+    format!("10.250.0.{pod}")
+}
+
+/// Pod `pod`'s IPv6 address in the datapath tests' pods (fd00:40::N).
+pub fn pod_v6(pod: PodId) -> String {
+    format!("fd00:40::{pod}")
+}
+
+/// Every ordered pair of distinct pods of `pods`, once over IPv4 and once over IPv6, for
+/// [`ping_all`].
+pub fn every_pair_both_families(pods: &[PodId]) -> Vec<(PodId, String)> {
+    let mut pairs = Vec::new();
+    for &from in pods {
+        for &to in pods.iter().filter(|&&to| to != from) {
+            pairs.push((from, pod_v4(to)));
+            pairs.push((from, pod_v6(to)));
+        }
+    }
+    pairs
+}
+
+/// ARP and neighbour discovery crossed the mesh: every pod of `pods` resolves the pods on
+/// other hosts, over both families, to their real MACs.
+pub fn check_real_macs(net: &Net, pods: &[PodId]) -> anyhow::Result<()> {
+    let macs: Vec<String> = pods
+        .iter()
+        .map(|&p| net.pod_mac(p))
+        .collect::<anyhow::Result<_>>()?;
+    let hosts: Vec<_> = pods
+        .iter()
+        .map(|&p| net.pod_host(p))
+        .collect::<anyhow::Result<_>>()?;
+    for (at, &pod) in pods.iter().enumerate() {
+        for (family, address_of) in [("-4", pod_v4 as fn(PodId) -> String), ("-6", pod_v6)] {
+            let json = net.pod_exec(pod, &["ip", "-j", family, "neigh", "show", "dev", "eth0"])?;
+            let neighbours: serde_json::Value = serde_json::from_str(&json)?;
+            for (other, &remote) in pods.iter().enumerate() {
+                if hosts[other] == hosts[at] {
+                    continue;
+                }
+                let address = address_of(remote);
+                let lladdr = neighbours
+                    .as_array()
+                    .and_then(|all| all.iter().find(|n| n["dst"] == address.as_str()))
+                    .and_then(|n| n["lladdr"].as_str());
+                ensure!(
+                    lladdr == Some(macs[other].as_str()),
+                    "pod{pod} resolves {address} to {lladdr:?}, pod{remote} has MAC {}; \
+                     neighbours: {json}",
+                    macs[other]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `count` pings from pod `from` to `to` (either family), `extra` flags before the address;
 /// every echo request must be answered.
 pub fn ping_n(
