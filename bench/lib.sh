@@ -287,6 +287,18 @@ start_routers() {
     echo "  routers connected in $((SECONDS - start))s (datapath $want_kind, encrypted=$want_enc)" >&2
 }
 
+# attach_pods_and_wait CONFIG BRIDGE MTU: records the MTU, attaches the pods to BRIDGE, calls
+# `after_attach CONFIG` (if the script defines it) and waits until pod1 reaches pod2.
+attach_pods_and_wait() {
+    record "$1" mtu "$3"
+    attach_pods "$2" "$3"
+    echo "  pods attached to bridge $2, MTU $3" >&2
+    if declare -F after_attach >/dev/null; then
+        after_attach "$1"
+    fi
+    wait_pods
+}
+
 wait_pods() {
     local start=$SECONDS
     until ip netns exec "$P1" ping -c 1 -W 1 -q "$POD_NET.2" >/dev/null 2>&1; do

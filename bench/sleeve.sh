@@ -216,10 +216,7 @@ for cfg in "${configs[@]}"; do
         bridge=weft
         ;;
     esac
-    record "$cfg" mtu "$mtu"
-    attach_pods "$bridge" "$mtu"
-    echo "  pods attached to bridge $bridge, MTU $mtu" >&2
-    wait_pods
+    attach_pods_and_wait "$cfg" "$bridge" "$mtu"
     measure "$cfg"
     teardown
 done

@@ -144,6 +144,11 @@ measure_extra() {
     fi
 }
 
+# The hand-made Open vSwitch row's flows name the pods' MACs: put them once the pods exist.
+after_attach() {
+    [[ "$1" != ovs-hand ]] || ovs_hand_flows
+}
+
 HEADER=$(bench_header "weft fast-path benchmark (weft-fast: weft router --datapath $fast_mode)")
 echo "$HEADER" >&2
 
@@ -181,11 +186,7 @@ for ((BENCH_ROUND = 1; BENCH_ROUND <= rounds; BENCH_ROUND++)); do
             bridge=weft
             ;;
         esac
-        record "$cfg" mtu "$mtu"
-        attach_pods "$bridge" "$mtu"
-        echo "  pods attached to bridge $bridge, MTU $mtu" >&2
-        [[ "$cfg" != ovs-hand ]] || ovs_hand_flows
-        wait_pods
+        attach_pods_and_wait "$cfg" "$bridge" "$mtu"
         kind=$(fast_kind "$cfg")
         if ((${WEFT_BENCH_PAUSE_ROUTERS:-0})) && [[ -n "$kind" ]]; then
             # The kernel forwards a fast row's pod traffic alone; pausing its routers keeps their

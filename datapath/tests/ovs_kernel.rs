@@ -42,6 +42,22 @@ fn open_or_skip() -> Option<OvsSocket> {
 /// Steps of the lifecycle, named for the fixture files.
 type Recorded = Vec<(String, Exchange)>;
 
+/// The datapath's flows as the kernel dumps them, sorted.
+fn dumped_flows(sock: &mut OvsSocket, dp_ifindex: i32) -> Vec<Flow> {
+    sorted(
+        sock.flows(dp_ifindex)
+            .expect("flow dump")
+            .into_iter()
+            .map(|e| e.flow)
+            .collect(),
+    )
+}
+
+fn sorted(mut flows: Vec<Flow>) -> Vec<Flow> {
+    flows.sort();
+    flows
+}
+
 fn step(sock: &mut OvsSocket, out: &mut Recorded, name: &str) {
     for (i, e) in sock.take_recorded().into_iter().enumerate() {
         let n = if i == 0 {
@@ -165,17 +181,9 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
     sock.put_flow(dp.ifindex, &from_peer)
         .expect("put flow from peer");
     step(sock, &mut rec, "flow_new_tunnel_match");
-    let mut dumped: Vec<Flow> = sock
-        .flows(dp.ifindex)
-        .expect("flow dump")
-        .into_iter()
-        .map(|e| e.flow)
-        .collect();
+    let dumped = dumped_flows(sock, dp.ifindex);
     step(sock, &mut rec, "flow_dump_two");
-    dumped.sort();
-    let mut expected = vec![to_peer.clone(), from_peer.clone()];
-    expected.sort();
-    assert_eq!(dumped, expected);
+    assert_eq!(dumped, sorted(vec![to_peer.clone(), from_peer.clone()]));
 
     assert!(
         sock.delete_flow(dp.ifindex, &to_peer.matching)
@@ -188,12 +196,7 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
             .expect("del again")
     );
     step(sock, &mut rec, "flow_del_missing");
-    let left: Vec<Flow> = sock
-        .flows(dp.ifindex)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.flow)
-        .collect();
+    let left = dumped_flows(sock, dp.ifindex);
     step(sock, &mut rec, "flow_dump_one");
     assert_eq!(left, vec![from_peer.clone()]);
 
@@ -205,12 +208,7 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
     sock.put_flow(dp.ifindex, &rerouted)
         .expect("put over an existing flow");
     step(sock, &mut rec, "flow_replace");
-    let replaced: Vec<Flow> = sock
-        .flows(dp.ifindex)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.flow)
-        .collect();
+    let replaced = dumped_flows(sock, dp.ifindex);
     step(sock, &mut rec, "flow_dump_replaced");
     assert_eq!(replaced, vec![rerouted]);
     sock.put_flow(dp.ifindex, &from_peer).expect("put back");
@@ -224,34 +222,18 @@ fn lifecycle(sock: &mut OvsSocket, upcalls: Option<&UpcallSocket>) -> Recorded {
         .expect("put to peer again");
     sock.put_flow(dp.ifindex, &to_other).expect("put over it");
     step(sock, &mut rec, "flow_replace_outbound");
-    let mut now: Vec<Flow> = sock
-        .flows(dp.ifindex)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.flow)
-        .collect();
+    let now = dumped_flows(sock, dp.ifindex);
     step(sock, &mut rec, "flow_dump_replaced_outbound");
-    now.sort();
-    let mut expected = vec![to_other.clone(), from_peer.clone()];
-    expected.sort();
-    assert_eq!(now, expected);
+    assert_eq!(now, sorted(vec![to_other.clone(), from_peer.clone()]));
     assert!(sock.delete_flow(dp.ifindex, &to_other.matching).unwrap());
     step(sock, &mut rec, "flow_del_replaced_outbound");
     // The group flow: a masked destination and two copies.
     let group = group_flow(internal.port_no, vxlan.port_no);
     sock.put_flow(dp.ifindex, &group).expect("put group flow");
     step(sock, &mut rec, "flow_new_group");
-    let mut with_group: Vec<Flow> = sock
-        .flows(dp.ifindex)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.flow)
-        .collect();
+    let with_group = dumped_flows(sock, dp.ifindex);
     step(sock, &mut rec, "flow_dump_group");
-    with_group.sort();
-    let mut expected = vec![group.clone(), from_peer.clone()];
-    expected.sort();
-    assert_eq!(with_group, expected);
+    assert_eq!(with_group, sorted(vec![group.clone(), from_peer.clone()]));
     assert!(sock.delete_flow(dp.ifindex, &group.matching).unwrap());
     step(sock, &mut rec, "flow_del_group");
     foreign_flow_is_read_raw_and_deleted(sock, dp.ifindex, internal.port_no, &from_peer);
@@ -613,16 +595,6 @@ fn kernel_ovs_flows_are_replaced_in_place_and_the_group_flow_reads_back() {
         tp_dst: VXLAN_PORT,
     };
     let (a, b) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
-    let dump = |sock: &mut OvsSocket| -> Vec<Flow> {
-        let mut flows: Vec<Flow> = sock
-            .flows(dp.ifindex)
-            .expect("dump")
-            .into_iter()
-            .map(|e| e.flow)
-            .collect();
-        flows.sort();
-        flows
-    };
     let none = std::collections::BTreeSet::new();
     for (table, group) in [
         (BTreeMap::from([(MAC_B, a)]), none.clone()),
@@ -636,12 +608,12 @@ fn kernel_ovs_flows_are_replaced_in_place_and_the_group_flow_reads_back() {
                 .unwrap_or_else(|e| panic!("put {flow:?}: {e}"));
         }
         // Inbound flows of peers no longer in the table stay: delete them as the plan would.
-        for flow in dump(&mut sock) {
+        for flow in dumped_flows(&mut sock, dp.ifindex) {
             if !wanted.iter().any(|w| w.matching == flow.matching) {
                 sock.delete_flow(dp.ifindex, &flow.matching).expect("del");
             }
         }
-        let got = dump(&mut sock);
+        let got = dumped_flows(&mut sock, dp.ifindex);
         assert_eq!(got, wanted.iter().cloned().collect::<Vec<_>>());
         let (read, foreign) = params.table(&got);
         assert_eq!((read, foreign), (table, vec![]));
@@ -653,7 +625,7 @@ fn kernel_ovs_flows_are_replaced_in_place_and_the_group_flow_reads_back() {
             .expect("del group")
     );
     assert_eq!(
-        dump(&mut sock)
+        dumped_flows(&mut sock, dp.ifindex)
             .iter()
             .filter(|f| f.matching.eth_dst == Some(MacMatch::GROUP))
             .count(),
