@@ -23,6 +23,8 @@
 # WEFT_BENCH_PAUSE_ROUTERS=1 pauses the fast rows' routers (SIGSTOP) while their pod traffic is
 # measured: the kernel forwards it alone (bench/ovs-vm.sh sets it; see there).
 # WEFT_BENCH_PROFILE=1 profiles the UDP run system-wide with perf (self time per kernel symbol).
+# WEFT_BENCH_DROP_GUARD=1 (with paused routers) deletes the port guard's nftables table first: an
+# experiment that shows what its bridge-wide hook costs.
 # Environment: WEFT_BENCH_ROUNDS (as --rounds), WEFT_BENCH_SECONDS (length of each iperf3 run,
 # default 5), WEFT_BENCH_PINGS (default 50), WEFT_BENCH_TIMEOUT (seconds to wait for routers and
 # pods, default 60), WEFT_BENCH_BIN (measure this binary, skip the build), CARGO_TARGET_DIR.
@@ -194,6 +196,12 @@ for ((BENCH_ROUND = 1; BENCH_ROUND <= rounds; BENCH_ROUND++)); do
             kill -STOP "${router_pids[@]}"
             echo "  routers paused (SIGSTOP) during the measurement" >&2
             record "$cfg" note "routers paused during the measurement (WEFT_BENCH_PAUSE_ROUTERS=1)"
+            if ((${WEFT_BENCH_DROP_GUARD:-0})); then
+                # An experiment: what the port guard's bridge-wide hook costs (paused routers
+                # cannot put it back; the pods here are not in its set anyway).
+                for h in "$H1" "$H2"; do ip netns exec "$h" nft delete table bridge weft; done
+                record "$cfg" note "port guard table deleted before the measurement (WEFT_BENCH_DROP_GUARD=1)"
+            fi
             measure "$cfg"
             kill -CONT "${router_pids[@]}"
         else

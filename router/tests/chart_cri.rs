@@ -682,10 +682,8 @@ fn check_nothing_left(net: &Net, node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// (sent, answered) from `ping -O`'s lines (it gets SIGTERM, so there is no summary): one
-/// "bytes from" per reply, one "no answer yet" per request unanswered after `-W`.
-/// What a router that should not have been disturbed saw: its log's tail and its frame and
-/// drop counters, for the failure message.
+/// What a router that should not have been disturbed saw: its log's tail and its drop, route
+/// and datapath-transition counters, for the failure message.
 fn other_router_state(net: &Net, node: &Node, host: HostId) -> String {
     let log = node
         .logs("weft")
@@ -716,6 +714,8 @@ fn other_router_state(net: &Net, node: &Node, host: HostId) -> String {
     )
 }
 
+/// (sent, answered) from `ping -O`'s lines (it gets SIGTERM, so there is no summary): one
+/// "bytes from" per reply, one "no answer yet" per request unanswered after `-W`.
 fn ping_counts(text: &str) -> (u64, u64) {
     let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u64;
     let lost = text.lines().filter(|l| l.contains("no answer yet")).count() as u64;
