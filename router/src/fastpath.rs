@@ -109,19 +109,12 @@ fn remove_leftovers(config: &FastConfig, keep: Option<DatapathKind>) {
         let Ok(spec) = engine_config(config, kind).device_spec() else {
             continue;
         };
-        let removed = match kind {
-            // One generic-netlink call: the whole edge (upcall socket and thread) is not needed
-            // to delete a datapath. Without the module there is none (`Ok(false)`).
-            DatapathKind::Ovs => weft_datapath::ovs::kernel::delete_datapath(&spec.name),
-            _ => {
-                // A kernel without the backend has nothing of it to remove.
-                let Ok(mut kernel) = open_kernel(kind) else {
-                    continue;
-                };
-                kernel.remove_device(&spec)
-            }
+        // A kernel without the backend has nothing of it to remove. (Opening the Open vSwitch
+        // edge starts no upcall thread: that waits for a datapath of its own.)
+        let Ok(mut kernel) = open_kernel(kind) else {
+            continue;
         };
-        match removed {
+        match kernel.remove_device(&spec) {
             Ok(true) => {
                 tracing::info!(device = %spec.name, datapath = kind.as_str(), "removed the fast path an earlier run left")
             }

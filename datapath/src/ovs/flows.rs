@@ -149,7 +149,10 @@ impl FlowParams {
     /// The table that weft's flows among `flows` stand for, and the flows that are not
     /// weft's (another program's, or of other parameters): the caller removes or reports them.
     /// The group flow is weft's ([`Self::group_dsts`] reads it).
-    pub fn table(&self, flows: &[Flow]) -> (BTreeMap<Mac, Ipv4Addr>, Vec<Flow>) {
+    pub fn table<'a>(
+        &self,
+        flows: impl IntoIterator<Item = &'a Flow>,
+    ) -> (BTreeMap<Mac, Ipv4Addr>, Vec<Flow>) {
         let mut table = BTreeMap::new();
         let mut foreign = Vec::new();
         for flow in flows {

@@ -115,8 +115,19 @@ pub struct OvsKernel {
     shared: SharedState,
     /// Where the datapath's and vports' misses go: the upcall socket's port id (0: nowhere).
     upcall_pid: u32,
+    upcalls: Upcalls,
+}
+
+/// The miss path's thread of a real edge: started with the first datapath the edge makes or
+/// adopts, so an edge opened only to delete a datapath opens no upcall socket and no thread.
+enum Upcalls {
+    /// An edge over a fake: misses go nowhere.
+    Off,
+    NotStarted,
     /// Dropped (stopped and joined) with the edge.
-    _upcall_thread: Option<UpcallThread>,
+    Running {
+        _thread: UpcallThread,
+    },
 }
 
 /// Deletes the datapath `name` (`weft reset`); `false` if there was none.
@@ -139,22 +150,31 @@ pub fn vxlan_vport_name(dp_name: &str) -> String {
 impl OvsKernel {
     /// The real edge, in the calling thread's network namespace; `Unavailable("no openvswitch
     /// module")` on a kernel without Open vSwitch. Misses go to an upcall thread with its own
-    /// sockets (opened here, so in this namespace).
+    /// sockets, started by the first [`VxlanKernel::ensure_device`] (in the process's
+    /// namespace, as the sockets opened here).
     pub fn open() -> Result<Self, KernelError> {
         let ovs = OvsSocket::open().map_err(kernel_error)?;
         let bridge =
             NetlinkKernel::open().map_err(|e| KernelError::io("open an rtnetlink socket", e))?;
-        let upcalls =
+        let mut kernel = Self::new(Box::new(ovs), bridge);
+        kernel.upcalls = Upcalls::NotStarted;
+        Ok(kernel)
+    }
+
+    /// Starts the upcall thread of a real edge, once; sets the pid misses are sent to.
+    fn start_upcalls(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.upcalls, Upcalls::NotStarted) {
+            return Ok(());
+        }
+        let socket =
             UpcallSocket::open().map_err(|e| KernelError::io("open the ovs upcall socket", e))?;
         let answering = OvsSocket::open().map_err(kernel_error)?;
-        let mut kernel = Self::new(Box::new(ovs), bridge);
-        kernel.upcall_pid = upcalls.pid();
-        let handler = kernel.miss_handler(Box::new(answering));
-        kernel._upcall_thread = Some(
-            UpcallThread::spawn(upcalls, handler)
-                .map_err(|e| KernelError::io("start the ovs upcall thread", e))?,
-        );
-        Ok(kernel)
+        let pid = socket.pid();
+        let thread = UpcallThread::spawn(socket, self.miss_handler(Box::new(answering)))
+            .map_err(|e| KernelError::io("start the ovs upcall thread", e))?;
+        self.upcall_pid = pid;
+        self.upcalls = Upcalls::Running { _thread: thread };
+        Ok(())
     }
 
     /// An edge over `ovs` (the generic-netlink socket, or a fake) and `bridge`, without an
@@ -166,7 +186,7 @@ impl OvsKernel {
             active: None,
             shared: Arc::new(Mutex::new(Shared::default())),
             upcall_pid: 0,
-            _upcall_thread: None,
+            upcalls: Upcalls::Off,
         }
     }
 
@@ -210,8 +230,7 @@ impl OvsKernel {
         let s = &mut *guard;
         let (dp, params) = s.target.ok_or(KernelError::NoDevice)?;
         let entries = self.ovs.flows(dp)?;
-        let dumped: Vec<Flow> = entries.iter().map(|e| e.flow.clone()).collect();
-        let (found, foreign) = params.table(&dumped);
+        let (found, foreign) = params.table(entries.iter().map(|e| &e.flow));
         for flow in &foreign {
             tracing::warn!(?flow, "deleting a flow weft did not make");
             self.ovs.delete_flow(dp, &flow.matching)?;
@@ -219,7 +238,7 @@ impl OvsKernel {
         if adopt {
             s.table = found;
             // The group flow an earlier run left, until the engine sets the peers it knows.
-            if let Some(group) = dumped.iter().find_map(|f| params.group_dsts(f)) {
+            if let Some(group) = entries.iter().find_map(|e| params.group_dsts(&e.flow)) {
                 s.group = group;
             }
         }
@@ -307,6 +326,7 @@ impl OvsKernel {
 impl VxlanKernel for OvsKernel {
     fn ensure_device(&mut self, spec: &DeviceSpec) -> Result<DeviceState, KernelError> {
         let bridge_index = self.bridge.pinned_bridge(spec)?;
+        self.start_upcalls()?;
         let (dp, adopted) = match self.ovs.datapath(&spec.name)? {
             Some(dp) => (dp, true),
             None => (
@@ -476,7 +496,15 @@ impl OvsKernel {
                 })
                 .collect();
         };
-        let before = s.table.clone();
+        // What the table held for each MAC these steps touch, to put back where a step fails.
+        let mut before: BTreeMap<Mac, Option<Ipv4Addr>> = BTreeMap::new();
+        for op in ops {
+            if let FdbOp::VxlanSet { mac, .. } | FdbOp::VxlanDel { mac } = *op {
+                before
+                    .entry(mac)
+                    .or_insert_with(|| s.table.get(&mac).copied());
+            }
+        }
         let mut fdb = KernelFdb {
             vxlan: std::mem::take(&mut s.table),
             bridge: BTreeMap::new(),
@@ -523,8 +551,8 @@ impl OvsKernel {
         // the next read.
         for failure in &failures {
             if let FdbOp::VxlanSet { mac, .. } | FdbOp::VxlanDel { mac } = failure.op {
-                match before.get(&mac) {
-                    Some(dst) => s.table.insert(mac, *dst),
+                match before.get(&mac).copied().flatten() {
+                    Some(dst) => s.table.insert(mac, dst),
                     None => s.table.remove(&mac),
                 };
             }
