@@ -57,6 +57,7 @@ WEFT_IMAGE_DEPS=(
     mmdebstrap     # the base image: a minimal bookworm rootfs from Debian packages
     buildah        # builds the Containerfile on that base, writes the OCI archive
     podman         # imports the base, runs the image's checks
+    runc           # the checks' runtime where crun cannot run (a hybrid cgroup layout: image.sh)
     uidmap         # newuidmap/newgidmap, which buildah and podman expect to find
 )
 
